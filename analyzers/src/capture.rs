@@ -1,0 +1,90 @@
+//! What the driver hands to analyzers: a description of the model's taps and
+//! chunks of captured values. Matrices are row-major `samples × features`
+//! views that borrow the driver's buffers, so no copy is made per analyzer.
+
+/// The elementwise nonlinearity at a tap, as the analyzers need to know it.
+/// A tap made linear (Pinson et al.'s partly linear models) reports `Identity`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActivationKind {
+    Relu,
+    LeakyRelu,
+    Gelu,
+    Tanh,
+    Identity,
+}
+
+impl ActivationKind {
+    /// The ReLU family, where an on/off regime per unit is meaningful.
+    pub fn is_relu_family(self) -> bool {
+        matches!(self, ActivationKind::Relu | ActivationKind::LeakyRelu)
+    }
+}
+
+/// The affine layer that feeds a tap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerKind {
+    Dense,
+    Conv2d,
+}
+
+impl LayerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LayerKind::Dense => "dense",
+            LayerKind::Conv2d => "conv2d",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TapInfo {
+    /// 0 is the shallowest nonlinearity.
+    pub index: usize,
+    pub activation: ActivationKind,
+    pub layer_kind: LayerKind,
+    /// Scalar units per sample (channels × rows × columns for a conv map).
+    pub units: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    pub taps: Vec<TapInfo>,
+    pub num_classes: usize,
+}
+
+/// A borrowed row-major matrix: `rows` samples, `cols` features.
+#[derive(Debug, Clone, Copy)]
+pub struct Matrix<'a> {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: &'a [f32],
+}
+
+impl<'a> Matrix<'a> {
+    /// Panics only on a programming error in the caller (a buffer that does
+    /// not hold rows × cols values), never on user data.
+    pub fn new(rows: usize, cols: usize, data: &'a [f32]) -> Self {
+        assert_eq!(rows * cols, data.len(), "matrix buffer size mismatch");
+        Matrix { rows, cols, data }
+    }
+
+    pub fn row(&self, i: usize) -> &'a [f32] {
+        &self.data[i * self.cols..(i + 1) * self.cols]
+    }
+}
+
+/// One tap's values for a chunk of samples. Empty matrices (0 columns) are
+/// passed when no selected analyzer asked for taps.
+#[derive(Debug, Clone, Copy)]
+pub struct TapChunk<'a> {
+    pub z: Matrix<'a>,
+    pub a: Matrix<'a>,
+}
+
+/// A chunk of the probe as seen by the analyzers.
+#[derive(Debug, Clone, Copy)]
+pub struct Chunk<'a> {
+    pub taps: &'a [TapChunk<'a>],
+    pub logits: Matrix<'a>,
+    pub labels: &'a [i64],
+}

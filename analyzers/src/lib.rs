@@ -1,0 +1,22 @@
+//! lintrace's metric implementations.
+//!
+//! Every analyzer is a pure function of what the driver captured while pushing
+//! the probe through one checkpoint: per-tap pre-activations `z` and
+//! activations `a`, the logits and the labels. Nothing here touches files or
+//! devices; the `lintrace` crate owns all I/O. The metric definitions are the
+//! contract in `METRICS.md`.
+//!
+//! Analyzers see the probe in chunks (so that memory does not grow with the
+//! probe) through an [`Accumulator`] that each analyzer starts per checkpoint.
+
+pub mod activation_regime;
+pub mod analyzer;
+pub mod capture;
+pub mod performance;
+pub mod registry;
+pub mod stats;
+pub mod unit_linear_fit;
+
+pub use analyzer::{Accumulator, Analyzer, AnalyzerError, MetricValue, Needs};
+pub use capture::{ActivationKind, Chunk, LayerKind, Matrix, ModelInfo, TapChunk, TapInfo};
+pub use registry::{all as all_analyzers, by_name, names};

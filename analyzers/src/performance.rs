@@ -1,0 +1,105 @@
+//! `performance`: probe loss (mean cross-entropy, nats) and accuracy.
+
+use crate::analyzer::{Accumulator, Analyzer, AnalyzerError, MetricValue, Needs};
+use crate::capture::{Chunk, ModelInfo};
+
+pub struct Performance;
+
+const NAME: &str = "performance";
+
+impl Analyzer for Performance {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn description(&self) -> &'static str {
+        "mean cross-entropy (nats) and accuracy of the logits on the probe"
+    }
+    fn metrics(&self) -> &'static [&'static str] {
+        &["loss", "accuracy"]
+    }
+    fn needs(&self) -> Needs {
+        Needs { taps: false }
+    }
+    fn start(&self, model: &ModelInfo) -> Box<dyn Accumulator> {
+        Box::new(PerfAcc {
+            classes: model.num_classes,
+            loss: 0.0,
+            correct: 0,
+            n: 0,
+        })
+    }
+}
+
+struct PerfAcc {
+    classes: usize,
+    loss: f64,
+    correct: u64,
+    n: u64,
+}
+
+/// Index of the largest logit; the first one on ties (as numpy's argmax).
+pub fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (k, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = k;
+        }
+    }
+    best
+}
+
+/// −log softmax(row)[label], computed stably in f64.
+pub fn cross_entropy(row: &[f32], label: usize) -> f64 {
+    let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+    let lse = max
+        + row
+            .iter()
+            .map(|&v| (v as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
+    lse - row[label] as f64
+}
+
+impl Accumulator for PerfAcc {
+    fn observe(&mut self, chunk: &Chunk<'_>) -> Result<(), AnalyzerError> {
+        let logits = chunk.logits;
+        if logits.cols != self.classes || logits.rows != chunk.labels.len() {
+            return Err(AnalyzerError::Shape {
+                analyzer: NAME,
+                message: format!(
+                    "logits {} × {} for {} labels and {} classes",
+                    logits.rows,
+                    logits.cols,
+                    chunk.labels.len(),
+                    self.classes
+                ),
+            });
+        }
+        for (i, &y) in chunk.labels.iter().enumerate() {
+            let y = usize::try_from(y)
+                .ok()
+                .filter(|&y| y < self.classes)
+                .ok_or_else(|| AnalyzerError::Shape {
+                    analyzer: NAME,
+                    message: format!("label {y} outside 0..{}", self.classes),
+                })?;
+            let row = logits.row(i);
+            self.loss += cross_entropy(row, y);
+            self.correct += (argmax(row) == y) as u64;
+        }
+        self.n += chunk.labels.len() as u64;
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>) -> Result<Vec<MetricValue>, AnalyzerError> {
+        let n = self.n as f64;
+        let defined = self.n > 0;
+        Ok(vec![
+            MetricValue::model("loss", defined.then(|| self.loss / n)),
+            MetricValue::model("accuracy", defined.then(|| self.correct as f64 / n)),
+        ])
+    }
+}

@@ -1,0 +1,23 @@
+//! The registry: every analyzer lintrace knows, by name.
+
+use crate::activation_regime::ActivationRegime;
+use crate::analyzer::Analyzer;
+use crate::performance::Performance;
+use crate::unit_linear_fit::UnitLinearFit;
+
+/// Every registered analyzer, in the order they are listed and run.
+pub fn all() -> Vec<Box<dyn Analyzer>> {
+    vec![
+        Box::new(Performance),
+        Box::new(ActivationRegime),
+        Box::new(UnitLinearFit),
+    ]
+}
+
+pub fn names() -> Vec<&'static str> {
+    all().iter().map(|a| a.name()).collect()
+}
+
+pub fn by_name(name: &str) -> Option<Box<dyn Analyzer>> {
+    all().into_iter().find(|a| a.name() == name)
+}

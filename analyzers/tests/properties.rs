@@ -1,0 +1,239 @@
+//! The properties METRICS.md states for each analyzer, on synthetic taps.
+
+use analyzers::{
+    all_analyzers, by_name, ActivationKind, Chunk, LayerKind, Matrix, MetricValue, ModelInfo,
+    TapChunk, TapInfo,
+};
+
+/// A small deterministic generator (no dependency needed for test data).
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+}
+
+fn info(units: usize, act: ActivationKind) -> ModelInfo {
+    ModelInfo {
+        taps: vec![TapInfo {
+            index: 0,
+            activation: act,
+            layer_kind: LayerKind::Dense,
+            units,
+        }],
+        num_classes: 3,
+    }
+}
+
+/// Runs one analyzer on one tap (z, a) of n samples, in chunks of `chunk`.
+fn run(
+    name: &str,
+    act: ActivationKind,
+    n: usize,
+    units: usize,
+    z: &[f32],
+    a: &[f32],
+    chunk: usize,
+) -> Vec<MetricValue> {
+    let analyzer = by_name(name).unwrap();
+    let mi = info(units, act);
+    let mut acc = analyzer.start(&mi);
+    let logits = vec![0.0f32; n * 3];
+    let labels: Vec<i64> = (0..n as i64).map(|i| i % 3).collect();
+    let mut s = 0;
+    while s < n {
+        let e = (s + chunk).min(n);
+        let taps = [TapChunk {
+            z: Matrix::new(e - s, units, &z[s * units..e * units]),
+            a: Matrix::new(e - s, units, &a[s * units..e * units]),
+        }];
+        acc.observe(&Chunk {
+            taps: &taps,
+            logits: Matrix::new(e - s, 3, &logits[s * 3..e * 3]),
+            labels: &labels[s..e],
+        })
+        .unwrap();
+        s = e;
+    }
+    acc.finish().unwrap()
+}
+
+fn get(v: &[MetricValue], metric: &str) -> Option<f64> {
+    v.iter()
+        .find(|m| m.metric == metric)
+        .unwrap_or_else(|| panic!("no {metric}"))
+        .value
+}
+
+fn random(n: usize, seed: u64, shift: f32) -> Vec<f32> {
+    let mut g = Lcg(seed);
+    (0..n).map(|_| g.next() + shift).collect()
+}
+
+fn relu(z: &[f32]) -> Vec<f32> {
+    z.iter().map(|v| v.max(0.0)).collect()
+}
+
+#[test]
+fn identity_activation_is_exactly_linear() {
+    let z = random(200 * 6, 1, 0.0);
+    let v = run(
+        "unit_linear_fit",
+        ActivationKind::Identity,
+        200,
+        6,
+        &z,
+        &z,
+        64,
+    );
+    assert!(get(&v, "nonlinearity").unwrap().abs() < 1e-12);
+    assert!((get(&v, "mean_unit_r2").unwrap() - 1.0).abs() < 1e-12);
+}
+
+#[test]
+fn relu_units_that_never_switch_are_linear() {
+    // Units 0..3 always on (z in [2, 4]), units 3..6 always off (z in [-4, -2]).
+    let n = 100;
+    let mut z = random(n * 6, 2, 0.0);
+    for (k, v) in z.iter_mut().enumerate() {
+        *v = if k % 6 < 3 { *v + 3.0 } else { *v - 3.0 };
+    }
+    let a = relu(&z);
+    let fit = run("unit_linear_fit", ActivationKind::Relu, n, 6, &z, &a, 17);
+    assert!(get(&fit, "nonlinearity").unwrap() < 1e-12);
+    assert_eq!(get(&fit, "n_units_varying"), Some(3.0));
+    let regime = run("activation_regime", ActivationKind::Relu, n, 6, &z, &a, 17);
+    assert_eq!(get(&regime, "frac_always_on"), Some(0.5));
+    assert_eq!(get(&regime, "frac_always_off"), Some(0.5));
+    assert_eq!(get(&regime, "frac_switching"), Some(0.0));
+    assert_eq!(get(&regime, "pattern_entropy"), Some(0.0));
+}
+
+#[test]
+fn all_positive_preactivations_give_an_always_on_layer() {
+    let z = random(50 * 4, 3, 2.0);
+    let regime = run(
+        "activation_regime",
+        ActivationKind::Relu,
+        50,
+        4,
+        &z,
+        &relu(&z),
+        50,
+    );
+    assert_eq!(get(&regime, "frac_always_on"), Some(1.0));
+    assert_eq!(get(&regime, "frac_active"), Some(1.0));
+    assert_eq!(get(&regime, "frac_switching"), Some(0.0));
+    assert_eq!(get(&regime, "pattern_entropy"), Some(0.0));
+}
+
+#[test]
+fn switching_relu_is_nonlinear_and_bounded() {
+    let z = random(400 * 5, 4, 0.0);
+    let a = relu(&z);
+    let fit = run("unit_linear_fit", ActivationKind::Relu, 400, 5, &z, &a, 33);
+    let nl = get(&fit, "nonlinearity").unwrap();
+    // z uniform on [-1, 1]: Var(a) = 5/48, Cov(z, a)²/Var(z) = 4/48, so the
+    // residual share is exactly 1/5 in the population.
+    assert!((nl - 0.2).abs() < 0.03, "{nl}");
+    let r2 = get(&fit, "mean_unit_r2").unwrap();
+    assert!((0.0..=1.0).contains(&r2));
+    let regime = run(
+        "activation_regime",
+        ActivationKind::Relu,
+        400,
+        5,
+        &z,
+        &a,
+        33,
+    );
+    for m in [
+        "frac_active",
+        "frac_always_on",
+        "frac_always_off",
+        "frac_switching",
+        "pattern_entropy",
+    ] {
+        let v = get(&regime, m).unwrap();
+        assert!((0.0..=1.0).contains(&v), "{m} = {v}");
+    }
+    assert_eq!(get(&regime, "frac_switching"), Some(1.0));
+    assert!(get(&regime, "pattern_entropy").unwrap() > 0.9);
+}
+
+#[test]
+fn unit_linear_fit_is_invariant_to_rescaling_units() {
+    let z = random(300 * 4, 5, 0.2);
+    let a: Vec<f32> = z.iter().map(|v| v.tanh()).collect();
+    let base = run("unit_linear_fit", ActivationKind::Tanh, 300, 4, &z, &a, 300);
+    // Per-unit rescaling of z leaves every unit's fit, hence mean R², unchanged;
+    // one common rescaling of a leaves the pooled ratio unchanged too.
+    let zs: Vec<f32> = z
+        .iter()
+        .enumerate()
+        .map(|(k, v)| v * (1.0 + k as f32 % 4.0))
+        .collect();
+    let as_: Vec<f32> = a.iter().map(|v| v * 7.0).collect();
+    let scaled = run(
+        "unit_linear_fit",
+        ActivationKind::Tanh,
+        300,
+        4,
+        &zs,
+        &as_,
+        300,
+    );
+    for m in ["nonlinearity", "mean_unit_r2"] {
+        let (x, y) = (get(&base, m).unwrap(), get(&scaled, m).unwrap());
+        assert!((x - y).abs() < 1e-6, "{m}: {x} vs {y}");
+    }
+}
+
+#[test]
+fn a_tap_with_no_varying_unit_gives_null_not_nan() {
+    let z = random(20 * 3, 6, -5.0);
+    let fit = run(
+        "unit_linear_fit",
+        ActivationKind::Relu,
+        20,
+        3,
+        &z,
+        &relu(&z),
+        20,
+    );
+    assert_eq!(get(&fit, "nonlinearity"), None);
+    assert_eq!(get(&fit, "mean_unit_r2"), None);
+}
+
+#[test]
+fn performance_of_uniform_logits_is_log_k() {
+    let v = run(
+        "performance",
+        ActivationKind::Relu,
+        30,
+        1,
+        &[0.0; 30],
+        &[0.0; 30],
+        8,
+    );
+    assert!((get(&v, "loss").unwrap() - 3f64.ln()).abs() < 1e-12);
+    // argmax of equal logits is class 0; labels cycle 0,1,2.
+    assert!((get(&v, "accuracy").unwrap() - 1.0 / 3.0).abs() < 1e-12);
+}
+
+#[test]
+fn registry_names_are_unique_and_versioned() {
+    let names: Vec<&str> = all_analyzers().iter().map(|a| a.name()).collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), names.len());
+    assert!(all_analyzers()
+        .iter()
+        .all(|a| a.version() >= 1 && !a.metrics().is_empty()));
+    assert!(by_name("no_such_analyzer").is_none());
+}

@@ -1,0 +1,285 @@
+//! The analysis driver: finds runs and checkpoints, skips what is already
+//! computed, pushes the probe through each remaining checkpoint (in parallel
+//! within a memory bound), and merges the rows into the run's tables.
+
+pub mod capture;
+mod done;
+mod rows;
+mod target;
+
+pub use done::{Done, DoneKey};
+pub use target::{discover, External, Target};
+
+use crate::checkpoint;
+use crate::device;
+use analyzers::{Analyzer, AnalyzerError, MetricValue};
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone)]
+pub struct AnalyzeOptions {
+    /// Analyzer names; empty = every registered analyzer.
+    pub analyzers: Vec<String>,
+    /// auto | cpu | cuda
+    pub device: String,
+    /// Recompute rows that already exist.
+    pub force: bool,
+    /// Probe samples per forward pass.
+    pub chunk_size: usize,
+    /// Upper bound on the memory that concurrent checkpoints may use.
+    pub max_memory_bytes: u64,
+    /// Upper bound on checkpoints analysed at once (0 = the thread count).
+    pub jobs: usize,
+    pub quiet: bool,
+}
+
+impl Default for AnalyzeOptions {
+    fn default() -> Self {
+        AnalyzeOptions {
+            analyzers: Vec::new(),
+            device: "auto".into(),
+            force: false,
+            chunk_size: 256,
+            max_memory_bytes: 4 << 30,
+            jobs: 0,
+            quiet: false,
+        }
+    }
+}
+
+/// What happened, for the summary line and the exit code.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub runs: usize,
+    pub analysed: usize,
+    pub skipped: usize,
+    /// (file, one-line reason)
+    pub failures: Vec<(PathBuf, String)>,
+    /// One line per analyzer that did not apply to a run.
+    pub notes: Vec<String>,
+}
+
+/// The registered analyzers named in `names` (all when empty).
+pub fn select_analyzers(names: &[String]) -> Result<Vec<Box<dyn Analyzer>>> {
+    if names.is_empty() {
+        return Ok(analyzers::all_analyzers());
+    }
+    names
+        .iter()
+        .map(|n| {
+            analyzers::by_name(n).with_context(|| {
+                format!(
+                    "unknown analyzer '{n}' (registered: {})",
+                    analyzers::names().join(", ")
+                )
+            })
+        })
+        .collect()
+}
+
+/// Analyses every target; a failing checkpoint is reported and the others
+/// go on. Errors returned here are set-up errors (bad options).
+pub fn analyze(targets: &[Target], opts: &AnalyzeOptions) -> Result<Report> {
+    let selected = select_analyzers(&opts.analyzers)?;
+    let dev = device::select(&opts.device)?;
+    let mut report = Report::default();
+    for target in targets {
+        report.runs += 1;
+        if let Err(e) = analyze_target(target, &selected, opts, &dev, &mut report) {
+            report
+                .failures
+                .push((target.out_dir.clone(), format!("{e:#}")));
+        }
+    }
+    Ok(report)
+}
+
+struct Job {
+    path: PathBuf,
+    step: u64,
+    analyzers: Vec<usize>,
+}
+
+fn analyze_target(
+    target: &Target,
+    selected: &[Box<dyn Analyzer>],
+    opts: &AnalyzeOptions,
+    dev: &candle_core::Device,
+    report: &mut Report,
+) -> Result<()> {
+    let probe_hash = target.probe.hash.clone();
+    let mut done = if opts.force {
+        Done::default()
+    } else {
+        Done::read(&target.out_dir)?
+    };
+    let mut existing = rows::Existing::read(&target.out_dir, opts.force)?;
+
+    let mut jobs = Vec::new();
+    for path in &target.checkpoints {
+        let Some(step) = target.step_of(path) else {
+            report.failures.push((path.clone(), "cannot tell the step from the file name (expected digits in the name, e.g. step_00000042.safetensors)".into()));
+            continue;
+        };
+        let todo: Vec<usize> = (0..selected.len())
+            .filter(|&i| {
+                let a = &selected[i];
+                !done.entries.contains(&DoneKey {
+                    step,
+                    analyzer: a.name().into(),
+                    version: a.version(),
+                    probe_hash: probe_hash.clone(),
+                })
+            })
+            .collect();
+        report.skipped += selected.len() - todo.len();
+        if !todo.is_empty() {
+            jobs.push(Job {
+                path: path.clone(),
+                step,
+                analyzers: todo,
+            });
+        }
+    }
+    if jobs.is_empty() {
+        // Nothing new; still refresh the runs row (status may have changed).
+        return target.write_runs_table();
+    }
+
+    let threads = if opts.jobs > 0 {
+        opts.jobs
+    } else {
+        rayon::current_num_threads()
+    };
+    let per_job = target.memory_estimate(opts.chunk_size);
+    let parallel = ((opts.max_memory_bytes / per_job.max(1)) as usize).clamp(1, threads.max(1));
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(parallel)
+        .build()?;
+    let bar = if opts.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(jobs.len() as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {prefix} {bar:30} {pos}/{len} checkpoints {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_prefix(target.run_id.clone());
+
+    let results: Vec<(
+        usize,
+        Result<(u64, Vec<(usize, Result<Vec<MetricValue>, AnalyzerError>)>)>,
+    )> = pool.install(|| {
+        jobs.par_iter()
+            .enumerate()
+            .map(|(ji, job)| {
+                let r = run_job(target, job, selected, opts.chunk_size, dev);
+                bar.inc(1);
+                (ji, r)
+            })
+            .collect()
+    });
+    bar.finish_and_clear();
+
+    let mut noted = std::collections::BTreeSet::new();
+    for (ji, result) in results {
+        let job = &jobs[ji];
+        match result {
+            Err(e) => report.failures.push((job.path.clone(), format!("{e:#}"))),
+            Ok((step, outcomes)) => {
+                report.analysed += 1;
+                for (ai, outcome) in outcomes {
+                    let a = &selected[ai];
+                    match outcome {
+                        Ok(values) => existing.replace(step, a.as_ref(), &values, target),
+                        Err(AnalyzerError::NotApplicable { message, .. }) => {
+                            if noted.insert(a.name()) {
+                                report.notes.push(format!(
+                                    "{}: {} does not apply: {message}",
+                                    target.run_id,
+                                    a.name()
+                                ));
+                            }
+                            existing.replace(step, a.as_ref(), &[], target);
+                        }
+                        Err(e) => {
+                            report.failures.push((job.path.clone(), e.to_string()));
+                            continue;
+                        }
+                    }
+                    done.mark(DoneKey {
+                        step,
+                        analyzer: a.name().into(),
+                        version: a.version(),
+                        probe_hash: probe_hash.clone(),
+                    });
+                }
+            }
+        }
+    }
+    existing.write(&target.out_dir)?;
+    done.write(&target.out_dir)?;
+    target.write_runs_table()
+}
+
+fn run_job(
+    target: &Target,
+    job: &Job,
+    selected: &[Box<dyn Analyzer>],
+    chunk: usize,
+    dev: &candle_core::Device,
+) -> Result<(u64, Vec<(usize, Result<Vec<MetricValue>, AnalyzerError>)>)> {
+    let fallback = target
+        .fallback
+        .as_ref()
+        .map(|f| checkpoint::CheckpointMeta {
+            step: job.step,
+            ..f.clone()
+        });
+    let loaded = checkpoint::load(&job.path, fallback.as_ref())?;
+    let spec = &loaded.meta.spec;
+    if loaded.meta.step != job.step {
+        bail!(
+            "{}: metadata step {} does not match the file name's step {}",
+            job.path.display(),
+            loaded.meta.step,
+            job.step
+        );
+    }
+    if spec.input_shape != target.probe.sample_shape {
+        bail!(
+            "{}: model input shape {:?} does not match the probe's sample shape {:?}",
+            job.path.display(),
+            spec.input_shape,
+            target.probe.sample_shape
+        );
+    }
+    if let Some(&bad) = target
+        .probe
+        .labels
+        .iter()
+        .find(|&&y| y < 0 || y as usize >= spec.num_classes)
+    {
+        bail!(
+            "{}: probe label {bad} is outside the model's {} classes",
+            job.path.display(),
+            spec.num_classes
+        );
+    }
+    let model = loaded.model(dev)?;
+    let info = spec.model_info();
+    let subset: Vec<&dyn Analyzer> = job
+        .analyzers
+        .iter()
+        .map(|&i| selected[i].as_ref())
+        .collect();
+    let outcomes = capture::run(&model, &info, &target.probe, &subset, chunk, dev)
+        .with_context(|| format!("{}", job.path.display()))?;
+    Ok((
+        job.step,
+        job.analyzers.iter().copied().zip(outcomes).collect(),
+    ))
+}

@@ -1,0 +1,120 @@
+//! The rows of a run's two metric tables, read from disk, replaced per
+//! (step, analyzer) as new results arrive, and written back sorted.
+
+use super::target::Target;
+use crate::tables::{Table, Value};
+use analyzers::{Analyzer, MetricValue};
+use anyhow::{Context, Result};
+use std::path::Path;
+
+pub const LAYER: &str = "layer_metrics";
+pub const MODEL: &str = "model_metrics";
+
+pub struct Existing {
+    layer: Table,
+    model: Table,
+}
+
+fn read_or_new(dir: &Path, table: &str, force: bool) -> Result<Table> {
+    let path = dir.join(format!("{table}.parquet"));
+    if force || !path.exists() {
+        return Ok(Table::new(table));
+    }
+    Table::read(&path, table).context(
+        "existing table is unreadable (delete it, or pass --force to recompute everything)",
+    )
+}
+
+impl Existing {
+    pub fn read(dir: &Path, force: bool) -> Result<Self> {
+        Ok(Existing {
+            layer: read_or_new(dir, LAYER, force)?,
+            model: read_or_new(dir, MODEL, force)?,
+        })
+    }
+
+    /// Drops every row of (step, analyzer), whatever its version or probe,
+    /// and appends `values`.
+    pub fn replace(
+        &mut self,
+        step: u64,
+        analyzer: &dyn Analyzer,
+        values: &[MetricValue],
+        target: &Target,
+    ) {
+        for t in [&mut self.layer, &mut self.model] {
+            let (si, ai) = (
+                t.column_index("step").expect("step column"),
+                t.column_index("analyzer").expect("analyzer column"),
+            );
+            t.rows.retain(|r| {
+                !(r[si].as_i64() == Some(step as i64) && r[ai].as_str() == Some(analyzer.name()))
+            });
+        }
+        let taps = target.spec.taps();
+        let n_taps = taps.len().max(1) as f64;
+        let n = target.probe.len() as i64;
+        for v in values {
+            match v.tap {
+                Some(l) => {
+                    let tap = &taps[l];
+                    self.layer.push(vec![
+                        Value::Str(target.run_id.clone()),
+                        Value::I64(step as i64),
+                        Value::I32(l as i32),
+                        Value::Str(tap.layer_name.clone()),
+                        Value::Str(tap.layer_kind.as_str().into()),
+                        Value::F64((l + 1) as f64 / n_taps),
+                        Value::Str(analyzer.name().into()),
+                        Value::I32(analyzer.version() as i32),
+                        Value::Str(v.metric.into()),
+                        Value::opt_f64(v.value),
+                        Value::Str(target.probe.hash.clone()),
+                        Value::I64(n),
+                    ]);
+                }
+                None => self.model.push(vec![
+                    Value::Str(target.run_id.clone()),
+                    Value::I64(step as i64),
+                    Value::Str(analyzer.name().into()),
+                    Value::I32(analyzer.version() as i32),
+                    Value::Null,
+                    Value::Str(v.metric.into()),
+                    Value::opt_f64(v.value),
+                    Value::Str(target.probe.hash.clone()),
+                    Value::I64(n),
+                    Value::Str("probe".into()),
+                ]),
+            }
+        }
+    }
+
+    pub fn write(&mut self, dir: &Path) -> Result<()> {
+        sort(&mut self.layer, &["step", "analyzer", "tap", "metric"]);
+        sort(
+            &mut self.model,
+            &["step", "analyzer", "surrogate", "metric"],
+        );
+        self.layer.write(&dir.join(format!("{LAYER}.parquet")))?;
+        self.model.write(&dir.join(format!("{MODEL}.parquet")))
+    }
+}
+
+fn sort(t: &mut Table, keys: &[&str]) {
+    let idx: Vec<usize> = keys
+        .iter()
+        .map(|k| t.column_index(k).expect("sort key"))
+        .collect();
+    t.rows.sort_by(|a, b| {
+        for &i in &idx {
+            let o = match (&a[i], &b[i]) {
+                (Value::Str(x), Value::Str(y)) => x.cmp(y),
+                (x, y) => x.as_i64().cmp(&y.as_i64()),
+            };
+            if o != std::cmp::Ordering::Equal {
+                return o;
+            }
+        }
+        std::cmp::Ordering::Equal
+    });
+}

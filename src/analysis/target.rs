@@ -1,0 +1,198 @@
+//! What to analyse: a trainer run directory, every run under a runs root, or
+//! a bare folder of checkpoints written elsewhere (with a spec and a probe).
+
+use crate::checkpoint::{self, CheckpointMeta};
+use crate::probe::{self, Probe};
+use crate::run::{self, RunManifest};
+use crate::spec::ModelSpec;
+use crate::tables::{flatten::flatten, Table, Value};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+
+enum Origin {
+    Run(Box<RunManifest>),
+    /// Checkpoints from elsewhere; only the spec is known.
+    External,
+}
+
+pub struct Target {
+    pub run_id: String,
+    /// Where the tables go (`RUN_DIR/analysis`).
+    pub out_dir: PathBuf,
+    pub probe: Probe,
+    pub spec: ModelSpec,
+    pub checkpoints: Vec<PathBuf>,
+    /// Identity for checkpoints without lintrace metadata.
+    pub fallback: Option<CheckpointMeta>,
+    origin: Origin,
+}
+
+/// Where to find checkpoints written elsewhere.
+pub struct External {
+    pub spec: PathBuf,
+    pub probe: PathBuf,
+    pub run_id: Option<String>,
+}
+
+/// Resolves command-line paths into targets. Runs that cannot even be
+/// opened are returned as failures so the others still run.
+pub fn discover(
+    paths: &[PathBuf],
+    external: Option<&External>,
+) -> Result<(Vec<Target>, Vec<(PathBuf, String)>)> {
+    let mut targets = Vec::new();
+    let mut failures = Vec::new();
+    for path in paths {
+        if !path.exists() {
+            bail!("{}: does not exist", path.display());
+        }
+        if let Some(ext) = external {
+            targets.push(Target::external(path, ext)?);
+            continue;
+        }
+        let run_dirs: Vec<PathBuf> = if run::is_run_dir(path) {
+            vec![path.clone()]
+        } else if path.is_dir() {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(path)
+                .with_context(|| format!("{}: cannot read", path.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| run::is_run_dir(p))
+                .collect();
+            v.sort();
+            if v.is_empty() {
+                bail!(
+                    "{}: no runs found (a run folder holds run.json; for checkpoints written elsewhere pass --spec and --probe)",
+                    path.display()
+                );
+            }
+            v
+        } else {
+            bail!("{}: not a run folder (pass --spec and --probe to analyse checkpoints written elsewhere)", path.display());
+        };
+        for dir in run_dirs {
+            match Target::run(&dir) {
+                Ok(t) => targets.push(t),
+                Err(e) => failures.push((dir, format!("{e:#}"))),
+            }
+        }
+    }
+    Ok((targets, failures))
+}
+
+impl Target {
+    fn run(dir: &Path) -> Result<Target> {
+        let manifest = RunManifest::read(dir)?;
+        let spec = ModelSpec::from_json(&manifest.spec.to_string())
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("{}: 'spec'", dir.join(run::MANIFEST).display()))?;
+        let probe = probe::load(&dir.join(run::PROBE))?;
+        let checkpoints = checkpoint::list(&run::checkpoint_dir(dir), false)?;
+        Ok(Target {
+            run_id: manifest.run_id.clone(),
+            out_dir: dir.join(run::ANALYSIS),
+            probe,
+            spec,
+            checkpoints,
+            fallback: None,
+            origin: Origin::Run(Box::new(manifest)),
+        })
+    }
+
+    fn external(path: &Path, ext: &External) -> Result<Target> {
+        let text = std::fs::read_to_string(&ext.spec)
+            .with_context(|| format!("{}: cannot read spec", ext.spec.display()))?;
+        let spec = ModelSpec::from_json(&text)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("{}", ext.spec.display()))?;
+        let probe = probe::load(&ext.probe)?;
+        let (checkpoints, base) = if path.is_file() {
+            (
+                vec![path.to_path_buf()],
+                path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+            )
+        } else {
+            (checkpoint::list(path, true)?, path.to_path_buf())
+        };
+        let run_id = ext.run_id.clone().unwrap_or_else(|| {
+            let abs = base.canonicalize().unwrap_or(base.clone());
+            abs.file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "external".into())
+        });
+        let fallback = CheckpointMeta {
+            spec: spec.clone(),
+            run_id: run_id.clone(),
+            step: 0,
+            epoch: 0.0,
+            samples_seen: 0,
+        };
+        Ok(Target {
+            run_id,
+            out_dir: base.join(run::ANALYSIS),
+            probe,
+            spec,
+            checkpoints,
+            fallback: Some(fallback),
+            origin: Origin::External,
+        })
+    }
+
+    /// The step a checkpoint file holds: `step_N` for lintrace files, else
+    /// the last run of digits in the file name (`epoch_3_step_1200.safetensors` → 1200).
+    pub fn step_of(&self, path: &Path) -> Option<u64> {
+        if let Some(s) = checkpoint::step_from_file_name(path) {
+            return Some(s);
+        }
+        let stem = path.file_stem()?.to_str()?;
+        let digits: String = stem
+            .chars()
+            .rev()
+            .skip_while(|c| !c.is_ascii_digit())
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        digits.chars().rev().collect::<String>().parse().ok()
+    }
+
+    /// Rough peak bytes for one checkpoint in flight: parameters (host and
+    /// device copies), a chunk's activations (z and a, each copied to the
+    /// host, plus candle's intermediates) and the accumulators' state.
+    pub fn memory_estimate(&self, chunk: usize) -> u64 {
+        let units: u64 = self.spec.taps().iter().map(|t| t.units() as u64).sum();
+        let params = self.spec.num_parameters() as u64 * 4 * 2;
+        let activations = chunk as u64 * (units * 2 * 4) * 3;
+        let state = units * 8 * 8;
+        params + activations + state + (self.probe.inputs.len() as u64 * 4)
+    }
+
+    pub fn write_runs_table(&self) -> Result<()> {
+        let mut table = Table::new("runs");
+        let (status, version, fingerprint, config) = match &self.origin {
+            Origin::Run(m) => (
+                m.status.as_str().to_string(),
+                m.lintrace_version.clone(),
+                m.dataset.fingerprint.clone(),
+                serde_json::to_value(&m.config)?,
+            ),
+            Origin::External => (
+                "external".into(),
+                env!("CARGO_PKG_VERSION").into(),
+                "unknown".into(),
+                serde_json::json!({ "spec": serde_json::from_str::<serde_json::Value>(&self.spec.to_json())? }),
+            ),
+        };
+        let flat = flatten("config.", &config);
+        table.extra = flat.iter().map(|(n, t, _)| (n.clone(), *t)).collect();
+        let mut row = vec![
+            Value::Str(self.run_id.clone()),
+            Value::Str(status),
+            Value::Str(version),
+            Value::Str(fingerprint),
+            Value::Str(self.probe.hash.clone()),
+            Value::I64(self.spec.num_parameters() as i64),
+            Value::I32(self.spec.num_taps() as i32),
+        ];
+        row.extend(flat.into_iter().map(|(_, _, v)| v));
+        table.push(row);
+        table.write(&self.out_dir.join("runs.parquet"))
+    }
+}

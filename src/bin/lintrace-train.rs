@@ -1,0 +1,275 @@
+//! `lintrace-train`: trains one model and writes log-spaced checkpoints, the
+//! probe batch, the train log and the run manifest. Flags override the keys
+//! of `--config FILE.toml`, which override the defaults.
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use lintrace::device;
+use lintrace::init::InitScheme;
+use lintrace::spec::ConvItem;
+use lintrace::train::{self, optim::OptimizerKind, schedule::Schedule, TrainConfig, TrainOptions};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "lintrace-train",
+    version,
+    about = "Train a model and write log-spaced safetensors checkpoints",
+    args_override_self = true
+)]
+struct Args {
+    /// TOML file with any of the config keys (flags override it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// mlp | cnn
+    #[arg(long)]
+    model: Option<String>,
+    /// relu | leaky_relu | gelu | tanh | identity
+    #[arg(long)]
+    activation: Option<String>,
+    #[arg(long)]
+    leaky_relu_slope: Option<f64>,
+    /// MLP hidden width.
+    #[arg(long)]
+    width: Option<usize>,
+    /// MLP hidden layers.
+    #[arg(long)]
+    depth: Option<usize>,
+    /// CNN conv stack, e.g. "32,64,M,64,M" (M = 2×2 max-pool).
+    #[arg(long)]
+    conv: Option<String>,
+    /// CNN dense widths before the head, e.g. "128".
+    #[arg(long)]
+    dense: Option<String>,
+    #[arg(long)]
+    kernel_size: Option<usize>,
+    /// Taps made linear (identity), e.g. "0,1".
+    #[arg(long)]
+    linear_taps: Option<String>,
+    /// cifar10 | image-folder | idx | digits | gaussian-mixture | sinusoid-2d
+    #[arg(long)]
+    dataset: Option<String>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Keep only these classes, e.g. "0,1,2".
+    #[arg(long)]
+    classes: Option<String>,
+    /// Merge classes into groups, e.g. "0-4/5-9".
+    #[arg(long)]
+    groups: Option<String>,
+    /// Skip per-channel normalisation.
+    #[arg(long)]
+    no_normalize: bool,
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    #[arg(long)]
+    data_seed: Option<u64>,
+    /// Synthetic datasets: training samples.
+    #[arg(long)]
+    n_train: Option<usize>,
+    /// Synthetic datasets: test samples.
+    #[arg(long)]
+    n_test: Option<usize>,
+    #[arg(long)]
+    synthetic_dim: Option<usize>,
+    #[arg(long)]
+    synthetic_classes: Option<usize>,
+    #[arg(long, conflicts_with = "epochs")]
+    steps: Option<u64>,
+    #[arg(long)]
+    epochs: Option<f64>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    lr: Option<f64>,
+    /// sgd | momentum | adam | adamw
+    #[arg(long)]
+    optimizer: Option<String>,
+    #[arg(long)]
+    momentum: Option<f64>,
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// constant | cosine | warmup | warmup-cosine
+    #[arg(long)]
+    lr_schedule: Option<String>,
+    #[arg(long)]
+    warmup_steps: Option<u64>,
+    /// pytorch | kaiming-normal | xavier | orthogonal
+    #[arg(long)]
+    init: Option<String>,
+    #[arg(long)]
+    init_scale: Option<f64>,
+    /// Random crop and flip (image data).
+    #[arg(long)]
+    augment: bool,
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long)]
+    probe_size: Option<usize>,
+    #[arg(long)]
+    probe_seed: Option<u64>,
+    #[arg(long)]
+    ckpt_per_decade: Option<f64>,
+    /// Points per doubling of the step; overrides --ckpt-per-decade.
+    #[arg(long)]
+    ckpt_per_octave: Option<f64>,
+    /// Also checkpoint every N steps.
+    #[arg(long)]
+    ckpt_every: Option<u64>,
+    /// Runs root.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Run id (default: readable name plus config hash).
+    #[arg(long)]
+    name: Option<String>,
+    /// Replace an existing run with the same id.
+    #[arg(long)]
+    overwrite: bool,
+    /// auto | cpu | cuda
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Print the resolved config as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+fn list<T: std::str::FromStr>(what: &str, s: &str) -> Result<Vec<T>> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(|x| {
+            x.parse::<T>()
+                .map_err(|_| anyhow::anyhow!("--{what}: '{x}' is not valid"))
+        })
+        .collect()
+}
+
+fn resolve(a: &Args) -> Result<TrainConfig> {
+    let mut c = match &a.config {
+        Some(p) => TrainConfig::from_toml_file(p)?,
+        None => TrainConfig::default(),
+    };
+    macro_rules! set {
+        ($($field:ident).+ = $value:expr) => {
+            if let Some(v) = $value {
+                c.$($field).+ = v;
+            }
+        };
+    }
+    set!(model = a.model.clone());
+    set!(activation = a.activation.clone());
+    set!(leaky_relu_slope = a.leaky_relu_slope);
+    set!(width = a.width);
+    set!(depth = a.depth);
+    if let Some(s) = &a.conv {
+        c.conv =
+            s.split(',')
+                .map(str::trim)
+                .map(|x| match x {
+                    "M" | "m" => Ok(ConvItem::Pool(lintrace::spec::PoolMarker::M)),
+                    n => n.parse().map(ConvItem::Conv).map_err(|_| {
+                        anyhow::anyhow!("--conv: '{n}' is neither a channel count nor M")
+                    }),
+                })
+                .collect::<Result<_>>()?;
+    }
+    if let Some(s) = &a.dense {
+        c.dense = list("dense", s)?;
+    }
+    set!(kernel_size = a.kernel_size);
+    if let Some(s) = &a.linear_taps {
+        c.linear_taps = list("linear-taps", s)?;
+    }
+    set!(data.dataset = a.dataset.clone());
+    if a.data_dir.is_some() {
+        c.data.data_dir = a.data_dir.clone();
+    }
+    if let Some(s) = &a.classes {
+        c.data.classes = Some(list("classes", s)?);
+    }
+    if a.groups.is_some() {
+        c.data.groups = a.groups.clone();
+    }
+    if a.no_normalize {
+        c.data.normalize = false;
+    }
+    if a.cache_dir.is_some() {
+        c.data.cache_dir = a.cache_dir.clone();
+    }
+    set!(data.data_seed = a.data_seed);
+    set!(data.n_train = a.n_train);
+    set!(data.n_test = a.n_test);
+    set!(data.synthetic_dim = a.synthetic_dim);
+    set!(data.synthetic_classes = a.synthetic_classes);
+    if let Some(s) = a.steps {
+        c.steps = s;
+    }
+    if let Some(e) = a.epochs {
+        c.epochs = e;
+        c.steps = 0;
+    }
+    set!(batch_size = a.batch_size);
+    set!(lr = a.lr);
+    if let Some(s) = &a.optimizer {
+        c.optimizer = OptimizerKind::parse(s)?;
+    }
+    set!(momentum = a.momentum);
+    set!(weight_decay = a.weight_decay);
+    if let Some(s) = &a.lr_schedule {
+        c.lr_schedule = Schedule::parse(s)?;
+    }
+    set!(warmup_steps = a.warmup_steps);
+    if let Some(s) = &a.init {
+        c.init = InitScheme::parse(s)?;
+    }
+    set!(init_scale = a.init_scale);
+    if a.augment {
+        c.augment = true;
+    }
+    set!(seed = a.seed);
+    set!(probe_size = a.probe_size);
+    set!(probe_seed = a.probe_seed);
+    set!(ckpt_per_decade = a.ckpt_per_decade);
+    set!(ckpt_per_octave = a.ckpt_per_octave);
+    set!(ckpt_every = a.ckpt_every);
+    set!(out = a.out.clone());
+    set!(name = a.name.clone());
+    c.check()?;
+    Ok(c)
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Err(e) = real_main(&args) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main(args: &Args) -> Result<()> {
+    let cfg = resolve(args)?;
+    if args.print_config {
+        print!("{}", toml::to_string(&cfg).context("cannot render config")?);
+        return Ok(());
+    }
+    let opts = TrainOptions {
+        overwrite: args.overwrite,
+        quiet: args.quiet,
+        device: device::select(&args.device)?,
+    };
+    let start = std::time::Instant::now();
+    let dir = train::train(&cfg, &opts)?;
+    let manifest = lintrace::run::RunManifest::read(&dir)?;
+    println!(
+        "trained {} ({} steps, {} checkpoints) in {:.1}s → {}",
+        manifest.run_id,
+        manifest.total_steps,
+        manifest.checkpoint_steps.len(),
+        start.elapsed().as_secs_f64(),
+        dir.display()
+    );
+    Ok(())
+}

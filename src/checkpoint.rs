@@ -1,0 +1,226 @@
+//! Safetensors checkpoints. A lintrace checkpoint is a plain safetensors file
+//! (loadable with `safetensors.torch.load_file`) whose `__metadata__` carries
+//! the model spec, run id, step, epoch and samples seen, so the file alone
+//! rebuilds its model. Files written elsewhere (PyTorch) load with a spec
+//! given on the command line.
+
+use crate::atomic::write_atomic;
+use crate::model::{build, Model};
+use crate::spec::ModelSpec;
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+pub const FORMAT: &str = "lintrace.checkpoint";
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckpointMeta {
+    pub spec: ModelSpec,
+    pub run_id: String,
+    pub step: u64,
+    /// Fractional epochs: samples seen / training-set size.
+    pub epoch: f64,
+    pub samples_seen: u64,
+}
+
+impl CheckpointMeta {
+    fn to_metadata(&self) -> HashMap<String, String> {
+        HashMap::from([
+            ("format".into(), FORMAT.into()),
+            ("format_version".into(), FORMAT_VERSION.to_string()),
+            ("spec".into(), self.spec.to_json()),
+            ("run_id".into(), self.run_id.clone()),
+            ("step".into(), self.step.to_string()),
+            ("epoch".into(), self.epoch.to_string()),
+            ("samples_seen".into(), self.samples_seen.to_string()),
+            ("lintrace_version".into(), env!("CARGO_PKG_VERSION").into()),
+        ])
+    }
+
+    fn from_metadata(md: &HashMap<String, String>) -> Result<Self> {
+        let get = |k: &str| {
+            md.get(k)
+                .ok_or_else(|| anyhow!("metadata key '{k}' is missing"))
+        };
+        let version: u32 = get("format_version")?
+            .parse()
+            .context("format_version is not a number")?;
+        if version != FORMAT_VERSION {
+            bail!("checkpoint format_version {version} is not supported (this lintrace reads {FORMAT_VERSION})");
+        }
+        Ok(CheckpointMeta {
+            spec: ModelSpec::from_json(get("spec")?)
+                .map_err(|e| anyhow!("metadata 'spec': {e}"))?,
+            run_id: get("run_id")?.clone(),
+            step: get("step")?
+                .parse()
+                .context("metadata 'step' is not an integer")?,
+            epoch: get("epoch")?
+                .parse()
+                .context("metadata 'epoch' is not a number")?,
+            samples_seen: get("samples_seen")?
+                .parse()
+                .context("metadata 'samples_seen' is not an integer")?,
+        })
+    }
+}
+
+/// `checkpoints/step_00000042.safetensors`
+pub fn file_name(step: u64) -> String {
+    format!("step_{step:08}.safetensors")
+}
+
+/// The step encoded in a checkpoint file name, if it is one of ours.
+pub fn step_from_file_name(path: &Path) -> Option<u64> {
+    let name = path.file_name()?.to_str()?;
+    name.strip_prefix("step_")?
+        .strip_suffix(".safetensors")?
+        .parse()
+        .ok()
+}
+
+/// Writes named f32 tensors with lintrace metadata, atomically.
+pub fn save(path: &Path, meta: &CheckpointMeta, tensors: &[(String, Tensor)]) -> Result<()> {
+    let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let values: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        data.push((name.clone(), t.dims().to_vec(), bytes));
+    }
+    save_raw(path, meta, &data)
+}
+
+/// Writes (name, shape, little-endian f32 bytes) with lintrace metadata.
+pub fn save_raw(
+    path: &Path,
+    meta: &CheckpointMeta,
+    data: &[(String, Vec<usize>, Vec<u8>)],
+) -> Result<()> {
+    let views = data
+        .iter()
+        .map(|(n, s, b)| Ok((n.as_str(), TensorView::new(Dtype::F32, s.clone(), b)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let bytes = safetensors::serialize(views, Some(meta.to_metadata()))
+        .with_context(|| format!("{}: cannot serialise checkpoint", path.display()))?;
+    write_atomic(path, &canonical_header(bytes)?)
+}
+
+/// Rewrites a safetensors header with sorted keys. `serialize` takes the
+/// metadata as a HashMap, whose order changes from process to process;
+/// sorting makes equal checkpoints byte-identical (deterministic training is
+/// tested byte for byte). Data offsets are relative to the end of the
+/// header, so only the length prefix changes.
+pub fn canonical_header(bytes: Vec<u8>) -> Result<Vec<u8>> {
+    let n = u64::from_le_bytes(bytes[..8].try_into()?) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n])?;
+    let mut text = sorted_json(&header);
+    // The format pads the header with spaces to a multiple of 8 bytes.
+    while text.len() % 8 != 0 {
+        text.push(' ');
+    }
+    let mut out = Vec::with_capacity(bytes.len() + 8);
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(&bytes[8 + n..]);
+    Ok(out)
+}
+
+fn sorted_json(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            let items: Vec<String> = keys
+                .iter()
+                .map(|k| {
+                    format!(
+                        "{}:{}",
+                        serde_json::Value::String((*k).clone()),
+                        sorted_json(&map[*k])
+                    )
+                })
+                .collect();
+            format!("{{{}}}", items.join(","))
+        }
+        other => other.to_string(),
+    }
+}
+
+/// A checkpoint opened from disk: its metadata (when it has lintrace's) and
+/// its tensors, memory-mapped and then copied onto the device.
+pub struct Loaded {
+    pub path: PathBuf,
+    pub meta: CheckpointMeta,
+    pub tensors: BTreeMap<String, Tensor>,
+}
+
+impl Loaded {
+    pub fn model(&self, device: &Device) -> Result<Model> {
+        build(&self.meta.spec, self.tensors.clone(), device)
+            .with_context(|| format!("{}: does not match its model spec", self.path.display()))
+    }
+}
+
+/// Opens a checkpoint. `fallback` supplies the spec, run identity and step
+/// for files without lintrace metadata (e.g. PyTorch-trained weights); a
+/// checkpoint with its own metadata uses its own spec. Every error names the
+/// file.
+pub fn load(path: &Path, fallback: Option<&CheckpointMeta>) -> Result<Loaded> {
+    load_inner(path, fallback).with_context(|| format!("{}", path.display()))
+}
+
+fn load_inner(path: &Path, fallback: Option<&CheckpointMeta>) -> Result<Loaded> {
+    let file = std::fs::File::open(path).context("cannot open")?;
+    // SAFETY: the map is read-only and dropped before this function returns;
+    // lintrace never writes a checkpoint in place (writes are atomic renames).
+    let mmap = unsafe { memmap2::Mmap::map(&file) }.context("cannot map")?;
+    let (_, header) = SafeTensors::read_metadata(&mmap)
+        .map_err(|e| anyhow!("not a valid safetensors file ({e})"))?;
+    let st = SafeTensors::deserialize(&mmap)
+        .map_err(|e| anyhow!("not a valid safetensors file ({e})"))?;
+    let md = header.metadata().clone().unwrap_or_default();
+    let meta = if md.get("format").map(String::as_str) == Some(FORMAT) {
+        CheckpointMeta::from_metadata(&md)?
+    } else if let Some(fb) = fallback {
+        fb.clone()
+    } else {
+        bail!("has no lintrace metadata: pass --spec (and --probe) to analyse checkpoints written elsewhere")
+    };
+    let mut tensors = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        let dtype = match view.dtype() {
+            Dtype::F32 => DType::F32,
+            Dtype::F16 => DType::F16,
+            Dtype::BF16 => DType::BF16,
+            Dtype::F64 => DType::F64,
+            other => bail!("tensor '{name}' has dtype {other:?}; expected a float type"),
+        };
+        let t = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), &Device::Cpu)
+            .with_context(|| format!("tensor '{name}'"))?
+            .to_dtype(DType::F32)?;
+        tensors.insert(name, t);
+    }
+    Ok(Loaded {
+        path: path.to_path_buf(),
+        meta,
+        tensors,
+    })
+}
+
+/// The checkpoint files of a folder, sorted by step; files that are not
+/// `step_*.safetensors` are ignored, except with `any_name` (a bare folder of
+/// foreign checkpoints, sorted by name).
+pub fn list(dir: &Path, any_name: bool) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("{}: cannot read checkpoint folder", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .filter(|p| any_name || step_from_file_name(p).is_some())
+        .collect();
+    files.sort_by_key(|p| (step_from_file_name(p), p.clone()));
+    Ok(files)
+}

@@ -1,0 +1,20 @@
+//! lintrace: how neural networks become nonlinear over depth and training.
+//!
+//! The data path is one-way: `data` → `train` (writes `checkpoint`s, the
+//! `probe` and the run manifest) → `analysis` (reloads checkpoints, runs the
+//! `analyzers` crate's metrics) → `tables` (tidy Parquet).
+
+pub mod analysis;
+pub mod atomic;
+pub mod checkpoint;
+pub mod data;
+pub mod device;
+pub mod init;
+pub mod model;
+pub mod probe;
+pub mod run;
+pub mod spec;
+pub mod tables;
+pub mod train;
+
+pub use analyzers;

@@ -1,0 +1,94 @@
+//! A run directory and its manifest, `run.json`:
+//!
+//! ```text
+//! RUN_DIR/
+//!   run.json                 resolved config, dataset fingerprint, status
+//!   probe.safetensors        the fixed probe batch
+//!   train_log.parquet        one row per step
+//!   checkpoints/step_XXXXXXXX.safetensors
+//!   analysis/                written by lintrace-analyze
+//! ```
+
+use crate::atomic::write_json_atomic;
+use crate::train::config::TrainConfig;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const MANIFEST: &str = "run.json";
+pub const PROBE: &str = "probe.safetensors";
+pub const TRAIN_LOG: &str = "train_log.parquet";
+pub const CHECKPOINTS: &str = "checkpoints";
+pub const ANALYSIS: &str = "analysis";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Running,
+    Finished,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Running => "running",
+            Status::Finished => "finished",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DatasetInfo {
+    pub name: String,
+    pub fingerprint: String,
+    pub classes: Vec<String>,
+    pub sample_shape: Vec<usize>,
+    pub n_train: usize,
+    pub n_test: usize,
+    pub normalisation: Option<crate::data::Normalisation>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunManifest {
+    pub run_id: String,
+    pub status: Status,
+    pub lintrace_version: String,
+    pub config: TrainConfig,
+    /// The model spec (also in every checkpoint).
+    pub spec: serde_json::Value,
+    pub n_parameters: usize,
+    pub n_taps: usize,
+    pub dataset: DatasetInfo,
+    pub probe_hash: String,
+    pub probe_size: usize,
+    pub total_steps: u64,
+    pub steps_done: u64,
+    pub checkpoint_steps: Vec<u64>,
+    pub started_unix: u64,
+    pub wall_seconds: f64,
+    pub error: Option<String>,
+}
+
+impl RunManifest {
+    pub fn read(run_dir: &Path) -> Result<Self> {
+        let path = run_dir.join(MANIFEST);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{}: malformed run manifest", path.display()))
+    }
+
+    pub fn write(&self, run_dir: &Path) -> Result<()> {
+        write_json_atomic(&run_dir.join(MANIFEST), self)
+    }
+}
+
+pub fn is_run_dir(p: &Path) -> bool {
+    p.join(MANIFEST).is_file()
+}
+
+pub fn checkpoint_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join(CHECKPOINTS)
+}

@@ -1,0 +1,240 @@
+//! The trainer's configuration: defaults, overlaid by a TOML file, overlaid
+//! by command-line flags. The resolved config is written to `run.json` and
+//! flattened into the `runs` table, so every key here is a column there.
+
+use crate::data::DataConfig;
+use crate::init::InitScheme;
+use crate::spec::{Activation, Arch, ConvItem, ModelSpec, SPEC_VERSION};
+use crate::train::optim::OptimizerKind;
+use crate::train::schedule::Schedule;
+use crate::train::steps::Spacing;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainConfig {
+    /// mlp | cnn
+    pub model: String,
+    pub activation: String,
+    pub leaky_relu_slope: f64,
+    /// MLP: hidden width and number of hidden layers.
+    pub width: usize,
+    pub depth: usize,
+    /// CNN: conv stack (channels or "M" for a 2×2 max-pool), kernel, dense widths.
+    pub conv: Vec<ConvItem>,
+    pub kernel_size: usize,
+    pub dense: Vec<usize>,
+    /// Taps whose nonlinearity is the identity (partly linear models).
+    pub linear_taps: Vec<usize>,
+    #[serde(flatten)]
+    pub data: DataConfig,
+    /// Optimizer updates; 0 means "use epochs".
+    pub steps: u64,
+    /// Used when steps is 0: steps = ceil(epochs · n_train / batch_size).
+    pub epochs: f64,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub optimizer: OptimizerKind,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub lr_schedule: Schedule,
+    pub warmup_steps: u64,
+    pub init: InitScheme,
+    pub init_scale: f64,
+    /// Random crops (padding H/8) and horizontal flips, for image data.
+    pub augment: bool,
+    pub seed: u64,
+    pub probe_size: usize,
+    /// Seed of the probe draw (shared by the runs of a sweep).
+    pub probe_seed: u64,
+    pub ckpt_per_decade: f64,
+    /// If > 0, overrides ckpt_per_decade: points per doubling of the step.
+    pub ckpt_per_octave: f64,
+    /// Also checkpoint every N steps (0 = off).
+    pub ckpt_every: u64,
+    /// Runs root.
+    pub out: PathBuf,
+    /// Run id; empty = a readable name plus a short config hash.
+    pub name: String,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            model: "cnn".into(),
+            activation: "relu".into(),
+            leaky_relu_slope: 0.01,
+            width: 128,
+            depth: 4,
+            conv: vec![
+                ConvItem::Conv(32),
+                ConvItem::Conv(64),
+                ConvItem::Pool(crate::spec::PoolMarker::M),
+                ConvItem::Conv(64),
+                ConvItem::Pool(crate::spec::PoolMarker::M),
+            ],
+            kernel_size: 3,
+            dense: vec![128],
+            linear_taps: Vec::new(),
+            data: DataConfig::default(),
+            steps: 0,
+            epochs: 10.0,
+            batch_size: 128,
+            lr: 0.05,
+            optimizer: OptimizerKind::Momentum,
+            momentum: 0.9,
+            weight_decay: 0.0,
+            lr_schedule: Schedule::Constant,
+            warmup_steps: 0,
+            init: InitScheme::Pytorch,
+            init_scale: 1.0,
+            augment: false,
+            seed: 0,
+            probe_size: 2048,
+            probe_seed: 0,
+            ckpt_per_decade: 8.0,
+            ckpt_per_octave: 0.0,
+            ckpt_every: 0,
+            out: PathBuf::from("runs"),
+            name: String::new(),
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Defaults overlaid with a TOML file; unknown keys are an error.
+    pub fn from_toml_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read config", path.display()))?;
+        Self::from_toml(&text).with_context(|| format!("{}", path.display()))
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let table: toml::Table = toml::from_str(text).context("malformed TOML")?;
+        let known = Self::keys();
+        if let Some(bad) = table.keys().find(|k| !known.contains(k.as_str())) {
+            bail!("unknown config key '{bad}'");
+        }
+        let cfg: TrainConfig = table.try_into().context("invalid config value")?;
+        Ok(cfg)
+    }
+
+    /// Every key a config may hold.
+    pub fn keys() -> BTreeSet<String> {
+        match serde_json::to_value(TrainConfig::default()) {
+            Ok(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
+            _ => BTreeSet::new(),
+        }
+    }
+
+    pub fn spacing(&self) -> Spacing {
+        if self.ckpt_per_octave > 0.0 {
+            Spacing::PerOctave(self.ckpt_per_octave)
+        } else {
+            Spacing::PerDecade(self.ckpt_per_decade)
+        }
+    }
+
+    /// The model spec for data of `input_shape` with `num_classes` classes.
+    pub fn model_spec(&self, input_shape: &[usize], num_classes: usize) -> Result<ModelSpec> {
+        let arch = match self.model.as_str() {
+            "mlp" => Arch::Mlp {
+                hidden: vec![self.width; self.depth],
+            },
+            "cnn" => Arch::Cnn {
+                conv: self.conv.clone(),
+                kernel_size: self.kernel_size,
+                dense: self.dense.clone(),
+            },
+            other => bail!("unknown model '{other}' (expected mlp or cnn)"),
+        };
+        let spec = ModelSpec {
+            spec_version: SPEC_VERSION,
+            arch,
+            input_shape: input_shape.to_vec(),
+            num_classes,
+            activation: Activation::parse(&self.activation).map_err(anyhow::Error::msg)?,
+            tap_activations: None,
+            leaky_relu_slope: self.leaky_relu_slope,
+            linear_taps: self.linear_taps.iter().copied().collect(),
+        };
+        spec.validate().map_err(anyhow::Error::msg)?;
+        Ok(spec)
+    }
+
+    /// The run id: `name` if given, else `<model>-<dataset>-<activation>-s<seed>-<hash>`
+    /// where the hash covers every key but `out` and `name`.
+    pub fn run_id(&self) -> String {
+        if !self.name.is_empty() {
+            return self.name.clone();
+        }
+        let mut c = self.clone();
+        c.out = PathBuf::new();
+        let digest = Sha256::digest(serde_json::to_string(&c).unwrap_or_default().as_bytes());
+        let hash: String = digest.iter().take(3).map(|b| format!("{b:02x}")).collect();
+        format!(
+            "{}-{}-{}-s{}-{hash}",
+            self.model, self.data.dataset, self.activation, self.seed
+        )
+    }
+
+    pub fn check(&self) -> Result<()> {
+        if self.batch_size == 0 {
+            bail!("batch_size must be positive");
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            bail!("lr must be a positive number, got {}", self.lr);
+        }
+        if self.steps == 0 && !(self.epochs > 0.0) {
+            bail!("give steps > 0 or epochs > 0");
+        }
+        if self.probe_size == 0 {
+            bail!("probe_size must be positive");
+        }
+        if !self.name.is_empty() && (self.name.contains('/') || self.name.starts_with('.')) {
+            bail!("run name '{}' must be a plain folder name", self.name);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_overlays_defaults_and_rejects_unknown_keys() {
+        let c = TrainConfig::from_toml(
+            "lr = 0.1\ndataset = \"sinusoid-2d\"\nmodel = \"mlp\"\nconv = [16, \"M\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.lr, 0.1);
+        assert_eq!(c.data.dataset, "sinusoid-2d");
+        assert_eq!(
+            c.conv,
+            vec![
+                ConvItem::Conv(16),
+                ConvItem::Pool(crate::spec::PoolMarker::M)
+            ]
+        );
+        assert_eq!(c.batch_size, 128);
+        let e = TrainConfig::from_toml("lrr = 0.1").unwrap_err();
+        assert!(format!("{e:#}").contains("unknown config key 'lrr'"));
+    }
+
+    #[test]
+    fn run_id_is_readable_and_config_sensitive() {
+        let a = TrainConfig::default();
+        let mut b = a.clone();
+        b.lr = 0.01;
+        assert!(a.run_id().starts_with("cnn-digits-relu-s0-"));
+        assert_ne!(a.run_id(), b.run_id());
+        let mut c = a.clone();
+        c.out = "elsewhere".into();
+        assert_eq!(a.run_id(), c.run_id());
+    }
+}

@@ -1,0 +1,10 @@
+//! Training: config, optimizers, schedules, checkpoint steps and the loop.
+
+pub mod config;
+pub mod optim;
+pub mod schedule;
+pub mod steps;
+mod trainer;
+
+pub use config::TrainConfig;
+pub use trainer::{train, TrainOptions};

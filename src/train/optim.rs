@@ -1,0 +1,111 @@
+//! Optimizers, written out so that their exact update rules are visible:
+//! they follow PyTorch's `SGD` (with and without momentum), `Adam` (L2 weight
+//! decay added to the gradient) and `AdamW` (decoupled weight decay).
+
+use anyhow::{bail, Result};
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    Sgd,
+    Momentum,
+    Adam,
+    Adamw,
+}
+
+impl OptimizerKind {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "sgd" => Ok(Self::Sgd),
+            "momentum" => Ok(Self::Momentum),
+            "adam" => Ok(Self::Adam),
+            "adamw" => Ok(Self::Adamw),
+            _ => bail!("unknown optimizer '{s}' (expected sgd, momentum, adam or adamw)"),
+        }
+    }
+}
+
+pub struct Optimizer {
+    kind: OptimizerKind,
+    vars: Vec<Var>,
+    weight_decay: f64,
+    momentum: f64,
+    betas: (f64, f64),
+    eps: f64,
+    /// Momentum buffers, or Adam's first moments.
+    m: Vec<Option<Tensor>>,
+    /// Adam's second moments.
+    v: Vec<Option<Tensor>>,
+    t: i32,
+}
+
+impl Optimizer {
+    pub fn new(kind: OptimizerKind, vars: Vec<Var>, weight_decay: f64, momentum: f64) -> Self {
+        let n = vars.len();
+        Optimizer {
+            kind,
+            vars,
+            weight_decay,
+            momentum,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            m: vec![None; n],
+            v: vec![None; n],
+            t: 0,
+        }
+    }
+
+    pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+        self.t += 1;
+        let (b1, b2) = self.betas;
+        for (i, var) in self.vars.iter().enumerate() {
+            let Some(g) = grads.get(var) else { continue };
+            let p = var.as_tensor().detach();
+            let wd = self.weight_decay;
+            // L2 decay enters the gradient for all but AdamW.
+            let g = if wd != 0.0 && self.kind != OptimizerKind::Adamw {
+                (g + (&p * wd)?)?
+            } else {
+                g.clone()
+            };
+            let new = match self.kind {
+                OptimizerKind::Sgd => (&p - (&g * lr)?)?,
+                OptimizerKind::Momentum => {
+                    let buf = match &self.m[i] {
+                        Some(b) => ((b * self.momentum)? + &g)?,
+                        None => g.clone(),
+                    };
+                    let new = (&p - (&buf * lr)?)?;
+                    self.m[i] = Some(buf);
+                    new
+                }
+                OptimizerKind::Adam | OptimizerKind::Adamw => {
+                    let p = if self.kind == OptimizerKind::Adamw && wd != 0.0 {
+                        (&p * (1.0 - lr * wd))?
+                    } else {
+                        p
+                    };
+                    let m = match &self.m[i] {
+                        Some(m) => ((m * b1)? + (&g * (1.0 - b1))?)?,
+                        None => (&g * (1.0 - b1))?,
+                    };
+                    let v = match &self.v[i] {
+                        Some(v) => ((v * b2)? + (g.sqr()? * (1.0 - b2))?)?,
+                        None => (g.sqr()? * (1.0 - b2))?,
+                    };
+                    let m_hat = (&m / (1.0 - b1.powi(self.t)))?;
+                    let v_hat = (&v / (1.0 - b2.powi(self.t)))?;
+                    let new = (&p - ((m_hat / (v_hat.sqrt()? + self.eps)?)? * lr)?)?;
+                    self.m[i] = Some(m);
+                    self.v[i] = Some(v);
+                    new
+                }
+            };
+            var.set(&new)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,322 @@
+//! The training loop: data → model → log-spaced checkpoints, probe, log.
+
+use crate::checkpoint::{self, CheckpointMeta};
+use crate::data::{self, Dataset};
+use crate::init::init_params;
+use crate::model::{Model, Weights};
+use crate::probe;
+use crate::run::{self, DatasetInfo, RunManifest, Status};
+use crate::tables::{Table, Value};
+use crate::train::config::TrainConfig;
+use crate::train::optim::Optimizer;
+use crate::train::steps::checkpoint_steps;
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+pub struct TrainOptions {
+    /// Replace an existing run directory of the same id.
+    pub overwrite: bool,
+    pub quiet: bool,
+    pub device: Device,
+}
+
+/// Trains one run and returns its directory.
+pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<PathBuf> {
+    cfg.check()?;
+    let data = data::load(&cfg.data)?;
+    let spec = cfg.model_spec(&data.sample_shape, data.classes.len())?;
+    let run_id = cfg.run_id();
+    let run_dir = cfg.out.join(&run_id);
+    if run_dir.exists() {
+        if !opts.overwrite {
+            bail!(
+                "{}: run already exists (use --overwrite to replace it, or --name for another id)",
+                run_dir.display()
+            );
+        }
+        std::fs::remove_dir_all(&run_dir)
+            .with_context(|| format!("{}: cannot remove", run_dir.display()))?;
+    }
+    std::fs::create_dir_all(run::checkpoint_dir(&run_dir))
+        .with_context(|| format!("{}: cannot create", run_dir.display()))?;
+
+    let n_train = data.train.len();
+    let total = if cfg.steps > 0 {
+        cfg.steps
+    } else {
+        (cfg.epochs * n_train as f64 / cfg.batch_size as f64).ceil() as u64
+    };
+    let ckpt_steps = checkpoint_steps(total, cfg.spacing(), cfg.ckpt_every);
+
+    let probe = probe::draw(
+        &data.test,
+        &data.sample_shape,
+        cfg.probe_size,
+        cfg.probe_seed,
+        &data.name,
+        "test",
+    );
+    probe::save(&run_dir.join(run::PROBE), &probe)?;
+
+    let mut manifest = RunManifest {
+        run_id: run_id.clone(),
+        status: Status::Running,
+        lintrace_version: env!("CARGO_PKG_VERSION").into(),
+        config: cfg.clone(),
+        spec: serde_json::from_str(&spec.to_json())?,
+        n_parameters: spec.num_parameters(),
+        n_taps: spec.num_taps(),
+        dataset: DatasetInfo {
+            name: data.name.clone(),
+            fingerprint: data.fingerprint.clone(),
+            classes: data.classes.clone(),
+            sample_shape: data.sample_shape.clone(),
+            n_train,
+            n_test: data.test.len(),
+            normalisation: data.normalisation.clone(),
+        },
+        probe_hash: probe.hash.clone(),
+        probe_size: probe.len(),
+        total_steps: total,
+        steps_done: 0,
+        checkpoint_steps: ckpt_steps.clone(),
+        started_unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        wall_seconds: 0.0,
+        error: None,
+    };
+    manifest.write(&run_dir)?;
+
+    let result = Loop::new(cfg, &data, &spec, &run_dir, &run_id, &opts.device).and_then(|mut l| {
+        l.run(
+            total,
+            &ckpt_steps.iter().copied().collect(),
+            opts.quiet,
+            &mut manifest,
+        )
+    });
+    match result {
+        Ok(()) => {
+            manifest.status = Status::Finished;
+            manifest.write(&run_dir)?;
+            Ok(run_dir)
+        }
+        Err(e) => {
+            manifest.status = Status::Failed;
+            manifest.error = Some(format!("{e:#}"));
+            manifest.write(&run_dir)?;
+            Err(e)
+        }
+    }
+}
+
+struct Loop<'a> {
+    cfg: &'a TrainConfig,
+    data: &'a Dataset,
+    spec: &'a crate::spec::ModelSpec,
+    run_dir: &'a Path,
+    run_id: &'a str,
+    device: Device,
+    names: Vec<String>,
+    vars: Vec<Var>,
+    model: Model,
+    log: Table,
+}
+
+impl<'a> Loop<'a> {
+    fn new(
+        cfg: &'a TrainConfig,
+        data: &'a Dataset,
+        spec: &'a crate::spec::ModelSpec,
+        run_dir: &'a Path,
+        run_id: &'a str,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut names = Vec::new();
+        let mut vars = Vec::new();
+        let mut tensors = BTreeMap::new();
+        for (name, shape, values) in init_params(spec, cfg.init, cfg.init_scale, cfg.seed) {
+            let var = Var::from_tensor(&Tensor::from_vec(values, shape, device)?)?;
+            tensors.insert(name.clone(), var.as_tensor().clone());
+            names.push(name);
+            vars.push(var);
+        }
+        // The model holds the variables' tensors: updates made through the
+        // variables are what its next forward pass sees.
+        let model = Model::new(spec, Weights::new(tensors))?;
+        Ok(Loop {
+            cfg,
+            data,
+            spec,
+            run_dir,
+            run_id,
+            device: device.clone(),
+            names,
+            vars,
+            model,
+            log: Table::new("train_log"),
+        })
+    }
+
+    fn save_checkpoint(&self, step: u64, samples_seen: u64) -> Result<()> {
+        let meta = CheckpointMeta {
+            spec: self.spec.clone(),
+            run_id: self.run_id.to_string(),
+            step,
+            epoch: samples_seen as f64 / self.data.train.len() as f64,
+            samples_seen,
+        };
+        let tensors: Vec<(String, Tensor)> = self
+            .names
+            .iter()
+            .cloned()
+            .zip(self.vars.iter().map(|v| v.as_tensor().clone()))
+            .collect();
+        let path = run::checkpoint_dir(self.run_dir).join(checkpoint::file_name(step));
+        checkpoint::save(&path, &meta, &tensors)?;
+        self.log.write(&self.run_dir.join(run::TRAIN_LOG))
+    }
+
+    fn run(
+        &mut self,
+        total: u64,
+        ckpts: &BTreeSet<u64>,
+        quiet: bool,
+        manifest: &mut RunManifest,
+    ) -> Result<()> {
+        let cfg = self.cfg;
+        let n = self.data.train.len();
+        let mut opt = Optimizer::new(
+            cfg.optimizer,
+            self.vars.clone(),
+            cfg.weight_decay,
+            cfg.momentum,
+        );
+        let mut aug_rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed_a06e);
+        let bar = if quiet {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new(total)
+        };
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps {per_sec} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        let start = Instant::now();
+        let mut samples_seen: u64 = 0;
+        self.save_checkpoint(0, 0)?;
+        let mut order: Vec<usize> = Vec::new();
+        let mut cursor = 0;
+        let mut epoch = 0u64;
+        for step in 1..=total {
+            if cursor >= order.len() {
+                order = (0..n).collect();
+                order.shuffle(&mut ChaCha8Rng::seed_from_u64(
+                    cfg.seed
+                        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                        .wrapping_add(epoch),
+                ));
+                cursor = 0;
+                epoch += 1;
+            }
+            let idx = &order[cursor..(cursor + cfg.batch_size).min(n)];
+            cursor += idx.len();
+            let (x, y) = self.batch(idx, &mut aug_rng)?;
+            let logits = self.model.logits(&x)?;
+            let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+            let grads = loss.backward()?;
+            let lr = cfg.lr_schedule.lr(cfg.lr, step, total, cfg.warmup_steps);
+            opt.step(&grads, lr)?;
+            samples_seen += idx.len() as u64;
+
+            let loss_v = loss.to_scalar::<f32>()? as f64;
+            let correct = logits
+                .argmax(1)?
+                .eq(&y)?
+                .to_dtype(DType::F32)?
+                .sum_all()?
+                .to_scalar::<f32>()? as f64;
+            if !loss_v.is_finite() {
+                bail!("loss became {loss_v} at step {step} (lower the learning rate?)");
+            }
+            self.log.push(vec![
+                Value::Str(self.run_id.to_string()),
+                Value::I64(step as i64),
+                Value::F64(samples_seen as f64 / n as f64),
+                Value::opt_f64(Some(loss_v)),
+                Value::opt_f64(Some(correct / idx.len() as f64)),
+                Value::F64(lr),
+                Value::I64(samples_seen as i64),
+                Value::F64(start.elapsed().as_secs_f64()),
+            ]);
+            bar.set_position(step);
+            bar.set_message(format!("loss {loss_v:.4}"));
+            if ckpts.contains(&step) {
+                self.save_checkpoint(step, samples_seen)?;
+                manifest.steps_done = step;
+                manifest.wall_seconds = start.elapsed().as_secs_f64();
+                manifest.write(self.run_dir)?;
+            }
+        }
+        bar.finish_and_clear();
+        manifest.steps_done = total;
+        manifest.wall_seconds = start.elapsed().as_secs_f64();
+        self.log.write(&self.run_dir.join(run::TRAIN_LOG))
+    }
+
+    /// Gathers a batch (with augmentation if asked) onto the device.
+    fn batch(&self, idx: &[usize], rng: &mut ChaCha8Rng) -> Result<(Tensor, Tensor)> {
+        let d = self.data.train.sample_len;
+        let mut x = Vec::with_capacity(idx.len() * d);
+        for &i in idx {
+            let s = self.data.train.sample(i);
+            if self.cfg.augment && self.data.is_image() {
+                x.extend(augment(s, &self.data.sample_shape, rng));
+            } else {
+                x.extend_from_slice(s);
+            }
+        }
+        let mut shape = vec![idx.len()];
+        shape.extend_from_slice(&self.data.sample_shape);
+        let y: Vec<u32> = idx.iter().map(|&i| self.data.train.y[i]).collect();
+        Ok((
+            Tensor::from_vec(x, shape, &self.device)?,
+            Tensor::from_vec(y, idx.len(), &self.device)?,
+        ))
+    }
+}
+
+/// Random crop after zero-padding by H/8 (4 pixels on 32×32), then a
+/// horizontal flip with probability ½ — the standard CIFAR augmentation.
+fn augment(s: &[f32], shape: &[usize], rng: &mut ChaCha8Rng) -> Vec<f32> {
+    let (c, h, w) = (shape[0], shape[1], shape[2]);
+    let pad = (h / 8).max(1) as i64;
+    let dy = rng.gen_range(-pad..=pad);
+    let dx = rng.gen_range(-pad..=pad);
+    let flip = rng.gen_bool(0.5);
+    let mut out = vec![0.0f32; s.len()];
+    for ch in 0..c {
+        for i in 0..h {
+            for j in 0..w {
+                let si = i as i64 + dy;
+                let sj0 = j as i64 + dx;
+                let sj = if flip { w as i64 - 1 - sj0 } else { sj0 };
+                if (0..h as i64).contains(&si) && (0..w as i64).contains(&sj) {
+                    out[(ch * h + i) * w + j] = s[(ch * h + si as usize) * w + sj as usize];
+                }
+            }
+        }
+    }
+    out
+}

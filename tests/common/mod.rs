@@ -1,0 +1,81 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture(rel: &str) -> PathBuf {
+    repo().join("fixtures").join(rel)
+}
+
+pub fn train_bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_lintrace-train"))
+}
+
+pub fn analyze_bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_lintrace-analyze"))
+}
+
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("binary runs");
+    assert!(
+        out.status.success(),
+        "command failed: {:?}\nstdout: {}\nstderr: {}",
+        cmd,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Trains a tiny MLP on the 2-D sinusoid task into `root`, returns its run dir.
+pub fn tiny_mlp_run(root: &Path, name: &str, extra: &[&str]) -> PathBuf {
+    let mut cmd = train_bin();
+    cmd.args([
+        "--model",
+        "mlp",
+        "--width",
+        "16",
+        "--depth",
+        "3",
+        "--dataset",
+        "sinusoid-2d",
+        "--n-train",
+        "256",
+        "--n-test",
+        "128",
+    ])
+    .args([
+        "--steps",
+        "20",
+        "--batch-size",
+        "32",
+        "--lr",
+        "0.1",
+        "--probe-size",
+        "64",
+        "--quiet",
+        "--name",
+        name,
+    ])
+    .arg("--out")
+    .arg(root)
+    .args(extra);
+    run_ok(&mut cmd);
+    root.join(name)
+}
+
+pub fn assert_close(got: f64, want: f64, tol: f64, what: &str) {
+    assert!(
+        (got - want).abs() <= tol,
+        "{what}: got {got}, want {want} (tol {tol})"
+    );
+}

@@ -1,0 +1,159 @@
+//! lintrace against the independent numpy implementation in
+//! `fixtures/make_golden.py`: forward pass (logits and taps) and every
+//! analyzer's values on the two golden fixtures.
+
+mod common;
+
+use candle_core::{Device, Tensor};
+use common::{assert_close, fixture};
+use lintrace::analysis::capture;
+use lintrace::{checkpoint, probe};
+use serde_json::Value;
+
+fn golden(name: &str) -> Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(fixture(&format!("golden/{name}/golden.json"))).unwrap(),
+    )
+    .unwrap()
+}
+
+fn check_forward(name: &str, file: &str) {
+    let dir = fixture(&format!("golden/{name}"));
+    let spec = lintrace::spec::ModelSpec::from_json(
+        &std::fs::read_to_string(dir.join("spec.json")).unwrap(),
+    )
+    .unwrap();
+    let fallback = checkpoint::CheckpointMeta {
+        spec,
+        run_id: "x".into(),
+        step: 0,
+        epoch: 0.0,
+        samples_seen: 0,
+    };
+    let loaded = checkpoint::load(&dir.join(file), Some(&fallback)).unwrap();
+    let model = loaded.model(&Device::Cpu).unwrap();
+    let p = probe::load(&dir.join("probe.safetensors")).unwrap();
+    let mut shape = vec![p.len()];
+    shape.extend_from_slice(&p.sample_shape);
+    let x = Tensor::from_vec(p.inputs.clone(), shape, &Device::Cpu).unwrap();
+    let (logits, taps) = model.forward_with_taps(&x).unwrap();
+    let g = golden(name);
+    let want = g["logits"].as_array().unwrap();
+    let got = logits.to_vec2::<f32>().unwrap();
+    assert_eq!(got.len(), want.len());
+    for (gr, wr) in got.iter().zip(want) {
+        for (a, b) in gr.iter().zip(wr.as_array().unwrap()) {
+            assert_close(
+                *a as f64,
+                b.as_f64().unwrap(),
+                1e-4,
+                &format!("{name} logit"),
+            );
+        }
+    }
+    for t in g["taps"].as_array().unwrap() {
+        let l = t["tap"].as_u64().unwrap() as usize;
+        let z: Vec<f32> = taps[l].z.flatten_all().unwrap().to_vec1().unwrap();
+        let a: Vec<f32> = taps[l].a.flatten_all().unwrap().to_vec1().unwrap();
+        // Sums of many terms that cancel: compare against the sum of magnitudes.
+        let scale = |v: &[f32]| v.iter().map(|x| x.abs() as f64).sum::<f64>() * 1e-6 + 1e-6;
+        assert_close(
+            z.iter().map(|&v| v as f64).sum(),
+            t["z_sum"].as_f64().unwrap(),
+            scale(&z),
+            &format!("{name} tap {l} z_sum"),
+        );
+        assert_close(
+            a.iter().map(|&v| v as f64).sum(),
+            t["a_sum"].as_f64().unwrap(),
+            scale(&a),
+            &format!("{name} tap {l} a_sum"),
+        );
+    }
+}
+
+#[test]
+fn cnn_forward_matches_numpy() {
+    check_forward("tiny_cnn", "checkpoint.safetensors");
+}
+
+#[test]
+fn mlp_forward_matches_numpy() {
+    check_forward("tiny_mlp", "checkpoint.safetensors");
+}
+
+#[test]
+fn pytorch_style_weights_without_metadata_load_with_a_spec() {
+    check_forward("tiny_cnn", "weights_only.safetensors");
+    check_forward("tiny_mlp", "weights_only.safetensors");
+}
+
+fn check_analyzers(name: &str, chunk: usize) {
+    let dir = fixture(&format!("golden/{name}"));
+    let loaded = checkpoint::load(&dir.join("checkpoint.safetensors"), None).unwrap();
+    let model = loaded.model(&Device::Cpu).unwrap();
+    let p = probe::load(&dir.join("probe.safetensors")).unwrap();
+    let all = analyzers::all_analyzers();
+    let refs: Vec<&dyn analyzers::Analyzer> = all.iter().map(|a| a.as_ref()).collect();
+    let info = loaded.meta.spec.model_info();
+    let outcome = capture::run(&model, &info, &p, &refs, chunk, &Device::Cpu).unwrap();
+    let g = golden(name);
+    let mut rows = Vec::new();
+    for (a, o) in all.iter().zip(outcome) {
+        for v in o.unwrap() {
+            rows.push((a.name(), v));
+        }
+    }
+    let find = |analyzer: &str, tap: Option<usize>, metric: &str| {
+        rows.iter()
+            .find(|(a, v)| *a == analyzer && v.tap == tap && v.metric == metric)
+            .unwrap_or_else(|| panic!("{name}: no row {analyzer} tap {tap:?} {metric}"))
+            .1
+            .value
+    };
+    let perf = &g["performance"];
+    assert_close(
+        find("performance", None, "loss").unwrap(),
+        perf["loss"].as_f64().unwrap(),
+        1e-5,
+        "loss",
+    );
+    assert_close(
+        find("performance", None, "accuracy").unwrap(),
+        perf["accuracy"].as_f64().unwrap(),
+        0.0,
+        "accuracy",
+    );
+    let want = g["layer_metrics"].as_array().unwrap();
+    for w in want {
+        let tap = w["tap"].as_u64().map(|t| t as usize);
+        let got = find(
+            w["analyzer"].as_str().unwrap(),
+            tap,
+            w["metric"].as_str().unwrap(),
+        );
+        match w["value"].as_f64() {
+            None => assert_eq!(got, None, "{w}"),
+            Some(v) => assert_close(got.unwrap(), v, 1e-5, &w.to_string()),
+        }
+    }
+    // Nothing beyond what the reference computed.
+    let layer_rows = rows.iter().filter(|(_, v)| v.tap.is_some()).count();
+    assert_eq!(layer_rows, want.len(), "{name}: row count");
+}
+
+#[test]
+fn analyzers_match_numpy_on_the_cnn() {
+    check_analyzers("tiny_cnn", 256);
+}
+
+#[test]
+fn analyzers_match_numpy_on_the_mlp() {
+    check_analyzers("tiny_mlp", 256);
+}
+
+#[test]
+fn chunking_the_probe_does_not_change_the_numbers() {
+    check_analyzers("tiny_cnn", 5);
+    check_analyzers("tiny_mlp", 7);
+}
