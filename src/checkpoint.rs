@@ -42,29 +42,17 @@ impl CheckpointMeta {
     }
 
     fn from_metadata(md: &HashMap<String, String>) -> Result<Self> {
-        let get = |k: &str| {
-            md.get(k)
-                .ok_or_else(|| anyhow!("metadata key '{k}' is missing"))
-        };
-        let version: u32 = get("format_version")?
-            .parse()
-            .context("format_version is not a number")?;
+        let get = |k: &str| md.get(k).ok_or_else(|| anyhow!("metadata key '{k}' is missing"));
+        let version: u32 = get("format_version")?.parse().context("format_version is not a number")?;
         if version != FORMAT_VERSION {
             bail!("checkpoint format_version {version} is not supported (this lintrace reads {FORMAT_VERSION})");
         }
         Ok(CheckpointMeta {
-            spec: ModelSpec::from_json(get("spec")?)
-                .map_err(|e| anyhow!("metadata 'spec': {e}"))?,
+            spec: ModelSpec::from_json(get("spec")?).map_err(|e| anyhow!("metadata 'spec': {e}"))?,
             run_id: get("run_id")?.clone(),
-            step: get("step")?
-                .parse()
-                .context("metadata 'step' is not an integer")?,
-            epoch: get("epoch")?
-                .parse()
-                .context("metadata 'epoch' is not a number")?,
-            samples_seen: get("samples_seen")?
-                .parse()
-                .context("metadata 'samples_seen' is not an integer")?,
+            step: get("step")?.parse().context("metadata 'step' is not an integer")?,
+            epoch: get("epoch")?.parse().context("metadata 'epoch' is not a number")?,
+            samples_seen: get("samples_seen")?.parse().context("metadata 'samples_seen' is not an integer")?,
         })
     }
 }
@@ -77,10 +65,7 @@ pub fn file_name(step: u64) -> String {
 /// The step encoded in a checkpoint file name, if it is one of ours.
 pub fn step_from_file_name(path: &Path) -> Option<u64> {
     let name = path.file_name()?.to_str()?;
-    name.strip_prefix("step_")?
-        .strip_suffix(".safetensors")?
-        .parse()
-        .ok()
+    name.strip_prefix("step_")?.strip_suffix(".safetensors")?.parse().ok()
 }
 
 /// Writes named f32 tensors with lintrace metadata, atomically.
@@ -95,15 +80,8 @@ pub fn save(path: &Path, meta: &CheckpointMeta, tensors: &[(String, Tensor)]) ->
 }
 
 /// Writes (name, shape, little-endian f32 bytes) with lintrace metadata.
-pub fn save_raw(
-    path: &Path,
-    meta: &CheckpointMeta,
-    data: &[(String, Vec<usize>, Vec<u8>)],
-) -> Result<()> {
-    let views = data
-        .iter()
-        .map(|(n, s, b)| Ok((n.as_str(), TensorView::new(Dtype::F32, s.clone(), b)?)))
-        .collect::<Result<Vec<_>>>()?;
+pub fn save_raw(path: &Path, meta: &CheckpointMeta, data: &[(String, Vec<usize>, Vec<u8>)]) -> Result<()> {
+    let views = data.iter().map(|(n, s, b)| Ok((n.as_str(), TensorView::new(Dtype::F32, s.clone(), b)?))).collect::<Result<Vec<_>>>()?;
     let bytes = safetensors::serialize(views, Some(meta.to_metadata()))
         .with_context(|| format!("{}: cannot serialise checkpoint", path.display()))?;
     write_atomic(path, &canonical_header(bytes)?)
@@ -134,16 +112,8 @@ fn sorted_json(v: &serde_json::Value) -> String {
         serde_json::Value::Object(map) => {
             let mut keys: Vec<&String> = map.keys().collect();
             keys.sort();
-            let items: Vec<String> = keys
-                .iter()
-                .map(|k| {
-                    format!(
-                        "{}:{}",
-                        serde_json::Value::String((*k).clone()),
-                        sorted_json(&map[*k])
-                    )
-                })
-                .collect();
+            let items: Vec<String> =
+                keys.iter().map(|k| format!("{}:{}", serde_json::Value::String((*k).clone()), sorted_json(&map[*k]))).collect();
             format!("{{{}}}", items.join(","))
         }
         other => other.to_string(),
@@ -178,10 +148,8 @@ fn load_inner(path: &Path, fallback: Option<&CheckpointMeta>) -> Result<Loaded> 
     // SAFETY: the map is read-only and dropped before this function returns;
     // lintrace never writes a checkpoint in place (writes are atomic renames).
     let mmap = unsafe { memmap2::Mmap::map(&file) }.context("cannot map")?;
-    let (_, header) = SafeTensors::read_metadata(&mmap)
-        .map_err(|e| anyhow!("not a valid safetensors file ({e})"))?;
-    let st = SafeTensors::deserialize(&mmap)
-        .map_err(|e| anyhow!("not a valid safetensors file ({e})"))?;
+    let (_, header) = SafeTensors::read_metadata(&mmap).map_err(|e| anyhow!("not a valid safetensors file ({e})"))?;
+    let st = SafeTensors::deserialize(&mmap).map_err(|e| anyhow!("not a valid safetensors file ({e})"))?;
     let md = header.metadata().clone().unwrap_or_default();
     let meta = if md.get("format").map(String::as_str) == Some(FORMAT) {
         CheckpointMeta::from_metadata(&md)?
@@ -204,11 +172,7 @@ fn load_inner(path: &Path, fallback: Option<&CheckpointMeta>) -> Result<Loaded> 
             .to_dtype(DType::F32)?;
         tensors.insert(name, t);
     }
-    Ok(Loaded {
-        path: path.to_path_buf(),
-        meta,
-        tensors,
-    })
+    Ok(Loaded { path: path.to_path_buf(), meta, tensors })
 }
 
 /// The checkpoint files of a folder, sorted by step; files that are not

@@ -35,21 +35,14 @@ impl InitScheme {
 
 /// Every tensor of the model, (name, shape, values), in `spec.tensor_shapes()`
 /// order; weights are multiplied by `scale`.
-pub fn init_params(
-    spec: &ModelSpec,
-    scheme: InitScheme,
-    scale: f64,
-    seed: u64,
-) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+pub fn init_params(spec: &ModelSpec, scheme: InitScheme, scale: f64, seed: u64) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut out = Vec::new();
     for layer in spec.layers() {
         let (fan_in, fan_out) = (layer.fan_in() as f64, layer.fan_out() as f64);
         let rows = layer.weight_shape[0];
         let numel = rows * layer.fan_in();
-        let uniform = |rng: &mut ChaCha8Rng, bound: f64, n: usize| -> Vec<f64> {
-            (0..n).map(|_| rng.gen_range(-bound..=bound)).collect()
-        };
+        let uniform = |rng: &mut ChaCha8Rng, bound: f64, n: usize| -> Vec<f64> { (0..n).map(|_| rng.gen_range(-bound..=bound)).collect() };
         let (weight, bias): (Vec<f64>, Vec<f64>) = match scheme {
             InitScheme::Pytorch => {
                 let b = 1.0 / fan_in.sqrt();
@@ -58,27 +51,14 @@ pub fn init_params(
             }
             InitScheme::KaimingNormal => {
                 let std = (2.0 / fan_in).sqrt();
-                let w = (0..numel)
-                    .map(|_| std * Distribution::<f64>::sample(&StandardNormal, &mut rng))
-                    .collect::<Vec<f64>>();
+                let w = (0..numel).map(|_| std * Distribution::<f64>::sample(&StandardNormal, &mut rng)).collect::<Vec<f64>>();
                 (w, vec![0.0; rows])
             }
-            InitScheme::Xavier => (
-                uniform(&mut rng, (6.0 / (fan_in + fan_out)).sqrt(), numel),
-                vec![0.0; rows],
-            ),
+            InitScheme::Xavier => (uniform(&mut rng, (6.0 / (fan_in + fan_out)).sqrt(), numel), vec![0.0; rows]),
             InitScheme::Orthogonal => (orthogonal(&mut rng, rows, layer.fan_in()), vec![0.0; rows]),
         };
-        out.push((
-            format!("{}.weight", layer.name),
-            layer.weight_shape.clone(),
-            weight.iter().map(|v| (v * scale) as f32).collect(),
-        ));
-        out.push((
-            format!("{}.bias", layer.name),
-            vec![rows],
-            bias.iter().map(|&v| v as f32).collect(),
-        ));
+        out.push((format!("{}.weight", layer.name), layer.weight_shape.clone(), weight.iter().map(|v| (v * scale) as f32).collect()));
+        out.push((format!("{}.bias", layer.name), vec![rows], bias.iter().map(|&v| v as f32).collect()));
     }
     out
 }
@@ -87,11 +67,7 @@ pub fn init_params(
 /// as `torch.nn.init.orthogonal_`: QR of a Gaussian matrix, signs fixed by
 /// R's diagonal so that the draw is uniform (Haar).
 fn orthogonal(rng: &mut ChaCha8Rng, rows: usize, cols: usize) -> Vec<f64> {
-    let (m, n) = if rows < cols {
-        (cols, rows)
-    } else {
-        (rows, cols)
-    };
+    let (m, n) = if rows < cols { (cols, rows) } else { (rows, cols) };
     let g = faer::Mat::<f64>::from_fn(m, n, |_, _| StandardNormal.sample(rng));
     let qr = g.qr();
     let q = qr.compute_thin_Q();
@@ -115,7 +91,8 @@ mod tests {
     use super::*;
 
     fn spec() -> ModelSpec {
-        ModelSpec::from_json(r#"{"spec_version":1,"kind":"mlp","input_shape":[20],"num_classes":3,"hidden":[8,30],"activation":"relu"}"#).unwrap()
+        ModelSpec::from_json(r#"{"spec_version":1,"kind":"mlp","input_shape":[20],"num_classes":3,"hidden":[8,30],"activation":"relu"}"#)
+            .unwrap()
     }
 
     #[test]
@@ -126,20 +103,11 @@ mod tests {
             }
             let (r, c) = (shape[0], shape[1]);
             // The smaller side is orthonormal.
-            let (outer, inner, stride_o, stride_i) =
-                if r <= c { (r, c, c, 1) } else { (c, r, 1, c) };
+            let (outer, inner, stride_o, stride_i) = if r <= c { (r, c, c, 1) } else { (c, r, 1, c) };
             for a in 0..outer {
                 for b in 0..outer {
-                    let dot: f64 = (0..inner)
-                        .map(|k| {
-                            w[a * stride_o + k * stride_i] as f64
-                                * w[b * stride_o + k * stride_i] as f64
-                        })
-                        .sum();
-                    assert!(
-                        (dot - (a == b) as u8 as f64).abs() < 1e-5,
-                        "{name} {a},{b}: {dot}"
-                    );
+                    let dot: f64 = (0..inner).map(|k| w[a * stride_o + k * stride_i] as f64 * w[b * stride_o + k * stride_i] as f64).sum();
+                    assert!((dot - (a == b) as u8 as f64).abs() < 1e-5, "{name} {a},{b}: {dot}");
                 }
             }
         }

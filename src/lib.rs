@@ -14,6 +14,7 @@ pub mod model;
 pub mod probe;
 pub mod run;
 pub mod spec;
+pub mod surrogate;
 pub mod tables;
 pub mod train;
 

@@ -51,24 +51,13 @@ pub fn content_hash(inputs: &[f32], labels: &[i64]) -> String {
     for v in labels {
         h.update(v.to_le_bytes());
     }
-    h.finalize()
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 /// Draws `n` samples of `split`, stratified by class: each class gets its
 /// share of `n` (largest remainders break ties), chosen uniformly with a
 /// ChaCha stream seeded by `seed`; the result is in dataset-index order.
-pub fn draw(
-    split: &Split,
-    sample_shape: &[usize],
-    n: usize,
-    seed: u64,
-    dataset: &str,
-    split_name: &str,
-) -> Probe {
+pub fn draw(split: &Split, sample_shape: &[usize], n: usize, seed: u64, dataset: &str, split_name: &str) -> Probe {
     let total = split.len();
     let n = n.min(total);
     let mut by_class: Vec<Vec<usize>> = Vec::new();
@@ -79,10 +68,7 @@ pub fn draw(
         }
         by_class[y].push(i);
     }
-    let mut quota: Vec<usize> = by_class
-        .iter()
-        .map(|c| c.len() * n / total.max(1))
-        .collect();
+    let mut quota: Vec<usize> = by_class.iter().map(|c| c.len() * n / total.max(1)).collect();
     let mut short = n - quota.iter().sum::<usize>();
     let mut order: Vec<usize> = (0..by_class.len()).collect();
     // Largest fractional share first; class index breaks ties.
@@ -152,25 +138,15 @@ pub fn load(path: &Path) -> Result<Probe> {
 
 fn load_inner(path: &Path) -> Result<Probe> {
     let bytes = std::fs::read(path).context("cannot read probe")?;
-    let (_, header) = SafeTensors::read_metadata(&bytes)
-        .map_err(|e| anyhow!("not a valid safetensors file ({e})"))?;
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| anyhow!("not a valid safetensors file ({e})"))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| anyhow!("not a valid safetensors file ({e})"))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| anyhow!("not a valid safetensors file ({e})"))?;
     let md = header.metadata().clone().unwrap_or_default();
-    let x = st
-        .tensor("inputs")
-        .map_err(|_| anyhow!("probe tensor 'inputs' is missing"))?;
-    let y = st
-        .tensor("labels")
-        .map_err(|_| anyhow!("probe tensor 'labels' is missing"))?;
+    let x = st.tensor("inputs").map_err(|_| anyhow!("probe tensor 'inputs' is missing"))?;
+    let y = st.tensor("labels").map_err(|_| anyhow!("probe tensor 'labels' is missing"))?;
     if x.dtype() != Dtype::F32 {
         bail!("probe 'inputs' must be float32, got {:?}", x.dtype());
     }
-    let inputs: Vec<f32> = x
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
+    let inputs: Vec<f32> = x.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
     let labels = read_ints(&y, "labels")?;
     let n = x.shape().first().copied().unwrap_or(0);
     if labels.len() != n {
@@ -192,10 +168,7 @@ fn load_inner(path: &Path) -> Result<Probe> {
         labels,
         indices,
         hash,
-        dataset: md
-            .get("dataset")
-            .cloned()
-            .unwrap_or_else(|| "unknown".into()),
+        dataset: md.get("dataset").cloned().unwrap_or_else(|| "unknown".into()),
         split: md.get("split").cloned().unwrap_or_else(|| "unknown".into()),
     })
 }
@@ -203,14 +176,8 @@ fn load_inner(path: &Path) -> Result<Probe> {
 fn read_ints(v: &TensorView<'_>, name: &str) -> Result<Vec<i64>> {
     let d = v.data();
     Ok(match v.dtype() {
-        Dtype::I64 => d
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-            .collect(),
-        Dtype::I32 => d
-            .chunks_exact(4)
-            .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64)
-            .collect(),
+        Dtype::I64 => d.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(),
+        Dtype::I32 => d.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64).collect(),
         Dtype::U8 => d.iter().map(|&b| b as i64).collect(),
         other => bail!("probe '{name}' must be an integer tensor, got {other:?}"),
     })

@@ -74,10 +74,8 @@ pub struct RunManifest {
 impl RunManifest {
     pub fn read(run_dir: &Path) -> Result<Self> {
         let path = run_dir.join(MANIFEST);
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("{}: cannot read", path.display()))?;
-        serde_json::from_str(&text)
-            .with_context(|| format!("{}: malformed run manifest", path.display()))
+        let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{}: malformed run manifest", path.display()))
     }
 
     pub fn write(&self, run_dir: &Path) -> Result<()> {

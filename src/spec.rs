@@ -20,9 +20,8 @@ pub enum Activation {
 
 impl Activation {
     pub fn parse(s: &str) -> Result<Self, String> {
-        serde_json::from_value(serde_json::Value::String(s.replace('-', "_"))).map_err(|_| {
-            format!("unknown activation '{s}' (expected relu, leaky_relu, gelu, tanh or identity)")
-        })
+        serde_json::from_value(serde_json::Value::String(s.replace('-', "_")))
+            .map_err(|_| format!("unknown activation '{s}' (expected relu, leaky_relu, gelu, tanh or identity)"))
     }
     pub fn kind(self) -> ActivationKind {
         match self {
@@ -57,11 +56,7 @@ pub enum Arch {
     Mlp { hidden: Vec<usize> },
     /// A VGG-style conv stack (3×3 "same" convs, each followed by a tap, and
     /// 2×2 max-pools), flatten, dense layers with taps, dense head.
-    Cnn {
-        conv: Vec<ConvItem>,
-        kernel_size: usize,
-        dense: Vec<usize>,
-    },
+    Cnn { conv: Vec<ConvItem>, kernel_size: usize, dense: Vec<usize> },
 }
 
 // No deny_unknown_fields: serde does not support it together with flatten.
@@ -133,8 +128,7 @@ impl TapDesc {
 
 impl ModelSpec {
     pub fn from_json(text: &str) -> Result<Self, String> {
-        let spec: ModelSpec =
-            serde_json::from_str(text).map_err(|e| format!("malformed model spec: {e}"))?;
+        let spec: ModelSpec = serde_json::from_str(text).map_err(|e| format!("malformed model spec: {e}"))?;
         spec.validate()?;
         Ok(spec)
     }
@@ -145,22 +139,13 @@ impl ModelSpec {
 
     pub fn validate(&self) -> Result<(), String> {
         if self.spec_version != SPEC_VERSION {
-            return Err(format!(
-                "spec_version {} is not supported (this lintrace reads version {SPEC_VERSION})",
-                self.spec_version
-            ));
+            return Err(format!("spec_version {} is not supported (this lintrace reads version {SPEC_VERSION})", self.spec_version));
         }
         if self.num_classes < 2 {
-            return Err(format!(
-                "num_classes must be at least 2, got {}",
-                self.num_classes
-            ));
+            return Err(format!("num_classes must be at least 2, got {}", self.num_classes));
         }
         if self.input_shape.is_empty() || self.input_shape.contains(&0) {
-            return Err(format!(
-                "input_shape {:?} must be non-empty and positive",
-                self.input_shape
-            ));
+            return Err(format!("input_shape {:?} must be non-empty and positive", self.input_shape));
         }
         match &self.arch {
             Arch::Mlp { hidden } => {
@@ -168,21 +153,12 @@ impl ModelSpec {
                     return Err("mlp hidden widths must be positive".into());
                 }
             }
-            Arch::Cnn {
-                conv,
-                kernel_size,
-                dense,
-            } => {
+            Arch::Cnn { conv, kernel_size, dense } => {
                 if self.input_shape.len() != 3 {
-                    return Err(format!(
-                        "a cnn needs input_shape [channels, height, width], got {:?}",
-                        self.input_shape
-                    ));
+                    return Err(format!("a cnn needs input_shape [channels, height, width], got {:?}", self.input_shape));
                 }
                 if *kernel_size == 0 || kernel_size % 2 == 0 {
-                    return Err(format!(
-                        "kernel_size must be odd (\"same\" padding), got {kernel_size}"
-                    ));
+                    return Err(format!("kernel_size must be odd (\"same\" padding), got {kernel_size}"));
                 }
                 if conv.iter().any(|c| *c == ConvItem::Conv(0)) || dense.contains(&0) {
                     return Err("cnn widths must be positive".into());
@@ -191,9 +167,7 @@ impl ModelSpec {
                 for item in conv {
                     if let ConvItem::Pool(_) = item {
                         if h < 2 || w < 2 {
-                            return Err(format!(
-                                "max-pool on a {h}×{w} map: too many \"M\" entries"
-                            ));
+                            return Err(format!("max-pool on a {h}×{w} map: too many \"M\" entries"));
                         }
                         h /= 2;
                         w /= 2;
@@ -204,17 +178,11 @@ impl ModelSpec {
         let taps = self.num_taps();
         if let Some(list) = &self.tap_activations {
             if list.len() != taps {
-                return Err(format!(
-                    "tap_activations has {} entries but the model has {taps} taps",
-                    list.len()
-                ));
+                return Err(format!("tap_activations has {} entries but the model has {taps} taps", list.len()));
             }
         }
         if let Some(&bad) = self.linear_taps.iter().find(|&&t| t >= taps) {
-            return Err(format!(
-                "linear_taps names tap {bad} but the model has {taps} taps (0..{})",
-                taps.saturating_sub(1)
-            ));
+            return Err(format!("linear_taps names tap {bad} but the model has {taps} taps (0..{})", taps.saturating_sub(1)));
         }
         if !(self.leaky_relu_slope.is_finite()) {
             return Err("leaky_relu_slope must be finite".into());
@@ -225,12 +193,7 @@ impl ModelSpec {
     pub fn num_taps(&self) -> usize {
         match &self.arch {
             Arch::Mlp { hidden } => hidden.len(),
-            Arch::Cnn { conv, dense, .. } => {
-                conv.iter()
-                    .filter(|c| matches!(c, ConvItem::Conv(_)))
-                    .count()
-                    + dense.len()
-            }
+            Arch::Cnn { conv, dense, .. } => conv.iter().filter(|c| matches!(c, ConvItem::Conv(_))).count() + dense.len(),
         }
     }
 
@@ -262,11 +225,7 @@ impl ModelSpec {
     fn walk(&self) -> (Vec<LayerDesc>, Vec<TapDesc>) {
         let mut layers = Vec::new();
         let mut taps = Vec::new();
-        let push_tap = |layers: &mut Vec<LayerDesc>,
-                        taps: &mut Vec<TapDesc>,
-                        layer: LayerDesc,
-                        module: String,
-                        shape: Vec<usize>| {
+        let push_tap = |layers: &mut Vec<LayerDesc>, taps: &mut Vec<TapDesc>, layer: LayerDesc, module: String, shape: Vec<usize>| {
             let index = taps.len();
             taps.push(TapDesc {
                 index,
@@ -276,29 +235,16 @@ impl ModelSpec {
                 activation: self.tap_activation(index),
                 shape,
             });
-            layers.push(LayerDesc {
-                tap: Some(index),
-                ..layer
-            });
+            layers.push(LayerDesc { tap: Some(index), ..layer });
         };
         let classes = self.num_classes;
         match &self.arch {
             Arch::Mlp { hidden } => {
                 let mut prev = self.input_len();
                 for (i, &w) in hidden.iter().enumerate() {
-                    let layer = LayerDesc {
-                        name: format!("layers.{}", 2 * i),
-                        kind: LayerKind::Dense,
-                        weight_shape: vec![w, prev],
-                        tap: None,
-                    };
-                    push_tap(
-                        &mut layers,
-                        &mut taps,
-                        layer,
-                        format!("layers.{}", 2 * i + 1),
-                        vec![w],
-                    );
+                    let layer =
+                        LayerDesc { name: format!("layers.{}", 2 * i), kind: LayerKind::Dense, weight_shape: vec![w, prev], tap: None };
+                    push_tap(&mut layers, &mut taps, layer, format!("layers.{}", 2 * i + 1), vec![w]);
                     prev = w;
                 }
                 layers.push(LayerDesc {
@@ -308,16 +254,8 @@ impl ModelSpec {
                     tap: None,
                 });
             }
-            Arch::Cnn {
-                conv,
-                kernel_size,
-                dense,
-            } => {
-                let (mut c, mut h, mut w) = (
-                    self.input_shape[0],
-                    self.input_shape[1],
-                    self.input_shape[2],
-                );
+            Arch::Cnn { conv, kernel_size, dense } => {
+                let (mut c, mut h, mut w) = (self.input_shape[0], self.input_shape[1], self.input_shape[2]);
                 let mut idx = 0;
                 for item in conv {
                     match item {
@@ -328,13 +266,7 @@ impl ModelSpec {
                                 weight_shape: vec![*out, c, *kernel_size, *kernel_size],
                                 tap: None,
                             };
-                            push_tap(
-                                &mut layers,
-                                &mut taps,
-                                layer,
-                                format!("features.{}", idx + 1),
-                                vec![*out, h, w],
-                            );
+                            push_tap(&mut layers, &mut taps, layer, format!("features.{}", idx + 1), vec![*out, h, w]);
                             c = *out;
                             idx += 2;
                         }
@@ -347,19 +279,9 @@ impl ModelSpec {
                 }
                 let mut prev = c * h * w;
                 for (i, &d) in dense.iter().enumerate() {
-                    let layer = LayerDesc {
-                        name: format!("classifier.{}", 2 * i),
-                        kind: LayerKind::Dense,
-                        weight_shape: vec![d, prev],
-                        tap: None,
-                    };
-                    push_tap(
-                        &mut layers,
-                        &mut taps,
-                        layer,
-                        format!("classifier.{}", 2 * i + 1),
-                        vec![d],
-                    );
+                    let layer =
+                        LayerDesc { name: format!("classifier.{}", 2 * i), kind: LayerKind::Dense, weight_shape: vec![d, prev], tap: None };
+                    push_tap(&mut layers, &mut taps, layer, format!("classifier.{}", 2 * i + 1), vec![d]);
                     prev = d;
                 }
                 layers.push(LayerDesc {
@@ -379,35 +301,89 @@ impl ModelSpec {
             .into_iter()
             .flat_map(|l| {
                 let out = l.weight_shape[0];
-                [
-                    (format!("{}.weight", l.name), l.weight_shape.clone()),
-                    (format!("{}.bias", l.name), vec![out]),
-                ]
+                [(format!("{}.weight", l.name), l.weight_shape.clone()), (format!("{}.bias", l.name), vec![out])]
             })
             .collect()
     }
 
     pub fn num_parameters(&self) -> usize {
-        self.tensor_shapes()
-            .iter()
-            .map(|(_, s)| s.iter().product::<usize>())
-            .sum()
+        self.tensor_shapes().iter().map(|(_, s)| s.iter().product::<usize>()).sum()
     }
 
-    /// The description the analyzers get.
-    pub fn model_info(&self) -> analyzers::ModelInfo {
+    /// Per-sample shape of what each tap's affine layer receives, in tap order.
+    pub fn block_input_shapes(&self) -> Vec<Vec<usize>> {
+        let mut out = Vec::new();
+        match &self.arch {
+            Arch::Mlp { hidden } => {
+                let mut prev = self.input_len();
+                for &w in hidden {
+                    out.push(vec![prev]);
+                    prev = w;
+                }
+            }
+            Arch::Cnn { conv, dense, .. } => {
+                let (mut c, mut h, mut w) = (self.input_shape[0], self.input_shape[1], self.input_shape[2]);
+                for item in conv {
+                    match item {
+                        ConvItem::Conv(out_c) => {
+                            out.push(vec![c, h, w]);
+                            c = *out_c;
+                        }
+                        ConvItem::Pool(_) => {
+                            h /= 2;
+                            w /= 2;
+                        }
+                    }
+                }
+                let mut prev = c * h * w;
+                for &d in dense {
+                    out.push(vec![prev]);
+                    prev = d;
+                }
+            }
+        }
+        out
+    }
+
+    /// The description the analyzers get, for a probe of `n_probe` samples.
+    pub fn model_info(&self, n_probe: usize) -> analyzers::ModelInfo {
+        let inputs = self.block_input_shapes();
+        let layers = self.layers();
         analyzers::ModelInfo {
             taps: self
                 .taps()
                 .iter()
-                .map(|t| analyzers::TapInfo {
-                    index: t.index,
-                    activation: t.activation.kind(),
-                    layer_kind: t.layer_kind,
-                    units: t.units(),
+                .zip(&inputs)
+                .map(|(t, input)| {
+                    let block = match t.layer_kind {
+                        LayerKind::Dense => analyzers::BlockGeometry::Dense { features: input[0] },
+                        LayerKind::Conv2d => {
+                            let k = layers.iter().find(|l| l.tap == Some(t.index)).map(|l| l.weight_shape[2]).unwrap_or(1);
+                            analyzers::BlockGeometry::Conv {
+                                in_channels: input[0],
+                                height: input[1],
+                                width: input[2],
+                                kernel: k,
+                                stride: 1,
+                                padding: k / 2,
+                                out_channels: t.shape[0],
+                                out_height: t.shape[1],
+                                out_width: t.shape[2],
+                            }
+                        }
+                    };
+                    analyzers::TapInfo {
+                        index: t.index,
+                        activation: t.activation.kind(),
+                        layer_kind: t.layer_kind,
+                        units: t.units(),
+                        input_units: input.iter().product(),
+                        block,
+                    }
                 })
                 .collect(),
             num_classes: self.num_classes,
+            n_probe,
         }
     }
 }
@@ -455,17 +431,10 @@ mod tests {
     #[test]
     fn rejects_bad_specs() {
         let bad = r#"{"spec_version":1,"kind":"mlp","input_shape":[4],"num_classes":2,"hidden":[3],"activation":"relu","linear_taps":[5]}"#;
-        assert!(ModelSpec::from_json(bad)
-            .unwrap_err()
-            .contains("linear_taps names tap 5"));
+        assert!(ModelSpec::from_json(bad).unwrap_err().contains("linear_taps names tap 5"));
         let unknown = r#"{"spec_version":1,"kind":"transformer","input_shape":[4],"num_classes":2,"activation":"relu"}"#;
-        assert!(ModelSpec::from_json(unknown)
-            .unwrap_err()
-            .contains("malformed model spec"));
+        assert!(ModelSpec::from_json(unknown).unwrap_err().contains("malformed model spec"));
         assert!(Activation::parse("swish").is_err());
-        assert_eq!(
-            Activation::parse("leaky-relu").unwrap(),
-            Activation::LeakyRelu
-        );
+        assert_eq!(Activation::parse("leaky-relu").unwrap(), Activation::LeakyRelu);
     }
 }

@@ -22,26 +22,14 @@ fn truncated_and_corrupt_checkpoints_do_not_stop_the_others() {
     let garbage = ck.join("step_00000006.safetensors");
     std::fs::write(&garbage, b"this is not a safetensors file at all").unwrap();
 
-    let out = analyze_bin()
-        .arg(&run)
-        .args(["--quiet", "--device", "cpu"])
-        .output()
-        .unwrap();
+    let out = analyze_bin().arg(&run).args(["--quiet", "--device", "cpu"]).output().unwrap();
     no_panic(&out);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(lines.len(), 2, "{err}");
-    assert!(
-        lines.iter().any(|l| l.contains("step_00000004.safetensors")
-            && l.contains("not a valid safetensors file")),
-        "{err}"
-    );
-    assert!(
-        lines.iter().any(|l| l.contains("step_00000006.safetensors")
-            && l.contains("not a valid safetensors file")),
-        "{err}"
-    );
+    assert!(lines.iter().any(|l| l.contains("step_00000004.safetensors") && l.contains("not a valid safetensors file")), "{err}");
+    assert!(lines.iter().any(|l| l.contains("step_00000006.safetensors") && l.contains("not a valid safetensors file")), "{err}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("2 failed"));
     // The 9 good checkpoints were analysed and written.
     let model = Table::read(&run.join("analysis/model_metrics.parquet"), "model_metrics").unwrap();
@@ -60,11 +48,7 @@ fn truncated_and_corrupt_checkpoints_do_not_stop_the_others() {
         std::fs::copy(good.join("checkpoints").join(s), ck.join(s)).unwrap();
     }
     let out = run_ok(analyze_bin().arg(&run).args(["--quiet", "--device", "cpu"]));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("analysed 2 checkpoints"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("analysed 2 checkpoints"), "{}", String::from_utf8_lossy(&out.stdout));
 }
 
 #[test]
@@ -72,32 +56,16 @@ fn wrong_shape_and_missing_tensor_name_the_tensor() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("torch");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(
-        fixture("golden/tiny_mlp/weights_only.safetensors"),
-        dir.join("epoch_3.safetensors"),
-    )
-    .unwrap();
+    std::fs::copy(fixture("golden/tiny_mlp/weights_only.safetensors"), dir.join("epoch_3.safetensors")).unwrap();
     let spec_text = std::fs::read_to_string(fixture("golden/tiny_mlp/spec.json")).unwrap();
     let probe = fixture("golden/tiny_mlp/probe.safetensors");
 
     // Works with the right spec.
     let spec = tmp.path().join("spec.json");
     std::fs::write(&spec, &spec_text).unwrap();
-    run_ok(
-        analyze_bin()
-            .arg(&dir)
-            .arg("--spec")
-            .arg(&spec)
-            .arg("--probe")
-            .arg(&probe)
-            .args(["--quiet", "--device", "cpu"]),
-    );
+    run_ok(analyze_bin().arg(&dir).arg("--spec").arg(&spec).arg("--probe").arg(&probe).args(["--quiet", "--device", "cpu"]));
     let model = Table::read(&dir.join("analysis/model_metrics.parquet"), "model_metrics").unwrap();
-    assert_eq!(
-        model.rows[0][1].as_i64(),
-        Some(3),
-        "step from the file name"
-    );
+    assert_eq!(model.rows[0][1].as_i64(), Some(3), "step from the file name");
 
     // A wider last hidden layer: shape mismatch on layers.4.weight.
     let wrong = tmp.path().join("wrong.json");
@@ -107,14 +75,7 @@ fn wrong_shape_and_missing_tensor_name_the_tensor() {
         v["tap_activations"] = acts;
         v.to_string()
     };
-    std::fs::write(
-        &wrong,
-        with(
-            serde_json::json!([7, 6, 9]),
-            serde_json::json!(["gelu", "tanh", "leaky_relu"]),
-        ),
-    )
-    .unwrap();
+    std::fs::write(&wrong, with(serde_json::json!([7, 6, 9]), serde_json::json!(["gelu", "tanh", "leaky_relu"]))).unwrap();
     let out = analyze_bin()
         .arg(&dir)
         .arg("--spec")
@@ -128,18 +89,13 @@ fn wrong_shape_and_missing_tensor_name_the_tensor() {
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(
-        err.contains("epoch_3.safetensors")
-            && err.contains("tensor 'layers.4.weight' has shape [5, 6] but the spec needs [9, 6]"),
+        err.contains("epoch_3.safetensors") && err.contains("tensor 'layers.4.weight' has shape [5, 6] but the spec needs [9, 6]"),
         "{err}"
     );
 
     // One more hidden layer: a missing tensor.
     let deeper = tmp.path().join("deeper.json");
-    std::fs::write(
-        &deeper,
-        with(serde_json::json!([7, 6, 5, 5]), serde_json::Value::Null),
-    )
-    .unwrap();
+    std::fs::write(&deeper, with(serde_json::json!([7, 6, 5, 5]), serde_json::Value::Null)).unwrap();
     let out = analyze_bin()
         .arg(&dir)
         .arg("--spec")
@@ -152,8 +108,7 @@ fn wrong_shape_and_missing_tensor_name_the_tensor() {
     no_panic(&out);
     let err = stderr(&out);
     assert!(
-        err.contains("epoch_3.safetensors")
-            && err.contains("tensor 'layers.6.weight' has shape [4, 5] but the spec needs [5, 5]"),
+        err.contains("epoch_3.safetensors") && err.contains("tensor 'layers.6.weight' has shape [4, 5] but the spec needs [5, 5]"),
         "{err}"
     );
 }
@@ -174,20 +129,17 @@ fn malformed_spec_unknown_analyzer_and_missing_data_are_one_line_errors() {
     no_panic(&out);
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
-    assert!(
-        err.contains("bad.json") && err.contains("malformed model spec"),
-        "{err}"
-    );
+    assert!(err.contains("bad.json") && err.contains("malformed model spec"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 
-    let out = analyze_bin()
-        .arg(tmp.path())
-        .args(["--analyzers", "performance,no_such"])
-        .output()
-        .unwrap();
+    let out = analyze_bin().arg(tmp.path()).args(["--analyzers", "performance,no_such"]).output().unwrap();
     no_panic(&out);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("unknown analyzer 'no_such' (registered: performance, activation_regime, unit_linear_fit"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("unknown analyzer 'no_such' (registered: performance, activation_regime, unit_linear_fit"),
+        "{}",
+        stderr(&out)
+    );
 
     let out = train_bin()
         .args(["--dataset", "image-folder", "--data-dir"])
@@ -199,46 +151,18 @@ fn malformed_spec_unknown_analyzer_and_missing_data_are_one_line_errors() {
     no_panic(&out);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(
-        err.contains("nope") && err.contains("expected ROOT/train/<class>/<image>"),
-        "{err}"
-    );
+    assert!(err.contains("nope") && err.contains("expected ROOT/train/<class>/<image>"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 
-    let out = train_bin()
-        .args(["--model", "resnet"])
-        .arg("--out")
-        .arg(tmp.path())
-        .output()
-        .unwrap();
-    assert!(
-        stderr(&out).contains("unknown model 'resnet'"),
-        "{}",
-        stderr(&out)
-    );
+    let out = train_bin().args(["--model", "resnet"]).arg("--out").arg(tmp.path()).output().unwrap();
+    assert!(stderr(&out).contains("unknown model 'resnet'"), "{}", stderr(&out));
 
-    let out = train_bin()
-        .args(["--dataset", "cifar10", "--data-dir"])
-        .arg(tmp.path())
-        .arg("--out")
-        .arg(tmp.path().join("o"))
-        .output()
-        .unwrap();
-    assert!(
-        stderr(&out).contains("data_batch_1.bin"),
-        "{}",
-        stderr(&out)
-    );
+    let out =
+        train_bin().args(["--dataset", "cifar10", "--data-dir"]).arg(tmp.path()).arg("--out").arg(tmp.path().join("o")).output().unwrap();
+    assert!(stderr(&out).contains("data_batch_1.bin"), "{}", stderr(&out));
 
-    let out = analyze_bin()
-        .arg(tmp.path().join("missing"))
-        .output()
-        .unwrap();
-    assert!(
-        stderr(&out).contains("missing: does not exist"),
-        "{}",
-        stderr(&out)
-    );
+    let out = analyze_bin().arg(tmp.path().join("missing")).output().unwrap();
+    assert!(stderr(&out).contains("missing: does not exist"), "{}", stderr(&out));
 }
 
 #[test]
@@ -246,17 +170,7 @@ fn an_existing_run_is_not_overwritten_by_accident() {
     let tmp = tempfile::tempdir().unwrap();
     tiny_mlp_run(tmp.path(), "r", &[]);
     let out = train_bin()
-        .args([
-            "--model",
-            "mlp",
-            "--dataset",
-            "sinusoid-2d",
-            "--steps",
-            "2",
-            "--name",
-            "r",
-            "--quiet",
-        ])
+        .args(["--model", "mlp", "--dataset", "sinusoid-2d", "--steps", "2", "--name", "r", "--quiet"])
         .arg("--out")
         .arg(tmp.path())
         .output()

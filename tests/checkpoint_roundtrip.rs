@@ -23,22 +23,10 @@ fn save_load_gives_identical_logits() {
 
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join(checkpoint::file_name(42));
-    let meta = CheckpointMeta {
-        spec: spec.clone(),
-        run_id: "rt".into(),
-        step: 42,
-        epoch: 1.5,
-        samples_seen: 96,
-    };
+    let meta = CheckpointMeta { spec: spec.clone(), run_id: "rt".into(), step: 42, epoch: 1.5, samples_seen: 96 };
     checkpoint::save(&path, &meta, &tensors.into_iter().collect::<Vec<_>>()).unwrap();
     let loaded = checkpoint::load(&path, None).unwrap();
     assert_eq!(loaded.meta, meta);
-    let got = loaded
-        .model(&dev)
-        .unwrap()
-        .logits(&x)
-        .unwrap()
-        .to_vec2::<f32>()
-        .unwrap();
+    let got = loaded.model(&dev).unwrap().logits(&x).unwrap().to_vec2::<f32>().unwrap();
     assert_eq!(got, want);
 }

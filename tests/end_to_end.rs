@@ -8,10 +8,7 @@ use lintrace::tables::Table;
 use std::process::Command;
 
 fn table_bytes(run: &std::path::Path) -> Vec<Vec<u8>> {
-    ["layer_metrics", "model_metrics", "runs"]
-        .iter()
-        .map(|t| std::fs::read(run.join(format!("analysis/{t}.parquet"))).unwrap())
-        .collect()
+    ["layer_metrics", "model_metrics", "runs"].iter().map(|t| std::fs::read(run.join(format!("analysis/{t}.parquet"))).unwrap()).collect()
 }
 
 #[test]
@@ -34,16 +31,9 @@ fn train_analyze_read_back() {
     let log = Table::read(&a.join("train_log.parquet"), "train_log").unwrap();
     assert_eq!(log.rows.len(), 20);
 
-    let out = run_ok(
-        analyze_bin()
-            .arg(&root)
-            .args(["--quiet", "--device", "cpu"]),
-    );
+    let out = run_ok(analyze_bin().arg(&root).args(["--quiet", "--device", "cpu"]));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains("analysed 22 checkpoints in 2 runs"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("analysed 22 checkpoints in 2 runs"), "{stdout}");
 
     // Tables match their schemas and hold every (checkpoint, tap, metric).
     let layer = Table::read(&a.join("analysis/layer_metrics.parquet"), "layer_metrics").unwrap();
@@ -57,33 +47,13 @@ fn train_analyze_read_back() {
     Table::read(&a.join("analysis/runs.parquet"), "runs").unwrap();
 
     // Training lowered the probe loss.
-    let (mi, si, vi) = (
-        model.column_index("metric").unwrap(),
-        model.column_index("step").unwrap(),
-        model.column_index("value").unwrap(),
-    );
-    let loss_at = |s: i64| {
-        model
-            .rows
-            .iter()
-            .find(|r| r[mi].as_str() == Some("loss") && r[si].as_i64() == Some(s))
-            .unwrap()[vi]
-            .as_f64()
-            .unwrap()
-    };
-    assert!(
-        loss_at(20) < loss_at(0),
-        "loss {} -> {}",
-        loss_at(0),
-        loss_at(20)
-    );
+    let (mi, si, vi) = (model.column_index("metric").unwrap(), model.column_index("step").unwrap(), model.column_index("value").unwrap());
+    let loss_at =
+        |s: i64| model.rows.iter().find(|r| r[mi].as_str() == Some("loss") && r[si].as_i64() == Some(s)).unwrap()[vi].as_f64().unwrap();
+    assert!(loss_at(20) < loss_at(0), "loss {} -> {}", loss_at(0), loss_at(20));
 
     // Python polars reads every table with the declared types and joins them.
-    let py = Command::new("python3")
-        .arg(repo().join("tests/python/check_tables.py"))
-        .arg(&root)
-        .output()
-        .expect("python3 runs");
+    let py = Command::new("python3").arg(repo().join("tests/python/check_tables.py")).arg(&root).output().expect("python3 runs");
     assert!(
         py.status.success(),
         "python polars check failed (install with `pip install -r tests/python/requirements.txt`):\n{}\n{}",
@@ -93,38 +63,18 @@ fn train_analyze_read_back() {
 
     // Re-analysis computes nothing and leaves the metric tables byte-identical.
     let before = table_bytes(&a);
-    let out = run_ok(
-        analyze_bin()
-            .arg(&root)
-            .args(["--quiet", "--device", "cpu"]),
-    );
+    let out = run_ok(analyze_bin().arg(&root).args(["--quiet", "--device", "cpu"]));
     assert!(String::from_utf8_lossy(&out.stdout).contains("analysed 0 checkpoints"));
     let after = table_bytes(&a);
     assert_eq!(before[0], after[0]);
     assert_eq!(before[1], after[1]);
 
     // A selected analyzer with --force recomputes only its own rows.
-    run_ok(analyze_bin().arg(&a).args([
-        "--quiet",
-        "--device",
-        "cpu",
-        "--force",
-        "--analyzers",
-        "performance",
-    ]));
+    run_ok(analyze_bin().arg(&a).args(["--quiet", "--device", "cpu", "--force", "--analyzers", "performance"]));
     let again = Table::read(&a.join("analysis/layer_metrics.parquet"), "layer_metrics").unwrap();
-    assert_eq!(
-        again.rows.len(),
-        0,
-        "--force starts the tables afresh with only the selected analyzers"
-    );
+    assert_eq!(again.rows.len(), 0, "--force starts the tables afresh with only the selected analyzers");
     run_ok(analyze_bin().arg(&a).args(["--quiet", "--device", "cpu"]));
-    assert_eq!(
-        Table::read(&a.join("analysis/layer_metrics.parquet"), "layer_metrics")
-            .unwrap()
-            .rows,
-        layer.rows
-    );
+    assert_eq!(Table::read(&a.join("analysis/layer_metrics.parquet"), "layer_metrics").unwrap().rows, layer.rows);
 }
 
 #[test]
@@ -134,22 +84,11 @@ fn training_is_deterministic() {
     let b = tiny_mlp_run(&tmp.path().join("two"), "same", &["--init", "orthogonal"]);
     for step in [0u64, 7, 20] {
         let f = lintrace::checkpoint::file_name(step);
-        assert_eq!(
-            std::fs::read(a.join("checkpoints").join(&f)).unwrap(),
-            std::fs::read(b.join("checkpoints").join(&f)).unwrap(),
-            "{f}"
-        );
+        assert_eq!(std::fs::read(a.join("checkpoints").join(&f)).unwrap(), std::fs::read(b.join("checkpoints").join(&f)).unwrap(), "{f}");
     }
-    let c = tiny_mlp_run(
-        &tmp.path().join("three"),
-        "same",
-        &["--init", "orthogonal", "--seed", "1"],
-    );
+    let c = tiny_mlp_run(&tmp.path().join("three"), "same", &["--init", "orthogonal", "--seed", "1"]);
     let f = lintrace::checkpoint::file_name(20);
-    assert_ne!(
-        std::fs::read(a.join("checkpoints").join(&f)).unwrap(),
-        std::fs::read(c.join("checkpoints").join(&f)).unwrap()
-    );
+    assert_ne!(std::fs::read(a.join("checkpoints").join(&f)).unwrap(), std::fs::read(c.join("checkpoints").join(&f)).unwrap());
 }
 
 #[test]
@@ -158,20 +97,7 @@ fn cnn_on_digits_trains_and_analyses() {
     let root = tmp.path().join("runs");
     run_ok(
         train_bin()
-            .args([
-                "--model",
-                "cnn",
-                "--conv",
-                "8,M,8,M",
-                "--dense",
-                "16",
-                "--dataset",
-                "digits",
-                "--steps",
-                "6",
-                "--batch-size",
-                "32",
-            ])
+            .args(["--model", "cnn", "--conv", "8,M,8,M", "--dense", "16", "--dataset", "digits", "--steps", "6", "--batch-size", "32"])
             .args([
                 "--augment",
                 "--optimizer",
@@ -185,15 +111,7 @@ fn cnn_on_digits_trains_and_analyses() {
                 "--warmup-steps",
                 "2",
             ])
-            .args([
-                "--probe-size",
-                "100",
-                "--ckpt-per-octave",
-                "2",
-                "--quiet",
-                "--name",
-                "cnn",
-            ])
+            .args(["--probe-size", "100", "--ckpt-per-octave", "2", "--quiet", "--name", "cnn"])
             .arg("--out")
             .arg(&root),
     );
@@ -204,11 +122,7 @@ fn cnn_on_digits_trains_and_analyses() {
         .map(|p| lintrace::checkpoint::step_from_file_name(p).unwrap())
         .collect();
     assert_eq!(steps, vec![0, 1, 2, 3, 4, 6]);
-    run_ok(
-        analyze_bin()
-            .arg(&run)
-            .args(["--quiet", "--device", "cpu", "--chunk-size", "33"]),
-    );
+    run_ok(analyze_bin().arg(&run).args(["--quiet", "--device", "cpu", "--chunk-size", "33"]));
     let layer = Table::read(&run.join("analysis/layer_metrics.parquet"), "layer_metrics").unwrap();
     // 3 taps (2 conv, 1 dense), 9 metrics each, 6 checkpoints.
     assert_eq!(layer.rows.len(), 6 * 3 * 9);
@@ -216,18 +130,8 @@ fn cnn_on_digits_trains_and_analyses() {
     assert_eq!(layer.rows[0][ni].as_str(), Some("features.0"));
     // A PyTorch user can load the checkpoint by its module names.
     let st = std::fs::read(run.join("checkpoints/step_00000006.safetensors")).unwrap();
-    let names: Vec<String> = safetensors::SafeTensors::deserialize(&st)
-        .unwrap()
-        .names()
-        .into_iter()
-        .map(String::from)
-        .collect();
-    for n in [
-        "features.0.weight",
-        "features.3.bias",
-        "classifier.0.weight",
-        "classifier.2.bias",
-    ] {
+    let names: Vec<String> = safetensors::SafeTensors::deserialize(&st).unwrap().names().into_iter().map(String::from).collect();
+    for n in ["features.0.weight", "features.3.bias", "classifier.0.weight", "classifier.2.bias"] {
         assert!(names.contains(&n.to_string()), "{n} in {names:?}");
     }
 }

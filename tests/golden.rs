@@ -11,25 +11,13 @@ use lintrace::{checkpoint, probe};
 use serde_json::Value;
 
 fn golden(name: &str) -> Value {
-    serde_json::from_str(
-        &std::fs::read_to_string(fixture(&format!("golden/{name}/golden.json"))).unwrap(),
-    )
-    .unwrap()
+    serde_json::from_str(&std::fs::read_to_string(fixture(&format!("golden/{name}/golden.json"))).unwrap()).unwrap()
 }
 
 fn check_forward(name: &str, file: &str) {
     let dir = fixture(&format!("golden/{name}"));
-    let spec = lintrace::spec::ModelSpec::from_json(
-        &std::fs::read_to_string(dir.join("spec.json")).unwrap(),
-    )
-    .unwrap();
-    let fallback = checkpoint::CheckpointMeta {
-        spec,
-        run_id: "x".into(),
-        step: 0,
-        epoch: 0.0,
-        samples_seen: 0,
-    };
+    let spec = lintrace::spec::ModelSpec::from_json(&std::fs::read_to_string(dir.join("spec.json")).unwrap()).unwrap();
+    let fallback = checkpoint::CheckpointMeta { spec, run_id: "x".into(), step: 0, epoch: 0.0, samples_seen: 0 };
     let loaded = checkpoint::load(&dir.join(file), Some(&fallback)).unwrap();
     let model = loaded.model(&Device::Cpu).unwrap();
     let p = probe::load(&dir.join("probe.safetensors")).unwrap();
@@ -43,12 +31,7 @@ fn check_forward(name: &str, file: &str) {
     assert_eq!(got.len(), want.len());
     for (gr, wr) in got.iter().zip(want) {
         for (a, b) in gr.iter().zip(wr.as_array().unwrap()) {
-            assert_close(
-                *a as f64,
-                b.as_f64().unwrap(),
-                1e-4,
-                &format!("{name} logit"),
-            );
+            assert_close(*a as f64, b.as_f64().unwrap(), 1e-4, &format!("{name} logit"));
         }
     }
     for t in g["taps"].as_array().unwrap() {
@@ -57,18 +40,8 @@ fn check_forward(name: &str, file: &str) {
         let a: Vec<f32> = taps[l].a.flatten_all().unwrap().to_vec1().unwrap();
         // Sums of many terms that cancel: compare against the sum of magnitudes.
         let scale = |v: &[f32]| v.iter().map(|x| x.abs() as f64).sum::<f64>() * 1e-6 + 1e-6;
-        assert_close(
-            z.iter().map(|&v| v as f64).sum(),
-            t["z_sum"].as_f64().unwrap(),
-            scale(&z),
-            &format!("{name} tap {l} z_sum"),
-        );
-        assert_close(
-            a.iter().map(|&v| v as f64).sum(),
-            t["a_sum"].as_f64().unwrap(),
-            scale(&a),
-            &format!("{name} tap {l} a_sum"),
-        );
+        assert_close(z.iter().map(|&v| v as f64).sum(), t["z_sum"].as_f64().unwrap(), scale(&z), &format!("{name} tap {l} z_sum"));
+        assert_close(a.iter().map(|&v| v as f64).sum(), t["a_sum"].as_f64().unwrap(), scale(&a), &format!("{name} tap {l} a_sum"));
     }
 }
 
@@ -95,12 +68,12 @@ fn check_analyzers(name: &str, chunk: usize) {
     let p = probe::load(&dir.join("probe.safetensors")).unwrap();
     let all = analyzers::all_analyzers();
     let refs: Vec<&dyn analyzers::Analyzer> = all.iter().map(|a| a.as_ref()).collect();
-    let info = loaded.meta.spec.model_info();
-    let outcome = capture::run(&model, &info, &p, &refs, chunk, &Device::Cpu).unwrap();
+    let shared = capture::Shared::default();
+    let outcome = capture::run(&model, &loaded.meta.spec, &p, &refs, chunk, &Device::Cpu, &shared).unwrap();
     let g = golden(name);
     let mut rows = Vec::new();
     for (a, o) in all.iter().zip(outcome) {
-        for v in o.unwrap() {
+        for v in o.map(|f| f.values).unwrap_or_default() {
             rows.push((a.name(), v));
         }
     }
@@ -112,26 +85,12 @@ fn check_analyzers(name: &str, chunk: usize) {
             .value
     };
     let perf = &g["performance"];
-    assert_close(
-        find("performance", None, "loss").unwrap(),
-        perf["loss"].as_f64().unwrap(),
-        1e-5,
-        "loss",
-    );
-    assert_close(
-        find("performance", None, "accuracy").unwrap(),
-        perf["accuracy"].as_f64().unwrap(),
-        0.0,
-        "accuracy",
-    );
+    assert_close(find("performance", None, "loss").unwrap(), perf["loss"].as_f64().unwrap(), 1e-5, "loss");
+    assert_close(find("performance", None, "accuracy").unwrap(), perf["accuracy"].as_f64().unwrap(), 0.0, "accuracy");
     let want = g["layer_metrics"].as_array().unwrap();
     for w in want {
         let tap = w["tap"].as_u64().map(|t| t as usize);
-        let got = find(
-            w["analyzer"].as_str().unwrap(),
-            tap,
-            w["metric"].as_str().unwrap(),
-        );
+        let got = find(w["analyzer"].as_str().unwrap(), tap, w["metric"].as_str().unwrap());
         match w["value"].as_f64() {
             None => assert_eq!(got, None, "{w}"),
             Some(v) => assert_close(got.unwrap(), v, 1e-5, &w.to_string()),

@@ -1,6 +1,6 @@
 //! `activation_regime`: the on/off pattern of ReLU-family units on the probe.
 
-use crate::analyzer::{check_taps, Accumulator, Analyzer, AnalyzerError, MetricValue, Needs};
+use crate::analyzer::{check_taps, Accumulator, Analyzer, AnalyzerError, Extras, Finished, MetricValue, Needs};
 use crate::capture::{Chunk, ModelInfo};
 use crate::stats::binary_entropy_bits;
 
@@ -19,24 +19,14 @@ impl Analyzer for ActivationRegime {
         "on/off pattern of ReLU-family units (z > 0) over the probe"
     }
     fn metrics(&self) -> &'static [&'static str] {
-        &[
-            "frac_active",
-            "frac_always_on",
-            "frac_always_off",
-            "frac_switching",
-            "pattern_entropy",
-        ]
+        &["frac_active", "frac_always_on", "frac_always_off", "frac_switching", "pattern_entropy"]
     }
     fn needs(&self) -> Needs {
-        Needs { taps: true }
+        Needs { taps: true, ..Needs::default() }
     }
     fn start(&self, model: &ModelInfo) -> Box<dyn Accumulator> {
         let positive = model.taps.iter().map(|t| vec![0u64; t.units]).collect();
-        Box::new(RegimeAcc {
-            model: model.clone(),
-            positive,
-            n: 0,
-        })
+        Box::new(RegimeAcc { model: model.clone(), positive, n: 0 })
     }
 }
 
@@ -65,18 +55,13 @@ impl Accumulator for RegimeAcc {
         Ok(())
     }
 
-    fn finish(self: Box<Self>) -> Result<Vec<MetricValue>, AnalyzerError> {
+    fn finish(self: Box<Self>, _extras: &Extras<'_>) -> Result<Finished, AnalyzerError> {
         let mut out = Vec::new();
         if self.n == 0 {
-            return Ok(out);
+            return Ok(Finished::values(out));
         }
         let n = self.n as f64;
-        for info in self
-            .model
-            .taps
-            .iter()
-            .filter(|t| t.activation.is_relu_family())
-        {
+        for info in self.model.taps.iter().filter(|t| t.activation.is_relu_family()) {
             let counts = &self.positive[info.index];
             let units = counts.len() as f64;
             let (mut active, mut on, mut off, mut entropy) = (0.0, 0.0, 0.0, 0.0);
@@ -92,13 +77,9 @@ impl Accumulator for RegimeAcc {
             out.push(MetricValue::layer(l, "frac_active", defined(active)));
             out.push(MetricValue::layer(l, "frac_always_on", defined(on)));
             out.push(MetricValue::layer(l, "frac_always_off", defined(off)));
-            out.push(MetricValue::layer(
-                l,
-                "frac_switching",
-                defined(units - on - off),
-            ));
+            out.push(MetricValue::layer(l, "frac_switching", defined(units - on - off)));
             out.push(MetricValue::layer(l, "pattern_entropy", defined(entropy)));
         }
-        Ok(out)
+        Ok(Finished::values(out))
     }
 }

@@ -1,22 +1,19 @@
-//! The one trait every metric implements, and the rows it produces.
+//! The one trait every metric implements, and what it produces.
 
-use crate::capture::{Chunk, ModelInfo};
+use crate::capture::{Chunk, LayerWeights, ModelInfo};
+use crate::gram::Gram;
+use crate::linearized_agreement::VariantLogits;
+use crate::mu::SurrogatePredictions;
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum AnalyzerError {
     /// The captured data does not fit what the analyzer was started with.
     #[error("{analyzer}: {message}")]
-    Shape {
-        analyzer: &'static str,
-        message: String,
-    },
+    Shape { analyzer: &'static str, message: String },
     /// The analyzer cannot run on this model or probe (the driver reports it
     /// once and writes no rows for it).
     #[error("{analyzer} does not apply: {message}")]
-    NotApplicable {
-        analyzer: &'static str,
-        message: String,
-    },
+    NotApplicable { analyzer: &'static str, message: String },
 }
 
 /// One computed number. `tap: None` means a network-level metric
@@ -26,30 +23,100 @@ pub struct MetricValue {
     pub tap: Option<usize>,
     pub metric: &'static str,
     pub value: Option<f64>,
+    /// The surrogate a comparison is against (`mu`).
+    pub surrogate: Option<String>,
+    /// The checkpoint step a comparison is against (`cka_time`).
+    pub ref_step: Option<u64>,
+    /// Samples and split, when not the probe (`mu` on the held-out split).
+    pub samples: Option<(u64, String)>,
 }
 
 impl MetricValue {
+    fn new(tap: Option<usize>, metric: &'static str, value: Option<f64>) -> Self {
+        MetricValue { tap, metric, value: value.filter(|v| v.is_finite()), surrogate: None, ref_step: None, samples: None }
+    }
     pub fn layer(tap: usize, metric: &'static str, value: Option<f64>) -> Self {
-        MetricValue {
-            tap: Some(tap),
-            metric,
-            value: value.filter(|v| v.is_finite()),
-        }
+        Self::new(Some(tap), metric, value)
     }
     pub fn model(metric: &'static str, value: Option<f64>) -> Self {
-        MetricValue {
-            tap: None,
-            metric,
-            value: value.filter(|v| v.is_finite()),
+        Self::new(None, metric, value)
+    }
+    pub fn with_surrogate(mut self, name: &str) -> Self {
+        self.surrogate = Some(name.to_string());
+        self
+    }
+    pub fn with_ref_step(mut self, step: u64) -> Self {
+        self.ref_step = Some(step);
+        self
+    }
+    pub fn with_samples(mut self, n: u64, split: &str) -> Self {
+        self.samples = Some((n, split.to_string()));
+        self
+    }
+}
+
+/// An analyzer's result for one checkpoint: its values, and remarks worth
+/// telling the user once (e.g. a tap it could not fit).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Finished {
+    pub values: Vec<MetricValue>,
+    pub notes: Vec<String>,
+}
+
+impl Finished {
+    pub fn values(values: Vec<MetricValue>) -> Self {
+        Finished { values, notes: Vec::new() }
+    }
+}
+
+/// What an analyzer needs the driver to capture or compute, so that nothing
+/// is computed that no selected analyzer uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Needs {
+    /// Per-chunk z and a at every tap.
+    pub taps: bool,
+    /// Per-chunk block inputs (what each tap's affine layer receives).
+    pub block_inputs: bool,
+    /// Centred Gram matrices of every tap's a over the whole probe.
+    pub grams: bool,
+    /// The same at step 0 and at the run's final checkpoint.
+    pub reference_grams: bool,
+    /// The weight matrices feeding each tap, here and at step 0.
+    pub weights: bool,
+    /// Logits of the network with taps replaced by affine surrogates.
+    pub variants: bool,
+    /// Predictions of the network and of each surrogate on held-out data.
+    pub surrogates: bool,
+}
+
+impl Needs {
+    pub fn union(self, o: Needs) -> Needs {
+        Needs {
+            taps: self.taps || o.taps,
+            block_inputs: self.block_inputs || o.block_inputs,
+            grams: self.grams || o.grams,
+            reference_grams: self.reference_grams || o.reference_grams,
+            weights: self.weights || o.weights,
+            variants: self.variants || o.variants,
+            surrogates: self.surrogates || o.surrogates,
         }
     }
 }
 
-/// What an analyzer needs captured, so that the driver can skip copying taps
-/// when only logits are wanted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Needs {
-    pub taps: bool,
+/// Whole-probe or cross-checkpoint inputs, computed by the driver once per
+/// checkpoint and shared by the analyzers that asked for them.
+#[derive(Default)]
+pub struct Extras<'a> {
+    pub labels: &'a [i64],
+    pub grams: Option<&'a [Gram]>,
+    /// (step, Grams) of the step-0 checkpoint.
+    pub init_grams: Option<(u64, &'a [Gram])>,
+    /// (step, Grams) of the run's last checkpoint.
+    pub final_grams: Option<(u64, &'a [Gram])>,
+    pub weights: Option<&'a [LayerWeights]>,
+    pub init_weights: Option<&'a [LayerWeights]>,
+    pub variants: Option<&'a VariantLogits>,
+    pub surrogates: &'a [SurrogatePredictions],
 }
 
 pub trait Analyzer: Send + Sync {
@@ -67,25 +134,16 @@ pub trait Analyzer: Send + Sync {
 }
 
 pub trait Accumulator: Send {
+    /// Sees each probe chunk in order (analyzers that need only extras
+    /// ignore it).
     fn observe(&mut self, chunk: &Chunk<'_>) -> Result<(), AnalyzerError>;
-    fn finish(self: Box<Self>) -> Result<Vec<MetricValue>, AnalyzerError>;
+    fn finish(self: Box<Self>, extras: &Extras<'_>) -> Result<Finished, AnalyzerError>;
 }
 
 /// Checks that a chunk carries the taps an accumulator was started for.
-pub(crate) fn check_taps(
-    analyzer: &'static str,
-    model: &ModelInfo,
-    chunk: &Chunk<'_>,
-) -> Result<(), AnalyzerError> {
+pub(crate) fn check_taps(analyzer: &'static str, model: &ModelInfo, chunk: &Chunk<'_>) -> Result<(), AnalyzerError> {
     if chunk.taps.len() != model.taps.len() {
-        return Err(AnalyzerError::Shape {
-            analyzer,
-            message: format!(
-                "expected {} taps, got {}",
-                model.taps.len(),
-                chunk.taps.len()
-            ),
-        });
+        return Err(AnalyzerError::Shape { analyzer, message: format!("expected {} taps, got {}", model.taps.len(), chunk.taps.len()) });
     }
     for (info, tap) in model.taps.iter().zip(chunk.taps) {
         for (what, m) in [("z", tap.z), ("a", tap.a)] {

@@ -36,6 +36,25 @@ impl LayerKind {
     }
 }
 
+/// The shape of a block: what its affine layer receives and how it maps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockGeometry {
+    Dense {
+        features: usize,
+    },
+    Conv {
+        in_channels: usize,
+        height: usize,
+        width: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        out_channels: usize,
+        out_height: usize,
+        out_width: usize,
+    },
+}
+
 #[derive(Debug, Clone)]
 pub struct TapInfo {
     /// 0 is the shallowest nonlinearity.
@@ -44,12 +63,27 @@ pub struct TapInfo {
     pub layer_kind: LayerKind,
     /// Scalar units per sample (channels × rows × columns for a conv map).
     pub units: usize,
+    /// Values per sample of the block input.
+    pub input_units: usize,
+    pub block: BlockGeometry,
 }
 
 #[derive(Debug, Clone)]
 pub struct ModelInfo {
     pub taps: Vec<TapInfo>,
     pub num_classes: usize,
+    /// Probe samples that will be observed.
+    pub n_probe: usize,
+}
+
+/// The weight matrix of the affine layer feeding a tap, reshaped to
+/// out × (in·kh·kw), row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerWeights {
+    pub tap: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<f32>,
 }
 
 /// A borrowed row-major matrix: `rows` samples, `cols` features.
@@ -73,10 +107,12 @@ impl<'a> Matrix<'a> {
     }
 }
 
-/// One tap's values for a chunk of samples. Empty matrices (0 columns) are
-/// passed when no selected analyzer asked for taps.
+/// One tap's values for a chunk of samples. Taps are passed only when a
+/// selected analyzer asked for them; `input` is empty (0 columns) unless one
+/// asked for block inputs.
 #[derive(Debug, Clone, Copy)]
 pub struct TapChunk<'a> {
+    pub input: Matrix<'a>,
     pub z: Matrix<'a>,
     pub a: Matrix<'a>,
 }

@@ -11,12 +11,20 @@
 
 pub mod activation_regime;
 pub mod analyzer;
+pub mod block_linear_fit;
 pub mod capture;
+pub mod cka_time;
+pub mod gram;
+pub mod info;
+pub mod linearized_agreement;
+pub mod mu;
 pub mod performance;
 pub mod registry;
+pub mod representation;
 pub mod stats;
 pub mod unit_linear_fit;
+pub mod weights;
 
-pub use analyzer::{Accumulator, Analyzer, AnalyzerError, MetricValue, Needs};
-pub use capture::{ActivationKind, Chunk, LayerKind, Matrix, ModelInfo, TapChunk, TapInfo};
+pub use analyzer::{Accumulator, Analyzer, AnalyzerError, Extras, Finished, MetricValue, Needs};
+pub use capture::{ActivationKind, BlockGeometry, Chunk, LayerKind, LayerWeights, Matrix, ModelInfo, TapChunk, TapInfo};
 pub use registry::{all as all_analyzers, by_name, names};

@@ -1,6 +1,6 @@
 //! `performance`: probe loss (mean cross-entropy, nats) and accuracy.
 
-use crate::analyzer::{Accumulator, Analyzer, AnalyzerError, MetricValue, Needs};
+use crate::analyzer::{Accumulator, Analyzer, AnalyzerError, Extras, Finished, MetricValue, Needs};
 use crate::capture::{Chunk, ModelInfo};
 
 pub struct Performance;
@@ -21,15 +21,10 @@ impl Analyzer for Performance {
         &["loss", "accuracy"]
     }
     fn needs(&self) -> Needs {
-        Needs { taps: false }
+        Needs::default()
     }
     fn start(&self, model: &ModelInfo) -> Box<dyn Accumulator> {
-        Box::new(PerfAcc {
-            classes: model.num_classes,
-            loss: 0.0,
-            correct: 0,
-            n: 0,
-        })
+        Box::new(PerfAcc { classes: model.num_classes, loss: 0.0, correct: 0, n: 0 })
     }
 }
 
@@ -54,12 +49,7 @@ pub fn argmax(row: &[f32]) -> usize {
 /// −log softmax(row)[label], computed stably in f64.
 pub fn cross_entropy(row: &[f32], label: usize) -> f64 {
     let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
-    let lse = max
-        + row
-            .iter()
-            .map(|&v| (v as f64 - max).exp())
-            .sum::<f64>()
-            .ln();
+    let lse = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
     lse - row[label] as f64
 }
 
@@ -69,23 +59,14 @@ impl Accumulator for PerfAcc {
         if logits.cols != self.classes || logits.rows != chunk.labels.len() {
             return Err(AnalyzerError::Shape {
                 analyzer: NAME,
-                message: format!(
-                    "logits {} × {} for {} labels and {} classes",
-                    logits.rows,
-                    logits.cols,
-                    chunk.labels.len(),
-                    self.classes
-                ),
+                message: format!("logits {} × {} for {} labels and {} classes", logits.rows, logits.cols, chunk.labels.len(), self.classes),
             });
         }
         for (i, &y) in chunk.labels.iter().enumerate() {
             let y = usize::try_from(y)
                 .ok()
                 .filter(|&y| y < self.classes)
-                .ok_or_else(|| AnalyzerError::Shape {
-                    analyzer: NAME,
-                    message: format!("label {y} outside 0..{}", self.classes),
-                })?;
+                .ok_or_else(|| AnalyzerError::Shape { analyzer: NAME, message: format!("label {y} outside 0..{}", self.classes) })?;
             let row = logits.row(i);
             self.loss += cross_entropy(row, y);
             self.correct += (argmax(row) == y) as u64;
@@ -94,12 +75,12 @@ impl Accumulator for PerfAcc {
         Ok(())
     }
 
-    fn finish(self: Box<Self>) -> Result<Vec<MetricValue>, AnalyzerError> {
+    fn finish(self: Box<Self>, _extras: &Extras<'_>) -> Result<Finished, AnalyzerError> {
         let n = self.n as f64;
         let defined = self.n > 0;
-        Ok(vec![
+        Ok(Finished::values(vec![
             MetricValue::model("loss", defined.then(|| self.loss / n)),
             MetricValue::model("accuracy", defined.then(|| self.correct as f64 / n)),
-        ])
+        ]))
     }
 }

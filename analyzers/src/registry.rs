@@ -2,8 +2,14 @@
 
 use crate::activation_regime::ActivationRegime;
 use crate::analyzer::Analyzer;
+use crate::block_linear_fit::BlockLinearFit;
+use crate::cka_time::CkaTime;
+use crate::linearized_agreement::LinearizedAgreement;
+use crate::mu::Mu;
 use crate::performance::Performance;
+use crate::representation::Representation;
 use crate::unit_linear_fit::UnitLinearFit;
+use crate::weights::Weights;
 
 /// Every registered analyzer, in the order they are listed and run.
 pub fn all() -> Vec<Box<dyn Analyzer>> {
@@ -11,6 +17,12 @@ pub fn all() -> Vec<Box<dyn Analyzer>> {
         Box::new(Performance),
         Box::new(ActivationRegime),
         Box::new(UnitLinearFit),
+        Box::new(BlockLinearFit),
+        Box::new(LinearizedAgreement),
+        Box::new(CkaTime),
+        Box::new(Weights),
+        Box::new(Representation),
+        Box::new(Mu),
     ]
 }
 

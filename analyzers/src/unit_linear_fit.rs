@@ -1,7 +1,7 @@
 //! `unit_linear_fit`: how well each unit's nonlinearity is replaced by its
 //! best affine surrogate α z + β on the probe.
 
-use crate::analyzer::{check_taps, Accumulator, Analyzer, AnalyzerError, MetricValue, Needs};
+use crate::analyzer::{check_taps, Accumulator, Analyzer, AnalyzerError, Extras, Finished, MetricValue, Needs};
 use crate::capture::{Chunk, ModelInfo};
 use crate::stats::PairedMoments;
 
@@ -23,18 +23,11 @@ impl Analyzer for UnitLinearFit {
         &["nonlinearity", "mean_unit_r2", "n_units_varying", "n_units"]
     }
     fn needs(&self) -> Needs {
-        Needs { taps: true }
+        Needs { taps: true, ..Needs::default() }
     }
     fn start(&self, model: &ModelInfo) -> Box<dyn Accumulator> {
-        let moments = model
-            .taps
-            .iter()
-            .map(|t| PairedMoments::new(t.units))
-            .collect();
-        Box::new(FitAcc {
-            model: model.clone(),
-            moments,
-        })
+        let moments = model.taps.iter().map(|t| PairedMoments::new(t.units)).collect();
+        Box::new(FitAcc { model: model.clone(), moments })
     }
 }
 
@@ -57,11 +50,7 @@ pub fn surrogate(m: &PairedMoments) -> UnitSurrogate {
     let mut alpha = Vec::with_capacity(m.cols());
     let mut beta = Vec::with_capacity(m.cols());
     for j in 0..m.cols() {
-        let a = if m.m2_x[j] > 0.0 {
-            m.c_xy[j] / m.m2_x[j]
-        } else {
-            0.0
-        };
+        let a = if m.m2_x[j] > 0.0 { m.c_xy[j] / m.m2_x[j] } else { 0.0 };
         alpha.push(a);
         beta.push(m.mean_y[j] - a * m.mean_x[j]);
     }
@@ -77,7 +66,7 @@ impl Accumulator for FitAcc {
         Ok(())
     }
 
-    fn finish(self: Box<Self>) -> Result<Vec<MetricValue>, AnalyzerError> {
+    fn finish(self: Box<Self>, _extras: &Extras<'_>) -> Result<Finished, AnalyzerError> {
         let mut out = Vec::new();
         for (info, m) in self.model.taps.iter().zip(&self.moments) {
             let (mut res, mut var, mut r2_sum, mut varying) = (0.0, 0.0, 0.0, 0usize);
@@ -97,23 +86,11 @@ impl Accumulator for FitAcc {
             }
             let l = info.index;
             let some = varying > 0 && var > 0.0;
-            out.push(MetricValue::layer(
-                l,
-                "nonlinearity",
-                some.then(|| res / var),
-            ));
-            out.push(MetricValue::layer(
-                l,
-                "mean_unit_r2",
-                some.then(|| r2_sum / varying as f64),
-            ));
-            out.push(MetricValue::layer(
-                l,
-                "n_units_varying",
-                Some(varying as f64),
-            ));
+            out.push(MetricValue::layer(l, "nonlinearity", some.then(|| res / var)));
+            out.push(MetricValue::layer(l, "mean_unit_r2", some.then(|| r2_sum / varying as f64)));
+            out.push(MetricValue::layer(l, "n_units_varying", Some(varying as f64)));
             out.push(MetricValue::layer(l, "n_units", Some(m.cols() as f64)));
         }
-        Ok(out)
+        Ok(Finished::values(out))
     }
 }

@@ -1,18 +1,14 @@
 //! The properties METRICS.md states for each analyzer, on synthetic taps.
 
 use analyzers::{
-    all_analyzers, by_name, ActivationKind, Chunk, LayerKind, Matrix, MetricValue, ModelInfo,
-    TapChunk, TapInfo,
+    all_analyzers, by_name, ActivationKind, BlockGeometry, Chunk, Extras, LayerKind, Matrix, MetricValue, ModelInfo, TapChunk, TapInfo,
 };
 
 /// A small deterministic generator (no dependency needed for test data).
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self) -> f32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
 }
@@ -24,21 +20,16 @@ fn info(units: usize, act: ActivationKind) -> ModelInfo {
             activation: act,
             layer_kind: LayerKind::Dense,
             units,
+            input_units: units,
+            block: BlockGeometry::Dense { features: units },
         }],
         num_classes: 3,
+        n_probe: 0,
     }
 }
 
 /// Runs one analyzer on one tap (z, a) of n samples, in chunks of `chunk`.
-fn run(
-    name: &str,
-    act: ActivationKind,
-    n: usize,
-    units: usize,
-    z: &[f32],
-    a: &[f32],
-    chunk: usize,
-) -> Vec<MetricValue> {
+fn run(name: &str, act: ActivationKind, n: usize, units: usize, z: &[f32], a: &[f32], chunk: usize) -> Vec<MetricValue> {
     let analyzer = by_name(name).unwrap();
     let mi = info(units, act);
     let mut acc = analyzer.start(&mi);
@@ -48,25 +39,18 @@ fn run(
     while s < n {
         let e = (s + chunk).min(n);
         let taps = [TapChunk {
+            input: Matrix::new(e - s, units, &z[s * units..e * units]),
             z: Matrix::new(e - s, units, &z[s * units..e * units]),
             a: Matrix::new(e - s, units, &a[s * units..e * units]),
         }];
-        acc.observe(&Chunk {
-            taps: &taps,
-            logits: Matrix::new(e - s, 3, &logits[s * 3..e * 3]),
-            labels: &labels[s..e],
-        })
-        .unwrap();
+        acc.observe(&Chunk { taps: &taps, logits: Matrix::new(e - s, 3, &logits[s * 3..e * 3]), labels: &labels[s..e] }).unwrap();
         s = e;
     }
-    acc.finish().unwrap()
+    acc.finish(&Extras { labels: &labels, ..Extras::default() }).unwrap().values
 }
 
 fn get(v: &[MetricValue], metric: &str) -> Option<f64> {
-    v.iter()
-        .find(|m| m.metric == metric)
-        .unwrap_or_else(|| panic!("no {metric}"))
-        .value
+    v.iter().find(|m| m.metric == metric).unwrap_or_else(|| panic!("no {metric}")).value
 }
 
 fn random(n: usize, seed: u64, shift: f32) -> Vec<f32> {
@@ -81,15 +65,7 @@ fn relu(z: &[f32]) -> Vec<f32> {
 #[test]
 fn identity_activation_is_exactly_linear() {
     let z = random(200 * 6, 1, 0.0);
-    let v = run(
-        "unit_linear_fit",
-        ActivationKind::Identity,
-        200,
-        6,
-        &z,
-        &z,
-        64,
-    );
+    let v = run("unit_linear_fit", ActivationKind::Identity, 200, 6, &z, &z, 64);
     assert!(get(&v, "nonlinearity").unwrap().abs() < 1e-12);
     assert!((get(&v, "mean_unit_r2").unwrap() - 1.0).abs() < 1e-12);
 }
@@ -116,15 +92,7 @@ fn relu_units_that_never_switch_are_linear() {
 #[test]
 fn all_positive_preactivations_give_an_always_on_layer() {
     let z = random(50 * 4, 3, 2.0);
-    let regime = run(
-        "activation_regime",
-        ActivationKind::Relu,
-        50,
-        4,
-        &z,
-        &relu(&z),
-        50,
-    );
+    let regime = run("activation_regime", ActivationKind::Relu, 50, 4, &z, &relu(&z), 50);
     assert_eq!(get(&regime, "frac_always_on"), Some(1.0));
     assert_eq!(get(&regime, "frac_active"), Some(1.0));
     assert_eq!(get(&regime, "frac_switching"), Some(0.0));
@@ -142,22 +110,8 @@ fn switching_relu_is_nonlinear_and_bounded() {
     assert!((nl - 0.2).abs() < 0.03, "{nl}");
     let r2 = get(&fit, "mean_unit_r2").unwrap();
     assert!((0.0..=1.0).contains(&r2));
-    let regime = run(
-        "activation_regime",
-        ActivationKind::Relu,
-        400,
-        5,
-        &z,
-        &a,
-        33,
-    );
-    for m in [
-        "frac_active",
-        "frac_always_on",
-        "frac_always_off",
-        "frac_switching",
-        "pattern_entropy",
-    ] {
+    let regime = run("activation_regime", ActivationKind::Relu, 400, 5, &z, &a, 33);
+    for m in ["frac_active", "frac_always_on", "frac_always_off", "frac_switching", "pattern_entropy"] {
         let v = get(&regime, m).unwrap();
         assert!((0.0..=1.0).contains(&v), "{m} = {v}");
     }
@@ -172,21 +126,9 @@ fn unit_linear_fit_is_invariant_to_rescaling_units() {
     let base = run("unit_linear_fit", ActivationKind::Tanh, 300, 4, &z, &a, 300);
     // Per-unit rescaling of z leaves every unit's fit, hence mean R², unchanged;
     // one common rescaling of a leaves the pooled ratio unchanged too.
-    let zs: Vec<f32> = z
-        .iter()
-        .enumerate()
-        .map(|(k, v)| v * (1.0 + k as f32 % 4.0))
-        .collect();
+    let zs: Vec<f32> = z.iter().enumerate().map(|(k, v)| v * (1.0 + k as f32 % 4.0)).collect();
     let as_: Vec<f32> = a.iter().map(|v| v * 7.0).collect();
-    let scaled = run(
-        "unit_linear_fit",
-        ActivationKind::Tanh,
-        300,
-        4,
-        &zs,
-        &as_,
-        300,
-    );
+    let scaled = run("unit_linear_fit", ActivationKind::Tanh, 300, 4, &zs, &as_, 300);
     for m in ["nonlinearity", "mean_unit_r2"] {
         let (x, y) = (get(&base, m).unwrap(), get(&scaled, m).unwrap());
         assert!((x - y).abs() < 1e-6, "{m}: {x} vs {y}");
@@ -196,30 +138,14 @@ fn unit_linear_fit_is_invariant_to_rescaling_units() {
 #[test]
 fn a_tap_with_no_varying_unit_gives_null_not_nan() {
     let z = random(20 * 3, 6, -5.0);
-    let fit = run(
-        "unit_linear_fit",
-        ActivationKind::Relu,
-        20,
-        3,
-        &z,
-        &relu(&z),
-        20,
-    );
+    let fit = run("unit_linear_fit", ActivationKind::Relu, 20, 3, &z, &relu(&z), 20);
     assert_eq!(get(&fit, "nonlinearity"), None);
     assert_eq!(get(&fit, "mean_unit_r2"), None);
 }
 
 #[test]
 fn performance_of_uniform_logits_is_log_k() {
-    let v = run(
-        "performance",
-        ActivationKind::Relu,
-        30,
-        1,
-        &[0.0; 30],
-        &[0.0; 30],
-        8,
-    );
+    let v = run("performance", ActivationKind::Relu, 30, 1, &[0.0; 30], &[0.0; 30], 8);
     assert!((get(&v, "loss").unwrap() - 3f64.ln()).abs() < 1e-12);
     // argmax of equal logits is class 0; labels cycle 0,1,2.
     assert!((get(&v, "accuracy").unwrap() - 1.0 / 3.0).abs() < 1e-12);
@@ -232,8 +158,6 @@ fn registry_names_are_unique_and_versioned() {
     sorted.sort();
     sorted.dedup();
     assert_eq!(sorted.len(), names.len());
-    assert!(all_analyzers()
-        .iter()
-        .all(|a| a.version() >= 1 && !a.metrics().is_empty()));
+    assert!(all_analyzers().iter().all(|a| a.version() >= 1 && !a.metrics().is_empty()));
     assert!(by_name("no_such_analyzer").is_none());
 }

@@ -15,6 +15,11 @@ pub struct DoneKey {
     pub analyzer: String,
     pub version: u32,
     pub probe_hash: String,
+    /// What a cross-checkpoint result was computed against (cka_time: the
+    /// final step; mu: the surrogates and split), so that a change in it
+    /// invalidates exactly those results.
+    #[serde(default)]
+    pub reference: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -30,10 +35,8 @@ impl Done {
         if !path.exists() {
             return Ok(Done::default());
         }
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("{}: cannot read", path.display()))?;
-        serde_json::from_str(&text)
-            .with_context(|| format!("{}: malformed (delete it or pass --force)", path.display()))
+        let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{}: malformed (delete it or pass --force)", path.display()))
     }
 
     pub fn write(&self, dir: &Path) -> Result<()> {
@@ -42,8 +45,7 @@ impl Done {
 
     /// Marks (step, analyzer) done at `version`, forgetting other versions.
     pub fn mark(&mut self, key: DoneKey) {
-        self.entries
-            .retain(|k| !(k.step == key.step && k.analyzer == key.analyzer));
+        self.entries.retain(|k| !(k.step == key.step && k.analyzer == key.analyzer));
         self.entries.insert(key);
     }
 }

@@ -3,6 +3,7 @@
 //! within a memory bound), and merges the rows into the run's tables.
 
 pub mod capture;
+mod context;
 mod done;
 mod rows;
 mod target;
@@ -12,8 +13,9 @@ pub use target::{discover, External, Target};
 
 use crate::checkpoint;
 use crate::device;
-use analyzers::{Analyzer, AnalyzerError, MetricValue};
+use analyzers::{Analyzer, AnalyzerError, Finished, Needs};
 use anyhow::{bail, Context, Result};
+use context::TargetContext;
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use std::path::PathBuf;
@@ -33,6 +35,10 @@ pub struct AnalyzeOptions {
     /// Upper bound on checkpoints analysed at once (0 = the thread count).
     pub jobs: usize,
     pub quiet: bool,
+    /// Surrogates for `mu` (`linear`, a run, `RUN@same`, a checkpoint).
+    pub surrogates: Vec<String>,
+    /// Where `mu` compares predictions: `test` (the held-out split) or `probe`.
+    pub mu_split: String,
 }
 
 impl Default for AnalyzeOptions {
@@ -45,6 +51,8 @@ impl Default for AnalyzeOptions {
             max_memory_bytes: 4 << 30,
             jobs: 0,
             quiet: false,
+            surrogates: vec!["linear".into()],
+            mu_split: "test".into(),
         }
     }
 }
@@ -57,7 +65,7 @@ pub struct Report {
     pub skipped: usize,
     /// (file, one-line reason)
     pub failures: Vec<(PathBuf, String)>,
-    /// One line per analyzer that did not apply to a run.
+    /// Things worth saying once (an analyzer that did not apply, …).
     pub notes: Vec<String>,
 }
 
@@ -68,14 +76,7 @@ pub fn select_analyzers(names: &[String]) -> Result<Vec<Box<dyn Analyzer>>> {
     }
     names
         .iter()
-        .map(|n| {
-            analyzers::by_name(n).with_context(|| {
-                format!(
-                    "unknown analyzer '{n}' (registered: {})",
-                    analyzers::names().join(", ")
-                )
-            })
-        })
+        .map(|n| analyzers::by_name(n).with_context(|| format!("unknown analyzer '{n}' (registered: {})", analyzers::names().join(", "))))
         .collect()
 }
 
@@ -83,14 +84,16 @@ pub fn select_analyzers(names: &[String]) -> Result<Vec<Box<dyn Analyzer>>> {
 /// go on. Errors returned here are set-up errors (bad options).
 pub fn analyze(targets: &[Target], opts: &AnalyzeOptions) -> Result<Report> {
     let selected = select_analyzers(&opts.analyzers)?;
+    if !["test", "probe"].contains(&opts.mu_split.as_str()) {
+        bail!("--mu-split must be test or probe, got '{}'", opts.mu_split);
+    }
+    let sources = opts.surrogates.iter().map(|s| crate::surrogate::Source::parse(s)).collect::<Result<Vec<_>>>()?;
     let dev = device::select(&opts.device)?;
     let mut report = Report::default();
     for target in targets {
         report.runs += 1;
-        if let Err(e) = analyze_target(target, &selected, opts, &dev, &mut report) {
-            report
-                .failures
-                .push((target.out_dir.clone(), format!("{e:#}")));
+        if let Err(e) = analyze_target(target, &selected, &sources, opts, &dev, &mut report) {
+            report.failures.push((target.out_dir.clone(), format!("{e:#}")));
         }
     }
     Ok(report)
@@ -102,45 +105,52 @@ struct Job {
     analyzers: Vec<usize>,
 }
 
+/// What a result of `analyzer` depends on beyond its checkpoint.
+fn reference_of(analyzer: &dyn Analyzer, ctx_final: Option<u64>, surrogates: &str) -> Option<String> {
+    let needs = analyzer.needs();
+    if needs.reference_grams {
+        Some(format!("final={}", ctx_final.map_or("none".into(), |s| s.to_string())))
+    } else if needs.surrogates {
+        Some(surrogates.to_string())
+    } else {
+        None
+    }
+}
+
 fn analyze_target(
     target: &Target,
     selected: &[Box<dyn Analyzer>],
+    sources: &[crate::surrogate::Source],
     opts: &AnalyzeOptions,
     dev: &candle_core::Device,
     report: &mut Report,
 ) -> Result<()> {
     let probe_hash = target.probe.hash.clone();
-    let mut done = if opts.force {
-        Done::default()
-    } else {
-        Done::read(&target.out_dir)?
-    };
+    let mut done = if opts.force { Done::default() } else { Done::read(&target.out_dir)? };
     let mut existing = rows::Existing::read(&target.out_dir, opts.force)?;
+    let final_step = target.checkpoints.iter().filter_map(|p| target.step_of(p)).max();
+    let surrogate_key = format!("{}|{}", opts.surrogates.join(","), opts.mu_split);
+    let key = |a: &dyn Analyzer, step: u64| DoneKey {
+        step,
+        analyzer: a.name().into(),
+        version: a.version(),
+        probe_hash: probe_hash.clone(),
+        reference: reference_of(a, final_step, &surrogate_key),
+    };
 
     let mut jobs = Vec::new();
     for path in &target.checkpoints {
         let Some(step) = target.step_of(path) else {
-            report.failures.push((path.clone(), "cannot tell the step from the file name (expected digits in the name, e.g. step_00000042.safetensors)".into()));
+            report.failures.push((
+                path.clone(),
+                "cannot tell the step from the file name (expected digits in the name, e.g. step_00000042.safetensors)".into(),
+            ));
             continue;
         };
-        let todo: Vec<usize> = (0..selected.len())
-            .filter(|&i| {
-                let a = &selected[i];
-                !done.entries.contains(&DoneKey {
-                    step,
-                    analyzer: a.name().into(),
-                    version: a.version(),
-                    probe_hash: probe_hash.clone(),
-                })
-            })
-            .collect();
+        let todo: Vec<usize> = (0..selected.len()).filter(|&i| !done.entries.contains(&key(selected[i].as_ref(), step))).collect();
         report.skipped += selected.len() - todo.len();
         if !todo.is_empty() {
-            jobs.push(Job {
-                path: path.clone(),
-                step,
-                analyzers: todo,
-            });
+            jobs.push(Job { path: path.clone(), step, analyzers: todo });
         }
     }
     if jobs.is_empty() {
@@ -148,35 +158,26 @@ fn analyze_target(
         return target.write_runs_table();
     }
 
-    let threads = if opts.jobs > 0 {
-        opts.jobs
-    } else {
-        rayon::current_num_threads()
-    };
-    let per_job = target.memory_estimate(opts.chunk_size);
+    let needs = jobs.iter().flat_map(|j| j.analyzers.iter()).fold(Needs::default(), |n, &i| n.union(selected[i].needs()));
+    let ctx = TargetContext::prepare(target, needs, sources, opts, final_step, dev, &mut report.notes)?;
+
+    let threads = if opts.jobs > 0 { opts.jobs } else { rayon::current_num_threads() };
+    let per_job = target.memory_estimate(opts.chunk_size, needs);
     let parallel = ((opts.max_memory_bytes / per_job.max(1)) as usize).clamp(1, threads.max(1));
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(parallel)
-        .build()?;
-    let bar = if opts.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(jobs.len() as u64)
-    };
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(parallel).build()?;
+    let bar = if opts.quiet { ProgressBar::hidden() } else { ProgressBar::new(jobs.len() as u64) };
     bar.set_style(
         ProgressStyle::with_template("{spinner} {prefix} {bar:30} {pos}/{len} checkpoints {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_prefix(target.run_id.clone());
 
-    let results: Vec<(
-        usize,
-        Result<(u64, Vec<(usize, Result<Vec<MetricValue>, AnalyzerError>)>)>,
-    )> = pool.install(|| {
+    type JobResult = Result<(u64, Vec<(usize, Result<Finished, AnalyzerError>)>)>;
+    let results: Vec<(usize, JobResult)> = pool.install(|| {
         jobs.par_iter()
             .enumerate()
             .map(|(ji, job)| {
-                let r = run_job(target, job, selected, opts.chunk_size, dev);
+                let r = run_job(target, job, selected, &ctx, opts.chunk_size, dev);
                 bar.inc(1);
                 (ji, r)
             })
@@ -185,6 +186,11 @@ fn analyze_target(
     bar.finish_and_clear();
 
     let mut noted = std::collections::BTreeSet::new();
+    let mut note = |report: &mut Report, text: String| {
+        if noted.insert(text.clone()) {
+            report.notes.push(text);
+        }
+    };
     for (ji, result) in results {
         let job = &jobs[ji];
         match result {
@@ -192,30 +198,24 @@ fn analyze_target(
             Ok((step, outcomes)) => {
                 report.analysed += 1;
                 for (ai, outcome) in outcomes {
-                    let a = &selected[ai];
+                    let a = selected[ai].as_ref();
                     match outcome {
-                        Ok(values) => existing.replace(step, a.as_ref(), &values, target),
-                        Err(AnalyzerError::NotApplicable { message, .. }) => {
-                            if noted.insert(a.name()) {
-                                report.notes.push(format!(
-                                    "{}: {} does not apply: {message}",
-                                    target.run_id,
-                                    a.name()
-                                ));
+                        Ok(finished) => {
+                            for n in finished.notes {
+                                note(report, format!("{}: {}: {n}", target.run_id, a.name()));
                             }
-                            existing.replace(step, a.as_ref(), &[], target);
+                            existing.replace(step, a, &finished.values, target);
+                        }
+                        Err(AnalyzerError::NotApplicable { message, .. }) => {
+                            note(report, format!("{}: {} does not apply: {message}", target.run_id, a.name()));
+                            existing.replace(step, a, &[], target);
                         }
                         Err(e) => {
                             report.failures.push((job.path.clone(), e.to_string()));
                             continue;
                         }
                     }
-                    done.mark(DoneKey {
-                        step,
-                        analyzer: a.name().into(),
-                        version: a.version(),
-                        probe_hash: probe_hash.clone(),
-                    });
+                    done.mark(key(a, step));
                 }
             }
         }
@@ -229,25 +229,15 @@ fn run_job(
     target: &Target,
     job: &Job,
     selected: &[Box<dyn Analyzer>],
+    ctx: &TargetContext,
     chunk: usize,
     dev: &candle_core::Device,
-) -> Result<(u64, Vec<(usize, Result<Vec<MetricValue>, AnalyzerError>)>)> {
-    let fallback = target
-        .fallback
-        .as_ref()
-        .map(|f| checkpoint::CheckpointMeta {
-            step: job.step,
-            ..f.clone()
-        });
+) -> Result<(u64, Vec<(usize, Result<Finished, AnalyzerError>)>)> {
+    let fallback = target.fallback.as_ref().map(|f| checkpoint::CheckpointMeta { step: job.step, ..f.clone() });
     let loaded = checkpoint::load(&job.path, fallback.as_ref())?;
     let spec = &loaded.meta.spec;
     if loaded.meta.step != job.step {
-        bail!(
-            "{}: metadata step {} does not match the file name's step {}",
-            job.path.display(),
-            loaded.meta.step,
-            job.step
-        );
+        bail!("{}: metadata step {} does not match the file name's step {}", job.path.display(), loaded.meta.step, job.step);
     }
     if spec.input_shape != target.probe.sample_shape {
         bail!(
@@ -257,29 +247,22 @@ fn run_job(
             target.probe.sample_shape
         );
     }
-    if let Some(&bad) = target
-        .probe
-        .labels
-        .iter()
-        .find(|&&y| y < 0 || y as usize >= spec.num_classes)
-    {
-        bail!(
-            "{}: probe label {bad} is outside the model's {} classes",
-            job.path.display(),
-            spec.num_classes
-        );
+    if let Some(&bad) = target.probe.labels.iter().find(|&&y| y < 0 || y as usize >= spec.num_classes) {
+        bail!("{}: probe label {bad} is outside the model's {} classes", job.path.display(), spec.num_classes);
     }
     let model = loaded.model(dev)?;
-    let info = spec.model_info();
-    let subset: Vec<&dyn Analyzer> = job
-        .analyzers
-        .iter()
-        .map(|&i| selected[i].as_ref())
-        .collect();
-    let outcomes = capture::run(&model, &info, &target.probe, &subset, chunk, dev)
-        .with_context(|| format!("{}", job.path.display()))?;
-    Ok((
-        job.step,
-        job.analyzers.iter().copied().zip(outcomes).collect(),
-    ))
+    let subset: Vec<&dyn Analyzer> = job.analyzers.iter().map(|&i| selected[i].as_ref()).collect();
+    let needs = subset.iter().fold(Needs::default(), |n, a| n.union(a.needs()));
+    let weights = if needs.weights { Some(context::layer_weights(spec, &loaded.tensors)?) } else { None };
+    let surrogates = if needs.surrogates { ctx.surrogate_predictions(&model, job.step, chunk, dev)? } else { Vec::new() };
+    let shared = capture::Shared {
+        init_grams: ctx.init_grams.as_ref().map(|(s, g)| (*s, g.as_slice())),
+        final_grams: ctx.final_grams.as_ref().map(|(s, g)| (*s, g.as_slice())),
+        weights: weights.as_deref(),
+        init_weights: ctx.init_weights.as_deref(),
+        surrogates: &surrogates,
+    };
+    let outcomes =
+        capture::run(&model, spec, &target.probe, &subset, chunk, dev, &shared).with_context(|| format!("{}", job.path.display()))?;
+    Ok((job.step, job.analyzers.iter().copied().zip(outcomes).collect()))
 }

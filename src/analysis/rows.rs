@@ -20,36 +20,20 @@ fn read_or_new(dir: &Path, table: &str, force: bool) -> Result<Table> {
     if force || !path.exists() {
         return Ok(Table::new(table));
     }
-    Table::read(&path, table).context(
-        "existing table is unreadable (delete it, or pass --force to recompute everything)",
-    )
+    Table::read(&path, table).context("existing table is unreadable (delete it, or pass --force to recompute everything)")
 }
 
 impl Existing {
     pub fn read(dir: &Path, force: bool) -> Result<Self> {
-        Ok(Existing {
-            layer: read_or_new(dir, LAYER, force)?,
-            model: read_or_new(dir, MODEL, force)?,
-        })
+        Ok(Existing { layer: read_or_new(dir, LAYER, force)?, model: read_or_new(dir, MODEL, force)? })
     }
 
     /// Drops every row of (step, analyzer), whatever its version or probe,
     /// and appends `values`.
-    pub fn replace(
-        &mut self,
-        step: u64,
-        analyzer: &dyn Analyzer,
-        values: &[MetricValue],
-        target: &Target,
-    ) {
+    pub fn replace(&mut self, step: u64, analyzer: &dyn Analyzer, values: &[MetricValue], target: &Target) {
         for t in [&mut self.layer, &mut self.model] {
-            let (si, ai) = (
-                t.column_index("step").expect("step column"),
-                t.column_index("analyzer").expect("analyzer column"),
-            );
-            t.rows.retain(|r| {
-                !(r[si].as_i64() == Some(step as i64) && r[ai].as_str() == Some(analyzer.name()))
-            });
+            let (si, ai) = (t.column_index("step").expect("step column"), t.column_index("analyzer").expect("analyzer column"));
+            t.rows.retain(|r| !(r[si].as_i64() == Some(step as i64) && r[ai].as_str() == Some(analyzer.name())));
         }
         let taps = target.spec.taps();
         let n_taps = taps.len().max(1) as f64;
@@ -71,40 +55,38 @@ impl Existing {
                         Value::opt_f64(v.value),
                         Value::Str(target.probe.hash.clone()),
                         Value::I64(n),
+                        v.ref_step.map_or(Value::Null, |s| Value::I64(s as i64)),
                     ]);
                 }
-                None => self.model.push(vec![
-                    Value::Str(target.run_id.clone()),
-                    Value::I64(step as i64),
-                    Value::Str(analyzer.name().into()),
-                    Value::I32(analyzer.version() as i32),
-                    Value::Null,
-                    Value::Str(v.metric.into()),
-                    Value::opt_f64(v.value),
-                    Value::Str(target.probe.hash.clone()),
-                    Value::I64(n),
-                    Value::Str("probe".into()),
-                ]),
+                None => {
+                    let (samples, split) = v.samples.clone().unwrap_or((n as u64, "probe".into()));
+                    self.model.push(vec![
+                        Value::Str(target.run_id.clone()),
+                        Value::I64(step as i64),
+                        Value::Str(analyzer.name().into()),
+                        Value::I32(analyzer.version() as i32),
+                        v.surrogate.clone().map_or(Value::Null, Value::Str),
+                        Value::Str(v.metric.into()),
+                        Value::opt_f64(v.value),
+                        Value::Str(target.probe.hash.clone()),
+                        Value::I64(samples as i64),
+                        Value::Str(split),
+                    ]);
+                }
             }
         }
     }
 
     pub fn write(&mut self, dir: &Path) -> Result<()> {
         sort(&mut self.layer, &["step", "analyzer", "tap", "metric"]);
-        sort(
-            &mut self.model,
-            &["step", "analyzer", "surrogate", "metric"],
-        );
+        sort(&mut self.model, &["step", "analyzer", "surrogate", "metric"]);
         self.layer.write(&dir.join(format!("{LAYER}.parquet")))?;
         self.model.write(&dir.join(format!("{MODEL}.parquet")))
     }
 }
 
 fn sort(t: &mut Table, keys: &[&str]) {
-    let idx: Vec<usize> = keys
-        .iter()
-        .map(|k| t.column_index(k).expect("sort key"))
-        .collect();
+    let idx: Vec<usize> = keys.iter().map(|k| t.column_index(k).expect("sort key")).collect();
     t.rows.sort_by(|a, b| {
         for &i in &idx {
             let o = match (&a[i], &b[i]) {

@@ -36,10 +36,7 @@ pub struct External {
 
 /// Resolves command-line paths into targets. Runs that cannot even be
 /// opened are returned as failures so the others still run.
-pub fn discover(
-    paths: &[PathBuf],
-    external: Option<&External>,
-) -> Result<(Vec<Target>, Vec<(PathBuf, String)>)> {
+pub fn discover(paths: &[PathBuf], external: Option<&External>) -> Result<(Vec<Target>, Vec<(PathBuf, String)>)> {
     let mut targets = Vec::new();
     let mut failures = Vec::new();
     for path in paths {
@@ -99,33 +96,19 @@ impl Target {
     }
 
     fn external(path: &Path, ext: &External) -> Result<Target> {
-        let text = std::fs::read_to_string(&ext.spec)
-            .with_context(|| format!("{}: cannot read spec", ext.spec.display()))?;
-        let spec = ModelSpec::from_json(&text)
-            .map_err(anyhow::Error::msg)
-            .with_context(|| format!("{}", ext.spec.display()))?;
+        let text = std::fs::read_to_string(&ext.spec).with_context(|| format!("{}: cannot read spec", ext.spec.display()))?;
+        let spec = ModelSpec::from_json(&text).map_err(anyhow::Error::msg).with_context(|| format!("{}", ext.spec.display()))?;
         let probe = probe::load(&ext.probe)?;
         let (checkpoints, base) = if path.is_file() {
-            (
-                vec![path.to_path_buf()],
-                path.parent().unwrap_or(Path::new(".")).to_path_buf(),
-            )
+            (vec![path.to_path_buf()], path.parent().unwrap_or(Path::new(".")).to_path_buf())
         } else {
             (checkpoint::list(path, true)?, path.to_path_buf())
         };
         let run_id = ext.run_id.clone().unwrap_or_else(|| {
             let abs = base.canonicalize().unwrap_or(base.clone());
-            abs.file_name()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "external".into())
+            abs.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "external".into())
         });
-        let fallback = CheckpointMeta {
-            spec: spec.clone(),
-            run_id: run_id.clone(),
-            step: 0,
-            epoch: 0.0,
-            samples_seen: 0,
-        };
+        let fallback = CheckpointMeta { spec: spec.clone(), run_id: run_id.clone(), step: 0, epoch: 0.0, samples_seen: 0 };
         Ok(Target {
             run_id,
             out_dir: base.join(run::ANALYSIS),
@@ -144,35 +127,54 @@ impl Target {
             return Some(s);
         }
         let stem = path.file_stem()?.to_str()?;
-        let digits: String = stem
-            .chars()
-            .rev()
-            .skip_while(|c| !c.is_ascii_digit())
-            .take_while(|c| c.is_ascii_digit())
-            .collect();
+        let digits: String = stem.chars().rev().skip_while(|c| !c.is_ascii_digit()).take_while(|c| c.is_ascii_digit()).collect();
         digits.chars().rev().collect::<String>().parse().ok()
+    }
+
+    /// The dataset this run was trained on, when known.
+    pub fn data_config(&self) -> Option<crate::data::DataConfig> {
+        match &self.origin {
+            Origin::Run(m) => Some(m.config.data.clone()),
+            Origin::External => None,
+        }
     }
 
     /// Rough peak bytes for one checkpoint in flight: parameters (host and
     /// device copies), a chunk's activations (z and a, each copied to the
-    /// host, plus candle's intermediates) and the accumulators' state.
-    pub fn memory_estimate(&self, chunk: usize) -> u64 {
+    /// host, plus candle's intermediates), the accumulators' state, and
+    /// whatever whole-probe data the selected analyzers need.
+    pub fn memory_estimate(&self, chunk: usize, needs: analyzers::Needs) -> u64 {
         let units: u64 = self.spec.taps().iter().map(|t| t.units() as u64).sum();
+        let n = self.probe.len() as u64;
         let params = self.spec.num_parameters() as u64 * 4 * 2;
-        let activations = chunk as u64 * (units * 2 * 4) * 3;
+        let activations = chunk as u64 * (units * 3 * 4) * 3;
         let state = units * 8 * 8;
-        params + activations + state + (self.probe.inputs.len() as u64 * 4)
+        let grams = if needs.grams { n * units * 4 + self.spec.num_taps() as u64 * n * n * 8 * 2 } else { 0 };
+        let blocks = if needs.block_inputs {
+            let p: u64 = self
+                .spec
+                .model_info(self.probe.len())
+                .taps
+                .iter()
+                .map(|t| match t.block {
+                    analyzers::BlockGeometry::Dense { features } => features as u64,
+                    analyzers::BlockGeometry::Conv { in_channels, kernel, .. } => (in_channels * kernel * kernel) as u64,
+                })
+                .map(|p| p * p * 8 * 3)
+                .sum();
+            p
+        } else {
+            0
+        };
+        params + activations + state + grams + blocks + (self.probe.inputs.len() as u64 * 4)
     }
 
     pub fn write_runs_table(&self) -> Result<()> {
         let mut table = Table::new("runs");
         let (status, version, fingerprint, config) = match &self.origin {
-            Origin::Run(m) => (
-                m.status.as_str().to_string(),
-                m.lintrace_version.clone(),
-                m.dataset.fingerprint.clone(),
-                serde_json::to_value(&m.config)?,
-            ),
+            Origin::Run(m) => {
+                (m.status.as_str().to_string(), m.lintrace_version.clone(), m.dataset.fingerprint.clone(), serde_json::to_value(&m.config)?)
+            }
             Origin::External => (
                 "external".into(),
                 env!("CARGO_PKG_VERSION").into(),

@@ -7,11 +7,7 @@ use lintrace::analysis::{self, AnalyzeOptions, External};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "lintrace-analyze",
-    version,
-    about = "Compute per-layer nonlinearity metrics for every checkpoint of one or more runs"
-)]
+#[command(name = "lintrace-analyze", version, about = "Compute per-layer nonlinearity metrics for every checkpoint of one or more runs")]
 struct Args {
     /// Run folders, runs roots, or (with --spec/--probe) folders of checkpoints.
     paths: Vec<PathBuf>,
@@ -33,6 +29,13 @@ struct Args {
     /// Run id for --spec checkpoints (default: the folder name).
     #[arg(long)]
     run_id: Option<String>,
+    /// Surrogate for `mu` (repeatable): `linear`, a run folder (its final
+    /// checkpoint), `RUN@same` (its checkpoint at F's step) or a checkpoint file.
+    #[arg(long = "surrogate", default_value = "linear")]
+    surrogates: Vec<String>,
+    /// Where `mu` compares predictions: test (the run's held-out split) or probe.
+    #[arg(long, default_value = "test")]
+    mu_split: String,
     /// List the registered analyzers and their metrics.
     #[arg(long)]
     list: bool,
@@ -80,6 +83,8 @@ fn real_main(args: &Args) -> Result<i32> {
         max_memory_bytes: (args.max_memory_gb * (1u64 << 30) as f64) as u64,
         jobs: args.jobs,
         quiet: args.quiet,
+        surrogates: args.surrogates.clone(),
+        mu_split: args.mu_split.clone(),
     };
     // Validate analyzer names before touching any run.
     analysis::select_analyzers(&opts.analyzers)?;
@@ -113,10 +118,7 @@ fn real_main(args: &Args) -> Result<i32> {
         failures.len()
     );
     for t in &targets {
-        println!(
-            "tables: {}/{{layer_metrics,model_metrics,runs}}.parquet",
-            t.out_dir.display()
-        );
+        println!("tables: {}/{{layer_metrics,model_metrics,runs}}.parquet", t.out_dir.display());
     }
     if let Some(t) = targets.first() {
         println!(

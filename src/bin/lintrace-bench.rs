@@ -51,40 +51,25 @@ fn real_main(args: &Args) -> Result<()> {
     cfg.out = args.out.clone();
     cfg.name = "bench".into();
     let t = Instant::now();
-    let dir = train::train(
-        &cfg,
-        &TrainOptions {
-            overwrite: true,
-            quiet: true,
-            device: candle_core::Device::Cpu,
-        },
-    )?;
+    let dir = train::train(&cfg, &TrainOptions { overwrite: true, quiet: true, device: candle_core::Device::Cpu })?;
     let total = t.elapsed().as_secs_f64();
     let log = Table::read(&dir.join("train_log.parquet"), "train_log")?;
-    let (wi, si) = (
-        log.column_index("wall_seconds").context("wall")?,
-        log.column_index("samples_seen").context("samples")?,
-    );
-    let at = |row: usize| {
-        (
-            log.rows[row][wi].as_f64().unwrap_or(0.0),
-            log.rows[row][si].as_i64().unwrap_or(0) as f64,
-        )
-    };
+    let (wi, si) = (log.column_index("wall_seconds").context("wall")?, log.column_index("samples_seen").context("samples")?);
+    let at = |row: usize| (log.rows[row][wi].as_f64().unwrap_or(0.0), log.rows[row][si].as_i64().unwrap_or(0) as f64);
     let (w0, s0) = at(2);
     let (w1, s1) = at(log.rows.len() - 1);
     println!("threads: {}", rayon::current_num_threads());
-    println!("train: default CNN, batch {}, {} timed steps: {:.1} images/s (whole command incl. data load: {:.1}s)", args.batch_size, args.steps, (s1 - s0) / (w1 - w0), total);
+    println!(
+        "train: default CNN, batch {}, {} timed steps: {:.1} images/s (whole command incl. data load: {:.1}s)",
+        args.batch_size,
+        args.steps,
+        (s1 - s0) / (w1 - w0),
+        total
+    );
 
     let targets = analysis::discover(std::slice::from_ref(&dir), None)?.0;
     let ckpts = targets[0].checkpoints.len();
-    let mut opts = AnalyzeOptions {
-        force: true,
-        quiet: true,
-        jobs: 1,
-        device: "cpu".into(),
-        ..AnalyzeOptions::default()
-    };
+    let mut opts = AnalyzeOptions { force: true, quiet: true, jobs: 1, device: "cpu".into(), ..AnalyzeOptions::default() };
     let t = Instant::now();
     analysis::analyze(&targets, &opts)?;
     println!(
@@ -96,11 +81,7 @@ fn real_main(args: &Args) -> Result<()> {
         opts.analyzers = vec![a.name().to_string()];
         let t = Instant::now();
         analysis::analyze(&targets, &opts)?;
-        println!(
-            "analyze: {} alone: {:.2} s/checkpoint",
-            a.name(),
-            t.elapsed().as_secs_f64() / ckpts as f64
-        );
+        println!("analyze: {} alone: {:.2} s/checkpoint", a.name(), t.elapsed().as_secs_f64() / ckpts as f64);
     }
     Ok(())
 }

@@ -140,10 +140,7 @@ fn list<T: std::str::FromStr>(what: &str, s: &str) -> Result<Vec<T>> {
     s.split(',')
         .map(str::trim)
         .filter(|x| !x.is_empty())
-        .map(|x| {
-            x.parse::<T>()
-                .map_err(|_| anyhow::anyhow!("--{what}: '{x}' is not valid"))
-        })
+        .map(|x| x.parse::<T>().map_err(|_| anyhow::anyhow!("--{what}: '{x}' is not valid")))
         .collect()
 }
 
@@ -165,16 +162,14 @@ fn resolve(a: &Args) -> Result<TrainConfig> {
     set!(width = a.width);
     set!(depth = a.depth);
     if let Some(s) = &a.conv {
-        c.conv =
-            s.split(',')
-                .map(str::trim)
-                .map(|x| match x {
-                    "M" | "m" => Ok(ConvItem::Pool(lintrace::spec::PoolMarker::M)),
-                    n => n.parse().map(ConvItem::Conv).map_err(|_| {
-                        anyhow::anyhow!("--conv: '{n}' is neither a channel count nor M")
-                    }),
-                })
-                .collect::<Result<_>>()?;
+        c.conv = s
+            .split(',')
+            .map(str::trim)
+            .map(|x| match x {
+                "M" | "m" => Ok(ConvItem::Pool(lintrace::spec::PoolMarker::M)),
+                n => n.parse().map(ConvItem::Conv).map_err(|_| anyhow::anyhow!("--conv: '{n}' is neither a channel count nor M")),
+            })
+            .collect::<Result<_>>()?;
     }
     if let Some(s) = &a.dense {
         c.dense = list("dense", s)?;
@@ -255,11 +250,7 @@ fn real_main(args: &Args) -> Result<()> {
         print!("{}", toml::to_string(&cfg).context("cannot render config")?);
         return Ok(());
     }
-    let opts = TrainOptions {
-        overwrite: args.overwrite,
-        quiet: args.quiet,
-        device: device::select(&args.device)?,
-    };
+    let opts = TrainOptions { overwrite: args.overwrite, quiet: args.quiet, device: device::select(&args.device)? };
     let start = std::time::Instant::now();
     let dir = train::train(&cfg, &opts)?;
     let manifest = lintrace::run::RunManifest::read(&dir)?;

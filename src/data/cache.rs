@@ -30,12 +30,7 @@ pub fn default_dir() -> PathBuf {
 
 fn stamp(h: &mut Sha256, path: &Path) -> Result<()> {
     let md = std::fs::metadata(path).with_context(|| format!("{}: cannot stat", path.display()))?;
-    let mtime = md
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
+    let mtime = md.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_nanos()).unwrap_or(0);
     h.update(path.to_string_lossy().as_bytes());
     h.update(md.len().to_le_bytes());
     h.update(mtime.to_le_bytes());
@@ -43,22 +38,13 @@ fn stamp(h: &mut Sha256, path: &Path) -> Result<()> {
 }
 
 fn finish(h: Sha256) -> String {
-    h.finalize()
-        .iter()
-        .take(12)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect()
 }
 
 pub fn key_for_file(path: &Path) -> Result<String> {
     let mut h = Sha256::new();
     h.update(VERSION);
-    stamp(
-        &mut h,
-        &path
-            .canonicalize()
-            .with_context(|| format!("{}: cannot resolve", path.display()))?,
-    )?;
+    stamp(&mut h, &path.canonicalize().with_context(|| format!("{}: cannot resolve", path.display()))?)?;
     Ok(finish(h))
 }
 
@@ -66,9 +52,7 @@ pub fn key_for_file(path: &Path) -> Result<String> {
 pub fn key_for_tree(root: &Path) -> Result<String> {
     let mut h = Sha256::new();
     h.update(VERSION);
-    let root = root
-        .canonicalize()
-        .with_context(|| format!("{}: cannot resolve", root.display()))?;
+    let root = root.canonicalize().with_context(|| format!("{}: cannot resolve", root.display()))?;
     for split in ["train", "test"] {
         for class in super::image_folder::sorted_dir(&root.join(split))? {
             if class.is_dir() {
@@ -82,9 +66,7 @@ pub fn key_for_tree(root: &Path) -> Result<String> {
 }
 
 fn path_for(dir: Option<&Path>, key: &str) -> PathBuf {
-    dir.map(Path::to_path_buf)
-        .unwrap_or_else(default_dir)
-        .join(format!("decoded-{key}.safetensors"))
+    dir.map(Path::to_path_buf).unwrap_or_else(default_dir).join(format!("decoded-{key}.safetensors"))
 }
 
 pub fn read(dir: Option<&Path>, key: &str) -> Result<Option<RawData>> {
@@ -104,33 +86,17 @@ fn parse(bytes: &[u8]) -> Option<RawData> {
     let split = |name: &str| -> Option<Split> {
         let x = st.tensor(&format!("{name}_x")).ok()?;
         let y = st.tensor(&format!("{name}_y")).ok()?;
-        let y: Vec<u32> = y
-            .data()
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        let y: Vec<u32> = y.data().chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         let sample_len = shape.iter().product();
-        (x.data().len() == y.len() * sample_len).then(|| Split {
-            x: x.data().iter().map(|&b| b as f32 / 255.0).collect(),
-            y,
-            sample_len,
-        })
+        (x.data().len() == y.len() * sample_len).then(|| Split { x: x.data().iter().map(|&b| b as f32 / 255.0).collect(), y, sample_len })
     };
-    Some(RawData {
-        train: split("train")?,
-        test: split("test")?,
-        classes,
-        sample_shape: shape,
-    })
+    Some(RawData { train: split("train")?, test: split("test")?, classes, sample_shape: shape })
 }
 
 pub fn write(dir: Option<&Path>, key: &str, raw: &RawData) -> Result<()> {
     let path = path_for(dir, key);
     let enc = |s: &Split| -> (Vec<u8>, Vec<u8>) {
-        (
-            s.x.iter().map(|&v| (v * 255.0).round() as u8).collect(),
-            s.y.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        )
+        (s.x.iter().map(|&v| (v * 255.0).round() as u8).collect(), s.y.iter().flat_map(|v| v.to_le_bytes()).collect())
     };
     let (trx, try_) = enc(&raw.train);
     let (tex, tey) = enc(&raw.test);
@@ -140,29 +106,14 @@ pub fn write(dir: Option<&Path>, key: &str, raw: &RawData) -> Result<()> {
         s
     };
     let views = vec![
-        (
-            "train_x",
-            TensorView::new(Dtype::U8, shape(raw.train.len()), &trx)?,
-        ),
-        (
-            "train_y",
-            TensorView::new(Dtype::U32, vec![raw.train.len()], &try_)?,
-        ),
-        (
-            "test_x",
-            TensorView::new(Dtype::U8, shape(raw.test.len()), &tex)?,
-        ),
-        (
-            "test_y",
-            TensorView::new(Dtype::U32, vec![raw.test.len()], &tey)?,
-        ),
+        ("train_x", TensorView::new(Dtype::U8, shape(raw.train.len()), &trx)?),
+        ("train_y", TensorView::new(Dtype::U32, vec![raw.train.len()], &try_)?),
+        ("test_x", TensorView::new(Dtype::U8, shape(raw.test.len()), &tex)?),
+        ("test_y", TensorView::new(Dtype::U32, vec![raw.test.len()], &tey)?),
     ];
     let md = HashMap::from([
         ("classes".to_string(), serde_json::to_string(&raw.classes)?),
-        (
-            "sample_shape".to_string(),
-            serde_json::to_string(&raw.sample_shape)?,
-        ),
+        ("sample_shape".to_string(), serde_json::to_string(&raw.sample_shape)?),
         ("version".to_string(), VERSION.to_string()),
     ]);
     let bytes = safetensors::serialize(views, Some(md))?;

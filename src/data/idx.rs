@@ -7,12 +7,7 @@ use anyhow::{bail, Context, Result};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-const FILES: [&str; 4] = [
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-];
+const FILES: [&str; 4] = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"];
 
 pub fn load_dir(dir: &Path) -> Result<RawData> {
     let mut bufs = Vec::new();
@@ -24,14 +19,9 @@ pub fn load_dir(dir: &Path) -> Result<RawData> {
         } else if gz.is_file() {
             gz
         } else {
-            bail!(
-                "{}: missing {name}[.gz]; an IDX dataset folder holds {} (optionally .gz)",
-                dir.display(),
-                FILES.join(", ")
-            );
+            bail!("{}: missing {name}[.gz]; an IDX dataset folder holds {} (optionally .gz)", dir.display(), FILES.join(", "));
         };
-        let bytes =
-            std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let bytes = std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
         bufs.push((path, bytes));
     }
     from_buffers(&bufs)
@@ -39,63 +29,32 @@ pub fn load_dir(dir: &Path) -> Result<RawData> {
 
 pub fn load_digits() -> Result<RawData> {
     let files: [(&str, &[u8]); 4] = [
-        (
-            "digits/train-images-idx3-ubyte.gz",
-            include_bytes!("../../fixtures/digits/train-images-idx3-ubyte.gz"),
-        ),
-        (
-            "digits/train-labels-idx1-ubyte.gz",
-            include_bytes!("../../fixtures/digits/train-labels-idx1-ubyte.gz"),
-        ),
-        (
-            "digits/t10k-images-idx3-ubyte.gz",
-            include_bytes!("../../fixtures/digits/t10k-images-idx3-ubyte.gz"),
-        ),
-        (
-            "digits/t10k-labels-idx1-ubyte.gz",
-            include_bytes!("../../fixtures/digits/t10k-labels-idx1-ubyte.gz"),
-        ),
+        ("digits/train-images-idx3-ubyte.gz", include_bytes!("../../fixtures/digits/train-images-idx3-ubyte.gz")),
+        ("digits/train-labels-idx1-ubyte.gz", include_bytes!("../../fixtures/digits/train-labels-idx1-ubyte.gz")),
+        ("digits/t10k-images-idx3-ubyte.gz", include_bytes!("../../fixtures/digits/t10k-images-idx3-ubyte.gz")),
+        ("digits/t10k-labels-idx1-ubyte.gz", include_bytes!("../../fixtures/digits/t10k-labels-idx1-ubyte.gz")),
     ];
-    let bufs: Vec<(PathBuf, Vec<u8>)> = files
-        .iter()
-        .map(|(n, b)| (PathBuf::from(n), b.to_vec()))
-        .collect();
+    let bufs: Vec<(PathBuf, Vec<u8>)> = files.iter().map(|(n, b)| (PathBuf::from(n), b.to_vec())).collect();
     from_buffers(&bufs)
 }
 
 fn from_buffers(bufs: &[(PathBuf, Vec<u8>)]) -> Result<RawData> {
     let mut parsed = Vec::new();
     for (path, bytes) in bufs {
-        let p =
-            parse(&gunzip(bytes).with_context(|| format!("{}: bad gzip data", path.display()))?)
-                .with_context(|| format!("{}", path.display()))?;
+        let p = parse(&gunzip(bytes).with_context(|| format!("{}: bad gzip data", path.display()))?)
+            .with_context(|| format!("{}", path.display()))?;
         parsed.push(p);
     }
     let split = |images: &Idx, labels: &Idx, what: &str| -> Result<(Split, Vec<usize>)> {
         if images.dims.len() != 3 || labels.dims.len() != 1 {
-            bail!(
-                "{what}: expected images with 3 dimensions and labels with 1, got {:?} and {:?}",
-                images.dims,
-                labels.dims
-            );
+            bail!("{what}: expected images with 3 dimensions and labels with 1, got {:?} and {:?}", images.dims, labels.dims);
         }
         if images.dims[0] != labels.dims[0] {
-            bail!(
-                "{what}: {} images but {} labels",
-                images.dims[0],
-                labels.dims[0]
-            );
+            bail!("{what}: {} images but {} labels", images.dims[0], labels.dims[0]);
         }
         let x = images.data.iter().map(|&b| b as f32 / 255.0).collect();
         let y = labels.data.iter().map(|&b| b as u32).collect();
-        Ok((
-            Split {
-                x,
-                y,
-                sample_len: images.dims[1] * images.dims[2],
-            },
-            vec![1, images.dims[1], images.dims[2]],
-        ))
+        Ok((Split { x, y, sample_len: images.dims[1] * images.dims[2] }, vec![1, images.dims[1], images.dims[2]]))
     };
     let (train, shape) = split(&parsed[0], &parsed[1], "train")?;
     let (test, test_shape) = split(&parsed[2], &parsed[3], "t10k")?;
@@ -103,12 +62,7 @@ fn from_buffers(bufs: &[(PathBuf, Vec<u8>)]) -> Result<RawData> {
         bail!("train images are {shape:?} but test images are {test_shape:?}");
     }
     let k = train.y.iter().chain(&test.y).copied().max().unwrap_or(0) as usize + 1;
-    Ok(RawData {
-        sample_shape: shape,
-        classes: (0..k).map(|c| c.to_string()).collect(),
-        train,
-        test,
-    })
+    Ok(RawData { sample_shape: shape, classes: (0..k).map(|c| c.to_string()).collect(), train, test })
 }
 
 fn gunzip(bytes: &[u8]) -> Result<Vec<u8>> {
@@ -134,32 +88,20 @@ fn parse(b: &[u8]) -> Result<Idx> {
         bail!("not an IDX file (bad magic)");
     }
     if b[2] != 0x08 {
-        bail!(
-            "IDX element type 0x{:02x} is not supported (only unsigned bytes, 0x08)",
-            b[2]
-        );
+        bail!("IDX element type 0x{:02x} is not supported (only unsigned bytes, 0x08)", b[2]);
     }
     let rank = b[3] as usize;
     let header = 4 + 4 * rank;
     if b.len() < header {
         bail!("IDX header truncated");
     }
-    let dims: Vec<usize> = (0..rank)
-        .map(|i| {
-            u32::from_be_bytes([b[4 + 4 * i], b[5 + 4 * i], b[6 + 4 * i], b[7 + 4 * i]]) as usize
-        })
-        .collect();
+    let dims: Vec<usize> =
+        (0..rank).map(|i| u32::from_be_bytes([b[4 + 4 * i], b[5 + 4 * i], b[6 + 4 * i], b[7 + 4 * i]]) as usize).collect();
     let n: usize = dims.iter().product();
     if b.len() != header + n {
-        bail!(
-            "IDX data has {} bytes, dimensions {dims:?} need {n} (truncated or corrupt)",
-            b.len() - header
-        );
+        bail!("IDX data has {} bytes, dimensions {dims:?} need {n} (truncated or corrupt)", b.len() - header);
     }
-    Ok(Idx {
-        dims,
-        data: b[header..].to_vec(),
-    })
+    Ok(Idx { dims, data: b[header..].to_vec() })
 }
 
 #[cfg(test)]

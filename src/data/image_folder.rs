@@ -27,19 +27,11 @@ pub fn load(root: &Path, cache_dir: Option<&Path>) -> Result<RawData> {
         bail!("{}: does not exist; {LAYOUT}", root.display());
     }
     let is_tar = root.is_file() && root.to_string_lossy().ends_with("gz");
-    let key = if is_tar {
-        cache::key_for_file(root)?
-    } else {
-        cache::key_for_tree(&find_root(root)?)?
-    };
+    let key = if is_tar { cache::key_for_file(root)? } else { cache::key_for_tree(&find_root(root)?)? };
     if let Some(raw) = cache::read(cache_dir, &key)? {
         return Ok(raw);
     }
-    let entries = if is_tar {
-        read_tar(root)?
-    } else {
-        read_tree(&find_root(root)?)?
-    };
+    let entries = if is_tar { read_tar(root)? } else { read_tree(&find_root(root)?)? };
     let raw = decode(entries).with_context(|| format!("{}", root.display()))?;
     cache::write(cache_dir, &key, &raw)?;
     Ok(raw)
@@ -75,23 +67,14 @@ fn read_tree(root: &Path) -> Result<Vec<Entry>> {
             if !class_dir.is_dir() {
                 continue;
             }
-            let class = class_dir
-                .file_name()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let class = class_dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
             for file in sorted_dir(&class_dir)? {
                 let fname = file.to_string_lossy().into_owned();
                 if !is_image(&fname) {
                     continue;
                 }
-                let bytes =
-                    std::fs::read(&file).with_context(|| format!("{fname}: cannot read"))?;
-                out.push(Entry {
-                    split,
-                    class: class.clone(),
-                    origin: fname,
-                    bytes,
-                });
+                let bytes = std::fs::read(&file).with_context(|| format!("{fname}: cannot read"))?;
+                out.push(Entry { split, class: class.clone(), origin: fname, bytes });
             }
         }
     }
@@ -108,14 +91,10 @@ pub(super) fn sorted_dir(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 fn read_tar(path: &Path) -> Result<Vec<Entry>> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    let mut archive =
-        tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)));
+    let file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)));
     let mut out = Vec::new();
-    let entries = archive
-        .entries()
-        .with_context(|| format!("{}: not a tar.gz archive", path.display()))?;
+    let entries = archive.entries().with_context(|| format!("{}: not a tar.gz archive", path.display()))?;
     for entry in entries {
         let mut entry = entry.with_context(|| format!("{}: corrupt archive", path.display()))?;
         let name = entry.path()?.to_string_lossy().into_owned();
@@ -130,15 +109,8 @@ fn read_tar(path: &Path) -> Result<Vec<Entry>> {
             _ => continue,
         };
         let mut bytes = Vec::with_capacity(entry.size() as usize);
-        entry
-            .read_to_end(&mut bytes)
-            .with_context(|| format!("{}: {name}: truncated archive", path.display()))?;
-        out.push(Entry {
-            split,
-            class: parts[parts.len() - 2].to_string(),
-            origin: name,
-            bytes,
-        });
+        entry.read_to_end(&mut bytes).with_context(|| format!("{}: {name}: truncated archive", path.display()))?;
+        out.push(Entry { split, class: parts[parts.len() - 2].to_string(), origin: name, bytes });
     }
     out.sort_by(|a, b| (a.split, &a.class, &a.origin).cmp(&(b.split, &b.class, &b.origin)));
     Ok(out)
@@ -148,18 +120,12 @@ fn decode(entries: Vec<Entry>) -> Result<RawData> {
     if !entries.iter().any(|e| e.split == 0) || !entries.iter().any(|e| e.split == 1) {
         bail!("no images found in train/ and test/; {LAYOUT}");
     }
-    let classes: Vec<String> = entries
-        .iter()
-        .filter(|e| e.split == 0)
-        .map(|e| e.class.clone())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let classes: Vec<String> =
+        entries.iter().filter(|e| e.split == 0).map(|e| e.class.clone()).collect::<BTreeSet<_>>().into_iter().collect();
     let decoded: Vec<(u32, u32, Vec<u8>)> = entries
         .par_iter()
         .map(|e| {
-            let img = image::load_from_memory(&e.bytes)
-                .map_err(|err| anyhow!("{}: cannot decode image ({err})", e.origin))?;
+            let img = image::load_from_memory(&e.bytes).map_err(|err| anyhow!("{}: cannot decode image ({err})", e.origin))?;
             let rgb = img.to_rgb8();
             let (w, h) = rgb.dimensions();
             // HWC → CHW, as PyTorch's ToTensor.
@@ -174,34 +140,17 @@ fn decode(entries: Vec<Entry>) -> Result<RawData> {
         .collect::<Result<_>>()?;
     let (w, h) = (decoded[0].0, decoded[0].1);
     let mut splits = [
-        Split {
-            x: Vec::new(),
-            y: Vec::new(),
-            sample_len: (3 * w * h) as usize,
-        },
-        Split {
-            x: Vec::new(),
-            y: Vec::new(),
-            sample_len: (3 * w * h) as usize,
-        },
+        Split { x: Vec::new(), y: Vec::new(), sample_len: (3 * w * h) as usize },
+        Split { x: Vec::new(), y: Vec::new(), sample_len: (3 * w * h) as usize },
     ];
     for (e, (ew, eh, px)) in entries.iter().zip(decoded) {
         if (ew, eh) != (w, h) {
             bail!("{}: image is {ew}×{eh} but the first image is {w}×{h}; all images must have one size", e.origin);
         }
-        let label = classes
-            .binary_search(&e.class)
-            .map_err(|_| anyhow!("{}: test class '{}' has no train folder", e.origin, e.class))?;
+        let label = classes.binary_search(&e.class).map_err(|_| anyhow!("{}: test class '{}' has no train folder", e.origin, e.class))?;
         splits[e.split].y.push(label as u32);
-        splits[e.split]
-            .x
-            .extend(px.iter().map(|&b| b as f32 / 255.0));
+        splits[e.split].x.extend(px.iter().map(|&b| b as f32 / 255.0));
     }
     let [train, test] = splits;
-    Ok(RawData {
-        sample_shape: vec![3, h as usize, w as usize],
-        classes,
-        train,
-        test,
-    })
+    Ok(RawData { sample_shape: vec![3, h as usize, w as usize], classes, train, test })
 }

@@ -10,6 +10,7 @@ mod image_folder;
 mod synthetic;
 mod transform;
 
+pub use cache::default_dir as cache_dir;
 pub use transform::{parse_groups, Normalisation};
 
 use anyhow::{bail, Result};
@@ -109,14 +110,7 @@ pub(crate) struct RawData {
     pub test: Split,
 }
 
-pub const DATASETS: &[&str] = &[
-    "cifar10",
-    "image-folder",
-    "idx",
-    "digits",
-    "gaussian-mixture",
-    "sinusoid-2d",
-];
+pub const DATASETS: &[&str] = &["cifar10", "image-folder", "idx", "digits", "gaussian-mixture", "sinusoid-2d"];
 
 pub fn load(cfg: &DataConfig) -> Result<Dataset> {
     let need_dir = || -> Result<PathBuf> {
@@ -132,43 +126,20 @@ pub fn load(cfg: &DataConfig) -> Result<Dataset> {
         "digits" => idx::load_digits()?,
         "gaussian-mixture" => synthetic::gaussian_mixture(cfg),
         "sinusoid-2d" => synthetic::sinusoid_2d(cfg),
-        other => bail!(
-            "unknown dataset '{other}' (expected one of: {})",
-            DATASETS.join(", ")
-        ),
+        other => bail!("unknown dataset '{other}' (expected one of: {})", DATASETS.join(", ")),
     };
     let raw = transform::select_classes(raw, cfg.classes.as_deref(), cfg.groups.as_deref())?;
-    let RawData {
-        sample_shape,
-        classes,
-        mut train,
-        mut test,
-    } = raw;
+    let RawData { sample_shape, classes, mut train, mut test } = raw;
     if train.is_empty() || test.is_empty() {
-        bail!(
-            "dataset '{}' has an empty split (train {}, test {})",
-            cfg.dataset,
-            train.len(),
-            test.len()
-        );
+        bail!("dataset '{}' has an empty split (train {}, test {})", cfg.dataset, train.len(), test.len());
     }
-    let normalisation = cfg
-        .normalize
-        .then(|| Normalisation::fit(&train, &sample_shape));
+    let normalisation = cfg.normalize.then(|| Normalisation::fit(&train, &sample_shape));
     if let Some(n) = &normalisation {
         n.apply(&mut train);
         n.apply(&mut test);
     }
     let fingerprint = fingerprint(&cfg.dataset, &classes, &train, &test);
-    Ok(Dataset {
-        name: cfg.dataset.clone(),
-        sample_shape,
-        classes,
-        train,
-        test,
-        normalisation,
-        fingerprint,
-    })
+    Ok(Dataset { name: cfg.dataset.clone(), sample_shape, classes, train, test, normalisation, fingerprint })
 }
 
 fn fingerprint(name: &str, classes: &[String], train: &Split, test: &Split) -> String {
@@ -187,9 +158,5 @@ fn fingerprint(name: &str, classes: &[String], train: &Split, test: &Split) -> S
             h.update(v.to_le_bytes());
         }
     }
-    h.finalize()
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
 }

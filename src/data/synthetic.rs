@@ -10,15 +10,9 @@ use rand_distr::{Distribution, StandardNormal};
 pub fn gaussian_mixture(cfg: &DataConfig) -> RawData {
     let (k, d) = (cfg.synthetic_classes.max(2), cfg.synthetic_dim.max(1));
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.data_seed);
-    let centres: Vec<f32> = (0..k * d)
-        .map(|_| 2.0 * Distribution::<f32>::sample(&StandardNormal, &mut rng))
-        .collect();
+    let centres: Vec<f32> = (0..k * d).map(|_| 2.0 * Distribution::<f32>::sample(&StandardNormal, &mut rng)).collect();
     let mut draw = |n: usize| {
-        let mut s = Split {
-            x: Vec::with_capacity(n * d),
-            y: Vec::with_capacity(n),
-            sample_len: d,
-        };
+        let mut s = Split { x: Vec::with_capacity(n * d), y: Vec::with_capacity(n), sample_len: d };
         for i in 0..n {
             let c = i % k;
             s.y.push(c as u32);
@@ -31,12 +25,7 @@ pub fn gaussian_mixture(cfg: &DataConfig) -> RawData {
     };
     let train = draw(cfg.n_train);
     let test = draw(cfg.n_test);
-    RawData {
-        sample_shape: vec![d],
-        classes: (0..k).map(|c| format!("component_{c}")).collect(),
-        train,
-        test,
-    }
+    RawData { sample_shape: vec![d], classes: (0..k).map(|c| format!("component_{c}")).collect(), train, test }
 }
 
 /// Kalimeris et al. (2019)'s 2-D task: points uniform in the unit disc,
@@ -45,11 +34,7 @@ pub fn gaussian_mixture(cfg: &DataConfig) -> RawData {
 pub fn sinusoid_2d(cfg: &DataConfig) -> RawData {
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.data_seed);
     let mut draw = |n: usize| {
-        let mut s = Split {
-            x: Vec::with_capacity(2 * n),
-            y: Vec::with_capacity(n),
-            sample_len: 2,
-        };
+        let mut s = Split { x: Vec::with_capacity(2 * n), y: Vec::with_capacity(n), sample_len: 2 };
         while s.len() < n {
             let (a, b): (f32, f32) = (rng.gen_range(-1.0..1.0), rng.gen_range(-1.0..1.0));
             if a * a + b * b > 1.0 {
@@ -64,10 +49,5 @@ pub fn sinusoid_2d(cfg: &DataConfig) -> RawData {
     };
     let train = draw(cfg.n_train);
     let test = draw(cfg.n_test);
-    RawData {
-        sample_shape: vec![2],
-        classes: vec!["below".into(), "above".into()],
-        train,
-        test,
-    }
+    RawData { sample_shape: vec![2], classes: vec!["below".into(), "above".into()], train, test }
 }

@@ -10,11 +10,7 @@ pub fn parse_groups(text: &str) -> Result<Vec<Vec<usize>>> {
     for part in text.split('/') {
         let mut g = Vec::new();
         for item in part.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let parse = |s: &str| {
-                s.trim()
-                    .parse::<usize>()
-                    .with_context(|| format!("groups '{text}': '{s}' is not a class index"))
-            };
+            let parse = |s: &str| s.trim().parse::<usize>().with_context(|| format!("groups '{text}': '{s}' is not a class index"));
             match item.split_once('-') {
                 Some((a, b)) => {
                     let (a, b) = (parse(a)?, parse(b)?);
@@ -39,11 +35,7 @@ pub fn parse_groups(text: &str) -> Result<Vec<Vec<usize>>> {
 
 /// Keeps `classes` (relabelled 0..k in that order), or merges `groups` into
 /// one label each; samples in no selected class are dropped.
-pub(crate) fn select_classes(
-    raw: RawData,
-    classes: Option<&[usize]>,
-    groups: Option<&str>,
-) -> Result<RawData> {
+pub(crate) fn select_classes(raw: RawData, classes: Option<&[usize]>, groups: Option<&str>) -> Result<RawData> {
     let groups: Vec<Vec<usize>> = match (classes, groups) {
         (None, None) => return Ok(raw),
         (Some(_), Some(_)) => bail!("give either classes or groups, not both"),
@@ -55,10 +47,7 @@ pub(crate) fn select_classes(
     for (gi, g) in groups.iter().enumerate() {
         for &c in g {
             if c >= k {
-                bail!(
-                    "class {c} does not exist (the dataset has classes 0..{})",
-                    k - 1
-                );
+                bail!("class {c} does not exist (the dataset has classes 0..{})", k - 1);
             }
             if map[c].is_some() {
                 bail!("class {c} is listed twice");
@@ -66,22 +55,10 @@ pub(crate) fn select_classes(
             map[c] = Some(gi as u32);
         }
     }
-    let names = groups
-        .iter()
-        .map(|g| {
-            g.iter()
-                .map(|&c| raw.classes[c].clone())
-                .collect::<Vec<_>>()
-                .join("+")
-        })
-        .collect();
+    let names = groups.iter().map(|g| g.iter().map(|&c| raw.classes[c].clone()).collect::<Vec<_>>().join("+")).collect();
     let remap = |s: Split| {
         let d = s.sample_len;
-        let mut out = Split {
-            x: Vec::new(),
-            y: Vec::new(),
-            sample_len: d,
-        };
+        let mut out = Split { x: Vec::new(), y: Vec::new(), sample_len: d };
         for (i, &y) in s.y.iter().enumerate() {
             if let Some(new) = map[y as usize] {
                 out.x.extend_from_slice(&s.x[i * d..(i + 1) * d]);
@@ -90,12 +67,7 @@ pub(crate) fn select_classes(
         }
         out
     };
-    Ok(RawData {
-        sample_shape: raw.sample_shape,
-        classes: names,
-        train: remap(raw.train),
-        test: remap(raw.test),
-    })
+    Ok(RawData { sample_shape: raw.sample_shape, classes: names, train: remap(raw.train), test: remap(raw.test) })
 }
 
 /// Per-channel mean and standard deviation of the training split (a
@@ -151,10 +123,7 @@ mod tests {
 
     #[test]
     fn groups_parse() {
-        assert_eq!(
-            parse_groups("0-4/5-9").unwrap(),
-            vec![vec![0, 1, 2, 3, 4], vec![5, 6, 7, 8, 9]]
-        );
+        assert_eq!(parse_groups("0-4/5-9").unwrap(), vec![vec![0, 1, 2, 3, 4], vec![5, 6, 7, 8, 9]]);
         assert_eq!(parse_groups("0,2/1").unwrap(), vec![vec![0, 2], vec![1]]);
         assert!(parse_groups("0-4").is_err());
         assert!(parse_groups("a/b").is_err());
@@ -162,25 +131,15 @@ mod tests {
 
     #[test]
     fn grouping_relabels_and_normalisation_centres() {
-        let split = Split {
-            x: (0..12).map(|v| v as f32).collect(),
-            y: vec![0, 1, 2, 3, 1, 0],
-            sample_len: 2,
-        };
-        let raw = RawData {
-            sample_shape: vec![2],
-            classes: (0..4).map(|c| c.to_string()).collect(),
-            train: split.clone(),
-            test: split,
-        };
+        let split = Split { x: (0..12).map(|v| v as f32).collect(), y: vec![0, 1, 2, 3, 1, 0], sample_len: 2 };
+        let raw = RawData { sample_shape: vec![2], classes: (0..4).map(|c| c.to_string()).collect(), train: split.clone(), test: split };
         let out = select_classes(raw, None, Some("0,1/3")).unwrap();
         assert_eq!(out.train.y, vec![0, 0, 1, 0, 0]);
         assert_eq!(out.classes, vec!["0+1", "3"]);
         let mut train = out.train;
         let n = Normalisation::fit(&train, &[2]);
         n.apply(&mut train);
-        let m0: f32 =
-            (0..train.len()).map(|i| train.sample(i)[0]).sum::<f32>() / train.len() as f32;
+        let m0: f32 = (0..train.len()).map(|i| train.sample(i)[0]).sum::<f32>() / train.len() as f32;
         assert!(m0.abs() < 1e-6);
     }
 }

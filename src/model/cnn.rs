@@ -4,7 +4,7 @@
 //! PyTorch: `features = nn.Sequential(Conv2d, Act, MaxPool2d, …)`,
 //! `classifier = nn.Sequential(Linear, Act, …, Linear)`.
 
-use super::{activate, Conv2d, Dense, Taps, Weights};
+use super::{Conv2d, Dense, Taps, Weights};
 use crate::spec::{Activation, Arch, ConvItem, ModelSpec};
 use anyhow::Result;
 use candle_core::Tensor;
@@ -23,9 +23,7 @@ pub struct Cnn {
 
 impl Cnn {
     pub fn new(spec: &ModelSpec, w: &mut Weights) -> Result<Self> {
-        let Arch::Cnn { conv, .. } = &spec.arch else {
-            unreachable!("Cnn::new on a non-cnn spec")
-        };
+        let Arch::Cnn { conv, .. } = &spec.arch else { unreachable!("Cnn::new on a non-cnn spec") };
         let layers = spec.layers();
         let mut descs = layers.iter();
         let mut features = Vec::new();
@@ -33,10 +31,7 @@ impl Cnn {
             features.push(match item {
                 ConvItem::Conv(_) => {
                     let d = descs.next().expect("one layer per conv entry");
-                    Feature::Conv(
-                        Conv2d::new(d, w)?,
-                        spec.tap_activation(d.tap.expect("convs feed taps")),
-                    )
+                    Feature::Conv(Conv2d::new(d, w)?, spec.tap_activation(d.tap.expect("convs feed taps")))
                 }
                 ConvItem::Pool(_) => Feature::MaxPool,
             });
@@ -47,12 +42,7 @@ impl Cnn {
             features,
             classifier: dense
                 .iter()
-                .map(|d| {
-                    Ok((
-                        Dense::new(d, w)?,
-                        spec.tap_activation(d.tap.expect("dense layers feed taps")),
-                    ))
-                })
+                .map(|d| Ok((Dense::new(d, w)?, spec.tap_activation(d.tap.expect("dense layers feed taps")))))
                 .collect::<Result<_>>()?,
             head: Dense::new(head, w)?,
             leaky_slope: spec.leaky_relu_slope,
@@ -61,13 +51,13 @@ impl Cnn {
 
     pub fn forward(&self, x: &Tensor, taps: &mut Taps) -> Result<Tensor> {
         let mut h = x.clone();
+        let mut tap = 0;
         for f in &self.features {
             h = match f {
                 Feature::Conv(conv, act) => {
                     let z = conv.forward(&h)?;
-                    let a = activate(*act, self.leaky_slope, &z)?;
-                    taps.push(&z, &a);
-                    a
+                    tap += 1;
+                    taps.apply(tap - 1, *act, self.leaky_slope, &h, &z)?
                 }
                 Feature::MaxPool => h.max_pool2d(2)?,
             };
@@ -75,9 +65,8 @@ impl Cnn {
         let mut h = h.flatten_from(1)?;
         for (dense, act) in &self.classifier {
             let z = dense.forward(&h)?;
-            let a = activate(*act, self.leaky_slope, &z)?;
-            taps.push(&z, &a);
-            h = a;
+            tap += 1;
+            h = taps.apply(tap - 1, *act, self.leaky_slope, &h, &z)?;
         }
         self.head.forward(&h)
     }

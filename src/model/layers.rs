@@ -36,15 +36,12 @@ impl Conv2d {
         let out = desc.weight_shape[0];
         Ok(Conv2d {
             weight: w.take(&format!("{}.weight", desc.name), &desc.weight_shape)?,
-            bias: w
-                .take(&format!("{}.bias", desc.name), &[out])?
-                .reshape((1, out, 1, 1))?,
+            bias: w.take(&format!("{}.bias", desc.name), &[out])?.reshape((1, out, 1, 1))?,
             padding: desc.weight_shape[2] / 2,
         })
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.conv2d(&self.weight, self.padding, 1, 1, 1)?
-            .broadcast_add(&self.bias)?)
+        Ok(x.conv2d(&self.weight, self.padding, 1, 1, 1)?.broadcast_add(&self.bias)?)
     }
 }
 

@@ -1,7 +1,7 @@
 //! The MLP: flatten → [dense → σ (tap)] × depth → dense head.
 //! PyTorch: `layers = nn.Sequential(Linear, Act, Linear, Act, …, Linear)`.
 
-use super::{activate, Dense, Taps, Weights};
+use super::{Dense, Taps, Weights};
 use crate::spec::{Activation, ModelSpec};
 use anyhow::Result;
 use candle_core::Tensor;
@@ -19,12 +19,7 @@ impl Mlp {
         Ok(Mlp {
             hidden: hidden
                 .iter()
-                .map(|d| {
-                    Ok((
-                        Dense::new(d, w)?,
-                        spec.tap_activation(d.tap.expect("hidden layers feed taps")),
-                    ))
-                })
+                .map(|d| Ok((Dense::new(d, w)?, spec.tap_activation(d.tap.expect("hidden layers feed taps")))))
                 .collect::<Result<_>>()?,
             head: Dense::new(head, w)?,
             leaky_slope: spec.leaky_relu_slope,
@@ -33,11 +28,9 @@ impl Mlp {
 
     pub fn forward(&self, x: &Tensor, taps: &mut Taps) -> Result<Tensor> {
         let mut h = x.flatten_from(1)?;
-        for (dense, act) in &self.hidden {
+        for (l, (dense, act)) in self.hidden.iter().enumerate() {
             let z = dense.forward(&h)?;
-            let a = activate(*act, self.leaky_slope, &z)?;
-            taps.push(&z, &a);
-            h = a;
+            h = taps.apply(l, *act, self.leaky_slope, &h, &z)?;
         }
         self.head.forward(&h)
     }

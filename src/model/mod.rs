@@ -11,40 +11,64 @@ pub use cnn::Cnn;
 pub use layers::{activate, Conv2d, Dense};
 pub use mlp::Mlp;
 
-use crate::spec::{Arch, ModelSpec};
+use crate::spec::{Activation, Arch, ModelSpec};
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use std::collections::BTreeMap;
 
-/// One tap's captured values for a batch: z (input of the nonlinearity) and
-/// a (its output), shaped [batch, *tap shape].
+/// One tap's captured values for a batch, each shaped [batch, *shape]:
+/// the block input (what the tap's affine layer received), z (input of the
+/// nonlinearity) and a (its output).
 #[derive(Debug, Clone)]
 pub struct TapValues {
+    pub input: Tensor,
     pub z: Tensor,
     pub a: Tensor,
 }
 
-/// Whether a forward pass records taps. `Off` costs nothing: tensors are only
-/// pushed (reference-counted, not copied) when recording.
-pub enum Taps {
-    Off,
-    Record(Vec<TapValues>),
+/// A per-unit affine surrogate α ⊙ z + β for one tap; α and β are shaped
+/// [1, *tap shape] so they broadcast over the batch.
+#[derive(Debug, Clone)]
+pub struct Affine {
+    pub alpha: Tensor,
+    pub beta: Tensor,
+}
+
+/// What a forward pass does at each tap: apply σ (or a surrogate put in its
+/// place) and, when recording, keep (input, z, a). Recording pushes
+/// reference-counted tensors, no copies; `off()` costs nothing.
+pub struct Taps {
+    record: bool,
+    values: Vec<TapValues>,
+    replace: Vec<Option<Affine>>,
 }
 
 impl Taps {
-    pub fn push(&mut self, z: &Tensor, a: &Tensor) {
-        if let Taps::Record(v) = self {
-            v.push(TapValues {
-                z: z.clone(),
-                a: a.clone(),
-            });
-        }
+    pub fn off() -> Self {
+        Taps { record: false, values: Vec::new(), replace: Vec::new() }
     }
-    pub fn into_vec(self) -> Vec<TapValues> {
-        match self {
-            Taps::Off => Vec::new(),
-            Taps::Record(v) => v,
+    pub fn record() -> Self {
+        Taps { record: true, ..Self::off() }
+    }
+    /// Taps with `Some` use the surrogate instead of their nonlinearity.
+    pub fn linearized(replace: Vec<Option<Affine>>) -> Self {
+        Taps { replace, ..Self::off() }
+    }
+
+    /// a = σ_l(z), or α ⊙ z + β where tap l is replaced.
+    pub fn apply(&mut self, l: usize, act: Activation, leaky_slope: f64, input: &Tensor, z: &Tensor) -> Result<Tensor> {
+        let a = match self.replace.get(l).and_then(Option::as_ref) {
+            Some(s) => z.broadcast_mul(&s.alpha)?.broadcast_add(&s.beta)?,
+            None => activate(act, leaky_slope, z)?,
+        };
+        if self.record {
+            self.values.push(TapValues { input: input.clone(), z: z.clone(), a: a.clone() });
         }
+        Ok(a)
+    }
+
+    pub fn into_vec(self) -> Vec<TapValues> {
+        self.values
     }
 }
 
@@ -65,26 +89,16 @@ impl Weights {
             bail!("tensor '{name}' (shape {shape:?}) is missing");
         };
         if t.dims() != shape {
-            bail!(
-                "tensor '{name}' has shape {:?} but the spec needs {shape:?}",
-                t.dims()
-            );
+            bail!("tensor '{name}' has shape {:?} but the spec needs {shape:?}", t.dims());
         }
-        Ok(if t.dtype() == DType::F32 {
-            t
-        } else {
-            t.to_dtype(DType::F32)?
-        })
+        Ok(if t.dtype() == DType::F32 { t } else { t.to_dtype(DType::F32)? })
     }
 
     /// Tensors the spec did not ask for: an error, since a checkpoint with
     /// extra layers was not written for this spec.
     pub fn finish(self) -> Result<()> {
         if let Some(name) = self.tensors.keys().next() {
-            bail!(
-                "tensor '{name}' is not part of the model spec ({} unexpected tensors)",
-                self.tensors.len()
-            );
+            bail!("tensor '{name}' is not part of the model spec ({} unexpected tensors)", self.tensors.len());
         }
         Ok(())
     }
@@ -115,25 +129,23 @@ impl Model {
     }
 
     pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward(x, &mut Taps::Off)
+        self.forward(x, &mut Taps::off())
+    }
+
+    /// Logits with the taps that have `Some` surrogate made affine.
+    pub fn logits_linearized(&self, x: &Tensor, replace: Vec<Option<Affine>>) -> Result<Tensor> {
+        self.forward(x, &mut Taps::linearized(replace))
     }
 
     pub fn forward_with_taps(&self, x: &Tensor) -> Result<(Tensor, Vec<TapValues>)> {
-        let mut taps = Taps::Record(Vec::new());
+        let mut taps = Taps::record();
         let logits = self.forward(x, &mut taps)?;
         Ok((logits, taps.into_vec()))
     }
 }
 
 /// Builds a model whose weights all come from `tensors` on `device`.
-pub fn build(
-    spec: &ModelSpec,
-    tensors: BTreeMap<String, Tensor>,
-    device: &Device,
-) -> Result<Model> {
-    let tensors = tensors
-        .into_iter()
-        .map(|(k, v)| Ok((k, v.to_device(device)?)))
-        .collect::<Result<BTreeMap<_, _>>>()?;
+pub fn build(spec: &ModelSpec, tensors: BTreeMap<String, Tensor>, device: &Device) -> Result<Model> {
+    let tensors = tensors.into_iter().map(|(k, v)| Ok((k, v.to_device(device)?))).collect::<Result<BTreeMap<_, _>>>()?;
     Model::new(spec, Weights::new(tensors))
 }

@@ -9,9 +9,7 @@ pub use schema::{current as schema_for, ColumnType, TableSchema};
 
 use crate::atomic::write_atomic;
 use anyhow::{anyhow, bail, Context, Result};
-use arrow::array::{
-    Array, ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
-};
+use arrow::array::{Array, ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::DataType;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
@@ -69,20 +67,11 @@ pub struct Table {
 
 impl Table {
     pub fn new(table: &str) -> Self {
-        Table {
-            schema: schema_for(table),
-            extra: Vec::new(),
-            rows: Vec::new(),
-        }
+        Table { schema: schema_for(table), extra: Vec::new(), rows: Vec::new() }
     }
 
     pub fn column_index(&self, name: &str) -> Option<usize> {
-        self.schema
-            .columns
-            .iter()
-            .map(|c| c.name.as_str())
-            .chain(self.extra.iter().map(|(n, _)| n.as_str()))
-            .position(|n| n == name)
+        self.schema.columns.iter().map(|c| c.name.as_str()).chain(self.extra.iter().map(|(n, _)| n.as_str())).position(|n| n == name)
     }
 
     fn width(&self) -> usize {
@@ -90,33 +79,17 @@ impl Table {
     }
 
     pub fn push(&mut self, row: Vec<Value>) {
-        assert_eq!(
-            row.len(),
-            self.width(),
-            "row width does not match table '{}'",
-            self.schema.table
-        );
+        assert_eq!(row.len(), self.width(), "row width does not match table '{}'", self.schema.table);
         self.rows.push(row);
     }
 
     fn to_batch(&self) -> Result<RecordBatch> {
         let schema = Arc::new(self.schema.arrow(&self.extra));
-        let types: Vec<ColumnType> = self
-            .schema
-            .columns
-            .iter()
-            .map(|c| c.ty)
-            .chain(self.extra.iter().map(|(_, t)| *t))
-            .collect();
+        let types: Vec<ColumnType> = self.schema.columns.iter().map(|c| c.ty).chain(self.extra.iter().map(|(_, t)| *t)).collect();
         let mut arrays: Vec<ArrayRef> = Vec::new();
         for (j, ty) in types.iter().enumerate() {
             let col = self.rows.iter().map(|r| &r[j]);
-            let bad = |v: &Value| {
-                anyhow!(
-                    "table {}: column {j} expects {ty:?}, got {v:?}",
-                    self.schema.table
-                )
-            };
+            let bad = |v: &Value| anyhow!("table {}: column {j} expects {ty:?}, got {v:?}", self.schema.table);
             let array: ArrayRef = match ty {
                 ColumnType::String => Arc::new(
                     col.map(|v| match v {
@@ -166,17 +139,12 @@ impl Table {
 
     /// Writes the table as one Parquet file, atomically.
     pub fn write(&self, path: &Path) -> Result<()> {
-        let batch = self
-            .to_batch()
-            .with_context(|| format!("{}", path.display()))?;
+        let batch = self.to_batch().with_context(|| format!("{}", path.display()))?;
         let props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .set_key_value_metadata(Some(vec![
                 KeyValue::new(schema::META_TABLE.to_string(), self.schema.table.clone()),
-                KeyValue::new(
-                    schema::META_VERSION.to_string(),
-                    self.schema.version.to_string(),
-                ),
+                KeyValue::new(schema::META_VERSION.to_string(), self.schema.version.to_string()),
             ]))
             .build();
         let mut buf = Vec::new();
@@ -189,41 +157,48 @@ impl Table {
     }
 
     /// Reads a table written by [`Table::write`], checking it against the
-    /// current schema of `table`.
+    /// schema version it declares; files of an older version are upgraded to
+    /// the current one (new columns are null).
     pub fn read(path: &Path, table: &str) -> Result<Table> {
         Self::read_inner(path, table).with_context(|| format!("{}", path.display()))
     }
 
     fn read_inner(path: &Path, table: &str) -> Result<Table> {
         let file = std::fs::File::open(path).context("cannot open")?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-            .context("not a readable Parquet file")?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file).context("not a readable Parquet file")?;
         let arrow_schema = builder.schema().clone();
-        let schema = schema_for(table);
-        schema.check(&arrow_schema)?;
-        let extra = arrow_schema.fields()[schema.columns.len()..]
+        let declared: u32 = arrow_schema
+            .metadata()
+            .get(schema::META_VERSION)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow!("no {} metadata: not a lintrace table", schema::META_VERSION))?;
+        let file_schema =
+            schema::version(table, declared).ok_or_else(|| anyhow!("{table} schema version {declared} is unknown to this lintrace"))?;
+        file_schema.check(&arrow_schema)?;
+        let current = schema_for(table);
+        let names: Vec<String> = arrow_schema.fields().iter().map(|f| f.name().clone()).collect();
+        let extra: Vec<(String, ColumnType)> = arrow_schema.fields()[file_schema.columns.len()..]
             .iter()
-            .map(|f| {
-                (
-                    f.name().clone(),
-                    ColumnType::from_arrow(f.data_type()).expect("checked above"),
-                )
-            })
+            .map(|f| (f.name().clone(), ColumnType::from_arrow(f.data_type()).expect("checked above")))
             .collect();
-        let mut out = Table {
-            schema,
-            extra,
-            rows: Vec::new(),
-        };
+        // Where each current column comes from in the file (None: added since,
+        // so an older file is upgraded with nulls).
+        let source: Vec<Option<usize>> = current
+            .columns
+            .iter()
+            .map(|c| names.iter().position(|n| *n == c.name))
+            .chain((0..extra.len()).map(|i| Some(file_schema.columns.len() + i)))
+            .collect();
+        let mut out = Table { schema: current, extra, rows: Vec::new() };
         for batch in builder.build()? {
             let batch = batch?;
             let cols = batch.columns();
             for i in 0..batch.num_rows() {
-                out.rows.push(
-                    cols.iter()
-                        .map(|c| cell(c.as_ref(), i))
-                        .collect::<Result<_>>()?,
-                );
+                let row = source.iter().map(|s| match s {
+                    Some(j) => cell(cols[*j].as_ref(), i),
+                    None => Ok(Value::Null),
+                });
+                out.rows.push(row.collect::<Result<_>>()?);
             }
         }
         Ok(out)
@@ -236,18 +211,11 @@ fn cell(col: &dyn Array, i: usize) -> Result<Value> {
     }
     let any = col.as_any();
     Ok(match col.data_type() {
-        DataType::Utf8 => Value::Str(
-            any.downcast_ref::<StringArray>()
-                .expect("utf8")
-                .value(i)
-                .to_string(),
-        ),
+        DataType::Utf8 => Value::Str(any.downcast_ref::<StringArray>().expect("utf8").value(i).to_string()),
         DataType::Int32 => Value::I32(any.downcast_ref::<Int32Array>().expect("i32").value(i)),
         DataType::Int64 => Value::I64(any.downcast_ref::<Int64Array>().expect("i64").value(i)),
         DataType::Float64 => Value::F64(any.downcast_ref::<Float64Array>().expect("f64").value(i)),
-        DataType::Boolean => {
-            Value::Bool(any.downcast_ref::<BooleanArray>().expect("bool").value(i))
-        }
+        DataType::Boolean => Value::Bool(any.downcast_ref::<BooleanArray>().expect("bool").value(i)),
         other => bail!("unsupported column type {other}"),
     })
 }

@@ -66,32 +66,29 @@ pub struct TableSchema {
 }
 
 const FILES: &[(&str, &str)] = &[
-    (
-        "layer_metrics.v1.json",
-        include_str!("../../schemas/layer_metrics.v1.json"),
-    ),
-    (
-        "model_metrics.v1.json",
-        include_str!("../../schemas/model_metrics.v1.json"),
-    ),
+    ("layer_metrics.v1.json", include_str!("../../schemas/layer_metrics.v1.json")),
+    ("layer_metrics.v2.json", include_str!("../../schemas/layer_metrics.v2.json")),
+    ("model_metrics.v1.json", include_str!("../../schemas/model_metrics.v1.json")),
     ("runs.v1.json", include_str!("../../schemas/runs.v1.json")),
-    (
-        "train_log.v1.json",
-        include_str!("../../schemas/train_log.v1.json"),
-    ),
+    ("train_log.v1.json", include_str!("../../schemas/train_log.v1.json")),
 ];
+
+fn all_versions(table: &str) -> Vec<TableSchema> {
+    FILES
+        .iter()
+        .map(|(f, text)| serde_json::from_str::<TableSchema>(text).unwrap_or_else(|e| panic!("schemas/{f} is invalid: {e}")))
+        .filter(|s| s.table == table)
+        .collect()
+}
 
 /// The current schema of `table`.
 pub fn current(table: &str) -> TableSchema {
-    FILES
-        .iter()
-        .map(|(f, text)| {
-            serde_json::from_str::<TableSchema>(text)
-                .unwrap_or_else(|e| panic!("schemas/{f} is invalid: {e}"))
-        })
-        .filter(|s| s.table == table)
-        .max_by_key(|s| s.version)
-        .unwrap_or_else(|| panic!("no schema for table '{table}'"))
+    all_versions(table).into_iter().max_by_key(|s| s.version).unwrap_or_else(|| panic!("no schema for table '{table}'"))
+}
+
+/// A given version of `table`'s schema, if lintrace knows it.
+pub fn version(table: &str, version: u32) -> Option<TableSchema> {
+    all_versions(table).into_iter().find(|s| s.version == version)
 }
 
 pub const META_TABLE: &str = "lintrace.table";
@@ -100,16 +97,9 @@ pub const META_VERSION: &str = "lintrace.schema_version";
 impl TableSchema {
     /// The Arrow schema for these columns plus `extra` (name, type) columns.
     pub fn arrow(&self, extra: &[(String, ColumnType)]) -> Schema {
-        let mut fields: Vec<Field> = self
-            .columns
-            .iter()
-            .map(|c| Field::new(&c.name, c.ty.arrow(), c.nullable))
-            .collect();
+        let mut fields: Vec<Field> = self.columns.iter().map(|c| Field::new(&c.name, c.ty.arrow(), c.nullable)).collect();
         fields.extend(extra.iter().map(|(n, t)| Field::new(n, t.arrow(), true)));
-        let md = HashMap::from([
-            (META_TABLE.to_string(), self.table.clone()),
-            (META_VERSION.to_string(), self.version.to_string()),
-        ]);
+        let md = HashMap::from([(META_TABLE.to_string(), self.table.clone()), (META_VERSION.to_string(), self.version.to_string())]);
         Schema::new_with_metadata(fields, md)
     }
 
@@ -119,22 +109,11 @@ impl TableSchema {
     pub fn check(&self, schema: &Schema) -> Result<()> {
         let fields = schema.fields();
         if fields.len() < self.columns.len() {
-            bail!(
-                "{} columns, schema {} v{} declares {}",
-                fields.len(),
-                self.table,
-                self.version,
-                self.columns.len()
-            );
+            bail!("{} columns, schema {} v{} declares {}", fields.len(), self.table, self.version, self.columns.len());
         }
         for (def, field) in self.columns.iter().zip(fields.iter()) {
-            let ty = ColumnType::from_arrow(field.data_type()).ok_or_else(|| {
-                anyhow!(
-                    "column '{}' has unsupported type {}",
-                    field.name(),
-                    field.data_type()
-                )
-            })?;
+            let ty = ColumnType::from_arrow(field.data_type())
+                .ok_or_else(|| anyhow!("column '{}' has unsupported type {}", field.name(), field.data_type()))?;
             if field.name() != &def.name || ty != def.ty || field.is_nullable() != def.nullable {
                 bail!(
                     "column '{}' {:?} nullable={} where schema {} v{} declares '{}' {:?} nullable={}",
@@ -152,26 +131,16 @@ impl TableSchema {
         for field in &fields[self.columns.len()..] {
             let ok = self.extra_columns.as_ref().is_some_and(|x| {
                 field.name().starts_with(&x.prefix)
-                    && ColumnType::from_arrow(field.data_type())
-                        .is_some_and(|t| x.types.contains(&t))
+                    && ColumnType::from_arrow(field.data_type()).is_some_and(|t| x.types.contains(&t))
                     && field.is_nullable() == x.nullable
             });
             if !ok {
-                bail!(
-                    "column '{}' ({}) is not allowed by schema {} v{}",
-                    field.name(),
-                    field.data_type(),
-                    self.table,
-                    self.version
-                );
+                bail!("column '{}' ({}) is not allowed by schema {} v{}", field.name(), field.data_type(), self.table, self.version);
             }
         }
         let version = schema.metadata().get(META_VERSION);
         if version.map(String::as_str) != Some(&self.version.to_string()) {
-            bail!(
-                "schema version metadata is {version:?}, expected {}",
-                self.version
-            );
+            bail!("schema version metadata is {version:?}, expected {}", self.version);
         }
         Ok(())
     }

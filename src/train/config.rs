@@ -108,8 +108,7 @@ impl Default for TrainConfig {
 impl TrainConfig {
     /// Defaults overlaid with a TOML file; unknown keys are an error.
     pub fn from_toml_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("{}: cannot read config", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read config", path.display()))?;
         Self::from_toml(&text).with_context(|| format!("{}", path.display()))
     }
 
@@ -142,14 +141,8 @@ impl TrainConfig {
     /// The model spec for data of `input_shape` with `num_classes` classes.
     pub fn model_spec(&self, input_shape: &[usize], num_classes: usize) -> Result<ModelSpec> {
         let arch = match self.model.as_str() {
-            "mlp" => Arch::Mlp {
-                hidden: vec![self.width; self.depth],
-            },
-            "cnn" => Arch::Cnn {
-                conv: self.conv.clone(),
-                kernel_size: self.kernel_size,
-                dense: self.dense.clone(),
-            },
+            "mlp" => Arch::Mlp { hidden: vec![self.width; self.depth] },
+            "cnn" => Arch::Cnn { conv: self.conv.clone(), kernel_size: self.kernel_size, dense: self.dense.clone() },
             other => bail!("unknown model '{other}' (expected mlp or cnn)"),
         };
         let spec = ModelSpec {
@@ -176,10 +169,7 @@ impl TrainConfig {
         c.out = PathBuf::new();
         let digest = Sha256::digest(serde_json::to_string(&c).unwrap_or_default().as_bytes());
         let hash: String = digest.iter().take(3).map(|b| format!("{b:02x}")).collect();
-        format!(
-            "{}-{}-{}-s{}-{hash}",
-            self.model, self.data.dataset, self.activation, self.seed
-        )
+        format!("{}-{}-{}-s{}-{hash}", self.model, self.data.dataset, self.activation, self.seed)
     }
 
     pub fn check(&self) -> Result<()> {
@@ -208,19 +198,10 @@ mod tests {
 
     #[test]
     fn toml_overlays_defaults_and_rejects_unknown_keys() {
-        let c = TrainConfig::from_toml(
-            "lr = 0.1\ndataset = \"sinusoid-2d\"\nmodel = \"mlp\"\nconv = [16, \"M\"]\n",
-        )
-        .unwrap();
+        let c = TrainConfig::from_toml("lr = 0.1\ndataset = \"sinusoid-2d\"\nmodel = \"mlp\"\nconv = [16, \"M\"]\n").unwrap();
         assert_eq!(c.lr, 0.1);
         assert_eq!(c.data.dataset, "sinusoid-2d");
-        assert_eq!(
-            c.conv,
-            vec![
-                ConvItem::Conv(16),
-                ConvItem::Pool(crate::spec::PoolMarker::M)
-            ]
-        );
+        assert_eq!(c.conv, vec![ConvItem::Conv(16), ConvItem::Pool(crate::spec::PoolMarker::M)]);
         assert_eq!(c.batch_size, 128);
         let e = TrainConfig::from_toml("lrr = 0.1").unwrap_err();
         assert!(format!("{e:#}").contains("unknown config key 'lrr'"));

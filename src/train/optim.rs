@@ -45,17 +45,7 @@ pub struct Optimizer {
 impl Optimizer {
     pub fn new(kind: OptimizerKind, vars: Vec<Var>, weight_decay: f64, momentum: f64) -> Self {
         let n = vars.len();
-        Optimizer {
-            kind,
-            vars,
-            weight_decay,
-            momentum,
-            betas: (0.9, 0.999),
-            eps: 1e-8,
-            m: vec![None; n],
-            v: vec![None; n],
-            t: 0,
-        }
+        Optimizer { kind, vars, weight_decay, momentum, betas: (0.9, 0.999), eps: 1e-8, m: vec![None; n], v: vec![None; n], t: 0 }
     }
 
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
@@ -66,11 +56,7 @@ impl Optimizer {
             let p = var.as_tensor().detach();
             let wd = self.weight_decay;
             // L2 decay enters the gradient for all but AdamW.
-            let g = if wd != 0.0 && self.kind != OptimizerKind::Adamw {
-                (g + (&p * wd)?)?
-            } else {
-                g.clone()
-            };
+            let g = if wd != 0.0 && self.kind != OptimizerKind::Adamw { (g + (&p * wd)?)? } else { g.clone() };
             let new = match self.kind {
                 OptimizerKind::Sgd => (&p - (&g * lr)?)?,
                 OptimizerKind::Momentum => {
@@ -83,11 +69,7 @@ impl Optimizer {
                     new
                 }
                 OptimizerKind::Adam | OptimizerKind::Adamw => {
-                    let p = if self.kind == OptimizerKind::Adamw && wd != 0.0 {
-                        (&p * (1.0 - lr * wd))?
-                    } else {
-                        p
-                    };
+                    let p = if self.kind == OptimizerKind::Adamw && wd != 0.0 { (&p * (1.0 - lr * wd))? } else { p };
                     let m = match &self.m[i] {
                         Some(m) => ((m * b1)? + (&g * (1.0 - b1))?)?,
                         None => (&g * (1.0 - b1))?,

@@ -22,9 +22,7 @@ impl Schedule {
             "cosine" => Ok(Self::Cosine),
             "warmup" => Ok(Self::Warmup),
             "warmup-cosine" => Ok(Self::WarmupCosine),
-            _ => bail!(
-                "unknown lr schedule '{s}' (expected constant, cosine, warmup or warmup-cosine)"
-            ),
+            _ => bail!("unknown lr schedule '{s}' (expected constant, cosine, warmup or warmup-cosine)"),
         }
     }
 

@@ -40,27 +40,18 @@ mod tests {
 
     #[test]
     fn per_octave_two_gives_the_documented_list() {
-        assert_eq!(
-            checkpoint_steps(16, Spacing::PerOctave(2.0), 0),
-            vec![0, 1, 2, 3, 4, 6, 8, 11, 16]
-        );
+        assert_eq!(checkpoint_steps(16, Spacing::PerOctave(2.0), 0), vec![0, 1, 2, 3, 4, 6, 8, 11, 16]);
     }
 
     #[test]
     fn per_decade_eight() {
         // round(10^(i/8)) for i = 0..16: 1 1 2 2 3 4 6 7 10 13 18 24 32 42 56 75 100
-        assert_eq!(
-            checkpoint_steps(100, Spacing::PerDecade(8.0), 0),
-            vec![0, 1, 2, 3, 4, 6, 7, 10, 13, 18, 24, 32, 42, 56, 75, 100]
-        );
+        assert_eq!(checkpoint_steps(100, Spacing::PerDecade(8.0), 0), vec![0, 1, 2, 3, 4, 6, 7, 10, 13, 18, 24, 32, 42, 56, 75, 100]);
     }
 
     #[test]
     fn final_step_and_every_n_are_added() {
-        assert_eq!(
-            checkpoint_steps(25, Spacing::PerDecade(1.0), 10),
-            vec![0, 1, 10, 20, 25]
-        );
+        assert_eq!(checkpoint_steps(25, Spacing::PerDecade(1.0), 10), vec![0, 1, 10, 20, 25]);
         assert_eq!(checkpoint_steps(0, Spacing::PerDecade(8.0), 0), vec![0]);
     }
 }

@@ -36,33 +36,17 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<PathBuf> {
     let run_dir = cfg.out.join(&run_id);
     if run_dir.exists() {
         if !opts.overwrite {
-            bail!(
-                "{}: run already exists (use --overwrite to replace it, or --name for another id)",
-                run_dir.display()
-            );
+            bail!("{}: run already exists (use --overwrite to replace it, or --name for another id)", run_dir.display());
         }
-        std::fs::remove_dir_all(&run_dir)
-            .with_context(|| format!("{}: cannot remove", run_dir.display()))?;
+        std::fs::remove_dir_all(&run_dir).with_context(|| format!("{}: cannot remove", run_dir.display()))?;
     }
-    std::fs::create_dir_all(run::checkpoint_dir(&run_dir))
-        .with_context(|| format!("{}: cannot create", run_dir.display()))?;
+    std::fs::create_dir_all(run::checkpoint_dir(&run_dir)).with_context(|| format!("{}: cannot create", run_dir.display()))?;
 
     let n_train = data.train.len();
-    let total = if cfg.steps > 0 {
-        cfg.steps
-    } else {
-        (cfg.epochs * n_train as f64 / cfg.batch_size as f64).ceil() as u64
-    };
+    let total = if cfg.steps > 0 { cfg.steps } else { (cfg.epochs * n_train as f64 / cfg.batch_size as f64).ceil() as u64 };
     let ckpt_steps = checkpoint_steps(total, cfg.spacing(), cfg.ckpt_every);
 
-    let probe = probe::draw(
-        &data.test,
-        &data.sample_shape,
-        cfg.probe_size,
-        cfg.probe_seed,
-        &data.name,
-        "test",
-    );
+    let probe = probe::draw(&data.test, &data.sample_shape, cfg.probe_size, cfg.probe_seed, &data.name, "test");
     probe::save(&run_dir.join(run::PROBE), &probe)?;
 
     let mut manifest = RunManifest {
@@ -87,23 +71,14 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<PathBuf> {
         total_steps: total,
         steps_done: 0,
         checkpoint_steps: ckpt_steps.clone(),
-        started_unix: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
+        started_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         wall_seconds: 0.0,
         error: None,
     };
     manifest.write(&run_dir)?;
 
-    let result = Loop::new(cfg, &data, &spec, &run_dir, &run_id, &opts.device).and_then(|mut l| {
-        l.run(
-            total,
-            &ckpt_steps.iter().copied().collect(),
-            opts.quiet,
-            &mut manifest,
-        )
-    });
+    let result = Loop::new(cfg, &data, &spec, &run_dir, &run_id, &opts.device)
+        .and_then(|mut l| l.run(total, &ckpt_steps.iter().copied().collect(), opts.quiet, &mut manifest));
     match result {
         Ok(()) => {
             manifest.status = Status::Finished;
@@ -153,18 +128,7 @@ impl<'a> Loop<'a> {
         // The model holds the variables' tensors: updates made through the
         // variables are what its next forward pass sees.
         let model = Model::new(spec, Weights::new(tensors))?;
-        Ok(Loop {
-            cfg,
-            data,
-            spec,
-            run_dir,
-            run_id,
-            device: device.clone(),
-            names,
-            vars,
-            model,
-            log: Table::new("train_log"),
-        })
+        Ok(Loop { cfg, data, spec, run_dir, run_id, device: device.clone(), names, vars, model, log: Table::new("train_log") })
     }
 
     fn save_checkpoint(&self, step: u64, samples_seen: u64) -> Result<()> {
@@ -175,43 +139,21 @@ impl<'a> Loop<'a> {
             epoch: samples_seen as f64 / self.data.train.len() as f64,
             samples_seen,
         };
-        let tensors: Vec<(String, Tensor)> = self
-            .names
-            .iter()
-            .cloned()
-            .zip(self.vars.iter().map(|v| v.as_tensor().clone()))
-            .collect();
+        let tensors: Vec<(String, Tensor)> = self.names.iter().cloned().zip(self.vars.iter().map(|v| v.as_tensor().clone())).collect();
         let path = run::checkpoint_dir(self.run_dir).join(checkpoint::file_name(step));
         checkpoint::save(&path, &meta, &tensors)?;
         self.log.write(&self.run_dir.join(run::TRAIN_LOG))
     }
 
-    fn run(
-        &mut self,
-        total: u64,
-        ckpts: &BTreeSet<u64>,
-        quiet: bool,
-        manifest: &mut RunManifest,
-    ) -> Result<()> {
+    fn run(&mut self, total: u64, ckpts: &BTreeSet<u64>, quiet: bool, manifest: &mut RunManifest) -> Result<()> {
         let cfg = self.cfg;
         let n = self.data.train.len();
-        let mut opt = Optimizer::new(
-            cfg.optimizer,
-            self.vars.clone(),
-            cfg.weight_decay,
-            cfg.momentum,
-        );
+        let mut opt = Optimizer::new(cfg.optimizer, self.vars.clone(), cfg.weight_decay, cfg.momentum);
         let mut aug_rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed_a06e);
-        let bar = if quiet {
-            ProgressBar::hidden()
-        } else {
-            ProgressBar::new(total)
-        };
+        let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(total) };
         bar.set_style(
-            ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps {per_sec} {msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps {per_sec} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         let start = Instant::now();
         let mut samples_seen: u64 = 0;
@@ -222,11 +164,7 @@ impl<'a> Loop<'a> {
         for step in 1..=total {
             if cursor >= order.len() {
                 order = (0..n).collect();
-                order.shuffle(&mut ChaCha8Rng::seed_from_u64(
-                    cfg.seed
-                        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                        .wrapping_add(epoch),
-                ));
+                order.shuffle(&mut ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(epoch)));
                 cursor = 0;
                 epoch += 1;
             }
@@ -241,12 +179,7 @@ impl<'a> Loop<'a> {
             samples_seen += idx.len() as u64;
 
             let loss_v = loss.to_scalar::<f32>()? as f64;
-            let correct = logits
-                .argmax(1)?
-                .eq(&y)?
-                .to_dtype(DType::F32)?
-                .sum_all()?
-                .to_scalar::<f32>()? as f64;
+            let correct = logits.argmax(1)?.eq(&y)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? as f64;
             if !loss_v.is_finite() {
                 bail!("loss became {loss_v} at step {step} (lower the learning rate?)");
             }
@@ -290,10 +223,7 @@ impl<'a> Loop<'a> {
         let mut shape = vec![idx.len()];
         shape.extend_from_slice(&self.data.sample_shape);
         let y: Vec<u32> = idx.iter().map(|&i| self.data.train.y[i]).collect();
-        Ok((
-            Tensor::from_vec(x, shape, &self.device)?,
-            Tensor::from_vec(y, idx.len(), &self.device)?,
-        ))
+        Ok((Tensor::from_vec(x, shape, &self.device)?, Tensor::from_vec(y, idx.len(), &self.device)?))
     }
 }
 

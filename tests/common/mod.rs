@@ -39,43 +39,15 @@ pub fn stderr(o: &Output) -> String {
 /// Trains a tiny MLP on the 2-D sinusoid task into `root`, returns its run dir.
 pub fn tiny_mlp_run(root: &Path, name: &str, extra: &[&str]) -> PathBuf {
     let mut cmd = train_bin();
-    cmd.args([
-        "--model",
-        "mlp",
-        "--width",
-        "16",
-        "--depth",
-        "3",
-        "--dataset",
-        "sinusoid-2d",
-        "--n-train",
-        "256",
-        "--n-test",
-        "128",
-    ])
-    .args([
-        "--steps",
-        "20",
-        "--batch-size",
-        "32",
-        "--lr",
-        "0.1",
-        "--probe-size",
-        "64",
-        "--quiet",
-        "--name",
-        name,
-    ])
-    .arg("--out")
-    .arg(root)
-    .args(extra);
+    cmd.args(["--model", "mlp", "--width", "16", "--depth", "3", "--dataset", "sinusoid-2d", "--n-train", "256", "--n-test", "128"])
+        .args(["--steps", "20", "--batch-size", "32", "--lr", "0.1", "--probe-size", "64", "--quiet", "--name", name])
+        .arg("--out")
+        .arg(root)
+        .args(extra);
     run_ok(&mut cmd);
     root.join(name)
 }
 
 pub fn assert_close(got: f64, want: f64, tol: f64, what: &str) {
-    assert!(
-        (got - want).abs() <= tol,
-        "{what}: got {got}, want {want} (tol {tol})"
-    );
+    assert!((got - want).abs() <= tol, "{what}: got {got}, want {want} (tol {tol})");
 }

@@ -1,0 +1,75 @@
+//! `mu`: linear-surrogate agreement à la Kalimeris et al. (2019), μ_Y(F;S)
+//! and its parts for every surrogate the driver supplies predictions of.
+
+use crate::analyzer::{Accumulator, Analyzer, AnalyzerError, Extras, Finished, MetricValue, Needs};
+use crate::capture::{Chunk, ModelInfo};
+use crate::info;
+
+pub struct Mu;
+
+const NAME: &str = "mu";
+
+/// Predictions of the network (f) and one surrogate (s) with labels (y).
+#[derive(Debug, Clone)]
+pub struct SurrogatePredictions {
+    /// The `surrogate` column: `linear`, `<run_id>@<step>`, …
+    pub name: String,
+    /// Where the samples came from: `test` (the held-out split) or `probe`.
+    pub split: String,
+    pub f: Vec<usize>,
+    pub s: Vec<usize>,
+    pub y: Vec<usize>,
+    /// (accuracy, samples) of the surrogate on the data it was trained on,
+    /// when the driver knows it (the `linear` surrogate).
+    pub train_accuracy: Option<(f64, u64)>,
+}
+
+impl Analyzer for Mu {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn description(&self) -> &'static str {
+        "plug-in μ_Y(F;S) = I(F;Y) − I(F;Y|S) in bits against each surrogate, on the held-out split"
+    }
+    fn metrics(&self) -> &'static [&'static str] {
+        &["mu", "i_f_y", "i_f_y_given_s", "agreement", "surrogate_accuracy", "surrogate_train_accuracy"]
+    }
+    fn needs(&self) -> Needs {
+        Needs { surrogates: true, ..Needs::default() }
+    }
+    fn start(&self, model: &ModelInfo) -> Box<dyn Accumulator> {
+        Box::new(MuAcc { classes: model.num_classes })
+    }
+}
+
+struct MuAcc {
+    classes: usize,
+}
+
+impl Accumulator for MuAcc {
+    fn observe(&mut self, _chunk: &Chunk<'_>) -> Result<(), AnalyzerError> {
+        Ok(())
+    }
+    fn finish(self: Box<Self>, extras: &Extras<'_>) -> Result<Finished, AnalyzerError> {
+        if extras.surrogates.is_empty() {
+            return Err(AnalyzerError::NotApplicable { analyzer: NAME, message: "no surrogate was given".into() });
+        }
+        let mut out = Vec::new();
+        for sp in extras.surrogates {
+            let r = info::mu(&sp.f, &sp.s, &sp.y, self.classes);
+            let tag = |m: MetricValue| m.with_surrogate(&sp.name).with_samples(sp.f.len() as u64, &sp.split);
+            out.push(tag(MetricValue::model("mu", r.map(|r| r.mu))));
+            out.push(tag(MetricValue::model("i_f_y", r.map(|r| r.i_f_y))));
+            out.push(tag(MetricValue::model("i_f_y_given_s", r.map(|r| r.i_f_y_given_s))));
+            out.push(tag(MetricValue::model("agreement", r.map(|r| r.agreement))));
+            out.push(tag(MetricValue::model("surrogate_accuracy", r.map(|r| r.surrogate_accuracy))));
+            if let Some((acc, n)) = sp.train_accuracy {
+                out.push(MetricValue::model("surrogate_train_accuracy", Some(acc)).with_surrogate(&sp.name).with_samples(n, "train"));
+            }
+        }
+        Ok(Finished::values(out))
+    }
+}

@@ -1,0 +1,205 @@
+//! Inputs shared by all checkpoints of one target: the reference Gram
+//! matrices (step 0 and final) for `cka_time`, the step-0 weights for
+//! `weights`, and the held-out data and surrogate predictions for `mu`.
+
+use super::capture;
+use super::target::Target;
+use super::AnalyzeOptions;
+use crate::checkpoint;
+use crate::data;
+use crate::model::Model;
+use crate::spec::ModelSpec;
+use crate::surrogate::{self, linear, EvalSet, Source};
+use analyzers::gram::Gram;
+use analyzers::mu::SurrogatePredictions;
+use analyzers::{LayerWeights, Needs};
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// A surrogate whose predictions do not depend on F's step.
+struct Fixed {
+    name: String,
+    predictions: Vec<usize>,
+    train_accuracy: Option<(f64, u64)>,
+}
+
+#[derive(Default)]
+pub struct TargetContext {
+    pub init_grams: Option<(u64, Vec<Gram>)>,
+    pub final_grams: Option<(u64, Vec<Gram>)>,
+    pub init_weights: Option<Vec<LayerWeights>>,
+    eval: Option<EvalSet>,
+    fixed: Vec<Fixed>,
+    /// Runs compared at F's own step: (folder, run id).
+    same_step: Vec<(PathBuf, String)>,
+}
+
+/// The weight matrix feeding each tap, reshaped to out × fan_in.
+pub fn layer_weights(spec: &ModelSpec, tensors: &BTreeMap<String, Tensor>) -> Result<Vec<LayerWeights>> {
+    spec.layers()
+        .into_iter()
+        .filter_map(|l| l.tap.map(|t| (t, l)))
+        .map(|(tap, l)| {
+            let name = format!("{}.weight", l.name);
+            let t = tensors.get(&name).with_context(|| format!("tensor '{name}' is missing"))?;
+            let (rows, cols) = (l.weight_shape[0], l.fan_in());
+            Ok(LayerWeights { tap, rows, cols, data: t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()? })
+        })
+        .collect()
+}
+
+impl TargetContext {
+    pub fn prepare(
+        target: &Target,
+        needs: Needs,
+        sources: &[Source],
+        opts: &AnalyzeOptions,
+        final_step: Option<u64>,
+        dev: &Device,
+        notes: &mut Vec<String>,
+    ) -> Result<TargetContext> {
+        let mut ctx = TargetContext::default();
+        let step_path = |step: u64| target.checkpoints.iter().find(|p| target.step_of(p) == Some(step)).cloned();
+        let load = |step: u64| -> Result<checkpoint::Loaded> {
+            let path = step_path(step).with_context(|| format!("no checkpoint for step {step}"))?;
+            let fallback = target.fallback.as_ref().map(|f| checkpoint::CheckpointMeta { step, ..f.clone() });
+            checkpoint::load(&path, fallback.as_ref())
+        };
+        if needs.reference_grams {
+            for (which, step) in [("init", Some(0)), ("final", final_step)] {
+                let Some(step) = step else { continue };
+                match load(step).and_then(|l| {
+                    let model = l.model(dev)?;
+                    capture::grams(&model, &l.meta.spec, &target.probe, opts.chunk_size, dev)
+                }) {
+                    Ok(g) if which == "init" => ctx.init_grams = Some((step, g)),
+                    Ok(g) => ctx.final_grams = Some((step, g)),
+                    Err(e) => notes.push(format!("{}: cka_time has no {which} reference: {e:#}", target.run_id)),
+                }
+            }
+        }
+        if needs.weights {
+            match load(0).and_then(|l| layer_weights(&l.meta.spec, &l.tensors)) {
+                Ok(w) => ctx.init_weights = Some(w),
+                Err(e) => notes.push(format!("{}: weights: rel_dist_from_init is null: step 0 unreadable ({e:#})", target.run_id)),
+            }
+        }
+        if needs.surrogates {
+            ctx.prepare_surrogates(target, sources, opts, dev, notes)?;
+        }
+        Ok(ctx)
+    }
+
+    fn prepare_surrogates(
+        &mut self,
+        target: &Target,
+        sources: &[Source],
+        opts: &AnalyzeOptions,
+        dev: &Device,
+        notes: &mut Vec<String>,
+    ) -> Result<()> {
+        let dataset = match target.data_config() {
+            Some(cfg) => Some(data::load(&cfg).with_context(|| format!("{}: reloading the run's dataset for mu", target.run_id))?),
+            None => None,
+        };
+        let eval = match (&dataset, opts.mu_split.as_str()) {
+            (Some(d), "test") => EvalSet {
+                split: "test".into(),
+                x: d.test.x.clone(),
+                sample_shape: d.sample_shape.clone(),
+                y: d.test.y.iter().map(|&v| v as usize).collect(),
+            },
+            _ => {
+                if opts.mu_split == "test" {
+                    notes.push(format!("{}: mu: no dataset known for these checkpoints, so mu uses the probe", target.run_id));
+                }
+                EvalSet {
+                    split: "probe".into(),
+                    x: target.probe.inputs.clone(),
+                    sample_shape: target.probe.sample_shape.clone(),
+                    y: target.probe.labels.iter().map(|&v| v as usize).collect(),
+                }
+            }
+        };
+        for source in sources {
+            match source {
+                Source::Linear => {
+                    let Some(d) = &dataset else {
+                        notes.push(format!("{}: mu: the linear surrogate needs the run's training data; skipped", target.run_id));
+                        continue;
+                    };
+                    let cache_dir = target.data_config().and_then(|c| c.cache_dir).unwrap_or_else(data::cache_dir);
+                    let m = linear::get(d, &cache_dir, opts.quiet)?;
+                    let d_len: usize = eval.sample_shape.iter().product();
+                    if d_len != m.dim {
+                        notes.push(format!(
+                            "{}: mu: linear surrogate input size {} does not match the data ({d_len})",
+                            target.run_id, m.dim
+                        ));
+                        continue;
+                    }
+                    self.fixed.push(Fixed {
+                        name: "linear".into(),
+                        predictions: m.predict(&eval.x, eval.len()),
+                        train_accuracy: Some((m.train_accuracy, d.train.len() as u64)),
+                    });
+                }
+                Source::Checkpoint(path) => {
+                    let (name, model) = surrogate::load_checkpoint(path, dev)?;
+                    self.fixed.push(Fixed {
+                        name,
+                        predictions: surrogate::predict(&model, &eval, opts.chunk_size, dev)?,
+                        train_accuracy: None,
+                    });
+                }
+                Source::Run { dir, same_step: false } => {
+                    let (name, model) = surrogate::load_checkpoint(&surrogate::final_checkpoint(dir)?, dev)?;
+                    self.fixed.push(Fixed {
+                        name,
+                        predictions: surrogate::predict(&model, &eval, opts.chunk_size, dev)?,
+                        train_accuracy: None,
+                    });
+                }
+                Source::Run { dir, same_step: true } => self.same_step.push((dir.clone(), surrogate::run_id(dir)?)),
+            }
+        }
+        self.eval = Some(eval);
+        Ok(())
+    }
+
+    /// F's predictions against every surrogate, at F's `step`.
+    pub fn surrogate_predictions(&self, model: &Model, step: u64, chunk: usize, dev: &Device) -> Result<Vec<SurrogatePredictions>> {
+        let Some(eval) = &self.eval else { return Ok(Vec::new()) };
+        let f = surrogate::predict(model, eval, chunk, dev)?;
+        let mut out: Vec<SurrogatePredictions> = self
+            .fixed
+            .iter()
+            .map(|s| SurrogatePredictions {
+                name: s.name.clone(),
+                split: eval.split.clone(),
+                f: f.clone(),
+                s: s.predictions.clone(),
+                y: eval.y.clone(),
+                train_accuracy: s.train_accuracy,
+            })
+            .collect();
+        for (dir, run_id) in &self.same_step {
+            let path = crate::run::checkpoint_dir(dir).join(checkpoint::file_name(step));
+            if !path.is_file() {
+                continue;
+            }
+            let (_, m) = surrogate::load_checkpoint(&path, dev)?;
+            out.push(SurrogatePredictions {
+                name: format!("{run_id}@same"),
+                split: eval.split.clone(),
+                f: f.clone(),
+                s: surrogate::predict(&m, eval, chunk, dev)?,
+                y: eval.y.clone(),
+                train_accuracy: None,
+            });
+        }
+        Ok(out)
+    }
+}

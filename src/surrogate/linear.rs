@@ -1,0 +1,225 @@
+//! The `linear` surrogate of Kalimeris et al. (2019): multinomial logistic
+//! regression on the normalised raw inputs, trained on the training split's
+//! labels by full-batch L-BFGS, cached per dataset fingerprint so every run
+//! on that dataset reuses it.
+
+use crate::atomic::write_atomic;
+use crate::data::{Dataset, Split};
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor, D};
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// L2 penalty on the weights (not the bias): loss = mean CE + λ/2 ‖W‖².
+/// Small, so the fit is close to unregularised, but it keeps the optimum
+/// finite on separable data.
+pub const L2: f64 = 1e-4;
+const MAX_ITER: usize = 500;
+const HISTORY: usize = 10;
+
+pub struct LinearModel {
+    pub classes: usize,
+    pub dim: usize,
+    /// [classes, dim] row-major, then [classes].
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+    pub train_accuracy: f64,
+    pub iterations: usize,
+}
+
+impl LinearModel {
+    pub fn predict(&self, x: &[f32], n: usize) -> Vec<usize> {
+        (0..n)
+            .map(|i| {
+                let row = &x[i * self.dim..(i + 1) * self.dim];
+                let mut best = (0, f32::NEG_INFINITY);
+                for c in 0..self.classes {
+                    let w = &self.weight[c * self.dim..(c + 1) * self.dim];
+                    let v = self.bias[c] + w.iter().zip(row).map(|(a, b)| a * b).sum::<f32>();
+                    if v > best.1 {
+                        best = (c, v);
+                    }
+                }
+                best.0
+            })
+            .collect()
+    }
+}
+
+fn cache_path(dir: &Path, fingerprint: &str) -> PathBuf {
+    dir.join(format!("linear-{fingerprint}-l2_{L2:e}.safetensors"))
+}
+
+/// The cached model for this dataset, or a freshly trained (and cached) one.
+pub fn get(data: &Dataset, cache_dir: &Path, quiet: bool) -> Result<LinearModel> {
+    let path = cache_path(cache_dir, &data.fingerprint);
+    if let Some(m) = read(&path) {
+        return Ok(m);
+    }
+    if !quiet {
+        eprintln!("training the linear surrogate (logistic regression, L-BFGS) on {} samples…", data.train.len());
+    }
+    let m = fit(&data.train, data.classes.len())?;
+    write(&path, &m).with_context(|| format!("{}", path.display()))?;
+    Ok(m)
+}
+
+/// Loss and gradient at θ = (W, b) for the whole split, via candle.
+struct Objective {
+    x: Tensor,
+    onehot: Tensor,
+    n: usize,
+    k: usize,
+    d: usize,
+}
+
+impl Objective {
+    fn eval(&self, theta: &[f64]) -> Result<(f64, Vec<f64>)> {
+        let (k, d) = (self.k, self.d);
+        let dev = Device::Cpu;
+        let w = Tensor::from_vec(theta[..k * d].iter().map(|&v| v as f32).collect::<Vec<f32>>(), (k, d), &dev)?;
+        let b = Tensor::from_vec(theta[k * d..].iter().map(|&v| v as f32).collect::<Vec<f32>>(), k, &dev)?;
+        let logits = self.x.matmul(&w.t()?)?.broadcast_add(&b)?;
+        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        let ce = -(logp.mul(&self.onehot)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?) / self.n as f64;
+        let g_logits = ((logp.exp()? - &self.onehot)? / self.n as f64)?;
+        let gw = g_logits.t()?.matmul(&self.x)?;
+        let gb = g_logits.sum(0)?;
+        let w64: Vec<f64> = theta[..k * d].to_vec();
+        let loss = ce + 0.5 * L2 * w64.iter().map(|v| v * v).sum::<f64>();
+        let mut grad: Vec<f64> = gw.flatten_all()?.to_vec1::<f32>()?.iter().map(|&v| v as f64).collect();
+        for (g, w) in grad.iter_mut().zip(&w64) {
+            *g += L2 * w;
+        }
+        grad.extend(gb.to_vec1::<f32>()?.iter().map(|&v| v as f64));
+        Ok((loss, grad))
+    }
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Full-batch L-BFGS (two-loop recursion, Armijo backtracking).
+pub fn fit(train: &Split, classes: usize) -> Result<LinearModel> {
+    let (n, d, k) = (train.len(), train.sample_len, classes);
+    let dev = Device::Cpu;
+    let x = Tensor::from_slice(&train.x, (n, d), &dev)?;
+    let mut oh = vec![0f32; n * k];
+    for (i, &y) in train.y.iter().enumerate() {
+        oh[i * k + y as usize] = 1.0;
+    }
+    let obj = Objective { x, onehot: Tensor::from_vec(oh, (n, k), &dev)?, n, k, d };
+    let mut theta = vec![0.0f64; k * d + k];
+    let (mut f, mut g) = obj.eval(&theta)?;
+    let mut hist: Vec<(Vec<f64>, Vec<f64>, f64)> = Vec::new();
+    let mut iterations = 0;
+    for it in 0..MAX_ITER {
+        iterations = it + 1;
+        // Two-loop recursion: direction = −H g.
+        let mut q = g.clone();
+        let mut alphas = Vec::with_capacity(hist.len());
+        for (s, y, rho) in hist.iter().rev() {
+            let a = rho * dot(s, &q);
+            for (qi, yi) in q.iter_mut().zip(y) {
+                *qi -= a * yi;
+            }
+            alphas.push(a);
+        }
+        if let Some((s, y, _)) = hist.last() {
+            let gamma = dot(s, y) / dot(y, y);
+            q.iter_mut().for_each(|v| *v *= gamma);
+        } else {
+            let gn = dot(&g, &g).sqrt().max(1e-12);
+            q.iter_mut().for_each(|v| *v /= gn);
+        }
+        for ((s, y, rho), a) in hist.iter().zip(alphas.iter().rev()) {
+            let beta = rho * dot(y, &q);
+            for (qi, si) in q.iter_mut().zip(s) {
+                *qi += (a - beta) * si;
+            }
+        }
+        let mut dir: Vec<f64> = q.iter().map(|v| -v).collect();
+        let mut slope = dot(&g, &dir);
+        if slope >= 0.0 {
+            hist.clear();
+            dir = g.iter().map(|v| -v).collect();
+            slope = dot(&g, &dir);
+        }
+        let mut t = 1.0;
+        let (mut f_new, mut g_new, mut theta_new);
+        loop {
+            theta_new = theta.iter().zip(&dir).map(|(a, b)| a + t * b).collect::<Vec<f64>>();
+            (f_new, g_new) = obj.eval(&theta_new)?;
+            if f_new <= f + 1e-4 * t * slope || t < 1e-10 {
+                break;
+            }
+            t *= 0.5;
+        }
+        let s: Vec<f64> = theta_new.iter().zip(&theta).map(|(a, b)| a - b).collect();
+        let y: Vec<f64> = g_new.iter().zip(&g).map(|(a, b)| a - b).collect();
+        let sy = dot(&s, &y);
+        if sy > 1e-12 {
+            hist.push((s, y, 1.0 / sy));
+            if hist.len() > HISTORY {
+                hist.remove(0);
+            }
+        }
+        let converged = (f - f_new).abs() <= 1e-10 * f.abs().max(1.0) || g_new.iter().fold(0.0f64, |m, v| m.max(v.abs())) < 1e-6;
+        theta = theta_new;
+        f = f_new;
+        g = g_new;
+        if converged {
+            break;
+        }
+    }
+    let mut m = LinearModel {
+        classes: k,
+        dim: d,
+        weight: theta[..k * d].iter().map(|&v| v as f32).collect(),
+        bias: theta[k * d..].iter().map(|&v| v as f32).collect(),
+        train_accuracy: 0.0,
+        iterations,
+    };
+    let pred = m.predict(&train.x, n);
+    m.train_accuracy = pred.iter().zip(&train.y).filter(|(p, y)| **p == **y as usize).count() as f64 / n as f64;
+    Ok(m)
+}
+
+fn read(path: &Path) -> Option<LinearModel> {
+    let bytes = std::fs::read(path).ok()?;
+    let (_, header) = SafeTensors::read_metadata(&bytes).ok()?;
+    let md = header.metadata().clone()?;
+    let st = SafeTensors::deserialize(&bytes).ok()?;
+    let f32s = |name: &str| -> Option<(Vec<usize>, Vec<f32>)> {
+        let t = st.tensor(name).ok()?;
+        Some((t.shape().to_vec(), t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()))
+    };
+    let (ws, weight) = f32s("weight")?;
+    let (_, bias) = f32s("bias")?;
+    Some(LinearModel {
+        classes: ws[0],
+        dim: ws[1],
+        weight,
+        bias,
+        train_accuracy: md.get("train_accuracy")?.parse().ok()?,
+        iterations: md.get("iterations")?.parse().ok()?,
+    })
+}
+
+fn write(path: &Path, m: &LinearModel) -> Result<()> {
+    let w: Vec<u8> = m.weight.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let b: Vec<u8> = m.bias.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let views = vec![
+        ("weight", TensorView::new(Dtype::F32, vec![m.classes, m.dim], &w)?),
+        ("bias", TensorView::new(Dtype::F32, vec![m.classes], &b)?),
+    ];
+    let md = HashMap::from([
+        ("train_accuracy".to_string(), m.train_accuracy.to_string()),
+        ("iterations".to_string(), m.iterations.to_string()),
+        ("l2".to_string(), L2.to_string()),
+    ]);
+    write_atomic(path, &crate::checkpoint::canonical_header(safetensors::serialize(views, Some(md))?)?)
+}
