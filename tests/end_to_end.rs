@@ -38,12 +38,12 @@ fn train_analyze_read_back() {
     // Tables match their schemas and hold every (checkpoint, tap, metric).
     let layer = Table::read(&a.join("analysis/layer_metrics.parquet"), "layer_metrics").unwrap();
     // relu MLP, 3 taps: activation_regime 5 metrics + unit_linear_fit 4 metrics per tap.
-    assert_eq!(layer.rows.len(), 11 * 3 * 9);
+    assert_eq!(rows_of(&layer, &["activation_regime", "unit_linear_fit"]), 11 * 3 * 9);
     let model = Table::read(&a.join("analysis/model_metrics.parquet"), "model_metrics").unwrap();
-    assert_eq!(model.rows.len(), 11 * 2);
+    assert_eq!(rows_of(&model, &["performance"]), 11 * 2);
     let layer_b = Table::read(&b.join("analysis/layer_metrics.parquet"), "layer_metrics").unwrap();
     // tanh: no activation_regime rows.
-    assert_eq!(layer_b.rows.len(), 11 * 3 * 4);
+    assert_eq!(rows_of(&layer_b, &["activation_regime", "unit_linear_fit"]), 11 * 3 * 4);
     Table::read(&a.join("analysis/runs.parquet"), "runs").unwrap();
 
     // Training lowered the probe loss.
@@ -125,7 +125,7 @@ fn cnn_on_digits_trains_and_analyses() {
     run_ok(analyze_bin().arg(&run).args(["--quiet", "--device", "cpu", "--chunk-size", "33"]));
     let layer = Table::read(&run.join("analysis/layer_metrics.parquet"), "layer_metrics").unwrap();
     // 3 taps (2 conv, 1 dense), 9 metrics each, 6 checkpoints.
-    assert_eq!(layer.rows.len(), 6 * 3 * 9);
+    assert_eq!(rows_of(&layer, &["activation_regime", "unit_linear_fit"]), 6 * 3 * 9);
     let ni = layer.column_index("layer_name").unwrap();
     assert_eq!(layer.rows[0][ni].as_str(), Some("features.0"));
     // A PyTorch user can load the checkpoint by its module names.
@@ -134,4 +134,35 @@ fn cnn_on_digits_trains_and_analyses() {
     for n in ["features.0.weight", "features.3.bias", "classifier.0.weight", "classifier.2.bias"] {
         assert!(names.contains(&n.to_string()), "{n} in {names:?}");
     }
+}
+
+#[test]
+fn a_new_final_checkpoint_recomputes_only_cka_to_final() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tiny_mlp_run(tmp.path(), "r", &[]);
+    let last = run.join("checkpoints/step_00000020.safetensors");
+    let held = tmp.path().join("held.safetensors");
+    std::fs::rename(&last, &held).unwrap();
+    run_ok(analyze_bin().arg(&run).args(["--quiet", "--device", "cpu"]));
+    let before = Table::read(&run.join("analysis/layer_metrics.parquet"), "layer_metrics").unwrap();
+    let refs = |t: &Table| -> Vec<i64> {
+        let (mi, ri) = (t.column_index("metric").unwrap(), t.column_index("ref_step").unwrap());
+        t.rows.iter().filter(|r| r[mi].as_str() == Some("cka_to_final")).map(|r| r[ri].as_i64().unwrap()).collect()
+    };
+    assert!(refs(&before).iter().all(|&s| s == 18));
+
+    // The run gains step 20: every checkpoint's cka_time is redone against it,
+    // step 20 gets everything, and nothing else is recomputed.
+    std::fs::rename(&held, &last).unwrap();
+    let out = run_ok(analyze_bin().arg(&run).args(["--quiet", "--device", "cpu"]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("analysed 11 checkpoints"), "{stdout}");
+    assert!(stdout.contains("(80 analyzer results already present)"), "10 old checkpoints × 8 analyzers other than cka_time: {stdout}");
+    let after = Table::read(&run.join("analysis/layer_metrics.parquet"), "layer_metrics").unwrap();
+    assert!(refs(&after).iter().all(|&s| s == 20));
+    let (si, ai) = (after.column_index("step").unwrap(), after.column_index("analyzer").unwrap());
+    let keep = |t: &Table| -> Vec<Vec<lintrace::tables::Value>> {
+        t.rows.iter().filter(|r| r[si].as_i64() != Some(20) && r[ai].as_str() != Some("cka_time")).cloned().collect()
+    };
+    assert_eq!(keep(&before), keep(&after));
 }

@@ -3,11 +3,12 @@
 //! within a memory bound), and merges the rows into the run's tables.
 
 pub mod capture;
-mod context;
+pub mod context;
 mod done;
 mod rows;
 mod target;
 
+pub use context::layer_weights;
 pub use done::{Done, DoneKey};
 pub use target::{discover, External, Target};
 

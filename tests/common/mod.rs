@@ -51,3 +51,9 @@ pub fn tiny_mlp_run(root: &Path, name: &str, extra: &[&str]) -> PathBuf {
 pub fn assert_close(got: f64, want: f64, tol: f64, what: &str) {
     assert!((got - want).abs() <= tol, "{what}: got {got}, want {want} (tol {tol})");
 }
+
+/// Rows of a metrics table written by the given analyzers.
+pub fn rows_of(t: &lintrace::tables::Table, analyzers: &[&str]) -> usize {
+    let ai = t.column_index("analyzer").expect("analyzer column");
+    t.rows.iter().filter(|r| r[ai].as_str().is_some_and(|a| analyzers.contains(&a))).count()
+}
