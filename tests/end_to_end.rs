@@ -166,3 +166,54 @@ fn a_new_final_checkpoint_recomputes_only_cka_to_final() {
     };
     assert_eq!(keep(&before), keep(&after));
 }
+
+#[test]
+fn partly_linear_surrogates_and_teacher_targets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let main = tiny_mlp_run(tmp.path(), "main", &[]);
+    // A partly linear surrogate (taps 0..=1 linear) trained on the main
+    // network's final predictions.
+    let teacher = format!("teacher:{}", main.display());
+    let sur = tiny_mlp_run(tmp.path(), "plin", &["--linear-taps", "0,1", "--targets", &teacher]);
+    let m = lintrace::run::RunManifest::read(&sur).unwrap();
+    assert_eq!(m.config.targets, teacher);
+    assert_eq!(m.spec["linear_taps"], serde_json::json!([0, 1]));
+
+    let same = format!("{}@same", sur.display());
+    run_ok(
+        analyze_bin()
+            .arg(&main)
+            .args(["--quiet", "--device", "cpu", "--analyzers", "mu", "--surrogate", "linear", "--surrogate"])
+            .arg(&sur)
+            .arg("--surrogate")
+            .arg(&same),
+    );
+    let model = Table::read(&main.join("analysis/model_metrics.parquet"), "model_metrics").unwrap();
+    let (si, mi, ni, pi) = (
+        model.column_index("surrogate").unwrap(),
+        model.column_index("metric").unwrap(),
+        model.column_index("n_samples").unwrap(),
+        model.column_index("split").unwrap(),
+    );
+    let mus: Vec<(&str, i64, &str)> = model
+        .rows
+        .iter()
+        .filter(|r| r[mi].as_str() == Some("mu"))
+        .map(|r| (r[si].as_str().unwrap(), r[ni].as_i64().unwrap(), r[pi].as_str().unwrap()))
+        .collect();
+    // 11 checkpoints × 3 surrogates, on the whole 128-sample test split.
+    assert_eq!(mus.len(), 33);
+    for name in ["linear", "plin@20", "plin@same"] {
+        assert_eq!(mus.iter().filter(|m| m.0 == name).count(), 11, "{name}");
+    }
+    assert!(mus.iter().all(|m| m.1 == 128 && m.2 == "test"));
+
+    let out = train_bin()
+        .args(["--model", "mlp", "--dataset", "sinusoid-2d", "--steps", "2", "--quiet", "--targets", "teacher:/no/such/run"])
+        .arg("--out")
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("/no/such/run"), "{}", stderr(&out));
+}

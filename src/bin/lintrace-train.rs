@@ -116,6 +116,9 @@ struct Args {
     /// Also checkpoint every N steps.
     #[arg(long)]
     ckpt_every: Option<u64>,
+    /// labels | teacher:CHECKPOINT_OR_RUN (train on a teacher's predictions).
+    #[arg(long)]
+    targets: Option<String>,
     /// Runs root.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -230,6 +233,7 @@ fn resolve(a: &Args) -> Result<TrainConfig> {
     set!(ckpt_per_decade = a.ckpt_per_decade);
     set!(ckpt_per_octave = a.ckpt_per_octave);
     set!(ckpt_every = a.ckpt_every);
+    set!(targets = a.targets.clone());
     set!(out = a.out.clone());
     set!(name = a.name.clone());
     c.check()?;

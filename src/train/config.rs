@@ -56,6 +56,10 @@ pub struct TrainConfig {
     pub ckpt_per_octave: f64,
     /// Also checkpoint every N steps (0 = off).
     pub ckpt_every: u64,
+    /// What the network is trained to predict: `labels`, or
+    /// `teacher:PATH` (a checkpoint file or run folder: its final checkpoint's
+    /// argmax predictions on the training split replace the labels).
+    pub targets: String,
     /// Runs root.
     pub out: PathBuf,
     /// Run id; empty = a readable name plus a short config hash.
@@ -99,6 +103,7 @@ impl Default for TrainConfig {
             ckpt_per_decade: 8.0,
             ckpt_per_octave: 0.0,
             ckpt_every: 0,
+            targets: "labels".into(),
             out: PathBuf::from("runs"),
             name: String::new(),
         }
@@ -181,6 +186,9 @@ impl TrainConfig {
         }
         if self.steps == 0 && !(self.epochs > 0.0) {
             bail!("give steps > 0 or epochs > 0");
+        }
+        if self.targets != "labels" && !self.targets.starts_with("teacher:") {
+            bail!("targets must be 'labels' or 'teacher:CHECKPOINT_OR_RUN', got '{}'", self.targets);
         }
         if self.probe_size == 0 {
             bail!("probe_size must be positive");

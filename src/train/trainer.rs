@@ -30,7 +30,10 @@ pub struct TrainOptions {
 /// Trains one run and returns its directory.
 pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<PathBuf> {
     cfg.check()?;
-    let data = data::load(&cfg.data)?;
+    let mut data = data::load(&cfg.data)?;
+    if let Some(teacher) = cfg.targets.strip_prefix("teacher:") {
+        relabel_with_teacher(&mut data, teacher, &opts.device)?;
+    }
     let spec = cfg.model_spec(&data.sample_shape, data.classes.len())?;
     let run_id = cfg.run_id();
     let run_dir = cfg.out.join(&run_id);
@@ -225,6 +228,27 @@ impl<'a> Loop<'a> {
         let y: Vec<u32> = idx.iter().map(|&i| self.data.train.y[i]).collect();
         Ok((Tensor::from_vec(x, shape, &self.device)?, Tensor::from_vec(y, idx.len(), &self.device)?))
     }
+}
+
+/// Replaces the training labels by a teacher network's predictions
+/// (Pinson et al.'s surrogates trained on the final network's outputs).
+fn relabel_with_teacher(data: &mut Dataset, teacher: &str, device: &Device) -> Result<()> {
+    use crate::surrogate::{self, EvalSet, Source};
+    let path = match Source::parse(teacher).with_context(|| format!("targets teacher:{teacher}"))? {
+        Source::Checkpoint(p) => p,
+        Source::Run { dir, same_step: false } => surrogate::final_checkpoint(&dir)?,
+        _ => bail!("targets teacher:{teacher}: expected a checkpoint file or a run folder"),
+    };
+    let (_, model) = surrogate::load_checkpoint(&path, device)?;
+    let train =
+        EvalSet { split: "train".into(), x: data.train.x.clone(), sample_shape: data.sample_shape.clone(), y: vec![0; data.train.len()] };
+    let pred = surrogate::predict(&model, &train, 512, device)
+        .with_context(|| format!("{}: teacher does not fit this dataset", path.display()))?;
+    if pred.iter().any(|&p| p >= data.classes.len()) {
+        bail!("{}: teacher predicts classes outside this dataset's {}", path.display(), data.classes.len());
+    }
+    data.train.y = pred.into_iter().map(|p| p as u32).collect();
+    Ok(())
 }
 
 /// Random crop after zero-padding by H/8 (4 pixels on 32×32), then a
