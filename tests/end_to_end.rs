@@ -69,12 +69,14 @@ fn train_analyze_read_back() {
     assert_eq!(before[0], after[0]);
     assert_eq!(before[1], after[1]);
 
-    // A selected analyzer with --force recomputes only its own rows.
-    run_ok(analyze_bin().arg(&a).args(["--quiet", "--device", "cpu", "--force", "--analyzers", "performance"]));
-    let again = Table::read(&a.join("analysis/layer_metrics.parquet"), "layer_metrics").unwrap();
-    assert_eq!(again.rows.len(), 0, "--force starts the tables afresh with only the selected analyzers");
-    run_ok(analyze_bin().arg(&a).args(["--quiet", "--device", "cpu"]));
-    assert_eq!(Table::read(&a.join("analysis/layer_metrics.parquet"), "layer_metrics").unwrap().rows, layer.rows);
+    // --force with a selected analyzer recomputes only its rows and keeps
+    // every other analyzer's.
+    let out = run_ok(analyze_bin().arg(&a).args(["--quiet", "--device", "cpu", "--force", "--analyzers", "performance"]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("analysed 11 checkpoints"));
+    assert_eq!(table_bytes(&a)[0], before[0], "layer rows untouched");
+    let out = run_ok(analyze_bin().arg(&a).args(["--quiet", "--device", "cpu"]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("analysed 0 checkpoints"));
+    assert_eq!(Table::read(&a.join("analysis/model_metrics.parquet"), "model_metrics").unwrap().rows, model.rows);
 }
 
 #[test]

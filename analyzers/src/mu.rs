@@ -22,6 +22,8 @@ pub struct SurrogatePredictions {
     /// (accuracy, samples) of the surrogate on the data it was trained on,
     /// when the driver knows it (the `linear` surrogate).
     pub train_accuracy: Option<(f64, u64)>,
+    /// (accuracy, samples) of the surrogate on the probe, when known.
+    pub probe_accuracy: Option<(f64, u64)>,
 }
 
 impl Analyzer for Mu {
@@ -35,7 +37,16 @@ impl Analyzer for Mu {
         "plug-in μ_Y(F;S) = I(F;Y) − I(F;Y|S) in bits against each surrogate, on the held-out split"
     }
     fn metrics(&self) -> &'static [&'static str] {
-        &["mu", "i_f_y", "i_f_y_given_s", "agreement", "surrogate_accuracy", "surrogate_train_accuracy"]
+        &[
+            "mu",
+            "i_f_y",
+            "i_f_y_given_s",
+            "agreement",
+            "surrogate_accuracy",
+            "network_accuracy",
+            "surrogate_train_accuracy",
+            "surrogate_probe_accuracy",
+        ]
     }
     fn needs(&self) -> Needs {
         Needs { surrogates: true, ..Needs::default() }
@@ -66,8 +77,14 @@ impl Accumulator for MuAcc {
             out.push(tag(MetricValue::model("i_f_y_given_s", r.map(|r| r.i_f_y_given_s))));
             out.push(tag(MetricValue::model("agreement", r.map(|r| r.agreement))));
             out.push(tag(MetricValue::model("surrogate_accuracy", r.map(|r| r.surrogate_accuracy))));
+            let n = sp.f.len();
+            let f_acc = (n > 0).then(|| sp.f.iter().zip(&sp.y).filter(|(a, b)| a == b).count() as f64 / n as f64);
+            out.push(tag(MetricValue::model("network_accuracy", f_acc)));
             if let Some((acc, n)) = sp.train_accuracy {
                 out.push(MetricValue::model("surrogate_train_accuracy", Some(acc)).with_surrogate(&sp.name).with_samples(n, "train"));
+            }
+            if let Some((acc, n)) = sp.probe_accuracy {
+                out.push(MetricValue::model("surrogate_probe_accuracy", Some(acc)).with_surrogate(&sp.name).with_samples(n, "probe"));
             }
         }
         Ok(Finished::values(out))

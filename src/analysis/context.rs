@@ -23,6 +23,7 @@ struct Fixed {
     name: String,
     predictions: Vec<usize>,
     train_accuracy: Option<(f64, u64)>,
+    probe_accuracy: Option<(f64, u64)>,
 }
 
 #[derive(Default)]
@@ -140,10 +141,15 @@ impl TargetContext {
                         ));
                         continue;
                     }
+                    let p = &target.probe;
+                    let on_probe = m.predict(&p.inputs, p.len());
+                    let probe_acc =
+                        on_probe.iter().zip(&p.labels).filter(|(a, b)| **a as i64 == **b).count() as f64 / p.len().max(1) as f64;
                     self.fixed.push(Fixed {
                         name: "linear".into(),
                         predictions: m.predict(&eval.x, eval.len()),
                         train_accuracy: Some((m.train_accuracy, d.train.len() as u64)),
+                        probe_accuracy: Some((probe_acc, p.len() as u64)),
                     });
                 }
                 Source::Checkpoint(path) => {
@@ -152,6 +158,7 @@ impl TargetContext {
                         name,
                         predictions: surrogate::predict(&model, &eval, opts.chunk_size, dev)?,
                         train_accuracy: None,
+                        probe_accuracy: None,
                     });
                 }
                 Source::Run { dir, same_step: false } => {
@@ -160,6 +167,7 @@ impl TargetContext {
                         name,
                         predictions: surrogate::predict(&model, &eval, opts.chunk_size, dev)?,
                         train_accuracy: None,
+                        probe_accuracy: None,
                     });
                 }
                 Source::Run { dir, same_step: true } => self.same_step.push((dir.clone(), surrogate::run_id(dir)?)),
@@ -183,6 +191,7 @@ impl TargetContext {
                 s: s.predictions.clone(),
                 y: eval.y.clone(),
                 train_accuracy: s.train_accuracy,
+                probe_accuracy: s.probe_accuracy,
             })
             .collect();
         for (dir, run_id) in &self.same_step {
@@ -198,6 +207,7 @@ impl TargetContext {
                 s: surrogate::predict(&m, eval, chunk, dev)?,
                 y: eval.y.clone(),
                 train_accuracy: None,
+                probe_accuracy: None,
             });
         }
         Ok(out)

@@ -127,8 +127,25 @@ fn analyze_target(
     report: &mut Report,
 ) -> Result<()> {
     let probe_hash = target.probe.hash.clone();
-    let mut done = if opts.force { Done::default() } else { Done::read(&target.out_dir)? };
-    let mut existing = rows::Existing::read(&target.out_dir, opts.force)?;
+    // --force recomputes the selected analyzers and keeps every other
+    // analyzer's rows; only tables that cannot be read are started afresh.
+    let (mut done, mut existing) = match (Done::read(&target.out_dir), rows::Existing::read(&target.out_dir)) {
+        (Ok(d), Ok(e)) => (d, e),
+        (d, e) if opts.force => {
+            let why = d.err().or(e.err()).map(|e| format!("{e:#}")).unwrap_or_default();
+            report.notes.push(format!("{}: starting its tables afresh (--force): {why}", target.run_id));
+            (Done::default(), rows::Existing::empty())
+        }
+        (d, e) => {
+            d?;
+            e?;
+            unreachable!("one of the two failed")
+        }
+    };
+    if opts.force {
+        let names: Vec<&str> = selected.iter().map(|a| a.name()).collect();
+        done.entries.retain(|k| !names.contains(&k.analyzer.as_str()));
+    }
     let final_step = target.checkpoints.iter().filter_map(|p| target.step_of(p)).max();
     let surrogate_key = format!("{}|{}", opts.surrogates.join(","), opts.mu_split);
     let key = |a: &dyn Analyzer, step: u64| DoneKey {

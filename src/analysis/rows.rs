@@ -15,17 +15,21 @@ pub struct Existing {
     model: Table,
 }
 
-fn read_or_new(dir: &Path, table: &str, force: bool) -> Result<Table> {
+fn read_or_new(dir: &Path, table: &str) -> Result<Table> {
     let path = dir.join(format!("{table}.parquet"));
-    if force || !path.exists() {
+    if !path.exists() {
         return Ok(Table::new(table));
     }
     Table::read(&path, table).context("existing table is unreadable (delete it, or pass --force to recompute everything)")
 }
 
 impl Existing {
-    pub fn read(dir: &Path, force: bool) -> Result<Self> {
-        Ok(Existing { layer: read_or_new(dir, LAYER, force)?, model: read_or_new(dir, MODEL, force)? })
+    pub fn read(dir: &Path) -> Result<Self> {
+        Ok(Existing { layer: read_or_new(dir, LAYER)?, model: read_or_new(dir, MODEL)? })
+    }
+
+    pub fn empty() -> Self {
+        Existing { layer: Table::new(LAYER), model: Table::new(MODEL) }
     }
 
     /// Drops every row of (step, analyzer), whatever its version or probe,
