@@ -134,9 +134,11 @@ pub trait Analyzer: Send + Sync {
 }
 
 pub trait Accumulator: Send {
-    /// Sees each probe chunk in order (analyzers that need only extras
-    /// ignore it).
-    fn observe(&mut self, chunk: &Chunk<'_>) -> Result<(), AnalyzerError>;
+    /// Sees each probe chunk in order; analyzers that need only extras keep
+    /// this default.
+    fn observe(&mut self, _chunk: &Chunk<'_>) -> Result<(), AnalyzerError> {
+        Ok(())
+    }
     fn finish(self: Box<Self>, extras: &Extras<'_>) -> Result<Finished, AnalyzerError>;
 }
 

@@ -4,7 +4,7 @@
 //! gets its `cka_to_final` rows recomputed.
 
 use crate::analyzer::{Accumulator, Analyzer, AnalyzerError, Extras, Finished, MetricValue, Needs};
-use crate::capture::{Chunk, ModelInfo};
+use crate::capture::ModelInfo;
 use crate::gram::cka;
 
 pub struct CkaTime;
@@ -35,9 +35,6 @@ impl Analyzer for CkaTime {
 struct CkaAcc;
 
 impl Accumulator for CkaAcc {
-    fn observe(&mut self, _chunk: &Chunk<'_>) -> Result<(), AnalyzerError> {
-        Ok(())
-    }
     fn finish(self: Box<Self>, extras: &Extras<'_>) -> Result<Finished, AnalyzerError> {
         let grams =
             extras.grams.ok_or(AnalyzerError::NotApplicable { analyzer: NAME, message: "no Gram matrices were supplied".into() })?;

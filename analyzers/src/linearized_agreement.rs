@@ -5,7 +5,7 @@
 //! intact network on the probe.
 
 use crate::analyzer::{Accumulator, Analyzer, AnalyzerError, Extras, Finished, MetricValue, Needs};
-use crate::capture::{Chunk, Matrix, ModelInfo};
+use crate::capture::{Matrix, ModelInfo};
 use crate::info::mu;
 use crate::performance::{argmax, cross_entropy};
 
@@ -124,9 +124,6 @@ fn metric_name(kind: VariantKind, what: &str) -> &'static str {
 }
 
 impl Accumulator for LinAcc {
-    fn observe(&mut self, _chunk: &Chunk<'_>) -> Result<(), AnalyzerError> {
-        Ok(())
-    }
     fn finish(self: Box<Self>, extras: &Extras<'_>) -> Result<Finished, AnalyzerError> {
         let v =
             extras.variants.ok_or(AnalyzerError::NotApplicable { analyzer: NAME, message: "no variant logits were supplied".into() })?;

@@ -2,7 +2,7 @@
 //! and its parts for every surrogate the driver supplies predictions of.
 
 use crate::analyzer::{Accumulator, Analyzer, AnalyzerError, Extras, Finished, MetricValue, Needs};
-use crate::capture::{Chunk, ModelInfo};
+use crate::capture::ModelInfo;
 use crate::info;
 
 pub struct Mu;
@@ -61,9 +61,6 @@ struct MuAcc {
 }
 
 impl Accumulator for MuAcc {
-    fn observe(&mut self, _chunk: &Chunk<'_>) -> Result<(), AnalyzerError> {
-        Ok(())
-    }
     fn finish(self: Box<Self>, extras: &Extras<'_>) -> Result<Finished, AnalyzerError> {
         if extras.surrogates.is_empty() {
             return Err(AnalyzerError::NotApplicable { analyzer: NAME, message: "no surrogate was given".into() });

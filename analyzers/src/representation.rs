@@ -2,7 +2,7 @@
 //! post-activations over the probe.
 
 use crate::analyzer::{Accumulator, Analyzer, AnalyzerError, Extras, Finished, MetricValue, Needs};
-use crate::capture::{Chunk, ModelInfo};
+use crate::capture::ModelInfo;
 use crate::gram::effective_rank;
 
 pub struct Representation;
@@ -33,9 +33,6 @@ impl Analyzer for Representation {
 struct RepAcc;
 
 impl Accumulator for RepAcc {
-    fn observe(&mut self, _chunk: &Chunk<'_>) -> Result<(), AnalyzerError> {
-        Ok(())
-    }
     fn finish(self: Box<Self>, extras: &Extras<'_>) -> Result<Finished, AnalyzerError> {
         let grams =
             extras.grams.ok_or(AnalyzerError::NotApplicable { analyzer: NAME, message: "no Gram matrices were supplied".into() })?;

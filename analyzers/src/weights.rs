@@ -2,7 +2,7 @@
 //! moved from initialisation.
 
 use crate::analyzer::{Accumulator, Analyzer, AnalyzerError, Extras, Finished, MetricValue, Needs};
-use crate::capture::{Chunk, LayerWeights, ModelInfo};
+use crate::capture::{LayerWeights, ModelInfo};
 use faer::MatRef;
 
 pub struct Weights;
@@ -44,10 +44,6 @@ pub fn frobenius(w: &LayerWeights) -> f64 {
 }
 
 impl Accumulator for WeightsAcc {
-    fn observe(&mut self, _chunk: &Chunk<'_>) -> Result<(), AnalyzerError> {
-        Ok(())
-    }
-
     fn finish(self: Box<Self>, extras: &Extras<'_>) -> Result<Finished, AnalyzerError> {
         let Some(weights) = extras.weights else {
             return Err(AnalyzerError::NotApplicable { analyzer: NAME, message: "no weights were supplied".into() });

@@ -6,12 +6,13 @@
 #   2. Pinson et al. (2024): partly linear surrogates S_k (taps 0..k linear,
 #      trained on the main network's final predictions), mu(F_t; S_k) over
 #      time; and the post-hoc view from linearized_agreement.
-# Usage: examples/recipes/seed_experiments.sh [RUNS_ROOT] [CIFAR10_TAR_OR_DIR] [STEPS]
+# Usage: examples/recipes/seed_experiments.sh [RUNS_ROOT] [CIFAR10_TAR_OR_DIR] [STEPS] [SURROGATE_STEPS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=${1:-runs/seed}
 DATA=${2:-../shared/data/cifar10-jpeg.tar.gz}
 STEPS=${3:-1500}
+SUR_STEPS=${4:-$STEPS}
 cargo build --release -q --bin lintrace-train --bin lintrace-analyze
 TRAIN=target/release/lintrace-train
 ANALYZE=target/release/lintrace-analyze
@@ -21,7 +22,7 @@ $TRAIN --config $CFG --data-dir "$DATA" --steps "$STEPS" --out "$ROOT" --name ma
 surrogates=(--surrogate linear)
 for k in 0 1 2; do
   taps=$(seq -s, 0 "$k")
-  $TRAIN --config $CFG --data-dir "$DATA" --steps "$STEPS" --out "$ROOT" --name "plin-k$k" \
+  $TRAIN --config $CFG --data-dir "$DATA" --steps "$SUR_STEPS" --out "$ROOT" --name "plin-k$k" \
     --linear-taps "$taps" --targets "teacher:$ROOT/main" --overwrite
   surrogates+=(--surrogate "$ROOT/plin-k$k")
 done

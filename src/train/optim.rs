@@ -52,11 +52,13 @@ impl Optimizer {
         self.t += 1;
         let (b1, b2) = self.betas;
         for (i, var) in self.vars.iter().enumerate() {
-            let Some(g) = grads.get(var) else { continue };
+            // Detached, so that momentum and Adam buffers built from it do not
+            // chain every step's autograd graph (and its activations) together.
+            let Some(g) = grads.get(var).map(|g| g.detach()) else { continue };
             let p = var.as_tensor().detach();
             let wd = self.weight_decay;
             // L2 decay enters the gradient for all but AdamW.
-            let g = if wd != 0.0 && self.kind != OptimizerKind::Adamw { (g + (&p * wd)?)? } else { g.clone() };
+            let g = if wd != 0.0 && self.kind != OptimizerKind::Adamw { (g + (&p * wd)?)? } else { g };
             let new = match self.kind {
                 OptimizerKind::Sgd => (&p - (&g * lr)?)?,
                 OptimizerKind::Momentum => {
