@@ -12,12 +12,18 @@ pub fn fixture(rel: &str) -> PathBuf {
     repo().join("fixtures").join(rel)
 }
 
+/// Tests keep their decoded-data and surrogate caches out of the user's.
+fn with_test_cache(mut c: Command) -> Command {
+    c.env("LINTRACE_CACHE", std::env::temp_dir().join("lintrace-test-cache"));
+    c
+}
+
 pub fn train_bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_lintrace-train"))
+    with_test_cache(Command::new(env!("CARGO_BIN_EXE_lintrace-train")))
 }
 
 pub fn analyze_bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_lintrace-analyze"))
+    with_test_cache(Command::new(env!("CARGO_BIN_EXE_lintrace-analyze")))
 }
 
 pub fn run_ok(cmd: &mut Command) -> Output {
