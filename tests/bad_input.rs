@@ -178,3 +178,21 @@ fn an_existing_run_is_not_overwritten_by_accident() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("run already exists"));
 }
+
+#[test]
+fn an_unreadable_table_is_reported_and_force_starts_afresh() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tiny_mlp_run(tmp.path(), "r", &[]);
+    run_ok(analyze_bin().arg(&run).args(["--quiet", "--device", "cpu", "--analyzers", "performance"]));
+    let table = run.join("analysis/layer_metrics.parquet");
+    std::fs::write(&table, b"PAR1 truncated").unwrap();
+    let out = analyze_bin().arg(&run).args(["--quiet", "--device", "cpu", "--analyzers", "performance"]).output().unwrap();
+    no_panic(&out);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("layer_metrics.parquet") && err.contains("unreadable"), "{err}");
+    run_ok(analyze_bin().arg(&run).args(["--quiet", "--device", "cpu", "--analyzers", "performance", "--force"]));
+    let model = Table::read(&run.join("analysis/model_metrics.parquet"), "model_metrics").unwrap();
+    assert_eq!(rows_of(&model, &["performance"]), 11 * 2);
+    Table::read(&table, "layer_metrics").unwrap();
+}

@@ -129,18 +129,14 @@ fn analyze_target(
     let probe_hash = target.probe.hash.clone();
     // --force recomputes the selected analyzers and keeps every other
     // analyzer's rows; only tables that cannot be read are started afresh.
-    let (mut done, mut existing) = match (Done::read(&target.out_dir), rows::Existing::read(&target.out_dir)) {
-        (Ok(d), Ok(e)) => (d, e),
-        (d, e) if opts.force => {
-            let why = d.err().or(e.err()).map(|e| format!("{e:#}")).unwrap_or_default();
-            report.notes.push(format!("{}: starting its tables afresh (--force): {why}", target.run_id));
+    let loaded = Done::read(&target.out_dir).and_then(|d| Ok((d, rows::Existing::read(&target.out_dir)?)));
+    let (mut done, mut existing) = match loaded {
+        Ok(v) => v,
+        Err(e) if opts.force => {
+            report.notes.push(format!("{}: starting its tables afresh (--force): {e:#}", target.run_id));
             (Done::default(), rows::Existing::empty())
         }
-        (d, e) => {
-            d?;
-            e?;
-            unreachable!("one of the two failed")
-        }
+        Err(e) => return Err(e),
     };
     if opts.force {
         let names: Vec<&str> = selected.iter().map(|a| a.name()).collect();
