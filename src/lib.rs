@@ -11,10 +11,14 @@ pub mod data;
 pub mod device;
 pub mod init;
 pub mod model;
+pub mod plot;
 pub mod probe;
+pub mod query;
+pub mod report;
 pub mod run;
 pub mod spec;
 pub mod surrogate;
+pub mod sweep;
 pub mod tables;
 pub mod train;
 

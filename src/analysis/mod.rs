@@ -6,6 +6,7 @@ pub mod capture;
 pub mod context;
 mod done;
 mod rows;
+pub mod runs_table;
 mod target;
 
 pub use context::layer_weights;
@@ -84,7 +85,12 @@ pub fn select_analyzers(names: &[String]) -> Result<Vec<Box<dyn Analyzer>>> {
 /// Analyses every target; a failing checkpoint is reported and the others
 /// go on. Errors returned here are set-up errors (bad options).
 pub fn analyze(targets: &[Target], opts: &AnalyzeOptions) -> Result<Report> {
-    let selected = select_analyzers(&opts.analyzers)?;
+    analyze_with(targets, select_analyzers(&opts.analyzers)?, opts)
+}
+
+/// [`analyze`] with the given analyzers instead of `opts.analyzers` (for
+/// analyzers that are not registered, e.g. a newer version under test).
+pub fn analyze_with(targets: &[Target], selected: Vec<Box<dyn Analyzer>>, opts: &AnalyzeOptions) -> Result<Report> {
     if !["test", "probe"].contains(&opts.mu_split.as_str()) {
         bail!("--mu-split must be test or probe, got '{}'", opts.mu_split);
     }

@@ -1,11 +1,12 @@
 //! What to analyse: a trainer run directory, every run under a runs root, or
 //! a bare folder of checkpoints written elsewhere (with a spec and a probe).
 
+use super::runs_table::{self, RunRow};
 use crate::checkpoint::{self, CheckpointMeta};
 use crate::probe::{self, Probe};
 use crate::run::{self, RunManifest};
 use crate::spec::ModelSpec;
-use crate::tables::{flatten::flatten, Table, Value};
+use crate::tables::Table;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -169,32 +170,27 @@ impl Target {
         params + activations + state + grams + blocks + (self.probe.inputs.len() as u64 * 4)
     }
 
+    /// Writes this run's row of the `runs` table, with its final model
+    /// metrics as analysed so far.
     pub fn write_runs_table(&self) -> Result<()> {
-        let mut table = Table::new("runs");
-        let (status, version, fingerprint, config) = match &self.origin {
+        let row = match &self.origin {
             Origin::Run(m) => {
-                (m.status.as_str().to_string(), m.lintrace_version.clone(), m.dataset.fingerprint.clone(), serde_json::to_value(&m.config)?)
+                let sweep = self.out_dir.parent().and_then(|d| runs_table::sweep_of(d, &self.run_id));
+                RunRow::from_manifest(m, sweep)
             }
-            Origin::External => (
-                "external".into(),
-                env!("CARGO_PKG_VERSION").into(),
-                "unknown".into(),
-                serde_json::json!({ "spec": serde_json::from_str::<serde_json::Value>(&self.spec.to_json())? }),
-            ),
+            Origin::External => RunRow {
+                run_id: self.run_id.clone(),
+                status: "external".into(),
+                lintrace_version: Some(env!("CARGO_PKG_VERSION").into()),
+                probe_hash: Some(self.probe.hash.clone()),
+                n_parameters: Some(self.spec.num_parameters() as i64),
+                n_taps: Some(self.spec.num_taps() as i32),
+                config: serde_json::json!({ "spec": serde_json::from_str::<serde_json::Value>(&self.spec.to_json())? }),
+                ..Default::default()
+            },
         };
-        let flat = flatten("config.", &config);
-        table.extra = flat.iter().map(|(n, t, _)| (n.clone(), *t)).collect();
-        let mut row = vec![
-            Value::Str(self.run_id.clone()),
-            Value::Str(status),
-            Value::Str(version),
-            Value::Str(fingerprint),
-            Value::Str(self.probe.hash.clone()),
-            Value::I64(self.spec.num_parameters() as i64),
-            Value::I32(self.spec.num_taps() as i32),
-        ];
-        row.extend(flat.into_iter().map(|(_, _, v)| v));
-        table.push(row);
-        table.write(&self.out_dir.join("runs.parquet"))
+        let model = self.out_dir.join("model_metrics.parquet");
+        let row = if model.is_file() { row.with_finals(&Table::read(&model, "model_metrics")?) } else { row };
+        runs_table::table(&[row]).write(&self.out_dir.join("runs.parquet"))
     }
 }

@@ -4,13 +4,29 @@
 use anyhow::Result;
 use clap::Parser;
 use lintrace::analysis::{self, AnalyzeOptions, External};
+use lintrace::sweep::Sweep;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "lintrace-analyze", version, about = "Compute per-layer nonlinearity metrics for every checkpoint of one or more runs")]
+#[command(
+    name = "lintrace-analyze",
+    version,
+    about = "Compute per-layer nonlinearity metrics for every checkpoint of one or more runs; query, plot and report them",
+    args_conflicts_with_subcommands = true
+)]
 struct Args {
-    /// Run folders, runs roots, or (with --spec/--probe) folders of checkpoints.
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    /// Run folders, sweep folders, runs roots, or (with --spec/--probe)
+    /// folders of checkpoints.
     paths: Vec<PathBuf>,
+    /// Sweep folders: analyse only these runs (indices or run ids,
+    /// comma-separated), as a Slurm array task does.
+    #[arg(long)]
+    only: Option<String>,
+    /// Sweep folders: only (re)write the sweep's runs.parquet.
+    #[arg(long, conflicts_with = "only")]
+    collect: bool,
     /// Comma-separated analyzer names (default: all registered).
     #[arg(long, value_delimiter = ',')]
     analyzers: Vec<String>,
@@ -53,9 +69,132 @@ struct Args {
     quiet: bool,
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum Cmd {
+    /// Run polars SQL over the tables of a sweep, runs root or run
+    /// (layer_metrics, model_metrics, runs, train_log).
+    Query {
+        dir: PathBuf,
+        sql: String,
+        /// Write the result to a .csv or .parquet file instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Query tables computed on different probe batches together.
+        #[arg(long)]
+        allow_mixed_probes: bool,
+    },
+    /// Draw a figure to OUT.png and OUT.svg.
+    Plot {
+        #[command(subcommand)]
+        figure: Figure,
+    },
+    /// Write a self-contained HTML report (figures and tables) for a folder.
+    Report {
+        dir: PathBuf,
+        /// Default: DIR/report.html
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Figure {
+    /// Depth × log-step heatmap of a layer metric for one run.
+    Heatmap {
+        dir: PathBuf,
+        #[arg(long)]
+        metric: String,
+        /// Needed when several analyzers write the metric.
+        #[arg(long)]
+        analyzer: Option<String>,
+        /// The run (when DIR holds several).
+        #[arg(long)]
+        run: Option<String>,
+        /// Output path without extension.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// A grid of heatmaps: one panel per run, or per value of a config key.
+    Facet {
+        dir: PathBuf,
+        #[arg(long)]
+        metric: String,
+        #[arg(long)]
+        analyzer: Option<String>,
+        /// Config key to facet by (e.g. lr); runs sharing a value are averaged.
+        #[arg(long)]
+        by: Option<String>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// A model metric over log steps: one line per run or per value of a config key.
+    Lines {
+        dir: PathBuf,
+        #[arg(long)]
+        metric: String,
+        #[arg(long)]
+        analyzer: Option<String>,
+        /// Only rows against this surrogate (default: a line per surrogate).
+        #[arg(long)]
+        surrogate: Option<String>,
+        #[arg(long)]
+        by: Option<String>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn command_main(cmd: &Cmd) -> Result<i32> {
+    use lintrace::plot::{self, figures};
+    match cmd {
+        Cmd::Query { dir, sql, out, allow_mixed_probes } => {
+            let mut df = lintrace::query::run(dir, sql, *allow_mixed_probes)?;
+            match out {
+                Some(path) => {
+                    lintrace::query::write(&mut df, path)?;
+                    println!("wrote {} rows to {}", df.height(), path.display());
+                }
+                None => {
+                    // Show whole results unless the user set polars' own limits.
+                    for (k, v) in [("POLARS_FMT_MAX_ROWS", "50"), ("POLARS_FMT_MAX_COLS", "30"), ("POLARS_FMT_STR_LEN", "60")] {
+                        if std::env::var_os(k).is_none() {
+                            std::env::set_var(k, v);
+                        }
+                    }
+                    println!("{df}");
+                }
+            }
+        }
+        Cmd::Plot { figure } => {
+            let (png, svg) = match figure {
+                Figure::Heatmap { dir, metric, analyzer, run, out } => {
+                    plot::save(&figures::heatmap(dir, run.as_deref(), metric, analyzer.as_deref())?, out)?
+                }
+                Figure::Facet { dir, metric, analyzer, by, out } => {
+                    plot::save(&figures::facet(dir, metric, analyzer.as_deref(), by.as_deref())?, out)?
+                }
+                Figure::Lines { dir, metric, analyzer, surrogate, by, out } => {
+                    plot::save(&figures::lines(dir, metric, analyzer.as_deref(), surrogate.as_deref(), by.as_deref())?, out)?
+                }
+            };
+            println!("wrote {} and {}", png.display(), svg.display());
+        }
+        Cmd::Report { dir, out } => {
+            let out = out.clone().unwrap_or_else(|| dir.join("report.html"));
+            let n = lintrace::report::write(dir, &out)?;
+            println!("wrote {} ({n} figures)", out.display());
+        }
+    }
+    Ok(0)
+}
+
 fn main() {
     let args = Args::parse();
-    match real_main(&args) {
+    let result = match &args.command {
+        Some(cmd) => command_main(cmd),
+        None => real_main(&args),
+    };
+    match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -73,7 +212,26 @@ fn real_main(args: &Args) -> Result<i32> {
         return Ok(0);
     }
     if args.paths.is_empty() {
-        anyhow::bail!("give at least one run folder or runs root (see --help)");
+        anyhow::bail!("give at least one run folder, sweep folder or runs root (see --help)");
+    }
+    let sweeps: Vec<Sweep> = args.paths.iter().filter(|p| Sweep::is_sweep_dir(p)).map(|p| Sweep::load(p)).collect::<Result<_>>()?;
+    if (args.only.is_some() || args.collect) && (sweeps.len() != 1 || args.paths.len() != 1) {
+        anyhow::bail!("--only and --collect take one sweep folder");
+    }
+    if args.collect {
+        let path = analysis::runs_table::write_sweep_table(&sweeps[0])?;
+        println!("wrote {}", path.display());
+        return Ok(0);
+    }
+    // A sweep's runs are its subfolders; --only narrows them to some.
+    let paths: Vec<PathBuf> = match (&args.only, sweeps.first()) {
+        (Some(only), Some(s)) => s.select(only)?.into_iter().map(|r| s.run_dir(r)).collect(),
+        _ => args.paths.clone(),
+    };
+    for p in &paths {
+        if !p.exists() && args.only.is_some() {
+            anyhow::bail!("{}: this run has not been trained yet", p.display());
+        }
     }
     let opts = AnalyzeOptions {
         analyzers: args.analyzers.clone(),
@@ -93,7 +251,14 @@ fn real_main(args: &Args) -> Result<i32> {
         probe: args.probe.clone().expect("clap requires probe"),
         run_id: args.run_id.clone(),
     });
-    let (targets, mut failures) = analysis::discover(&args.paths, external.as_ref())?;
+    let (targets, mut failures) = match analysis::discover(&paths, external.as_ref()) {
+        Ok(v) => v,
+        // A sweep with nothing trained yet still gets its (pending) table.
+        Err(_) if !sweeps.is_empty() && args.only.is_none() && sweeps.iter().all(|s| s.runs.iter().all(|r| !s.run_dir(r).exists())) => {
+            (Vec::new(), Vec::new())
+        }
+        Err(e) => return Err(e),
+    };
     let start = std::time::Instant::now();
     let mut report = analysis::analyze(&targets, &opts)?;
     failures.append(&mut report.failures);
@@ -117,8 +282,18 @@ fn real_main(args: &Args) -> Result<i32> {
         start.elapsed().as_secs_f64(),
         failures.len()
     );
-    for t in &targets {
-        println!("tables: {}/{{layer_metrics,model_metrics,runs}}.parquet", t.out_dir.display());
+    if args.only.is_none() {
+        for s in &sweeps {
+            match analysis::runs_table::write_sweep_table(s) {
+                Ok(p) => println!("sweep table: {}", p.display()),
+                Err(e) => failures.push((s.dir.clone(), format!("{e:#}"))),
+            }
+        }
+    }
+    if targets.len() <= 3 {
+        for t in &targets {
+            println!("tables: {}/{{layer_metrics,model_metrics,runs}}.parquet", t.out_dir.display());
+        }
     }
     if let Some(t) = targets.first() {
         println!(

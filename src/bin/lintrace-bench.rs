@@ -51,7 +51,7 @@ fn real_main(args: &Args) -> Result<()> {
     cfg.out = args.out.clone();
     cfg.name = "bench".into();
     let t = Instant::now();
-    let dir = train::train(&cfg, &TrainOptions { overwrite: true, quiet: true, device: candle_core::Device::Cpu })?;
+    let dir = train::train(&cfg, &TrainOptions { overwrite: true, resume: false, quiet: true, device: candle_core::Device::Cpu })?;
     let total = t.elapsed().as_secs_f64();
     let log = Table::read(&dir.join("train_log.parquet"), "train_log")?;
     let (wi, si) = (log.column_index("wall_seconds").context("wall")?, log.column_index("samples_seen").context("samples")?);

@@ -15,9 +15,12 @@ use std::path::PathBuf;
     name = "lintrace-train",
     version,
     about = "Train a model and write log-spaced safetensors checkpoints",
-    args_override_self = true
+    args_override_self = true,
+    args_conflicts_with_subcommands = true
 )]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Cmd>,
     /// TOML file with any of the config keys (flags override it).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -126,8 +129,12 @@ struct Args {
     #[arg(long)]
     name: Option<String>,
     /// Replace an existing run with the same id.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     overwrite: bool,
+    /// Continue an interrupted run of the same config from its last
+    /// checkpoint (a finished one is left as it is).
+    #[arg(long)]
+    resume: bool,
     /// auto | cpu | cuda
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -137,6 +144,92 @@ struct Args {
     /// Print the resolved config as TOML and exit.
     #[arg(long)]
     print_config: bool,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Cmd {
+    /// Expand a sweep file into runs and train them (see the README's Sweeps section).
+    Sweep(SweepArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct SweepArgs {
+    /// The sweep's TOML file, or a sweep folder written before (its sweep.json).
+    path: PathBuf,
+    /// Runs trained at once.
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// Threads per run (default: the cores divided among the jobs).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Train only these runs (indices or run ids, comma-separated), in this
+    /// process: what a Slurm array task runs.
+    #[arg(long)]
+    only: Option<String>,
+    /// Write job scripts instead of training: `slurm`.
+    #[arg(long)]
+    emit: Option<String>,
+    /// Folder for the sweep (overrides the file's `out`).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print the runs and their status, train nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// auto | cpu | cuda
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+fn sweep_main(a: &SweepArgs) -> Result<i32> {
+    use lintrace::sweep::{self, local, Sweep};
+    let s = Sweep::open(&a.path, a.out.as_deref())?;
+    s.write()?;
+    if a.dry_run {
+        println!("sweep {} → {} ({} runs)", s.name, s.dir.display(), s.runs.len());
+        for r in &s.runs {
+            println!("{:>4}  {:<12} {}", r.index, local::run_status(&s, r), r.run_id);
+        }
+        return Ok(0);
+    }
+    if let Some(what) = &a.emit {
+        if what != "slurm" {
+            anyhow::bail!("--emit: unknown target '{what}' (expected slurm)");
+        }
+        let exe = std::env::current_exe().context("cannot find this program's path")?;
+        let bin_dir = exe.parent().context("cannot find this program's folder")?;
+        let e = sweep::slurm::emit(&s, bin_dir)?;
+        println!("wrote {}, {}, {}", e.train.display(), e.analyze.display(), e.collect.display());
+        println!("submit with: {}", e.submit.display());
+        return Ok(0);
+    }
+    if let Some(only) = &a.only {
+        let runs = s.select(only)?;
+        sweep::train_in_process(&s, &runs, &device::select(&a.device)?, a.quiet)?;
+        return Ok(0);
+    }
+    let exe = std::env::current_exe().context("cannot find this program's path")?;
+    let runs: Vec<_> = s.runs.iter().collect();
+    let opts = local::LocalOptions { jobs: a.jobs, threads: a.threads, device: a.device.clone(), quiet: a.quiet };
+    let outcomes = local::run(&s, &runs, &opts, &exe)?;
+    let failed: Vec<_> = outcomes.iter().filter(|(_, o)| matches!(o, local::Outcome::Failed { .. })).collect();
+    let fresh = outcomes.iter().filter(|(_, o)| matches!(o, local::Outcome::Finished { .. })).count();
+    println!(
+        "sweep {}: {} runs, {} trained now, {} finished before, {} failed → {}",
+        s.name,
+        outcomes.len(),
+        fresh,
+        outcomes.len() - fresh - failed.len(),
+        failed.len(),
+        s.dir.display()
+    );
+    for (id, o) in &failed {
+        if let local::Outcome::Failed { message, log } = o {
+            eprintln!("error: {id}: {message} (log: {})", log.display());
+        }
+    }
+    Ok(if failed.is_empty() { 0 } else { 1 })
 }
 
 fn list<T: std::str::FromStr>(what: &str, s: &str) -> Result<Vec<T>> {
@@ -242,9 +335,16 @@ fn resolve(a: &Args) -> Result<TrainConfig> {
 
 fn main() {
     let args = Args::parse();
-    if let Err(e) = real_main(&args) {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+    let result = match &args.command {
+        Some(Cmd::Sweep(s)) => sweep_main(s),
+        None => real_main(&args).map(|()| 0),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
     }
 }
 
@@ -254,7 +354,7 @@ fn real_main(args: &Args) -> Result<()> {
         print!("{}", toml::to_string(&cfg).context("cannot render config")?);
         return Ok(());
     }
-    let opts = TrainOptions { overwrite: args.overwrite, quiet: args.quiet, device: device::select(&args.device)? };
+    let opts = TrainOptions { overwrite: args.overwrite, resume: args.resume, quiet: args.quiet, device: device::select(&args.device)? };
     let start = std::time::Instant::now();
     let dir = train::train(&cfg, &opts)?;
     let manifest = lintrace::run::RunManifest::read(&dir)?;

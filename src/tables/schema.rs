@@ -50,7 +50,11 @@ pub struct ColumnDef {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ExtraColumns {
-    pub prefix: String,
+    /// v1 schemas name one prefix, later ones a list.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub prefixes: Vec<String>,
     pub types: Vec<ColumnType>,
     pub nullable: bool,
 }
@@ -70,6 +74,7 @@ const FILES: &[(&str, &str)] = &[
     ("layer_metrics.v2.json", include_str!("../../schemas/layer_metrics.v2.json")),
     ("model_metrics.v1.json", include_str!("../../schemas/model_metrics.v1.json")),
     ("runs.v1.json", include_str!("../../schemas/runs.v1.json")),
+    ("runs.v2.json", include_str!("../../schemas/runs.v2.json")),
     ("train_log.v1.json", include_str!("../../schemas/train_log.v1.json")),
 ];
 
@@ -130,7 +135,7 @@ impl TableSchema {
         }
         for field in &fields[self.columns.len()..] {
             let ok = self.extra_columns.as_ref().is_some_and(|x| {
-                field.name().starts_with(&x.prefix)
+                x.prefix.iter().chain(&x.prefixes).any(|p| field.name().starts_with(p.as_str()))
                     && ColumnType::from_arrow(field.data_type()).is_some_and(|t| x.types.contains(&t))
                     && field.is_nullable() == x.nullable
             });

@@ -119,6 +119,11 @@ impl TrainConfig {
 
     pub fn from_toml(text: &str) -> Result<Self> {
         let table: toml::Table = toml::from_str(text).context("malformed TOML")?;
+        Self::from_table(table)
+    }
+
+    /// Defaults overlaid with the keys of a TOML table; unknown keys are an error.
+    pub fn from_table(table: toml::Table) -> Result<Self> {
         let known = Self::keys();
         if let Some(bad) = table.keys().find(|k| !known.contains(k.as_str())) {
             bail!("unknown config key '{bad}'");

@@ -3,6 +3,7 @@
 pub mod config;
 pub mod optim;
 pub mod schedule;
+pub mod state;
 pub mod steps;
 mod trainer;
 

@@ -48,6 +48,34 @@ impl Optimizer {
         Optimizer { kind, vars, weight_decay, momentum, betas: (0.9, 0.999), eps: 1e-8, m: vec![None; n], v: vec![None; n], t: 0 }
     }
 
+    /// The buffers by parameter name (`names[i]` is `vars[i]`'s), for the
+    /// train state file.
+    pub fn buffers(&self, names: &[String]) -> crate::train::state::Buffers {
+        let mut b = crate::train::state::Buffers::default();
+        for (i, name) in names.iter().enumerate() {
+            if let Some(Some(m)) = self.m.get(i) {
+                b.m.insert(name.clone(), m.clone());
+            }
+            if let Some(Some(v)) = self.v.get(i) {
+                b.v.insert(name.clone(), v.clone());
+            }
+        }
+        b
+    }
+
+    pub fn updates_taken(&self) -> i32 {
+        self.t
+    }
+
+    /// Puts back buffers saved by [`Optimizer::buffers`] after `t` updates.
+    pub fn restore(&mut self, names: &[String], mut buffers: crate::train::state::Buffers, t: i32) {
+        for (i, name) in names.iter().enumerate() {
+            self.m[i] = buffers.m.remove(name);
+            self.v[i] = buffers.v.remove(name);
+        }
+        self.t = t;
+    }
+
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
         self.t += 1;
         let (b1, b2) = self.betas;

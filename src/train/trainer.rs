@@ -9,6 +9,7 @@ use crate::run::{self, DatasetInfo, RunManifest, Status};
 use crate::tables::{Table, Value};
 use crate::train::config::TrainConfig;
 use crate::train::optim::Optimizer;
+use crate::train::state::{self, Buffers, Position};
 use crate::train::steps::checkpoint_steps;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
@@ -23,26 +24,74 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 pub struct TrainOptions {
     /// Replace an existing run directory of the same id.
     pub overwrite: bool,
+    /// An existing run of the same config is continued from its last
+    /// checkpoint (or left alone when finished) instead of refused.
+    pub resume: bool,
     pub quiet: bool,
     pub device: Device,
+}
+
+/// What was found where a run is about to be trained.
+enum Previous {
+    Nothing,
+    Finished,
+    Interrupted(Box<RunManifest>),
+}
+
+/// Checks an existing run folder against the config about to be trained.
+fn previous_run(run_dir: &Path, cfg: &TrainConfig) -> Result<Previous> {
+    if !run::is_run_dir(run_dir) {
+        // Killed before its manifest was written: nothing worth keeping.
+        return Ok(Previous::Nothing);
+    }
+    let m = RunManifest::read(run_dir)?;
+    if let Some(key) = config_difference(&m.config, cfg) {
+        bail!("{}: exists with a different config ('{key}' differs); use --overwrite to replace it, or another name", run_dir.display());
+    }
+    Ok(match m.status {
+        Status::Finished => Previous::Finished,
+        _ => Previous::Interrupted(Box::new(m)),
+    })
+}
+
+/// The first config key (other than where the runs live) in which two configs differ.
+fn config_difference(a: &TrainConfig, b: &TrainConfig) -> Option<String> {
+    let (mut a, mut b) = (a.clone(), b.clone());
+    a.out = PathBuf::new();
+    b.out = PathBuf::new();
+    let (ja, jb) = (serde_json::to_value(&a).ok()?, serde_json::to_value(&b).ok()?);
+    match (ja, jb) {
+        (serde_json::Value::Object(ma), serde_json::Value::Object(mb)) => {
+            ma.iter().find(|(k, v)| mb.get(*k) != Some(v)).map(|(k, _)| k.clone()).or_else(|| (ma.len() != mb.len()).then(|| "?".into()))
+        }
+        _ => None,
+    }
 }
 
 /// Trains one run and returns its directory.
 pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<PathBuf> {
     cfg.check()?;
+    let run_id = cfg.run_id();
+    let run_dir = cfg.out.join(&run_id);
+    let mut previous = None;
+    if run_dir.exists() {
+        if opts.overwrite {
+            std::fs::remove_dir_all(&run_dir).with_context(|| format!("{}: cannot remove", run_dir.display()))?;
+        } else if opts.resume {
+            match previous_run(&run_dir, cfg)? {
+                Previous::Finished => return Ok(run_dir),
+                Previous::Interrupted(m) => previous = Some(*m),
+                Previous::Nothing => std::fs::remove_dir_all(&run_dir).with_context(|| format!("{}: cannot remove", run_dir.display()))?,
+            }
+        } else {
+            bail!("{}: run already exists (use --overwrite to replace it, or --name for another id)", run_dir.display());
+        }
+    }
     let mut data = data::load(&cfg.data)?;
     if let Some(teacher) = cfg.targets.strip_prefix("teacher:") {
         relabel_with_teacher(&mut data, teacher, &opts.device)?;
     }
     let spec = cfg.model_spec(&data.sample_shape, data.classes.len())?;
-    let run_id = cfg.run_id();
-    let run_dir = cfg.out.join(&run_id);
-    if run_dir.exists() {
-        if !opts.overwrite {
-            bail!("{}: run already exists (use --overwrite to replace it, or --name for another id)", run_dir.display());
-        }
-        std::fs::remove_dir_all(&run_dir).with_context(|| format!("{}: cannot remove", run_dir.display()))?;
-    }
     std::fs::create_dir_all(run::checkpoint_dir(&run_dir)).with_context(|| format!("{}: cannot create", run_dir.display()))?;
 
     let n_train = data.train.len();
@@ -50,38 +99,53 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<PathBuf> {
     let ckpt_steps = checkpoint_steps(total, cfg.spacing(), cfg.ckpt_every);
 
     let probe = probe::draw(&data.test, &data.sample_shape, cfg.probe_size, cfg.probe_seed, &data.name, "test");
-    probe::save(&run_dir.join(run::PROBE), &probe)?;
+    if let Some(m) = &previous {
+        if m.probe_hash != probe.hash || m.dataset.fingerprint != data.fingerprint {
+            bail!("{}: cannot resume: its data or probe no longer match (was the dataset changed?)", run_dir.display());
+        }
+    } else {
+        probe::save(&run_dir.join(run::PROBE), &probe)?;
+    }
 
-    let mut manifest = RunManifest {
-        run_id: run_id.clone(),
-        status: Status::Running,
-        lintrace_version: env!("CARGO_PKG_VERSION").into(),
-        config: cfg.clone(),
-        spec: serde_json::from_str(&spec.to_json())?,
-        n_parameters: spec.num_parameters(),
-        n_taps: spec.num_taps(),
-        dataset: DatasetInfo {
-            name: data.name.clone(),
-            fingerprint: data.fingerprint.clone(),
-            classes: data.classes.clone(),
-            sample_shape: data.sample_shape.clone(),
-            n_train,
-            n_test: data.test.len(),
-            normalisation: data.normalisation.clone(),
+    // A resumable run continues from its train state; without one (killed
+    // before the first checkpoint) it starts over.
+    let resume = match &previous {
+        Some(_) if run_dir.join(state::FILE).is_file() => Some(state::load(&run_dir, &opts.device)?),
+        _ => None,
+    };
+    let mut manifest = match previous {
+        Some(m) => RunManifest { status: Status::Running, error: None, ..m },
+        None => RunManifest {
+            run_id: run_id.clone(),
+            status: Status::Running,
+            lintrace_version: env!("CARGO_PKG_VERSION").into(),
+            config: cfg.clone(),
+            spec: serde_json::from_str(&spec.to_json())?,
+            n_parameters: spec.num_parameters(),
+            n_taps: spec.num_taps(),
+            dataset: DatasetInfo {
+                name: data.name.clone(),
+                fingerprint: data.fingerprint.clone(),
+                classes: data.classes.clone(),
+                sample_shape: data.sample_shape.clone(),
+                n_train,
+                n_test: data.test.len(),
+                normalisation: data.normalisation.clone(),
+            },
+            probe_hash: probe.hash.clone(),
+            probe_size: probe.len(),
+            total_steps: total,
+            steps_done: 0,
+            checkpoint_steps: ckpt_steps.clone(),
+            started_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            wall_seconds: 0.0,
+            error: None,
         },
-        probe_hash: probe.hash.clone(),
-        probe_size: probe.len(),
-        total_steps: total,
-        steps_done: 0,
-        checkpoint_steps: ckpt_steps.clone(),
-        started_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-        wall_seconds: 0.0,
-        error: None,
     };
     manifest.write(&run_dir)?;
 
     let result = Loop::new(cfg, &data, &spec, &run_dir, &run_id, &opts.device)
-        .and_then(|mut l| l.run(total, &ckpt_steps.iter().copied().collect(), opts.quiet, &mut manifest));
+        .and_then(|mut l| l.run(total, &ckpt_steps.iter().copied().collect(), opts.quiet, &mut manifest, resume));
     match result {
         Ok(()) => {
             manifest.status = Status::Finished;
@@ -95,6 +159,11 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<PathBuf> {
             Err(e)
         }
     }
+}
+
+/// Test hook: exit abruptly after this many steps, as a killed job would.
+fn abort_after_step() -> Option<u64> {
+    std::env::var("LINTRACE_ABORT_AFTER_STEP").ok()?.parse().ok()
 }
 
 struct Loop<'a> {
@@ -148,38 +217,68 @@ impl<'a> Loop<'a> {
         self.log.write(&self.run_dir.join(run::TRAIN_LOG))
     }
 
-    fn run(&mut self, total: u64, ckpts: &BTreeSet<u64>, quiet: bool, manifest: &mut RunManifest) -> Result<()> {
+    fn run(
+        &mut self,
+        total: u64,
+        ckpts: &BTreeSet<u64>,
+        quiet: bool,
+        manifest: &mut RunManifest,
+        resume: Option<(Position, Buffers)>,
+    ) -> Result<()> {
         let cfg = self.cfg;
         let n = self.data.train.len();
         let mut opt = Optimizer::new(cfg.optimizer, self.vars.clone(), cfg.weight_decay, cfg.momentum);
         let mut aug_rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed_a06e);
+        let mut pos =
+            Position { step: 0, samples_seen: 0, epoch: 0, cursor: 0, aug_word_pos: String::new(), optimizer_t: 0, wall_seconds: 0.0 };
+        let mut order: Vec<usize> = Vec::new();
+        match resume {
+            None => {
+                self.save_checkpoint(0, 0)?;
+                self.save_state(&pos, &opt, &aug_rng)?;
+            }
+            Some((saved, buffers)) => {
+                self.restore_weights(saved.step)?;
+                opt.restore(&self.names, buffers, saved.optimizer_t);
+                aug_rng.set_word_pos(saved.aug_word_pos.parse().context("train state: bad augmentation position")?);
+                if saved.epoch > 0 {
+                    order = self.order(saved.epoch - 1);
+                }
+                let log_path = self.run_dir.join(run::TRAIN_LOG);
+                if log_path.is_file() {
+                    self.log = Table::read(&log_path, "train_log")?;
+                    let si = self.log.column_index("step").expect("step column");
+                    self.log.rows.retain(|r| r[si].as_i64().is_some_and(|s| s <= saved.step as i64));
+                }
+                pos = saved;
+            }
+        }
+        let abort_after = abort_after_step();
         let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(total) };
         bar.set_style(
             ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps {per_sec} {msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
+        bar.set_position(pos.step);
         let start = Instant::now();
-        let mut samples_seen: u64 = 0;
-        self.save_checkpoint(0, 0)?;
-        let mut order: Vec<usize> = Vec::new();
-        let mut cursor = 0;
-        let mut epoch = 0u64;
-        for step in 1..=total {
-            if cursor >= order.len() {
-                order = (0..n).collect();
-                order.shuffle(&mut ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(epoch)));
-                cursor = 0;
-                epoch += 1;
+        let wall0 = pos.wall_seconds;
+        for step in pos.step + 1..=total {
+            if pos.cursor >= order.len() {
+                order = self.order(pos.epoch);
+                pos.cursor = 0;
+                pos.epoch += 1;
             }
-            let idx = &order[cursor..(cursor + cfg.batch_size).min(n)];
-            cursor += idx.len();
+            let idx = &order[pos.cursor..(pos.cursor + cfg.batch_size).min(n)];
+            pos.cursor += idx.len();
             let (x, y) = self.batch(idx, &mut aug_rng)?;
             let logits = self.model.logits(&x)?;
             let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
             let grads = loss.backward()?;
             let lr = cfg.lr_schedule.lr(cfg.lr, step, total, cfg.warmup_steps);
             opt.step(&grads, lr)?;
-            samples_seen += idx.len() as u64;
+            pos.samples_seen += idx.len() as u64;
+            pos.step = step;
+            pos.wall_seconds = wall0 + start.elapsed().as_secs_f64();
 
             let loss_v = loss.to_scalar::<f32>()? as f64;
             let correct = logits.argmax(1)?.eq(&y)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? as f64;
@@ -189,26 +288,56 @@ impl<'a> Loop<'a> {
             self.log.push(vec![
                 Value::Str(self.run_id.to_string()),
                 Value::I64(step as i64),
-                Value::F64(samples_seen as f64 / n as f64),
+                Value::F64(pos.samples_seen as f64 / n as f64),
                 Value::opt_f64(Some(loss_v)),
                 Value::opt_f64(Some(correct / idx.len() as f64)),
                 Value::F64(lr),
-                Value::I64(samples_seen as i64),
-                Value::F64(start.elapsed().as_secs_f64()),
+                Value::I64(pos.samples_seen as i64),
+                Value::F64(pos.wall_seconds),
             ]);
             bar.set_position(step);
             bar.set_message(format!("loss {loss_v:.4}"));
             if ckpts.contains(&step) {
-                self.save_checkpoint(step, samples_seen)?;
+                self.save_checkpoint(step, pos.samples_seen)?;
+                self.save_state(&pos, &opt, &aug_rng)?;
                 manifest.steps_done = step;
-                manifest.wall_seconds = start.elapsed().as_secs_f64();
+                manifest.wall_seconds = pos.wall_seconds;
                 manifest.write(self.run_dir)?;
+            }
+            if abort_after == Some(step) {
+                bar.finish_and_clear();
+                eprintln!("LINTRACE_ABORT_AFTER_STEP: stopping abruptly after step {step}");
+                std::process::exit(75);
             }
         }
         bar.finish_and_clear();
         manifest.steps_done = total;
-        manifest.wall_seconds = start.elapsed().as_secs_f64();
+        manifest.wall_seconds = pos.wall_seconds;
         self.log.write(&self.run_dir.join(run::TRAIN_LOG))
+    }
+
+    /// The data order of epoch `epoch` (0-based): a fixed function of the
+    /// seed, so a resumed run draws the same batches.
+    fn order(&self, epoch: u64) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.data.train.len()).collect();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(self.cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(epoch)));
+        order
+    }
+
+    fn save_state(&self, pos: &Position, opt: &Optimizer, aug_rng: &ChaCha8Rng) -> Result<()> {
+        let pos = Position { aug_word_pos: aug_rng.get_word_pos().to_string(), optimizer_t: opt.updates_taken(), ..pos.clone() };
+        state::save(self.run_dir, &pos, &opt.buffers(&self.names))
+    }
+
+    /// Loads the weights of the checkpoint at `step` into the variables.
+    fn restore_weights(&self, step: u64) -> Result<()> {
+        let path = run::checkpoint_dir(self.run_dir).join(checkpoint::file_name(step));
+        let loaded = checkpoint::load(&path, None).context("cannot resume")?;
+        for (name, var) in self.names.iter().zip(&self.vars) {
+            let t = loaded.tensors.get(name).ok_or_else(|| anyhow::anyhow!("{}: tensor '{name}' is missing", path.display()))?;
+            var.set(&t.to_device(&self.device)?)?;
+        }
+        Ok(())
     }
 
     /// Gathers a batch (with augmentation if asked) onto the device.

@@ -32,7 +32,8 @@ def check(path, table):
         assert x is not None, (path, "unexpected columns", extra)
         allowed = {DTYPES[t] for t in x["types"]}
         for name in extra:
-            assert name.startswith(x["prefix"]), (path, name)
+            prefixes = x.get("prefixes") or [x["prefix"]]
+            assert any(name.startswith(p) for p in prefixes), (path, name)
             assert df.schema[name] in allowed, (path, name, df.schema[name])
     # Floats are never NaN: undefined values are null.
     for name, dt in df.schema.items():

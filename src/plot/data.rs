@@ -1,0 +1,133 @@
+//! What the figures draw, read from the tables under a sweep folder, runs
+//! root or run folder (the same files `query` registers).
+
+use crate::query::find_tables;
+use crate::tables::{Table, Value};
+use anyhow::{bail, Result};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+#[derive(Debug, Clone)]
+pub struct LayerPoint {
+    pub run_id: String,
+    pub step: i64,
+    pub tap: usize,
+    pub layer_name: String,
+    pub analyzer: String,
+    pub metric: String,
+    pub value: Option<f64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelPoint {
+    pub run_id: String,
+    pub step: i64,
+    pub analyzer: String,
+    pub surrogate: Option<String>,
+    pub metric: String,
+    pub value: Option<f64>,
+}
+
+/// Every table of one kind under `root`, as read by lintrace's own reader.
+fn tables(root: &Path, name: &str) -> Result<Vec<Table>> {
+    let files = find_tables(root)?;
+    files.get(name).map(|v| v.iter().map(|p| Table::read(p, name)).collect()).unwrap_or_else(|| Ok(Vec::new()))
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::Str(s) => s.clone(),
+        Value::I32(x) => x.to_string(),
+        Value::I64(x) => x.to_string(),
+        Value::F64(x) => x.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Null => "null".into(),
+    }
+}
+
+pub fn layer_points(root: &Path) -> Result<Vec<LayerPoint>> {
+    let mut out = Vec::new();
+    for t in tables(root, "layer_metrics")? {
+        let c = |n: &str| t.column_index(n).expect("layer_metrics column");
+        let (ri, si, ti, li, ai, mi, vi) = (c("run_id"), c("step"), c("tap"), c("layer_name"), c("analyzer"), c("metric"), c("value"));
+        for r in &t.rows {
+            out.push(LayerPoint {
+                run_id: text(&r[ri]),
+                step: r[si].as_i64().unwrap_or(0),
+                tap: r[ti].as_i64().unwrap_or(0).max(0) as usize,
+                layer_name: text(&r[li]),
+                analyzer: text(&r[ai]),
+                metric: text(&r[mi]),
+                value: r[vi].as_f64(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+pub fn model_points(root: &Path) -> Result<Vec<ModelPoint>> {
+    let mut out = Vec::new();
+    for t in tables(root, "model_metrics")? {
+        let c = |n: &str| t.column_index(n).expect("model_metrics column");
+        let (ri, si, ai, ui, mi, vi) = (c("run_id"), c("step"), c("analyzer"), c("surrogate"), c("metric"), c("value"));
+        for r in &t.rows {
+            out.push(ModelPoint {
+                run_id: text(&r[ri]),
+                step: r[si].as_i64().unwrap_or(0),
+                analyzer: text(&r[ai]),
+                surrogate: r[ui].as_str().map(str::to_string),
+                metric: text(&r[mi]),
+                value: r[vi].as_f64(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Each run's value of config key `by` (`lr`, `dataset`, … or a full
+/// column name such as `config.lr`), as text; runs without it are left out.
+pub fn run_groups(root: &Path, by: &str) -> Result<BTreeMap<String, String>> {
+    let col = if by.starts_with("config.") { by.to_string() } else { format!("config.{by}") };
+    let mut out = BTreeMap::new();
+    let mut seen_column = false;
+    for t in tables(root, "runs")? {
+        let Some(ci) = t.column_index(&col) else { continue };
+        seen_column = true;
+        let ri = t.column_index("run_id").expect("run_id column");
+        for r in &t.rows {
+            out.insert(text(&r[ri]), text(&r[ci]));
+        }
+    }
+    if !seen_column {
+        bail!("{}: no runs table has a column '{col}' (run lintrace-analyze first; group by a config key)", root.display());
+    }
+    Ok(out)
+}
+
+/// Picks the analyzer of `metric` when the caller did not: it must be unique.
+pub fn resolve_analyzer<'a>(metric: &str, analyzer: Option<&str>, available: impl Iterator<Item = (&'a str, &'a str)>) -> Result<String> {
+    let analyzers: BTreeSet<&str> = available.filter(|(_, m)| *m == metric).map(|(a, _)| a).collect();
+    match analyzer {
+        Some(a) if analyzers.contains(a) => Ok(a.to_string()),
+        Some(a) => bail!("analyzer '{a}' wrote no '{metric}' rows (found it from: {})", list(&analyzers)),
+        None if analyzers.len() == 1 => Ok(analyzers.iter().next().expect("one").to_string()),
+        None if analyzers.is_empty() => bail!("no rows of metric '{metric}' (is the metric name right, and was the run analysed?)"),
+        None => bail!("metric '{metric}' comes from several analyzers ({}); pick one with --analyzer", list(&analyzers)),
+    }
+}
+
+fn list(s: &BTreeSet<&str>) -> String {
+    if s.is_empty() {
+        "none".into()
+    } else {
+        s.iter().copied().collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// Orders group labels numerically when they are numbers.
+pub fn sort_labels(labels: &mut [String]) {
+    labels.sort_by(|a, b| match (a.parse::<f64>(), b.parse::<f64>()) {
+        (Ok(x), Ok(y)) => x.partial_cmp(&y).unwrap_or(std::cmp::Ordering::Equal),
+        _ => a.cmp(b),
+    });
+}

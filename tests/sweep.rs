@@ -1,0 +1,260 @@
+//! Sweeps end to end: expansion, parallel and resumable training, the
+//! sweep-level runs table, SQL queries, the Python query examples, figures
+//! and the report.
+
+mod common;
+
+use common::*;
+use lintrace::tables::{Table, Value};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const BASE: &str = r#"
+[base]
+model = "mlp"
+width = 16
+depth = 3
+dataset = "sinusoid-2d"
+n_train = 256
+n_test = 128
+steps = 20
+batch_size = 32
+probe_size = 64
+"#;
+
+fn write_sweep(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, format!("name = \"{name}\"\n{BASE}{body}")).unwrap();
+    path
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push((p.clone(), std::fs::read(&p).unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn column(t: &Table, name: &str) -> Vec<Value> {
+    let i = t.column_index(name).unwrap_or_else(|| panic!("no column {name}"));
+    t.rows.iter().map(|r| r[i].clone()).collect()
+}
+
+#[test]
+fn a_sweep_trains_in_parallel_shares_its_probe_and_joins_in_queries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = write_sweep(tmp.path(), "grid", "[grid]\nlr = [0.05, 0.2]\nseed = [0, 1]\n");
+    let out = tmp.path().join("sweeps");
+    let dir = out.join("grid");
+    let o = run_ok(train_bin().args(["sweep"]).arg(&file).arg("--out").arg(&out).args(["--jobs", "2", "--quiet"]));
+    assert!(stdout(&o).contains("4 runs, 4 trained now, 0 finished before, 0 failed"), "{}", stdout(&o));
+    let ids = ["grid__lr-0.05__seed-0", "grid__lr-0.05__seed-1", "grid__lr-0.2__seed-0", "grid__lr-0.2__seed-1"];
+    let mut probes = Vec::new();
+    for id in ids {
+        let m = lintrace::run::RunManifest::read(&dir.join(id)).unwrap();
+        assert_eq!(m.status, lintrace::run::Status::Finished, "{id}");
+        probes.push(m.probe_hash);
+        assert!(dir.join("logs").join(format!("{id}.log")).is_file());
+    }
+    assert!(probes.iter().all(|p| *p == probes[0]), "every run of a sweep has the same probe");
+    let sweep = lintrace::sweep::Sweep::load(&dir).unwrap();
+    assert_eq!(sweep.runs.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), ids);
+
+    // Finished runs are skipped: nothing is retrained or rewritten.
+    let before = files_under(&dir.join(ids[0]));
+    let o = run_ok(train_bin().arg("sweep").arg(&dir).args(["--jobs", "2", "--quiet"]));
+    assert!(stdout(&o).contains("0 trained now, 4 finished before"), "{}", stdout(&o));
+    assert_eq!(files_under(&dir.join(ids[0])), before);
+
+    // Analysis of the sweep folder writes the sweep-level runs table.
+    run_ok(analyze_bin().arg(&dir).args(["--analyzers", "performance,activation_regime,unit_linear_fit", "--device", "cpu", "--quiet"]));
+    let runs = Table::read(&dir.join("runs.parquet"), "runs").unwrap();
+    assert_eq!(runs.rows.len(), 4);
+    assert_eq!(column(&runs, "run_id"), ids.iter().map(|s| Value::Str(s.to_string())).collect::<Vec<_>>());
+    assert!(column(&runs, "sweep_id").iter().all(|v| *v == Value::Str("grid".into())));
+    assert!(column(&runs, "status").iter().all(|v| *v == Value::Str("finished".into())));
+    assert_eq!(column(&runs, "config.lr"), [0.05, 0.05, 0.2, 0.2].map(Value::F64).to_vec());
+    assert!(column(&runs, "final_step").iter().all(|v| *v == Value::I64(20)));
+    let acc = column(&runs, "final.performance.accuracy");
+    assert!(acc.iter().all(|v| v.as_f64().is_some_and(|a| (0.0..=1.0).contains(&a))), "{acc:?}");
+
+    // SQL over the registered tables, checked against the tables themselves.
+    let csv = tmp.path().join("q.csv");
+    let sql = r#"SELECT r."config.lr" AS lr, COUNT(*) AS n, AVG(l.value) AS mean_active
+                 FROM layer_metrics l JOIN runs r ON l.run_id = r.run_id
+                 WHERE l.metric = 'frac_active' GROUP BY r."config.lr" ORDER BY lr"#;
+    run_ok(analyze_bin().arg("query").arg(&dir).arg(sql).arg("--out").arg(&csv));
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "lr,n,mean_active");
+    let mut want_n = 0;
+    let mut sum = 0.0;
+    for id in &ids[..2] {
+        let t = Table::read(&dir.join(id).join("analysis/layer_metrics.parquet"), "layer_metrics").unwrap();
+        let (mi, vi) = (t.column_index("metric").unwrap(), t.column_index("value").unwrap());
+        for r in t.rows.iter().filter(|r| r[mi].as_str() == Some("frac_active")) {
+            want_n += 1;
+            sum += r[vi].as_f64().unwrap();
+        }
+    }
+    let first: Vec<&str> = lines[1].split(',').collect();
+    assert_eq!(first[0], "0.05");
+    assert_eq!(first[1].parse::<usize>().unwrap(), want_n);
+    assert_close(first[2].parse::<f64>().unwrap(), sum / want_n as f64, 1e-9, "mean frac_active at lr 0.05");
+    assert_eq!(lines.len(), 3);
+    let printed = run_ok(analyze_bin().arg("query").arg(&dir).arg("SELECT run_id, status FROM runs ORDER BY run_id"));
+    assert!(stdout(&printed).contains("grid__lr-0.2__seed-1"), "{}", stdout(&printed));
+    let pq = tmp.path().join("q.parquet");
+    run_ok(analyze_bin().arg("query").arg(&dir).arg("SELECT step, loss FROM train_log WHERE step <= 5").arg("--out").arg(&pq));
+    assert!(std::fs::metadata(&pq).unwrap().len() > 0);
+    let bad = analyze_bin().arg("query").arg(&dir).arg("SELEKT nonsense").output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).starts_with("error: SQL:"), "{}", stderr(&bad));
+
+    // The Python query examples answer the study's questions on this sweep.
+    for script in ["first_nonlinear_step.py", "final_metrics_by_axis.py", "linear_phase.py"] {
+        let o = Command::new("python3").arg(repo().join("examples/queries").join(script)).arg(&dir).output().expect("python3 runs");
+        assert!(o.status.success(), "{script}: {}", stderr(&o));
+        assert!(!o.stdout.is_empty(), "{script} printed nothing");
+    }
+
+    // Figures and the report from this sweep.
+    let stem = tmp.path().join("facet");
+    run_ok(
+        analyze_bin()
+            .args(["plot", "facet"])
+            .arg(&dir)
+            .args(["--metric", "nonlinearity", "--analyzer", "unit_linear_fit", "--by", "lr", "--out"])
+            .arg(&stem),
+    );
+    assert!(stem.with_extension("png").is_file() && stem.with_extension("svg").is_file());
+    run_ok(analyze_bin().arg("report").arg(&dir));
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(html.contains("<svg") && html.contains("grid__lr-0.2__seed-1") && !html.contains("<script"));
+    assert!(html.contains("id=\"layer-unit_linear_fit-nonlinearity\"") && html.contains("id=\"model-performance-accuracy\""));
+}
+
+#[test]
+fn an_interrupted_run_resumes_to_the_same_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = write_sweep(tmp.path(), "resume", "[grid]\noptimizer = [\"adam\", \"momentum\"]\n");
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    run_ok(train_bin().arg("sweep").arg(&file).arg("--out").arg(&a).arg("--quiet"));
+
+    // Kill both runs of b between checkpoints (the hook exits as a kill would).
+    for i in ["0", "1"] {
+        let o = train_bin()
+            .arg("sweep")
+            .arg(&file)
+            .arg("--out")
+            .arg(&b)
+            .args(["--only", i, "--quiet"])
+            .env("LINTRACE_ABORT_AFTER_STEP", "15")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(75), "{}", stderr(&o));
+    }
+    let sweep = lintrace::sweep::Sweep::load(&b.join("resume")).unwrap();
+    for r in &sweep.runs {
+        let m = lintrace::run::RunManifest::read(&sweep.run_dir(r)).unwrap();
+        assert_eq!(m.status, lintrace::run::Status::Running);
+        assert!(m.steps_done < 15 && m.steps_done > 0, "the last checkpoint is before the interruption: {}", m.steps_done);
+    }
+    let o = run_ok(train_bin().arg("sweep").arg(&file).arg("--out").arg(&b).arg("--quiet"));
+    assert!(stdout(&o).contains("2 trained now"), "{}", stdout(&o));
+
+    for r in &sweep.runs {
+        let (ra, rb) = (a.join("resume").join(&r.run_id), b.join("resume").join(&r.run_id));
+        let (fa, fb) = (files_under(&ra.join("checkpoints")), files_under(&rb.join("checkpoints")));
+        assert_eq!(fa.len(), fb.len());
+        for ((pa, ba), (_, bb)) in fa.iter().zip(&fb) {
+            assert!(ba == bb, "{}: resumed checkpoint differs from the uninterrupted one", pa.display());
+        }
+        // The optimizer state matches too (all but the wall-clock time in it).
+        let state = |d: &Path| {
+            let (pos, buffers) = lintrace::train::state::load(d, &candle_core::Device::Cpu).unwrap();
+            let bits = |m: &std::collections::HashMap<String, candle_core::Tensor>| {
+                let mut v: Vec<(String, Vec<u32>)> = m
+                    .iter()
+                    .map(|(k, t)| (k.clone(), t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect()))
+                    .collect();
+                v.sort();
+                v
+            };
+            (lintrace::train::state::Position { wall_seconds: 0.0, ..pos }, bits(&buffers.m), bits(&buffers.v))
+        };
+        let (sa, sb) = (state(&ra), state(&rb));
+        assert!(!sa.1.is_empty(), "momentum/first-moment buffers are saved");
+        assert!(sa == sb, "optimizer state of {} differs after resuming", r.run_id);
+        let log = |d: &Path| {
+            let t = Table::read(&d.join("train_log.parquet"), "train_log").unwrap();
+            let keep = ["step", "loss", "accuracy", "lr", "samples_seen"].map(|c| t.column_index(c).unwrap());
+            t.rows.iter().map(|row| keep.iter().map(|&i| row[i].clone()).collect::<Vec<_>>()).collect::<Vec<_>>()
+        };
+        assert_eq!(log(&ra), log(&rb), "train log (steps redone after the interruption are not duplicated)");
+    }
+}
+
+#[test]
+fn pending_runs_appear_in_the_sweep_table_and_a_changed_sweep_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = write_sweep(tmp.path(), "part", "[grid]\nseed = [0, 1]\n");
+    let out = tmp.path().join("s");
+    run_ok(train_bin().arg("sweep").arg(&file).arg("--out").arg(&out).args(["--only", "0", "--quiet"]));
+    let dir = out.join("part");
+    run_ok(analyze_bin().arg(&dir).args(["--analyzers", "performance", "--device", "cpu", "--quiet"]));
+    let runs = Table::read(&dir.join("runs.parquet"), "runs").unwrap();
+    assert_eq!(column(&runs, "status"), vec![Value::Str("finished".into()), Value::Str("pending".into())]);
+    assert_eq!(column(&runs, "config.seed"), vec![Value::I64(0), Value::I64(1)]);
+    assert!(column(&runs, "final.performance.accuracy")[1] == Value::Null);
+    let dry = run_ok(train_bin().arg("sweep").arg(&dir).arg("--dry-run"));
+    assert!(stdout(&dry).contains("pending") && stdout(&dry).contains("finished"));
+
+    // --emit slurm writes executable scripts with absolute paths.
+    run_ok(train_bin().arg("sweep").arg(&dir).args(["--emit", "slurm"]));
+    for f in ["train.sbatch", "analyze.sbatch", "collect.sbatch", "submit.sh"] {
+        let p = dir.join("slurm").join(f);
+        let text = std::fs::read_to_string(&p).unwrap_or_else(|_| panic!("{f} missing"));
+        assert!(text.starts_with("#!/bin/bash"));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o111, 0o111, "{f} is executable");
+    }
+    let train = std::fs::read_to_string(dir.join("slurm/train.sbatch")).unwrap();
+    assert!(train.contains("#SBATCH --array=0-1\n") && train.contains(&dir.canonicalize().unwrap().display().to_string()));
+
+    // Redefining an existing run under the same sweep name is refused.
+    std::fs::write(&file, format!("name = \"part\"\n{}[grid]\nseed = [0, 1]\n", BASE.replace("steps = 20", "steps = 30"))).unwrap();
+    let o = train_bin().arg("sweep").arg(&file).arg("--out").arg(&out).arg("--quiet").output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("was defined with another config"), "{}", stderr(&o));
+}
+
+#[test]
+fn queries_refuse_to_mix_probe_batches_unless_asked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("runs");
+    tiny_mlp_run(&root, "p0", &["--probe-seed", "0"]);
+    tiny_mlp_run(&root, "p1", &["--probe-seed", "1"]);
+    run_ok(analyze_bin().arg(&root).args(["--analyzers", "performance", "--device", "cpu", "--quiet"]));
+    let sql = "SELECT run_id, COUNT(*) AS n FROM model_metrics GROUP BY run_id";
+    let o = analyze_bin().arg("query").arg(&root).arg(sql).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("2 different probe batches") && stderr(&o).contains("--allow-mixed-probes"), "{}", stderr(&o));
+    let o = run_ok(analyze_bin().arg("query").arg(&root).arg(sql).arg("--allow-mixed-probes"));
+    assert!(stdout(&o).contains("p1"));
+    // One run alone is one probe.
+    run_ok(analyze_bin().arg("query").arg(root.join("p0")).arg(sql));
+    let o = analyze_bin().arg("query").arg(tmp.path()).arg(sql).output().unwrap();
+    assert!(stderr(&o).contains("no lintrace tables found"), "{}", stderr(&o));
+}
