@@ -19,17 +19,7 @@ pub fn find_tables(root: &Path) -> Result<BTreeMap<&'static str, Vec<PathBuf>>> 
     if !root.is_dir() {
         bail!("{}: not a folder (give a sweep folder, a runs root or a run folder)", root.display());
     }
-    let run_dirs: Vec<PathBuf> = if run::is_run_dir(root) {
-        vec![root.to_path_buf()]
-    } else {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(root)
-            .with_context(|| format!("{}: cannot read", root.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| run::is_run_dir(p))
-            .collect();
-        v.sort();
-        v
-    };
+    let run_dirs: Vec<PathBuf> = if run::is_run_dir(root) { vec![root.to_path_buf()] } else { run::run_dirs_under(root)? };
     let mut found: BTreeMap<&'static str, Vec<PathBuf>> = TABLES.iter().map(|t| (*t, Vec::new())).collect();
     let sweep_runs = root.join("runs.parquet");
     for dir in &run_dirs {

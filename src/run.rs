@@ -87,6 +87,17 @@ pub fn is_run_dir(p: &Path) -> bool {
     p.join(MANIFEST).is_file()
 }
 
+/// The run folders directly under `root`, sorted.
+pub fn run_dirs_under(root: &Path) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(root)
+        .with_context(|| format!("{}: cannot read", root.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| is_run_dir(p))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
 pub fn checkpoint_dir(run_dir: &Path) -> PathBuf {
     run_dir.join(CHECKPOINTS)
 }

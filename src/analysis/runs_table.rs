@@ -136,24 +136,13 @@ pub fn table(rows: &[RunRow]) -> Table {
             row.push(match (ty, v) {
                 (ColumnType::String, Value::Null) => Value::Null,
                 (ColumnType::String, Value::Str(s)) => Value::Str(s),
-                (ColumnType::String, other) => Value::Str(value_text(&other)),
+                (ColumnType::String, other) => Value::Str(other.to_text()),
                 (_, v) => v,
             });
         }
         t.push(row);
     }
     t
-}
-
-fn value_text(v: &Value) -> String {
-    match v {
-        Value::Str(s) => s.clone(),
-        Value::I32(x) => x.to_string(),
-        Value::I64(x) => x.to_string(),
-        Value::F64(x) => x.to_string(),
-        Value::Bool(b) => b.to_string(),
-        Value::Null => String::new(),
-    }
 }
 
 /// Every run of a sweep: trained ones from their manifest and tables,

@@ -51,12 +51,7 @@ pub fn discover(paths: &[PathBuf], external: Option<&External>) -> Result<(Vec<T
         let run_dirs: Vec<PathBuf> = if run::is_run_dir(path) {
             vec![path.clone()]
         } else if path.is_dir() {
-            let mut v: Vec<PathBuf> = std::fs::read_dir(path)
-                .with_context(|| format!("{}: cannot read", path.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| run::is_run_dir(p))
-                .collect();
-            v.sort();
+            let v = run::run_dirs_under(path)?;
             if v.is_empty() {
                 bail!(
                     "{}: no runs found (a run folder holds run.json; for checkpoints written elsewhere pass --spec and --probe)",

@@ -2,7 +2,7 @@
 //! root or run folder (the same files `query` registers).
 
 use crate::query::find_tables;
-use crate::tables::{Table, Value};
+use crate::tables::Table;
 use anyhow::{bail, Result};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -34,17 +34,6 @@ fn tables(root: &Path, name: &str) -> Result<Vec<Table>> {
     files.get(name).map(|v| v.iter().map(|p| Table::read(p, name)).collect()).unwrap_or_else(|| Ok(Vec::new()))
 }
 
-fn text(v: &Value) -> String {
-    match v {
-        Value::Str(s) => s.clone(),
-        Value::I32(x) => x.to_string(),
-        Value::I64(x) => x.to_string(),
-        Value::F64(x) => x.to_string(),
-        Value::Bool(b) => b.to_string(),
-        Value::Null => "null".into(),
-    }
-}
-
 pub fn layer_points(root: &Path) -> Result<Vec<LayerPoint>> {
     let mut out = Vec::new();
     for t in tables(root, "layer_metrics")? {
@@ -52,12 +41,12 @@ pub fn layer_points(root: &Path) -> Result<Vec<LayerPoint>> {
         let (ri, si, ti, li, ai, mi, vi) = (c("run_id"), c("step"), c("tap"), c("layer_name"), c("analyzer"), c("metric"), c("value"));
         for r in &t.rows {
             out.push(LayerPoint {
-                run_id: text(&r[ri]),
+                run_id: r[ri].to_text(),
                 step: r[si].as_i64().unwrap_or(0),
                 tap: r[ti].as_i64().unwrap_or(0).max(0) as usize,
-                layer_name: text(&r[li]),
-                analyzer: text(&r[ai]),
-                metric: text(&r[mi]),
+                layer_name: r[li].to_text(),
+                analyzer: r[ai].to_text(),
+                metric: r[mi].to_text(),
                 value: r[vi].as_f64(),
             });
         }
@@ -72,11 +61,11 @@ pub fn model_points(root: &Path) -> Result<Vec<ModelPoint>> {
         let (ri, si, ai, ui, mi, vi) = (c("run_id"), c("step"), c("analyzer"), c("surrogate"), c("metric"), c("value"));
         for r in &t.rows {
             out.push(ModelPoint {
-                run_id: text(&r[ri]),
+                run_id: r[ri].to_text(),
                 step: r[si].as_i64().unwrap_or(0),
-                analyzer: text(&r[ai]),
+                analyzer: r[ai].to_text(),
                 surrogate: r[ui].as_str().map(str::to_string),
-                metric: text(&r[mi]),
+                metric: r[mi].to_text(),
                 value: r[vi].as_f64(),
             });
         }
@@ -95,7 +84,7 @@ pub fn run_groups(root: &Path, by: &str) -> Result<BTreeMap<String, String>> {
         seen_column = true;
         let ri = t.column_index("run_id").expect("run_id column");
         for r in &t.rows {
-            out.insert(text(&r[ri]), text(&r[ci]));
+            out.insert(r[ri].to_text(), r[ci].to_text());
         }
     }
     if !seen_column {

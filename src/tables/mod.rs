@@ -49,6 +49,18 @@ impl Value {
             _ => None,
         }
     }
+    /// The value as plain text (null as "null"), e.g. to group or label by it.
+    pub fn to_text(&self) -> String {
+        match self {
+            Value::Str(s) => s.clone(),
+            Value::I32(x) => x.to_string(),
+            Value::I64(x) => x.to_string(),
+            Value::F64(x) => x.to_string(),
+            Value::Bool(b) => b.to_string(),
+            Value::Null => "null".into(),
+        }
+    }
+
     pub fn opt_f64(v: Option<f64>) -> Value {
         match v {
             Some(x) if x.is_finite() => Value::F64(x),

@@ -58,7 +58,7 @@ def main(root):
             counts[table] = counts.get(table, 0) + df.height
     # The README's query: every run's layer metrics joined with its config.
     layers = pl.scan_parquet(str(root / "*/analysis/layer_metrics.parquet"))
-    runs = pl.scan_parquet(str(root / "*/analysis/runs.parquet"))
+    runs = pl.concat([pl.scan_parquet(p) for p in sorted(root.glob("*/analysis/runs.parquet"))], how="diagonal_relaxed")
     joined = (
         layers.join(runs, on="run_id")
         .filter(pl.col("metric") == "nonlinearity")
