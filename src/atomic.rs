@@ -17,8 +17,13 @@ pub fn write_atomic_with(path: &Path, write: impl FnOnce(&mut std::fs::File) -> 
         _ => Path::new("."),
     };
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+    // tempfile creates files private to the user (0600); results are meant
+    // to be read by collaborators on a shared filesystem, so ask for 0644
+    // (the umask still applies).
+    use std::os::unix::fs::PermissionsExt;
     let mut tmp = tempfile::Builder::new()
         .prefix(".lintrace-tmp-")
+        .permissions(std::fs::Permissions::from_mode(0o644))
         .tempfile_in(dir)
         .with_context(|| format!("{}: cannot create a temporary file", dir.display()))?;
     write(tmp.as_file_mut()).with_context(|| format!("{}: write failed", path.display()))?;
@@ -31,4 +36,22 @@ pub fn write_json_atomic(path: &Path, value: &impl serde::Serialize) -> Result<(
     let mut text = serde_json::to_string_pretty(value)?;
     text.push('\n');
     write_atomic(path, text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn files_are_readable_like_ordinary_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, b"x").unwrap(); // 0666 minus the umask
+        let umasked = std::fs::metadata(&plain).unwrap().permissions().mode() & 0o777;
+        let ours = dir.path().join("ours");
+        write_atomic(&ours, b"x").unwrap();
+        assert_eq!(std::fs::metadata(&ours).unwrap().permissions().mode() & 0o777, umasked & 0o644);
+        assert_eq!(std::fs::read(&ours).unwrap(), b"x");
+    }
 }

@@ -1,5 +1,5 @@
-"""Final model metrics of every run, averaged per value of a sweep axis, with
-the spread across seeds.
+"""Final model metrics of the finished runs, averaged per value of a sweep
+axis (seeds and other axes pooled).
 
 Usage: python3 examples/queries/final_metrics_by_axis.py SWEEP_DIR [AXIS]"""
 
@@ -12,13 +12,22 @@ sweep = sys.argv[1]
 axis = sys.argv[2] if len(sys.argv) > 2 else "lr"
 _, _, runs = load(sweep)
 finals = [c for c in runs.columns if c.startswith("final.") and not c.split(".")[-1].startswith("n_")]
-summary = (
+long = (
     runs.filter(pl.col("status") == "finished")
-    .group_by(pl.col(f"config.{axis}").alias(axis))
-    .agg(pl.len().alias("runs"), *[pl.col(c).mean().alias(c.removeprefix("final.")) for c in finals])
-    .sort(axis)
+    .select(pl.col(f"config.{axis}").alias(axis), *finals)
+    .unpivot(index=axis, variable_name="metric")
+    .with_columns(pl.col("metric").str.strip_prefix("final."))
+)
+summary = (
+    long.group_by(axis, "metric")
+    .agg(pl.len().alias("runs"), pl.col("value").mean().alias("mean"), pl.col("value").std().alias("std"))
+    .sort("metric", axis)
+    .pivot(on=axis, index="metric", values="mean")
 )
 pending = runs.filter(pl.col("status") != "finished").height
-pl.Config.set_tbl_cols(30)
+pl.Config.set_tbl_rows(60)
+pl.Config.set_tbl_width_chars(160)
+pl.Config.set_fmt_str_lengths(60)
+print(f"mean final metric over finished runs, by {axis} (columns)")
 print(summary)
 print(f"{pending} runs not finished")

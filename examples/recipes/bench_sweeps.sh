@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Times the sweep path on this machine and prints the BENCHMARKS.md rows:
 # a 12-run sweep (examples/sweeps/lr-seed.toml: MLPs on the vendored digits,
-# 300 steps each) trained with --jobs 1 and --jobs 2, analysed, queried,
+# 1,000 steps each) trained with --jobs 1 and --jobs 2, analysed, queried,
 # plotted and reported.
 #
 # Usage: examples/recipes/bench_sweeps.sh [BIN_DIR] [OUT]
@@ -15,7 +15,7 @@ rm -rf "$out" && mkdir -p "$out"
 export LINTRACE_CACHE="$out/cache"
 sweep="$repo/examples/sweeps/lr-seed.toml"
 now() { date +%s.%N; }
-row() { awk -v a="$2" -v b="$3" -v what="$1" 'BEGIN { printf "| %s | %.1f s |\n", what, b - a }'; }
+row() { awk -v a="$2" -v b="$3" -v what="$1" 'BEGIN { printf "| %s | %.2f s |\n", what, b - a }'; }
 
 echo "| what | time |"
 echo "|---|---|"
@@ -44,4 +44,4 @@ t0=$(now)
 "$bin/lintrace-analyze" report "$dir" --out "$out/report.html" >/dev/null
 row "report ($(du -k "$out/report.html" | cut -f1) KiB HTML)" "$t0" "$(now)"
 echo
-echo "layer rows: $(tail -n +2 "$out/q.csv" | wc -l) groups; sizes: checkpoint $(du -k "$dir"/*/checkpoints/step_00000300.safetensors | head -1 | cut -f1) KiB, train state $(du -k "$dir"/*/train_state.safetensors | head -1 | cut -f1) KiB"
+echo "layer rows: $(tail -n +2 "$out/q.csv" | wc -l) groups; sizes: checkpoint $(du -k "$dir"/*/checkpoints/step_00001000.safetensors | head -1 | cut -f1) KiB, train state $(du -k "$dir"/*/train_state.safetensors | head -1 | cut -f1) KiB"
