@@ -388,3 +388,15 @@ slurm_jobs_ok() {
     fi
     return 0
 }
+
+# slurm_exit_cleanup -- an EXIT trap for test scripts: stops the cluster and
+# removes the script's scratch folder $work if it succeeded (keeps it, and
+# says where, if it failed), then exits with the script's status.
+slurm_exit_cleanup() {
+    local rc=$?
+    slurm_stop
+    if [ -n "${work:-}" ]; then
+        if [ "$rc" -eq 0 ]; then rm -rf "$work"; else echo "kept for inspection: $work" >&2; fi
+    fi
+    exit "$rc"
+}

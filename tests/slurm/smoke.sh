@@ -15,15 +15,7 @@ now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 
 work=
-cleanup() {
-    local rc=$?
-    slurm_stop
-    if [ -n "$work" ]; then
-        if [ "$rc" -eq 0 ]; then rm -rf "$work"; else echo "kept for inspection: $work" >&2; fi
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
+trap slurm_exit_cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 

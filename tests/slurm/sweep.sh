@@ -18,15 +18,7 @@ bin=$(cd "${1:-$repo/target/debug}" && pwd) || { echo "FAIL: slurm sweep: no bin
 source "$here/cluster.sh"
 
 work=
-cleanup() {
-    local rc=$?
-    slurm_stop
-    if [ -n "$work" ]; then
-        if [ "$rc" -eq 0 ]; then rm -rf "$work"; else echo "kept for inspection: $work" >&2; fi
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
+trap slurm_exit_cleanup EXIT
 
 fail() {
     echo "FAIL: slurm sweep: $*" >&2
