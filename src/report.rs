@@ -2,10 +2,10 @@
 //! figures, no scripts, no external files) with the runs table, a facet grid
 //! of heatmaps for every layer metric and a line plot for every model metric.
 
+use crate::plot::data::Tables;
 use crate::plot::{self, figures};
-use crate::query::find_tables;
 use crate::sweep::Sweep;
-use crate::tables::{Table, Value};
+use crate::tables::Value;
 use anyhow::{Context, Result};
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -35,14 +35,12 @@ fn is_count(metric: &str) -> bool {
 }
 
 /// The runs table: identity, progress, the config keys that vary, final metrics.
-fn runs_html(root: &Path, axes: &[String]) -> Result<String> {
-    let files = find_tables(root)?;
+fn runs_html(tables: &Tables, axes: &[String]) -> Result<String> {
     let mut rows: Vec<(Vec<String>, Vec<Value>)> = Vec::new();
-    for p in files.get("runs").into_iter().flatten() {
-        let t = Table::read(p, "runs")?;
+    for t in &tables.runs {
         let names: Vec<String> = t.schema.columns.iter().map(|c| c.name.clone()).chain(t.extra.iter().map(|(n, _)| n.clone())).collect();
-        for r in t.rows {
-            rows.push((names.clone(), r));
+        for r in &t.rows {
+            rows.push((names.clone(), r.clone()));
         }
     }
     if rows.is_empty() {
@@ -84,14 +82,14 @@ pub fn write(root: &Path, out: &Path) -> Result<usize> {
         || root.canonicalize().ok().and_then(|p| p.file_name().map(|s| s.to_string_lossy().into_owned())).unwrap_or_else(|| "runs".into()),
         |s| s.name.clone(),
     );
-    let layer = plot::data::layer_points(root)?;
-    let model = plot::data::model_points(root)?;
+    let tables = Tables::load(root)?;
+    let (layer, model) = (&tables.layer, &tables.model);
     let runs: BTreeSet<&str> = layer.iter().map(|p| p.run_id.as_str()).chain(model.iter().map(|p| p.run_id.as_str())).collect();
     let by = (runs.len() > MAX_PANELS).then(|| axes.first().cloned()).flatten();
 
     let mut body = String::new();
     let mut figures_written = 0;
-    let _ = write!(body, "<h2>Runs</h2>{}", runs_html(root, &axes)?);
+    let _ = write!(body, "<h2>Runs</h2>{}", runs_html(&tables, &axes)?);
 
     let layer_metrics: BTreeSet<(String, String)> = layer.iter().map(|p| (p.analyzer.clone(), p.metric.clone())).collect();
     if !layer_metrics.is_empty() {
@@ -102,7 +100,7 @@ pub fn write(root: &Path, out: &Path) -> Result<usize> {
         );
     }
     for (analyzer, metric) in layer_metrics.iter().filter(|(_, m)| !is_count(m)) {
-        let fig = figures::facet(root, metric, Some(analyzer), by.as_deref())?;
+        let fig = figures::facet(&tables, metric, Some(analyzer), by.as_deref())?;
         let svg = plot::to_svg(&fig).with_context(|| format!("{analyzer}: {metric}"))?;
         let _ = write!(body, "<figure id=\"layer-{analyzer}-{metric}\"><figcaption>{analyzer}: {metric}</figcaption>{svg}</figure>");
         figures_written += 1;
@@ -112,7 +110,7 @@ pub fn write(root: &Path, out: &Path) -> Result<usize> {
         body.push_str("<h2>Model metrics over training</h2>");
     }
     for (analyzer, metric) in model_metrics.iter().filter(|(_, m)| !is_count(m)) {
-        let fig = figures::lines(root, metric, Some(analyzer), None, by.as_deref())?;
+        let fig = figures::lines(&tables, metric, Some(analyzer), None, by.as_deref())?;
         let svg = plot::to_svg(&fig).with_context(|| format!("{analyzer}: {metric}"))?;
         let _ = write!(body, "<figure id=\"model-{analyzer}-{metric}\"><figcaption>{analyzer}: {metric}</figcaption>{svg}</figure>");
         figures_written += 1;

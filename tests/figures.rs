@@ -5,11 +5,16 @@
 mod common;
 
 use common::*;
+use lintrace::plot::data::Tables;
 use lintrace::plot::{self, figures, Figure};
 use std::path::{Path, PathBuf};
 
-fn grid() -> PathBuf {
+fn grid_dir() -> PathBuf {
     fixture("tables/grid")
+}
+
+fn grid() -> Tables {
+    Tables::load(&grid_dir()).unwrap()
 }
 
 /// Decodes a PNG and returns (width, height, share of non-white pixels in
@@ -127,13 +132,13 @@ fn plot_and_report_commands_write_their_files() {
     run_ok(
         analyze_bin()
             .args(["plot", "heatmap"])
-            .arg(grid())
+            .arg(grid_dir())
             .args(["--metric", "frac_active", "--run", "grid__lr-0.05__seed-1", "--out"])
             .arg(&stem),
     );
     assert!(stem.with_extension("png").is_file() && stem.with_extension("svg").is_file());
     let html = tmp.path().join("report.html");
-    let o = run_ok(analyze_bin().arg("report").arg(grid()).arg("--out").arg(&html));
+    let o = run_ok(analyze_bin().arg("report").arg(grid_dir()).arg("--out").arg(&html));
     assert!(String::from_utf8_lossy(&o.stdout).contains("figures"));
     let text = std::fs::read_to_string(&html).unwrap();
     assert!(text.starts_with("<!DOCTYPE html>"));

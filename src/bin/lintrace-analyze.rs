@@ -168,14 +168,15 @@ fn command_main(cmd: &Cmd) -> Result<i32> {
         Cmd::Plot { figure } => {
             let (png, svg) = match figure {
                 Figure::Heatmap { dir, metric, analyzer, run, out } => {
-                    plot::save(&figures::heatmap(dir, run.as_deref(), metric, analyzer.as_deref())?, out)?
+                    plot::save(&figures::heatmap(&plot::data::Tables::load(dir)?, run.as_deref(), metric, analyzer.as_deref())?, out)?
                 }
                 Figure::Facet { dir, metric, analyzer, by, out } => {
-                    plot::save(&figures::facet(dir, metric, analyzer.as_deref(), by.as_deref())?, out)?
+                    plot::save(&figures::facet(&plot::data::Tables::load(dir)?, metric, analyzer.as_deref(), by.as_deref())?, out)?
                 }
-                Figure::Lines { dir, metric, analyzer, surrogate, by, out } => {
-                    plot::save(&figures::lines(dir, metric, analyzer.as_deref(), surrogate.as_deref(), by.as_deref())?, out)?
-                }
+                Figure::Lines { dir, metric, analyzer, surrogate, by, out } => plot::save(
+                    &figures::lines(&plot::data::Tables::load(dir)?, metric, analyzer.as_deref(), surrogate.as_deref(), by.as_deref())?,
+                    out,
+                )?,
             };
             println!("wrote {} and {}", png.display(), svg.display());
         }

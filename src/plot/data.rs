@@ -5,7 +5,7 @@ use crate::query::find_tables;
 use crate::tables::Table;
 use anyhow::{bail, Result};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone)]
 pub struct LayerPoint {
@@ -28,15 +28,31 @@ pub struct ModelPoint {
     pub value: Option<f64>,
 }
 
-/// Every table of one kind under `root`, as read by lintrace's own reader.
-fn tables(root: &Path, name: &str) -> Result<Vec<Table>> {
-    let files = find_tables(root)?;
-    files.get(name).map(|v| v.iter().map(|p| Table::read(p, name)).collect()).unwrap_or_else(|| Ok(Vec::new()))
+/// Every table under a folder, read once: the metric rows as points and
+/// the runs tables as they are (figures group runs by their config).
+pub struct Tables {
+    pub root: PathBuf,
+    pub layer: Vec<LayerPoint>,
+    pub model: Vec<ModelPoint>,
+    pub runs: Vec<Table>,
 }
 
-pub fn layer_points(root: &Path) -> Result<Vec<LayerPoint>> {
+impl Tables {
+    pub fn load(root: &Path) -> Result<Tables> {
+        let files = find_tables(root)?;
+        let read = |name: &str| -> Result<Vec<Table>> { files.get(name).into_iter().flatten().map(|p| Table::read(p, name)).collect() };
+        Ok(Tables {
+            root: root.to_path_buf(),
+            layer: layer_points(&read("layer_metrics")?),
+            model: model_points(&read("model_metrics")?),
+            runs: read("runs")?,
+        })
+    }
+}
+
+fn layer_points(tables: &[Table]) -> Vec<LayerPoint> {
     let mut out = Vec::new();
-    for t in tables(root, "layer_metrics")? {
+    for t in tables {
         let c = |n: &str| t.column_index(n).expect("layer_metrics column");
         let (ri, si, ti, li, ai, mi, vi) = (c("run_id"), c("step"), c("tap"), c("layer_name"), c("analyzer"), c("metric"), c("value"));
         for r in &t.rows {
@@ -51,12 +67,12 @@ pub fn layer_points(root: &Path) -> Result<Vec<LayerPoint>> {
             });
         }
     }
-    Ok(out)
+    out
 }
 
-pub fn model_points(root: &Path) -> Result<Vec<ModelPoint>> {
+fn model_points(tables: &[Table]) -> Vec<ModelPoint> {
     let mut out = Vec::new();
-    for t in tables(root, "model_metrics")? {
+    for t in tables {
         let c = |n: &str| t.column_index(n).expect("model_metrics column");
         let (ri, si, ai, ui, mi, vi) = (c("run_id"), c("step"), c("analyzer"), c("surrogate"), c("metric"), c("value"));
         for r in &t.rows {
@@ -70,16 +86,16 @@ pub fn model_points(root: &Path) -> Result<Vec<ModelPoint>> {
             });
         }
     }
-    Ok(out)
+    out
 }
 
 /// Each run's value of config key `by` (`lr`, `dataset`, … or a full
 /// column name such as `config.lr`), as text; runs without it are left out.
-pub fn run_groups(root: &Path, by: &str) -> Result<BTreeMap<String, String>> {
+pub fn run_groups(tables: &Tables, by: &str) -> Result<BTreeMap<String, String>> {
     let col = if by.starts_with("config.") { by.to_string() } else { format!("config.{by}") };
     let mut out = BTreeMap::new();
     let mut seen_column = false;
-    for t in tables(root, "runs")? {
+    for t in &tables.runs {
         let Some(ci) = t.column_index(&col) else { continue };
         seen_column = true;
         let ri = t.column_index("run_id").expect("run_id column");
@@ -88,7 +104,7 @@ pub fn run_groups(root: &Path, by: &str) -> Result<BTreeMap<String, String>> {
         }
     }
     if !seen_column {
-        bail!("{}: no runs table has a column '{col}' (run lintrace-analyze first; group by a config key)", root.display());
+        bail!("{}: no runs table has a column '{col}' (run lintrace-analyze first; group by a config key)", tables.root.display());
     }
     Ok(out)
 }

@@ -1,16 +1,16 @@
-//! The figures a study asks for, built from the tables under a folder.
+//! The figures a study asks for, built from the tables under a folder
+//! (read once into [`Tables`]).
 
-use super::data::{layer_points, model_points, resolve_analyzer, run_groups, sort_labels, LayerPoint, ModelPoint};
+use super::data::{resolve_analyzer, run_groups, sort_labels, LayerPoint, ModelPoint, Tables};
 use super::heatmap::{Grid, Heatmaps};
 use super::lines::{Lines, Series};
 use anyhow::{bail, Result};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 
 /// The depth × time heatmap of one run (`run` may be omitted when the
 /// folder holds one run).
-pub fn heatmap(root: &Path, run: Option<&str>, metric: &str, analyzer: Option<&str>) -> Result<Heatmaps> {
-    let points = layer_points(root)?;
+pub fn heatmap(tables: &Tables, run: Option<&str>, metric: &str, analyzer: Option<&str>) -> Result<Heatmaps> {
+    let points = &tables.layer;
     let analyzer = resolve_analyzer(metric, analyzer, points.iter().map(|p| (p.analyzer.as_str(), p.metric.as_str())))?;
     let runs: BTreeSet<&str> = points.iter().filter(|p| p.metric == metric && p.analyzer == analyzer).map(|p| p.run_id.as_str()).collect();
     let run = match run {
@@ -29,11 +29,11 @@ pub fn heatmap(root: &Path, run: Option<&str>, metric: &str, analyzer: Option<&s
 
 /// Groups run ids: by the value of config key `by` (label `by = value`,
 /// ordered numerically when numbers), or one group per run.
-fn groups(root: &Path, runs: &BTreeSet<String>, by: Option<&str>) -> Result<Vec<(String, BTreeSet<String>)>> {
+fn groups(tables: &Tables, runs: &BTreeSet<String>, by: Option<&str>) -> Result<Vec<(String, BTreeSet<String>)>> {
     let Some(by) = by else {
         return Ok(runs.iter().map(|r| (r.clone(), BTreeSet::from([r.clone()]))).collect());
     };
-    let values = run_groups(root, by)?;
+    let values = run_groups(tables, by)?;
     let mut by_value: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for r in runs {
         if let Some(v) = values.get(r) {
@@ -54,13 +54,13 @@ fn groups(root: &Path, runs: &BTreeSet<String>, by: Option<&str>) -> Result<Vec<
 }
 
 /// A facet grid of heatmaps: one panel per run, or per value of `by`.
-pub fn facet(root: &Path, metric: &str, analyzer: Option<&str>, by: Option<&str>) -> Result<Heatmaps> {
-    let points = layer_points(root)?;
+pub fn facet(tables: &Tables, metric: &str, analyzer: Option<&str>, by: Option<&str>) -> Result<Heatmaps> {
+    let points = &tables.layer;
     let analyzer = resolve_analyzer(metric, analyzer, points.iter().map(|p| (p.analyzer.as_str(), p.metric.as_str())))?;
     let sel: Vec<&LayerPoint> = points.iter().filter(|p| p.metric == metric && p.analyzer == analyzer).collect();
     let runs: BTreeSet<String> = sel.iter().map(|p| p.run_id.clone()).collect();
     let mut panels = Vec::new();
-    for (label, members) in groups(root, &runs, by)? {
+    for (label, members) in groups(tables, &runs, by)? {
         let pts: Vec<&LayerPoint> = sel.iter().copied().filter(|p| members.contains(&p.run_id)).collect();
         panels.push(Grid::from_points(label, &pts));
     }
@@ -73,8 +73,8 @@ pub fn facet(root: &Path, metric: &str, analyzer: Option<&str>, by: Option<&str>
 
 /// A model metric over log steps: a line per run (or per value of `by`) and
 /// per surrogate, unless `surrogate` picks one.
-pub fn lines(root: &Path, metric: &str, analyzer: Option<&str>, surrogate: Option<&str>, by: Option<&str>) -> Result<Lines> {
-    let points = model_points(root)?;
+pub fn lines(tables: &Tables, metric: &str, analyzer: Option<&str>, surrogate: Option<&str>, by: Option<&str>) -> Result<Lines> {
+    let points = &tables.model;
     let analyzer = resolve_analyzer(metric, analyzer, points.iter().map(|p| (p.analyzer.as_str(), p.metric.as_str())))?;
     let sel: Vec<&ModelPoint> = points
         .iter()
@@ -86,7 +86,7 @@ pub fn lines(root: &Path, metric: &str, analyzer: Option<&str>, surrogate: Optio
     let runs: BTreeSet<String> = sel.iter().map(|p| p.run_id.clone()).collect();
     let surrogates: BTreeSet<Option<String>> = sel.iter().map(|p| p.surrogate.clone()).collect();
     let mut series = Vec::new();
-    for (label, members) in groups(root, &runs, by)? {
+    for (label, members) in groups(tables, &runs, by)? {
         for s in &surrogates {
             let pts: Vec<&ModelPoint> = sel.iter().copied().filter(|p| members.contains(&p.run_id) && &p.surrogate == s).collect();
             if pts.is_empty() {

@@ -237,11 +237,9 @@ impl Sweep {
             let old = Self::load(&self.dir)?;
             for r in &self.runs {
                 if let Some(o) = old.runs.iter().find(|o| o.run_id == r.run_id) {
-                    // Where the sweep lives may be spelt differently (relative, another mount).
-                    let same = |c: &TrainConfig| TrainConfig { out: PathBuf::new(), ..c.clone() };
-                    if same(&o.config) != same(&r.config) {
+                    if let Some(key) = o.config.first_difference(&r.config) {
                         bail!(
-                            "{}: run {} was defined with another config; change the sweep's name or remove the folder",
+                            "{}: run {} was defined with another config ('{key}' differs); change the sweep's name or remove the folder",
                             self.dir.display(),
                             r.run_id
                         );

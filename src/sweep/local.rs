@@ -4,7 +4,7 @@
 //! run that fails or is killed leaves the others going.
 
 use super::file::{Sweep, SweepRun};
-use crate::run::{RunManifest, Status};
+use crate::run::RunManifest;
 use anyhow::{Context, Result};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -45,10 +45,6 @@ pub fn run_status(sweep: &Sweep, r: &SweepRun) -> &'static str {
     }
 }
 
-fn finished(sweep: &Sweep, r: &SweepRun) -> bool {
-    RunManifest::read(&sweep.run_dir(r)).is_ok_and(|m| m.status == Status::Finished)
-}
-
 pub fn log_path(sweep: &Sweep, r: &SweepRun) -> PathBuf {
     sweep.dir.join("logs").join(format!("{}.log", r.run_id))
 }
@@ -56,11 +52,11 @@ pub fn log_path(sweep: &Sweep, r: &SweepRun) -> PathBuf {
 /// Trains the selected runs of a written sweep; `exe` is lintrace-train.
 pub fn run(sweep: &Sweep, selected: &[&SweepRun], opts: &LocalOptions, exe: &Path) -> Result<Vec<(String, Outcome)>> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let todo: VecDeque<&SweepRun> = selected.iter().copied().filter(|r| !finished(sweep, r)).collect();
+    let (finished, todo): (Vec<&SweepRun>, Vec<&SweepRun>) = selected.iter().copied().partition(|r| run_status(sweep, r) == "finished");
+    let todo = VecDeque::from(todo);
     let jobs = opts.jobs.clamp(1, todo.len().max(1));
     let threads = opts.threads.unwrap_or((cores / jobs).max(1));
-    let mut outcomes: Vec<(String, Outcome)> =
-        selected.iter().filter(|r| finished(sweep, r)).map(|r| (r.run_id.clone(), Outcome::AlreadyFinished)).collect();
+    let mut outcomes: Vec<(String, Outcome)> = finished.iter().map(|r| (r.run_id.clone(), Outcome::AlreadyFinished)).collect();
     if !opts.quiet {
         eprintln!(
             "sweep {}: {} runs, {} finished before, {} to train ({} at once, {} threads each)",

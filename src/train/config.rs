@@ -140,6 +140,18 @@ impl TrainConfig {
         }
     }
 
+    /// The first key in which two configs differ, ignoring `out` (where
+    /// the runs live may be spelt differently: relative, another mount).
+    pub fn first_difference(&self, other: &TrainConfig) -> Option<String> {
+        let json = |c: &TrainConfig| serde_json::to_value(TrainConfig { out: PathBuf::new(), ..c.clone() }).ok();
+        match (json(self)?, json(other)?) {
+            (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+                a.iter().find(|(k, v)| b.get(*k) != Some(v)).map(|(k, _)| k.clone())
+            }
+            _ => None,
+        }
+    }
+
     pub fn spacing(&self) -> Spacing {
         if self.ckpt_per_octave > 0.0 {
             Spacing::PerOctave(self.ckpt_per_octave)

@@ -45,27 +45,13 @@ fn previous_run(run_dir: &Path, cfg: &TrainConfig) -> Result<Previous> {
         return Ok(Previous::Nothing);
     }
     let m = RunManifest::read(run_dir)?;
-    if let Some(key) = config_difference(&m.config, cfg) {
+    if let Some(key) = m.config.first_difference(cfg) {
         bail!("{}: exists with a different config ('{key}' differs); use --overwrite to replace it, or another name", run_dir.display());
     }
     Ok(match m.status {
         Status::Finished => Previous::Finished,
         _ => Previous::Interrupted(Box::new(m)),
     })
-}
-
-/// The first config key (other than where the runs live) in which two configs differ.
-fn config_difference(a: &TrainConfig, b: &TrainConfig) -> Option<String> {
-    let (mut a, mut b) = (a.clone(), b.clone());
-    a.out = PathBuf::new();
-    b.out = PathBuf::new();
-    let (ja, jb) = (serde_json::to_value(&a).ok()?, serde_json::to_value(&b).ok()?);
-    match (ja, jb) {
-        (serde_json::Value::Object(ma), serde_json::Value::Object(mb)) => {
-            ma.iter().find(|(k, v)| mb.get(*k) != Some(v)).map(|(k, _)| k.clone()).or_else(|| (ma.len() != mb.len()).then(|| "?".into()))
-        }
-        _ => None,
-    }
 }
 
 /// Trains one run and returns its directory.
