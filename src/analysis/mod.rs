@@ -175,7 +175,7 @@ fn analyze_target(
     }
     if jobs.is_empty() {
         // Nothing new; still refresh the runs row (status may have changed).
-        return target.write_runs_table();
+        return target.write_runs_table(existing.model());
     }
 
     let needs = jobs.iter().flat_map(|j| j.analyzers.iter()).fold(Needs::default(), |n, &i| n.union(selected[i].needs()));
@@ -242,7 +242,7 @@ fn analyze_target(
     }
     existing.write(&target.out_dir)?;
     done.write(&target.out_dir)?;
-    target.write_runs_table()
+    target.write_runs_table(existing.model())
 }
 
 fn run_job(

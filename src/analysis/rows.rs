@@ -28,6 +28,11 @@ impl Existing {
         Ok(Existing { layer: read_or_new(dir, LAYER)?, model: read_or_new(dir, MODEL)? })
     }
 
+    /// The model_metrics rows (sorted once written).
+    pub fn model(&self) -> &Table {
+        &self.model
+    }
+
     pub fn empty() -> Self {
         Existing { layer: Table::new(LAYER), model: Table::new(MODEL) }
     }

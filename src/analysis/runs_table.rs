@@ -8,7 +8,6 @@ use crate::sweep::{local, Sweep};
 use crate::tables::{flatten::flatten, ColumnType, Table, Value};
 use anyhow::Result;
 use std::collections::BTreeMap;
-use std::path::Path;
 
 /// What one row says, before it becomes Parquet.
 #[derive(Debug, Clone, Default)]
@@ -74,16 +73,6 @@ impl RunRow {
         self.finals.sort_by(|a, b| a.0.cmp(&b.0));
         self
     }
-}
-
-/// The sweep a run folder belongs to, if its parent is a sweep listing it.
-pub fn sweep_of(run_dir: &Path, run_id: &str) -> Option<String> {
-    let parent = run_dir.parent()?;
-    if !Sweep::is_sweep_dir(parent) {
-        return None;
-    }
-    let sweep = Sweep::load(parent).ok()?;
-    sweep.runs.iter().any(|r| r.run_id == run_id).then_some(sweep.name)
 }
 
 /// Builds the table. Extra columns are the union over rows; a column whose

@@ -6,8 +6,10 @@ use crate::checkpoint::{self, CheckpointMeta};
 use crate::probe::{self, Probe};
 use crate::run::{self, RunManifest};
 use crate::spec::ModelSpec;
+use crate::sweep::Sweep;
 use crate::tables::Table;
 use anyhow::{bail, Context, Result};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 enum Origin {
@@ -25,6 +27,8 @@ pub struct Target {
     pub checkpoints: Vec<PathBuf>,
     /// Identity for checkpoints without lintrace metadata.
     pub fallback: Option<CheckpointMeta>,
+    /// The sweep whose folder holds this run, if any.
+    pub sweep_id: Option<String>,
     origin: Origin,
 }
 
@@ -40,6 +44,7 @@ pub struct External {
 pub fn discover(paths: &[PathBuf], external: Option<&External>) -> Result<(Vec<Target>, Vec<(PathBuf, String)>)> {
     let mut targets = Vec::new();
     let mut failures = Vec::new();
+    let mut sweeps = HashMap::new();
     for path in paths {
         if !path.exists() {
             bail!("{}: does not exist", path.display());
@@ -64,12 +69,24 @@ pub fn discover(paths: &[PathBuf], external: Option<&External>) -> Result<(Vec<T
         };
         for dir in run_dirs {
             match Target::run(&dir) {
-                Ok(t) => targets.push(t),
+                Ok(mut t) => {
+                    t.sweep_id = sweep_of(&mut sweeps, &dir, &t.run_id);
+                    targets.push(t)
+                }
                 Err(e) => failures.push((dir, format!("{e:#}"))),
             }
         }
     }
     Ok((targets, failures))
+}
+
+/// The sweep a run folder belongs to: its parent is a sweep folder whose
+/// sweep.json lists the run. Each sweep.json is read once per discovery.
+fn sweep_of(cache: &mut HashMap<PathBuf, Option<Sweep>>, run_dir: &Path, run_id: &str) -> Option<String> {
+    let parent = run_dir.parent()?;
+    let sweep =
+        cache.entry(parent.to_path_buf()).or_insert_with(|| Sweep::is_sweep_dir(parent).then(|| Sweep::load(parent).ok()).flatten());
+    sweep.as_ref().filter(|s| s.runs.iter().any(|r| r.run_id == run_id)).map(|s| s.name.clone())
 }
 
 impl Target {
@@ -87,6 +104,7 @@ impl Target {
             spec,
             checkpoints,
             fallback: None,
+            sweep_id: None,
             origin: Origin::Run(Box::new(manifest)),
         })
     }
@@ -112,6 +130,7 @@ impl Target {
             spec,
             checkpoints,
             fallback: Some(fallback),
+            sweep_id: None,
             origin: Origin::External,
         })
     }
@@ -166,13 +185,10 @@ impl Target {
     }
 
     /// Writes this run's row of the `runs` table, with its final model
-    /// metrics as analysed so far.
-    pub fn write_runs_table(&self) -> Result<()> {
+    /// metrics from `model_metrics` (the run's table as just written).
+    pub fn write_runs_table(&self, model_metrics: &Table) -> Result<()> {
         let row = match &self.origin {
-            Origin::Run(m) => {
-                let sweep = self.out_dir.parent().and_then(|d| runs_table::sweep_of(d, &self.run_id));
-                RunRow::from_manifest(m, sweep)
-            }
+            Origin::Run(m) => RunRow::from_manifest(m, self.sweep_id.clone()),
             Origin::External => RunRow {
                 run_id: self.run_id.clone(),
                 status: "external".into(),
@@ -184,8 +200,6 @@ impl Target {
                 ..Default::default()
             },
         };
-        let model = self.out_dir.join("model_metrics.parquet");
-        let row = if model.is_file() { row.with_finals(&Table::read(&model, "model_metrics")?) } else { row };
-        runs_table::table(&[row]).write(&self.out_dir.join("runs.parquet"))
+        runs_table::table(&[row.with_finals(model_metrics)]).write(&self.out_dir.join("runs.parquet"))
     }
 }
