@@ -97,55 +97,54 @@ enum Cmd {
     },
 }
 
+/// What every figure takes: the folder, the metric and where to write.
+#[derive(clap::Args, Debug)]
+struct FigureArgs {
+    /// A sweep folder, runs root or run folder.
+    dir: PathBuf,
+    #[arg(long)]
+    metric: String,
+    /// Needed when several analyzers write the metric.
+    #[arg(long)]
+    analyzer: Option<String>,
+    /// Output path without extension (OUT.png and OUT.svg are written).
+    #[arg(long)]
+    out: PathBuf,
+}
+
 #[derive(clap::Subcommand, Debug)]
 enum Figure {
     /// Depth × log-step heatmap of a layer metric for one run.
     Heatmap {
-        dir: PathBuf,
-        #[arg(long)]
-        metric: String,
-        /// Needed when several analyzers write the metric.
-        #[arg(long)]
-        analyzer: Option<String>,
+        #[command(flatten)]
+        args: FigureArgs,
         /// The run (when DIR holds several).
         #[arg(long)]
         run: Option<String>,
-        /// Output path without extension.
-        #[arg(long)]
-        out: PathBuf,
     },
     /// A grid of heatmaps: one panel per run, or per value of a config key.
     Facet {
-        dir: PathBuf,
-        #[arg(long)]
-        metric: String,
-        #[arg(long)]
-        analyzer: Option<String>,
+        #[command(flatten)]
+        args: FigureArgs,
         /// Config key to facet by (e.g. lr); runs sharing a value are averaged.
         #[arg(long)]
         by: Option<String>,
-        #[arg(long)]
-        out: PathBuf,
     },
     /// A model metric over log steps: one line per run or per value of a config key.
     Lines {
-        dir: PathBuf,
-        #[arg(long)]
-        metric: String,
-        #[arg(long)]
-        analyzer: Option<String>,
+        #[command(flatten)]
+        args: FigureArgs,
         /// Only rows against this surrogate (default: a line per surrogate).
         #[arg(long)]
         surrogate: Option<String>,
+        /// Config key to group runs by (e.g. lr); runs sharing a value are averaged.
         #[arg(long)]
         by: Option<String>,
-        #[arg(long)]
-        out: PathBuf,
     },
 }
 
 fn command_main(cmd: &Cmd) -> Result<i32> {
-    use lintrace::plot::{self, figures};
+    use lintrace::plot::{self, data::Tables, figures};
     match cmd {
         Cmd::Query { dir, sql, out, allow_mixed_probes } => {
             let mut df = lintrace::query::run(dir, sql, *allow_mixed_probes)?;
@@ -167,15 +166,15 @@ fn command_main(cmd: &Cmd) -> Result<i32> {
         }
         Cmd::Plot { figure } => {
             let (png, svg) = match figure {
-                Figure::Heatmap { dir, metric, analyzer, run, out } => {
-                    plot::save(&figures::heatmap(&plot::data::Tables::load(dir)?, run.as_deref(), metric, analyzer.as_deref())?, out)?
+                Figure::Heatmap { args: a, run } => {
+                    plot::save(&figures::heatmap(&Tables::load(&a.dir)?, run.as_deref(), &a.metric, a.analyzer.as_deref())?, &a.out)?
                 }
-                Figure::Facet { dir, metric, analyzer, by, out } => {
-                    plot::save(&figures::facet(&plot::data::Tables::load(dir)?, metric, analyzer.as_deref(), by.as_deref())?, out)?
+                Figure::Facet { args: a, by } => {
+                    plot::save(&figures::facet(&Tables::load(&a.dir)?, &a.metric, a.analyzer.as_deref(), by.as_deref())?, &a.out)?
                 }
-                Figure::Lines { dir, metric, analyzer, surrogate, by, out } => plot::save(
-                    &figures::lines(&plot::data::Tables::load(dir)?, metric, analyzer.as_deref(), surrogate.as_deref(), by.as_deref())?,
-                    out,
+                Figure::Lines { args: a, surrogate, by } => plot::save(
+                    &figures::lines(&Tables::load(&a.dir)?, &a.metric, a.analyzer.as_deref(), surrogate.as_deref(), by.as_deref())?,
+                    &a.out,
                 )?,
             };
             println!("wrote {} and {}", png.display(), svg.display());
