@@ -70,20 +70,26 @@ pub fn step_from_file_name(path: &Path) -> Option<u64> {
 
 /// Writes named f32 tensors with lintrace metadata, atomically.
 pub fn save(path: &Path, meta: &CheckpointMeta, tensors: &[(String, Tensor)]) -> Result<()> {
-    let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
-    for (name, t) in tensors {
-        let values: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        data.push((name.clone(), t.dims().to_vec(), bytes));
-    }
+    let data = tensors.iter().map(|(name, t)| f32_entry(name, t)).collect::<Result<Vec<_>>>()?;
     save_raw(path, meta, &data)
+}
+
+/// (name, shape, little-endian f32 bytes) of a tensor, as safetensors stores it.
+pub fn f32_entry(name: &str, t: &Tensor) -> Result<(String, Vec<usize>, Vec<u8>)> {
+    let values: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    Ok((name.to_string(), t.dims().to_vec(), values.iter().flat_map(|v| v.to_le_bytes()).collect()))
 }
 
 /// Writes (name, shape, little-endian f32 bytes) with lintrace metadata.
 pub fn save_raw(path: &Path, meta: &CheckpointMeta, data: &[(String, Vec<usize>, Vec<u8>)]) -> Result<()> {
+    write_f32_safetensors(path, data, meta.to_metadata())
+}
+
+/// Writes f32 entries and string metadata as a safetensors file with a
+/// canonical (sorted) header, atomically: checkpoints and train state.
+pub fn write_f32_safetensors(path: &Path, data: &[(String, Vec<usize>, Vec<u8>)], metadata: HashMap<String, String>) -> Result<()> {
     let views = data.iter().map(|(n, s, b)| Ok((n.as_str(), TensorView::new(Dtype::F32, s.clone(), b)?))).collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::serialize(views, Some(meta.to_metadata()))
-        .with_context(|| format!("{}: cannot serialise checkpoint", path.display()))?;
+    let bytes = safetensors::serialize(views, Some(metadata)).with_context(|| format!("{}: cannot serialise", path.display()))?;
     write_atomic(path, &canonical_header(bytes)?)
 }
 

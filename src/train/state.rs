@@ -4,10 +4,9 @@
 //! after each checkpoint, so an interrupted run resumes from its last
 //! checkpoint and produces the same bytes as a run that never stopped.
 
-use crate::atomic::write_atomic;
+use crate::checkpoint;
 use anyhow::{anyhow, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -41,19 +40,16 @@ pub struct Buffers {
 }
 
 pub fn save(run_dir: &Path, pos: &Position, buffers: &Buffers) -> Result<()> {
-    let path = run_dir.join(FILE);
-    let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut data = Vec::new();
     for (prefix, map) in [("m.", &buffers.m), ("v.", &buffers.v)] {
         for (name, t) in map {
-            let values: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-            data.push((format!("{prefix}{name}"), t.dims().to_vec(), values.iter().flat_map(|v| v.to_le_bytes()).collect()));
+            data.push(checkpoint::f32_entry(&format!("{prefix}{name}"), t)?);
         }
     }
+    // The buffers come from hash maps: a fixed order keeps the file stable.
     data.sort_by(|a, b| a.0.cmp(&b.0));
-    let views = data.iter().map(|(n, s, b)| Ok((n.as_str(), TensorView::new(Dtype::F32, s.clone(), b)?))).collect::<Result<Vec<_>>>()?;
     let md = HashMap::from([("position".to_string(), serde_json::to_string(pos)?)]);
-    let bytes = safetensors::serialize(views, Some(md)).with_context(|| format!("{}: cannot serialise", path.display()))?;
-    write_atomic(&path, &bytes)
+    checkpoint::write_f32_safetensors(&run_dir.join(FILE), &data, md)
 }
 
 pub fn load(run_dir: &Path, device: &Device) -> Result<(Position, Buffers)> {
