@@ -9,6 +9,10 @@ use crate::run;
 use anyhow::{bail, Context, Result};
 use polars::prelude::*;
 use polars::sql::SQLContext;
+// Eager Parquet/CSV I/O from polars-io: polars' own `parquet` feature routes
+// through the streaming engine and its cloud stack (object_store, reqwest),
+// which only local files do not need and which doubled the build.
+use polars_io::prelude::{CsvWriter, ParquetReader, ParquetWriter, SerReader, SerWriter};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 

@@ -46,6 +46,7 @@ fn analyze(f: &Fixture, ck: &checkpoint::Loaded, names: &[&str]) -> Vec<MetricVa
     let shared = Shared {
         init_grams: Some((0, &ref_grams)),
         final_grams: Some((0, &ref_grams)),
+        grams: None,
         weights: Some(&weights),
         init_weights: Some(&init_weights),
         surrogates: &[],

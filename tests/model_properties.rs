@@ -81,3 +81,52 @@ fn a_block_wider_than_the_probe_is_skipped_with_a_note() {
     assert!(v.iter().any(|m| m.tap == Some(1) && m.metric == "nonlinearity"));
     assert!(notes.iter().any(|n| n.contains("tap 0") && n.contains("100 input features")), "{notes:?}");
 }
+
+/// A pass resumed at tap l from the z_l a full pass computed gives the same
+/// logits as the full pass, whichever taps are replaced by affine
+/// surrogates after l: what makes the linearised variants cheap is exact.
+#[test]
+fn resumed_passes_equal_full_passes() {
+    use lintrace::model::{Affine, Taps};
+    for text in [
+        r#"{"spec_version":1,"kind":"cnn","input_shape":[2,8,8],"num_classes":3,"conv":[4,"M",5,5,"M"],"kernel_size":3,"dense":[6,7],"activation":"relu"}"#,
+        r#"{"spec_version":1,"kind":"mlp","input_shape":[6],"num_classes":4,"hidden":[8,9,7],"activation":"gelu"}"#,
+    ] {
+        let spec = ModelSpec::from_json(text).unwrap();
+        let m = model(&spec);
+        let p = probe(&spec, 10);
+        let mut shape = vec![p.len()];
+        shape.extend_from_slice(&p.sample_shape);
+        let x = Tensor::from_vec(p.inputs.clone(), shape, &Device::Cpu).unwrap();
+        let taps = spec.taps();
+        let affines: Vec<Affine> = taps
+            .iter()
+            .map(|t| {
+                let shape: Vec<usize> = std::iter::once(1).chain(t.shape.iter().copied()).collect();
+                Affine {
+                    alpha: Tensor::randn(0.5f32, 0.2, shape.clone(), &Device::Cpu).unwrap(),
+                    beta: Tensor::randn(0f32, 0.1, shape, &Device::Cpu).unwrap(),
+                }
+            })
+            .collect();
+        let n = taps.len();
+        let replacing = |set: &[usize]| -> Vec<Option<Affine>> { (0..n).map(|l| set.contains(&l).then(|| affines[l].clone())).collect() };
+        let (_, intact) = m.forward_with_taps(&x).unwrap();
+        for l in 0..n {
+            for set in [vec![l], (l..n).collect::<Vec<_>>(), vec![]] {
+                let full: Vec<f32> =
+                    m.forward(&x, &mut Taps::linearized(replacing(&set))).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+                let resumed: Vec<f32> = m
+                    .forward_from(l, &intact[l].z, &mut Taps::linearized(replacing(&set)))
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                for (a, b) in full.iter().zip(&resumed) {
+                    assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{text}: tap {l}, replaced {set:?}: {a} vs {b}");
+                }
+            }
+        }
+    }
+}

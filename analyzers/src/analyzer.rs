@@ -4,6 +4,7 @@ use crate::capture::{Chunk, LayerWeights, ModelInfo};
 use crate::gram::Gram;
 use crate::linearized_agreement::VariantLogits;
 use crate::mu::SurrogatePredictions;
+use crate::stats::UnitMoments;
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum AnalyzerError {
@@ -14,6 +15,17 @@ pub enum AnalyzerError {
     /// once and writes no rows for it).
     #[error("{analyzer} does not apply: {message}")]
     NotApplicable { analyzer: &'static str, message: String },
+    /// A tensor operation failed on the device (out of memory, a dtype the
+    /// device lacks, …).
+    #[error("{analyzer}: {message}")]
+    Compute { analyzer: &'static str, message: String },
+}
+
+impl AnalyzerError {
+    /// Wraps a tensor error with the analyzer's name, for `map_err`.
+    pub fn compute(analyzer: &'static str) -> impl Fn(candle_core::Error) -> AnalyzerError {
+        move |e| AnalyzerError::Compute { analyzer, message: e.to_string() }
+    }
 }
 
 /// One computed number. `tap: None` means a network-level metric
@@ -73,8 +85,15 @@ impl Finished {
 /// is computed that no selected analyzer uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Needs {
+    /// Per-chunk logits (the probe pass itself; an analyzer that needs only
+    /// weights or held-out predictions does not cause one).
+    pub logits: bool,
     /// Per-chunk z and a at every tap.
     pub taps: bool,
+    /// Per-unit moments of (z, a) at every tap over the whole probe
+    /// ([`crate::stats::UnitMoments`]), computed once by the driver and
+    /// shared (unit fits, activation regimes, the linearised variants).
+    pub moments: bool,
     /// Per-chunk block inputs (what each tap's affine layer receives).
     pub block_inputs: bool,
     /// Centred Gram matrices of every tap's a over the whole probe.
@@ -92,7 +111,9 @@ pub struct Needs {
 impl Needs {
     pub fn union(self, o: Needs) -> Needs {
         Needs {
+            logits: self.logits || o.logits,
             taps: self.taps || o.taps,
+            moments: self.moments || o.moments,
             block_inputs: self.block_inputs || o.block_inputs,
             grams: self.grams || o.grams,
             reference_grams: self.reference_grams || o.reference_grams,
@@ -108,6 +129,8 @@ impl Needs {
 #[derive(Default)]
 pub struct Extras<'a> {
     pub labels: &'a [i64],
+    /// Per tap, when an analyzer asked for `moments`.
+    pub moments: Option<&'a [UnitMoments]>,
     pub grams: Option<&'a [Gram]>,
     /// (step, Grams) of the step-0 checkpoint.
     pub init_grams: Option<(u64, &'a [Gram])>,
@@ -142,24 +165,21 @@ pub trait Accumulator: Send {
     fn finish(self: Box<Self>, extras: &Extras<'_>) -> Result<Finished, AnalyzerError>;
 }
 
-/// Checks that a chunk carries the taps an accumulator was started for.
+/// Checks that a chunk carries the taps an accumulator was started for:
+/// z and a of every tap hold `units` values for each of the chunk's samples.
 pub(crate) fn check_taps(analyzer: &'static str, model: &ModelInfo, chunk: &Chunk<'_>) -> Result<(), AnalyzerError> {
     if chunk.taps.len() != model.taps.len() {
         return Err(AnalyzerError::Shape { analyzer, message: format!("expected {} taps, got {}", model.taps.len(), chunk.taps.len()) });
     }
+    let b = chunk.labels.len();
     for (info, tap) in model.taps.iter().zip(chunk.taps) {
-        for (what, m) in [("z", tap.z), ("a", tap.a)] {
-            if m.cols != info.units || m.rows != chunk.labels.len() {
+        for (what, t) in [("z", tap.z), ("a", tap.a)] {
+            let dims = t.dims();
+            let per_sample: usize = dims.iter().skip(1).product();
+            if dims.first() != Some(&b) || per_sample != info.units {
                 return Err(AnalyzerError::Shape {
                     analyzer,
-                    message: format!(
-                        "tap {} {what}: expected {} × {}, got {} × {}",
-                        info.index,
-                        chunk.labels.len(),
-                        info.units,
-                        m.rows,
-                        m.cols
-                    ),
+                    message: format!("tap {} {what}: expected {b} samples × {} units, got shape {dims:?}", info.index, info.units),
                 });
             }
         }

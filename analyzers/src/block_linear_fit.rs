@@ -2,9 +2,15 @@
 //! input to its output (dense: the whole input vector; convolution: each
 //! output position's channels from its input patch), by ridge least squares
 //! accumulated over probe chunks in f64.
+//!
+//! The regression rows are gathered and their p × p and p × q moment
+//! matrices accumulated with tensor operations on the device the model runs
+//! on (matrix products in f64); only those small matrices come back to the
+//! host for the Cholesky solve.
 
 use crate::analyzer::{check_taps, Accumulator, Analyzer, AnalyzerError, Extras, Finished, MetricValue, Needs};
-use crate::capture::{BlockGeometry, Chunk, Matrix, ModelInfo, TapInfo};
+use crate::capture::{BlockGeometry, Chunk, ModelInfo, TapInfo};
+use candle_core::{DType, Tensor};
 use faer::linalg::solvers::Solve;
 use faer::{Mat, Side};
 
@@ -35,32 +41,37 @@ impl Analyzer for BlockLinearFit {
     }
     fn start(&self, model: &ModelInfo) -> Box<dyn Accumulator> {
         let fits = model.taps.iter().map(|t| Fit::new(t, model.n_probe)).collect();
-        Box::new(BlockAcc { model: model.clone(), fits, seen: 0 })
+        Box::new(BlockAcc { model: model.clone(), fits })
     }
 }
 
 struct BlockAcc {
     model: ModelInfo,
     fits: Vec<Fit>,
-    /// Probe samples seen so far: the global index of the next chunk's first.
-    seen: usize,
 }
 
-/// Running sums for one tap, shifted by the first chunk's means so that the
-/// centring at the end does not cancel catastrophically.
+/// Running sums for one tap, on the device, shifted by the first chunk's
+/// means so that the centring at the end does not cancel catastrophically.
 struct Fit {
     p: usize,
     q: usize,
     /// Positions used per sample (conv) — all of them when they fit MAX_ROWS.
     positions: usize,
+    /// The fit is known to be exact before any data is seen (no more
+    /// regression rows than features), so nothing is accumulated.
+    exact: bool,
     rows: f64,
-    shift_x: Option<Vec<f64>>,
-    shift_y: Vec<f64>,
-    sx: Vec<f64>,
-    sy: Vec<f64>,
-    sxx: Mat<f64>,
-    sxy: Mat<f64>,
-    syy: Vec<f64>,
+    sums: Option<Sums>,
+}
+
+struct Sums {
+    shift_x: Tensor,
+    shift_y: Tensor,
+    sx: Tensor,
+    sy: Tensor,
+    syy: Tensor,
+    sxx: Tensor,
+    sxy: Tensor,
 }
 
 impl Fit {
@@ -72,19 +83,8 @@ impl Fit {
                 (in_channels * kernel * kernel, out_channels, all.min((MAX_ROWS / n_probe.max(1)).max(1)))
             }
         };
-        Fit {
-            p,
-            q,
-            positions,
-            rows: 0.0,
-            shift_x: None,
-            shift_y: vec![0.0; q],
-            sx: vec![0.0; p],
-            sy: vec![0.0; q],
-            sxx: Mat::zeros(p, p),
-            sxy: Mat::zeros(p, q),
-            syy: vec![0.0; q],
-        }
+        let exact = n_probe > 0 && n_probe * positions <= p;
+        Fit { p, q, positions, exact, rows: 0.0, sums: None }
     }
 }
 
@@ -107,76 +107,107 @@ fn positions_for(g: usize, m: usize, total: usize) -> Vec<usize> {
     idx
 }
 
-/// The regression rows of one chunk: (X rows × p, Y rows × q), row-major f64.
-fn design(t: &TapInfo, input: Matrix<'_>, out: Matrix<'_>, first: usize, positions: usize, p: usize, q: usize) -> (Vec<f64>, Vec<f64>) {
+/// The regression rows of one chunk on the tensors' device: X (rows × p)
+/// and Y (rows × q), f64. A convolutional block's rows are its input
+/// patches (channel, kernel row, kernel column order, zero padding) at the
+/// chosen output positions, gathered from the padded input in one
+/// `index_select`; Y is the output channels at those positions.
+fn design(t: &TapInfo, input: &Tensor, out: &Tensor, first: usize, positions: usize) -> candle_core::Result<(Tensor, Tensor)> {
+    let b = input.dim(0)?;
     match t.block {
-        BlockGeometry::Dense { .. } => (input.data.iter().map(|&v| v as f64).collect(), out.data.iter().map(|&v| v as f64).collect()),
+        BlockGeometry::Dense { features } => {
+            Ok((input.reshape((b, features))?.to_dtype(DType::F64)?, out.reshape((b, t.units))?.to_dtype(DType::F64)?))
+        }
         BlockGeometry::Conv { in_channels, height, width, kernel, stride, padding, out_channels, out_height, out_width } => {
-            let mut x = Vec::with_capacity(input.rows * positions * p);
-            let mut y = Vec::with_capacity(input.rows * positions * q);
-            for i in 0..input.rows {
-                let (xin, yout) = (input.row(i), out.row(i));
-                for pos in positions_for(first + i, positions, out_height * out_width) {
+            let (hp, wp) = (height + 2 * padding, width + 2 * padding);
+            let padded =
+                input.reshape((b, in_channels, height, width))?.pad_with_zeros(2, padding, padding)?.pad_with_zeros(3, padding, padding)?;
+            let p = in_channels * kernel * kernel;
+            let l = out_height * out_width;
+            let mut ix: Vec<u32> = Vec::with_capacity(b * positions * p);
+            let mut iy: Vec<u32> = Vec::with_capacity(b * positions * out_channels);
+            for i in 0..b {
+                for pos in positions_for(first + i, positions, l) {
                     let (oi, oj) = (pos / out_width, pos % out_width);
                     for c in 0..in_channels {
                         for di in 0..kernel {
                             for dj in 0..kernel {
-                                let (ii, jj) =
-                                    ((oi * stride + di) as isize - padding as isize, (oj * stride + dj) as isize - padding as isize);
-                                let inside = ii >= 0 && jj >= 0 && (ii as usize) < height && (jj as usize) < width;
-                                x.push(if inside { xin[(c * height + ii as usize) * width + jj as usize] as f64 } else { 0.0 });
+                                ix.push((((i * in_channels + c) * hp + oi * stride + di) * wp + oj * stride + dj) as u32);
                             }
                         }
                     }
                     for c in 0..out_channels {
-                        y.push(yout[(c * out_height + oi) * out_width + oj] as f64);
+                        iy.push(((i * out_channels + c) * l + pos) as u32);
                     }
                 }
             }
-            (x, y)
+            let rows = b * positions;
+            let dev = input.device();
+            let x = padded.flatten_all()?.index_select(&Tensor::from_vec(ix, rows * p, dev)?, 0)?.reshape((rows, p))?;
+            let y = out.flatten_all()?.index_select(&Tensor::from_vec(iy, rows * out_channels, dev)?, 0)?.reshape((rows, out_channels))?;
+            Ok((x.to_dtype(DType::F64)?, y.to_dtype(DType::F64)?))
         }
     }
+}
+
+impl Fit {
+    fn observe(&mut self, t: &TapInfo, input: &Tensor, out: &Tensor, first: usize) -> candle_core::Result<()> {
+        if self.exact {
+            return Ok(());
+        }
+        let (x, y) = design(t, input, out, first, self.positions)?;
+        let rows = x.dim(0)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        if self.sums.is_none() {
+            let (sx0, sy0) = (x.mean_keepdim(0)?, y.mean_keepdim(0)?);
+            let dev = x.device();
+            self.sums = Some(Sums {
+                sx: Tensor::zeros(self.p, DType::F64, dev)?,
+                sy: Tensor::zeros(self.q, DType::F64, dev)?,
+                syy: Tensor::zeros(self.q, DType::F64, dev)?,
+                sxx: Tensor::zeros((self.p, self.p), DType::F64, dev)?,
+                sxy: Tensor::zeros((self.p, self.q), DType::F64, dev)?,
+                shift_x: sx0,
+                shift_y: sy0,
+            });
+        }
+        let s = self.sums.as_mut().expect("set above");
+        let xm = x.broadcast_sub(&s.shift_x)?;
+        let ym = y.broadcast_sub(&s.shift_y)?;
+        let xt = xm.t()?;
+        s.sxx = (&s.sxx + xt.matmul(&xm)?)?;
+        s.sxy = (&s.sxy + xt.matmul(&ym)?)?;
+        s.sx = (&s.sx + xm.sum(0)?)?;
+        s.sy = (&s.sy + ym.sum(0)?)?;
+        s.syy = (&s.syy + ym.sqr()?.sum(0)?)?;
+        self.rows += rows as f64;
+        Ok(())
+    }
+}
+
+fn host_mat(t: &Tensor) -> candle_core::Result<Mat<f64>> {
+    let (r, c) = t.dims2()?;
+    let v: Vec<f64> = t.flatten_all()?.to_vec1()?;
+    Ok(Mat::from_fn(r, c, |i, j| v[i * c + j]))
 }
 
 impl Accumulator for BlockAcc {
     fn observe(&mut self, chunk: &Chunk<'_>) -> Result<(), AnalyzerError> {
         check_taps(NAME, &self.model, chunk)?;
         for ((t, tap), fit) in self.model.taps.iter().zip(chunk.taps).zip(&mut self.fits) {
-            if tap.input.cols != t.input_units || tap.input.rows != chunk.labels.len() {
+            let input =
+                tap.input.ok_or_else(|| AnalyzerError::Shape { analyzer: NAME, message: "no block inputs were captured".into() })?;
+            let dims = input.dims();
+            if dims.first() != Some(&chunk.labels.len()) || dims.iter().skip(1).product::<usize>() != t.input_units {
                 return Err(AnalyzerError::Shape {
                     analyzer: NAME,
-                    message: format!("tap {} block input: expected {} features, got {}", t.index, t.input_units, tap.input.cols),
+                    message: format!("tap {} block input: expected {} features per sample, got shape {dims:?}", t.index, t.input_units),
                 });
             }
-            let (x, y) = design(t, tap.input, tap.a, self.seen, fit.positions, fit.p, fit.q);
-            let rows = x.len() / fit.p.max(1);
-            if rows == 0 {
-                continue;
-            }
-            let (p, q) = (fit.p, fit.q);
-            if fit.shift_x.is_none() {
-                let mean =
-                    |v: &[f64], w: usize| (0..w).map(|j| (0..rows).map(|r| v[r * w + j]).sum::<f64>() / rows as f64).collect::<Vec<f64>>();
-                fit.shift_x = Some(mean(&x, p));
-                fit.shift_y = mean(&y, q);
-            }
-            let sx0 = fit.shift_x.as_ref().expect("set above");
-            let xm = Mat::<f64>::from_fn(rows, p, |r, j| x[r * p + j] - sx0[j]);
-            let ym = Mat::<f64>::from_fn(rows, q, |r, j| y[r * q + j] - fit.shift_y[j]);
-            fit.sxx += xm.transpose() * &xm;
-            fit.sxy += xm.transpose() * &ym;
-            for r in 0..rows {
-                for j in 0..p {
-                    fit.sx[j] += xm[(r, j)];
-                }
-                for j in 0..q {
-                    fit.sy[j] += ym[(r, j)];
-                    fit.syy[j] += ym[(r, j)] * ym[(r, j)];
-                }
-            }
-            fit.rows += rows as f64;
+            fit.observe(t, input, tap.a, chunk.first).map_err(AnalyzerError::compute(NAME))?;
         }
-        self.seen += chunk.labels.len();
         Ok(())
     }
 
@@ -185,19 +216,24 @@ impl Accumulator for BlockAcc {
         let mut notes = Vec::new();
         for (t, fit) in self.model.taps.iter().zip(&self.fits) {
             let (p, q, n) = (fit.p, fit.q, fit.rows);
-            if n <= p as f64 {
+            let Some(s) = fit.sums.as_ref().filter(|_| n > p as f64) else {
+                let rows = if fit.exact { (self.model.n_probe * fit.positions) as f64 } else { n };
                 notes.push(format!(
-                    "tap {}: {} input features but only {n} regression rows; an affine fit would be exact, so no rows are written",
+                    "tap {}: {} input features but only {rows} regression rows; an affine fit would be exact, so no rows are written",
                     t.index, p
                 ));
                 continue;
-            }
+            };
+            let v = |t: &Tensor| t.to_vec1::<f64>();
+            let host = (|| -> candle_core::Result<_> { Ok((host_mat(&s.sxx)?, host_mat(&s.sxy)?, v(&s.sx)?, v(&s.sy)?, v(&s.syy)?)) })()
+                .map_err(AnalyzerError::compute(NAME))?;
+            let (sxx, sxy, sx, sy, syy) = host;
             // Centred moments: G = Σ x̃x̃ᵀ − n m mᵀ, etc. (x̃ shifted values).
-            let mx: Vec<f64> = fit.sx.iter().map(|v| v / n).collect();
-            let my: Vec<f64> = fit.sy.iter().map(|v| v / n).collect();
-            let g = Mat::<f64>::from_fn(p, p, |i, j| fit.sxx[(i, j)] - n * mx[i] * mx[j]);
-            let c = Mat::<f64>::from_fn(p, q, |i, j| fit.sxy[(i, j)] - n * mx[i] * my[j]);
-            let tss: f64 = (0..q).map(|j| fit.syy[j] - n * my[j] * my[j]).sum();
+            let mx: Vec<f64> = sx.iter().map(|v| v / n).collect();
+            let my: Vec<f64> = sy.iter().map(|v| v / n).collect();
+            let g = Mat::<f64>::from_fn(p, p, |i, j| sxx[(i, j)] - n * mx[i] * mx[j]);
+            let c = Mat::<f64>::from_fn(p, q, |i, j| sxy[(i, j)] - n * mx[i] * my[j]);
+            let tss: f64 = (0..q).map(|j| syy[j] - n * my[j] * my[j]).sum();
             let l = t.index;
             out.push(MetricValue::layer(l, "n_rows", Some(n)));
             out.push(MetricValue::layer(l, "n_features", Some(p as f64)));

@@ -1,6 +1,10 @@
 //! What the driver hands to analyzers: a description of the model's taps and
-//! chunks of captured values. Matrices are row-major `samples × features`
-//! views that borrow the driver's buffers, so no copy is made per analyzer.
+//! chunks of captured values. Captured values are candle tensors on the
+//! device the model runs on (a GPU where there is one), shaped
+//! `[samples, *per-sample shape]` and borrowed from the driver, so no copy
+//! is made per analyzer and the heavy math stays on that device.
+
+use candle_core::Tensor;
 
 /// The elementwise nonlinearity at a tap, as the analyzers need to know it.
 /// A tap made linear (Pinson et al.'s partly linear models) reports `Identity`.
@@ -107,20 +111,26 @@ impl<'a> Matrix<'a> {
     }
 }
 
-/// One tap's values for a chunk of samples. Taps are passed only when a
-/// selected analyzer asked for them; `input` is empty (0 columns) unless one
-/// asked for block inputs.
+/// One tap's values for a chunk of samples, each `[samples, *shape]`.
 #[derive(Debug, Clone, Copy)]
 pub struct TapChunk<'a> {
-    pub input: Matrix<'a>,
-    pub z: Matrix<'a>,
-    pub a: Matrix<'a>,
+    /// What the tap's affine layer received (`[samples, *input shape]`);
+    /// `None` unless a selected analyzer asked for block inputs.
+    pub input: Option<&'a Tensor>,
+    /// Pre-activation, `[samples, *tap shape]`.
+    pub z: &'a Tensor,
+    /// Activation, `[samples, *tap shape]`.
+    pub a: &'a Tensor,
 }
 
 /// A chunk of the probe as seen by the analyzers.
 #[derive(Debug, Clone, Copy)]
 pub struct Chunk<'a> {
+    /// Empty unless a selected analyzer asked for taps.
     pub taps: &'a [TapChunk<'a>],
+    /// Logits `[samples, classes]`, on the host (small).
     pub logits: Matrix<'a>,
     pub labels: &'a [i64],
+    /// Index of the chunk's first sample in the probe.
+    pub first: usize,
 }

@@ -44,7 +44,8 @@ impl Accumulator for CkaAcc {
             match reference {
                 Some((ref_step, refs)) => {
                     for (l, (g, r)) in grams.iter().zip(refs).enumerate() {
-                        out.push(MetricValue::layer(l, metric, cka(g, r)).with_ref_step(ref_step));
+                        let v = cka(g, r).map_err(AnalyzerError::compute(NAME))?;
+                        out.push(MetricValue::layer(l, metric, v).with_ref_step(ref_step));
                     }
                 }
                 None => notes.push(format!("{metric}: no reference checkpoint (step 0 or final) could be read")),

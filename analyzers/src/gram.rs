@@ -1,79 +1,88 @@
 //! Centred Gram matrices of a tap's representation over the probe, and what
 //! is computed from them: linear CKA (Kornblith et al., 2019) and the
 //! effective rank (Roy & Vetterli, 2007).
+//!
+//! The Gram matrix is built and centred with tensor operations on the device
+//! the activations live on (f64 matrix products there), and CKA is reduced
+//! there too; only the effective rank's eigenvalues are computed on the host
+//! (faer), from one n × n copy.
 
-use faer::Mat;
+use candle_core::{DType, Device, Result, Tensor};
 
-/// H K H for K = A Aᵀ, A the n × features post-activations; f64, n × n.
+/// H K H for K = A Aᵀ, A the n × features post-activations; f64, n × n, on
+/// the device of A.
 #[derive(Debug, Clone)]
 pub struct Gram {
     pub n: usize,
-    pub k: Mat<f64>,
+    pub k: Tensor,
 }
 
+/// Features per f64 block: memory stays n × BLOCK in f64, not n × f.
+const BLOCK: usize = 2048;
+
 impl Gram {
-    /// From a row-major n × f matrix of f32 values. Accumulated in f64 over
-    /// blocks of features (so memory stays n × block, not n × f in f64):
-    /// an f32 product would put noise eigenvalues at ~1e-7 of the largest,
-    /// which the effective rank counts as real directions.
-    pub fn from_rows(n: usize, f: usize, data: &[f32]) -> Gram {
-        assert_eq!(n * f, data.len(), "gram input size");
-        const BLOCK: usize = 2048;
-        let mut k = Mat::<f64>::zeros(n, n);
+    /// From the whole probe's activations, given as row chunks (each
+    /// `[samples, …]`, in probe order) on one device. Accumulated in f64
+    /// over blocks of features: an f32 product would put noise eigenvalues
+    /// at ~1e-7 of the largest, which the effective rank counts as real
+    /// directions.
+    pub fn from_chunks(chunks: &[Tensor]) -> Result<Gram> {
+        let flat: Vec<Tensor> = chunks.iter().map(|c| c.flatten_from(1)).collect::<Result<_>>()?;
+        let Some(first) = flat.first() else { candle_core::bail!("Gram of an empty probe") };
+        let f = first.dim(1)?;
+        let n: usize = flat.iter().map(|c| c.dim(0)).sum::<Result<usize>>()?;
+        let mut k = Tensor::zeros((n, n), DType::F64, first.device())?;
         let mut start = 0;
         while start < f {
-            let end = (start + BLOCK).min(f);
-            let blk = Mat::<f64>::from_fn(n, end - start, |i, j| data[i * f + start + j] as f64);
-            k += &blk * blk.transpose();
-            start = end;
+            let w = BLOCK.min(f - start);
+            let parts: Vec<Tensor> = flat.iter().map(|c| c.narrow(1, start, w)).collect::<Result<_>>()?;
+            let blk = Tensor::cat(&parts, 0)?.to_dtype(DType::F64)?;
+            k = (k + blk.matmul(&blk.t()?)?)?;
+            start += w;
         }
-        Gram { n, k: center(k) }
+        Ok(Gram { n, k: center(&k)? })
     }
 
-    /// ⟨self, other⟩_F
-    pub fn dot(&self, other: &Gram) -> f64 {
-        let mut s = 0.0;
-        for j in 0..self.n {
-            for i in 0..self.n {
-                s += self.k[(i, j)] * other.k[(i, j)];
-            }
-        }
-        s
+    /// From a row-major n × f host matrix (tests, small inputs), on the CPU.
+    pub fn from_rows(n: usize, f: usize, data: &[f32]) -> Result<Gram> {
+        Gram::from_chunks(&[Tensor::from_slice(data, (n, f), &Device::Cpu)?])
+    }
+
+    /// ⟨self, other⟩_F, reduced on the device.
+    pub fn dot(&self, other: &Gram) -> Result<f64> {
+        let other = other.k.to_device(self.k.device())?;
+        (&self.k * &other)?.sum_all()?.to_scalar::<f64>()
     }
 }
 
 /// H K H with H = I − 11ᵀ/n.
-pub fn center(mut k: Mat<f64>) -> Mat<f64> {
-    let n = k.nrows();
-    let nf = n as f64;
-    let row_means: Vec<f64> = (0..n).map(|i| (0..n).map(|j| k[(i, j)]).sum::<f64>() / nf).collect();
-    let total = row_means.iter().sum::<f64>() / nf;
-    for j in 0..n {
-        for i in 0..n {
-            // K symmetric: column means equal row means.
-            k[(i, j)] += total - row_means[i] - row_means[j];
-        }
-    }
-    k
+pub fn center(k: &Tensor) -> Result<Tensor> {
+    let row = k.mean_keepdim(1)?;
+    let col = k.mean_keepdim(0)?;
+    let total = row.mean_all()?.to_scalar::<f64>()?;
+    k.broadcast_sub(&row)?.broadcast_sub(&col)? + total
 }
 
 /// Linear CKA from two centred Grams; None when either representation is
 /// constant on the probe.
-pub fn cka(x: &Gram, y: &Gram) -> Option<f64> {
-    let (xy, xx, yy) = (x.dot(y), x.dot(x), y.dot(y));
+pub fn cka(x: &Gram, y: &Gram) -> Result<Option<f64>> {
+    let (xy, xx, yy) = (x.dot(y)?, x.dot(x)?, y.dot(y)?);
     let denom = (xx * yy).sqrt();
-    (denom > 0.0 && denom.is_finite()).then(|| xy / denom)
+    Ok((denom > 0.0 && denom.is_finite()).then(|| xy / denom))
 }
 
 /// exp(entropy) of the normalised singular values of the centred
 /// representation, whose squares are the eigenvalues of the centred Gram.
 /// Singular values below 1e-12 × the largest count as zero.
-pub fn effective_rank(g: &Gram) -> Option<f64> {
-    let eig = g.k.self_adjoint_eigenvalues(faer::Side::Lower).ok()?;
+pub fn effective_rank(g: &Gram) -> Result<Option<f64>> {
+    let n = g.n;
+    let v: Vec<f64> = g.k.flatten_all()?.to_vec1()?;
+    let m = faer::Mat::<f64>::from_fn(n, n, |i, j| v[i * n + j]);
+    let Ok(eig) = m.self_adjoint_eigenvalues(faer::Side::Lower) else { return Ok(None) };
     let s: Vec<f64> = eig.iter().map(|&l| l.max(0.0).sqrt()).collect();
     let max = s.iter().cloned().fold(0.0, f64::max);
     if max <= 0.0 {
-        return None;
+        return Ok(None);
     }
     let kept: Vec<f64> = s.into_iter().filter(|&v| v > 1e-12 * max).collect();
     let total: f64 = kept.iter().sum();
@@ -84,5 +93,31 @@ pub fn effective_rank(g: &Gram) -> Option<f64> {
             -p * p.ln()
         })
         .sum();
-    Some(h.exp())
+    Ok(Some(h.exp()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_gram_equals_whole_and_wide_features_are_blocked() {
+        let (n, f) = (9, BLOCK + 37);
+        let data: Vec<f32> = (0..n * f).map(|i| ((i * 7919) % 997) as f32 / 500.0 - 1.0).collect();
+        let whole = Gram::from_rows(n, f, &data).unwrap();
+        let a = Tensor::from_slice(&data, (n, f), &Device::Cpu).unwrap();
+        let chunks = [a.narrow(0, 0, 4).unwrap(), a.narrow(0, 4, 5).unwrap()];
+        let parts = Gram::from_chunks(&chunks).unwrap();
+        let (w, p): (Vec<f64>, Vec<f64>) =
+            (whole.k.flatten_all().unwrap().to_vec1().unwrap(), parts.k.flatten_all().unwrap().to_vec1().unwrap());
+        // Reference: centred A Aᵀ in f64 by the definition.
+        let mean: Vec<f64> = (0..f).map(|j| (0..n).map(|i| data[i * f + j] as f64).sum::<f64>() / n as f64).collect();
+        for i in 0..n {
+            for j in 0..n {
+                let r: f64 = (0..f).map(|c| (data[i * f + c] as f64 - mean[c]) * (data[j * f + c] as f64 - mean[c])).sum();
+                assert!((w[i * n + j] - r).abs() < 1e-9 * r.abs().max(1.0), "({i},{j}): {} vs {r}", w[i * n + j]);
+                assert!((p[i * n + j] - r).abs() < 1e-9 * r.abs().max(1.0));
+            }
+        }
+    }
 }

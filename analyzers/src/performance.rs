@@ -21,7 +21,7 @@ impl Analyzer for Performance {
         &["loss", "accuracy"]
     }
     fn needs(&self) -> Needs {
-        Needs::default()
+        Needs { logits: true, ..Needs::default() }
     }
     fn start(&self, model: &ModelInfo) -> Box<dyn Accumulator> {
         Box::new(PerfAcc { classes: model.num_classes, loss: 0.0, correct: 0, n: 0 })

@@ -36,6 +36,10 @@ impl Accumulator for RepAcc {
     fn finish(self: Box<Self>, extras: &Extras<'_>) -> Result<Finished, AnalyzerError> {
         let grams =
             extras.grams.ok_or(AnalyzerError::NotApplicable { analyzer: NAME, message: "no Gram matrices were supplied".into() })?;
-        Ok(Finished::values(grams.iter().enumerate().map(|(l, g)| MetricValue::layer(l, "effective_rank", effective_rank(g))).collect()))
+        let mut out = Vec::with_capacity(grams.len());
+        for (l, g) in grams.iter().enumerate() {
+            out.push(MetricValue::layer(l, "effective_rank", effective_rank(g).map_err(AnalyzerError::compute(NAME))?));
+        }
+        Ok(Finished::values(out))
     }
 }

@@ -1,9 +1,9 @@
 //! `unit_linear_fit`: how well each unit's nonlinearity is replaced by its
 //! best affine surrogate α z + β on the probe.
 
-use crate::analyzer::{check_taps, Accumulator, Analyzer, AnalyzerError, Extras, Finished, MetricValue, Needs};
-use crate::capture::{Chunk, ModelInfo};
-use crate::stats::PairedMoments;
+use crate::analyzer::{Accumulator, Analyzer, AnalyzerError, Extras, Finished, MetricValue, Needs};
+use crate::capture::ModelInfo;
+use crate::stats::UnitMoments;
 
 pub struct UnitLinearFit;
 
@@ -23,17 +23,27 @@ impl Analyzer for UnitLinearFit {
         &["nonlinearity", "mean_unit_r2", "n_units_varying", "n_units"]
     }
     fn needs(&self) -> Needs {
-        Needs { taps: true, ..Needs::default() }
+        Needs { moments: true, ..Needs::default() }
     }
     fn start(&self, model: &ModelInfo) -> Box<dyn Accumulator> {
-        let moments = model.taps.iter().map(|t| PairedMoments::new(t.units)).collect();
-        Box::new(FitAcc { model: model.clone(), moments })
+        Box::new(FitAcc { model: model.clone() })
     }
 }
 
 struct FitAcc {
     model: ModelInfo,
-    moments: Vec<PairedMoments>,
+}
+
+/// The per-tap moments the driver computed, checked against the model.
+pub(crate) fn moments<'a>(analyzer: &'static str, model: &ModelInfo, extras: &Extras<'a>) -> Result<&'a [UnitMoments], AnalyzerError> {
+    let m = extras.moments.ok_or(AnalyzerError::NotApplicable { analyzer, message: "no unit moments were supplied".into() })?;
+    if m.len() != model.taps.len() || m.iter().zip(&model.taps).any(|(m, t)| m.cols() != t.units) {
+        return Err(AnalyzerError::Shape {
+            analyzer,
+            message: format!("moments for {} taps do not match the model's {}", m.len(), model.taps.len()),
+        });
+    }
+    Ok(m)
 }
 
 /// The per-unit affine surrogate of one tap, as fitted on the probe. Later
@@ -46,7 +56,7 @@ pub struct UnitSurrogate {
 
 /// α, β per unit from accumulated moments; a unit whose z is constant gets
 /// α = 0 and β = its mean output.
-pub fn surrogate(m: &PairedMoments) -> UnitSurrogate {
+pub fn surrogate(m: &UnitMoments) -> UnitSurrogate {
     let mut alpha = Vec::with_capacity(m.cols());
     let mut beta = Vec::with_capacity(m.cols());
     for j in 0..m.cols() {
@@ -58,17 +68,9 @@ pub fn surrogate(m: &PairedMoments) -> UnitSurrogate {
 }
 
 impl Accumulator for FitAcc {
-    fn observe(&mut self, chunk: &Chunk<'_>) -> Result<(), AnalyzerError> {
-        check_taps(NAME, &self.model, chunk)?;
-        for (m, tap) in self.moments.iter_mut().zip(chunk.taps) {
-            m.observe(tap.z, tap.a);
-        }
-        Ok(())
-    }
-
-    fn finish(self: Box<Self>, _extras: &Extras<'_>) -> Result<Finished, AnalyzerError> {
+    fn finish(self: Box<Self>, extras: &Extras<'_>) -> Result<Finished, AnalyzerError> {
         let mut out = Vec::new();
-        for (info, m) in self.model.taps.iter().zip(&self.moments) {
+        for (info, m) in self.model.taps.iter().zip(moments(NAME, &self.model, extras)?) {
             let (mut res, mut var, mut r2_sum, mut varying) = (0.0, 0.0, 0.0, 0usize);
             for j in 0..m.cols() {
                 if !m.y_varies(j) {

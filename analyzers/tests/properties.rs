@@ -1,8 +1,10 @@
 //! The properties METRICS.md states for each analyzer, on synthetic taps.
 
+use analyzers::stats::PairedMoments;
 use analyzers::{
     all_analyzers, by_name, ActivationKind, BlockGeometry, Chunk, Extras, LayerKind, Matrix, MetricValue, ModelInfo, TapChunk, TapInfo,
 };
+use candle_core::{Device, Tensor};
 
 /// A small deterministic generator (no dependency needed for test data).
 struct Lcg(u64);
@@ -28,25 +30,41 @@ fn info(units: usize, act: ActivationKind) -> ModelInfo {
     }
 }
 
-/// Runs one analyzer on one tap (z, a) of n samples, in chunks of `chunk`.
+/// Runs one analyzer on one tap (z, a) of n samples, in chunks of `chunk`,
+/// as the driver does (chunks as CPU tensors, unit moments shared through
+/// the extras); the moments are computed on both the CPU's fused path and
+/// the device (tensor) path, which must agree.
 fn run(name: &str, act: ActivationKind, n: usize, units: usize, z: &[f32], a: &[f32], chunk: usize) -> Vec<MetricValue> {
     let analyzer = by_name(name).unwrap();
     let mi = info(units, act);
     let mut acc = analyzer.start(&mi);
     let logits = vec![0.0f32; n * 3];
     let labels: Vec<i64> = (0..n as i64).map(|i| i % 3).collect();
+    let (mut host, mut device) = (PairedMoments::new(units), PairedMoments::tensor_path(units));
     let mut s = 0;
     while s < n {
         let e = (s + chunk).min(n);
-        let taps = [TapChunk {
-            input: Matrix::new(e - s, units, &z[s * units..e * units]),
-            z: Matrix::new(e - s, units, &z[s * units..e * units]),
-            a: Matrix::new(e - s, units, &a[s * units..e * units]),
-        }];
-        acc.observe(&Chunk { taps: &taps, logits: Matrix::new(e - s, 3, &logits[s * 3..e * 3]), labels: &labels[s..e] }).unwrap();
+        let t = |v: &[f32]| Tensor::from_slice(&v[s * units..e * units], (e - s, units), &Device::Cpu).unwrap();
+        let (zt, at) = (t(z), t(a));
+        let taps = [TapChunk { input: Some(&zt), z: &zt, a: &at }];
+        acc.observe(&Chunk { taps: &taps, logits: Matrix::new(e - s, 3, &logits[s * 3..e * 3]), labels: &labels[s..e], first: s }).unwrap();
+        host.observe(&zt, &at).unwrap();
+        device.observe(&zt, &at).unwrap();
         s = e;
     }
-    acc.finish(&Extras { labels: &labels, ..Extras::default() }).unwrap().values
+    let (mh, md) = (host.finish().unwrap(), device.finish().unwrap());
+    let out = acc.finish(&Extras { labels: &labels, moments: Some(std::slice::from_ref(&mh)), ..Extras::default() }).unwrap().values;
+    let again = analyzer.start(&mi).finish(&Extras { labels: &labels, moments: Some(std::slice::from_ref(&md)), ..Extras::default() });
+    if analyzer.needs().moments {
+        for (x, y) in out.iter().zip(again.unwrap().values) {
+            let close = match (x.value, y.value) {
+                (Some(p), Some(q)) => (p - q).abs() <= 1e-9 * p.abs().max(1.0),
+                (p, q) => p == q,
+            };
+            assert!(close, "{name} {}: fused CPU path {:?} vs tensor path {:?}", x.metric, x.value, y.value);
+        }
+    }
+    out
 }
 
 fn get(v: &[MetricValue], metric: &str) -> Option<f64> {

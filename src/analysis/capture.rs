@@ -1,18 +1,22 @@
 //! Pushes the probe through one model in chunks, with taps, feeding every
 //! analyzer's accumulator chunk by chunk; then computes the whole-probe
-//! inputs that some analyzers asked for (Gram matrices, linearised variants)
-//! once, and hands them to every analyzer's `finish`.
+//! inputs that some analyzers asked for (unit moments, Gram matrices,
+//! linearised variants) once, and hands them to every analyzer's `finish`.
+//!
+//! Everything stays on the model's device: the probe is uploaded once,
+//! taps are passed to the analyzers as device tensors, and only logits and
+//! small per-unit or per-tap results come back to the host.
 
-use crate::model::{Affine, Model};
+use crate::model::{Affine, Model, Taps};
 use crate::probe::Probe;
 use crate::spec::ModelSpec;
 use analyzers::gram::Gram;
-use analyzers::linearized_agreement::{self, VariantLogits};
-use analyzers::stats::PairedMoments;
+use analyzers::linearized_agreement::{self, VariantKind, VariantLogits};
+use analyzers::stats::{PairedMoments, UnitMoments};
 use analyzers::unit_linear_fit::surrogate;
 use analyzers::{Accumulator, Analyzer, AnalyzerError, Chunk, Extras, Finished, Matrix, ModelInfo, Needs, TapChunk};
 use anyhow::Result;
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 /// Per analyzer (in the order given): its result, or why it could not run.
 pub type Outcome = Vec<Result<Finished, AnalyzerError>>;
@@ -23,20 +27,105 @@ pub type Outcome = Vec<Result<Finished, AnalyzerError>>;
 pub struct Shared<'a> {
     pub init_grams: Option<(u64, &'a [Gram])>,
     pub final_grams: Option<(u64, &'a [Gram])>,
+    /// This checkpoint's own Grams when they were already computed (it is
+    /// the run's step 0 or final checkpoint): not computed twice.
+    pub grams: Option<&'a [Gram]>,
     pub weights: Option<&'a [analyzers::LayerWeights]>,
     pub init_weights: Option<&'a [analyzers::LayerWeights]>,
     pub surrogates: &'a [analyzers::mu::SurrogatePredictions],
 }
 
-fn host(t: &Tensor) -> Result<Vec<f32>> {
-    Ok(t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?)
+/// Samples on the device, uploaded once, handed out in chunks.
+pub struct Batches {
+    x: Tensor,
+    chunk: usize,
 }
 
-fn batch(probe: &Probe, start: usize, end: usize, device: &Device) -> Result<Tensor> {
-    let d = probe.sample_len();
-    let mut shape = vec![end - start];
-    shape.extend_from_slice(&probe.sample_shape);
-    Ok(Tensor::from_slice(&probe.inputs[start * d..end * d], shape, device)?)
+impl Batches {
+    /// `inputs` row-major `[n, *sample_shape]`.
+    pub fn new(inputs: &[f32], sample_shape: &[usize], chunk: usize, device: &Device) -> Result<Batches> {
+        let d: usize = sample_shape.iter().product();
+        let mut shape = vec![if d == 0 { 0 } else { inputs.len() / d }];
+        shape.extend_from_slice(sample_shape);
+        Ok(Batches { x: Tensor::from_slice(inputs, shape, device)?, chunk: chunk.max(1) })
+    }
+
+    pub fn probe(probe: &Probe, chunk: usize, device: &Device) -> Result<Batches> {
+        Batches::new(&probe.inputs, &probe.sample_shape, chunk, device)
+    }
+
+    pub fn len(&self) -> usize {
+        self.x.dims()[0]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// (index of the first sample, `[samples, *shape]`) per chunk, in order.
+    pub fn iter(&self) -> impl Iterator<Item = Result<(usize, Tensor)>> + '_ {
+        (0..self.len()).step_by(self.chunk).map(move |start| Ok((start, self.x.narrow(0, start, self.chunk.min(self.len() - start))?)))
+    }
+}
+
+fn host(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+}
+
+/// What one pass over the probe collected besides the analyzers' own state.
+struct Pass {
+    moments: Vec<PairedMoments>,
+    /// Per tap, the post-activation chunks (for Gram matrices).
+    activations: Vec<Vec<Tensor>>,
+    logits: Vec<f32>,
+}
+
+/// One pass over the probe: feeds `accs` (a failing accumulator is dropped
+/// and its error kept in `failures`) and collects what `needs` asks for.
+fn pass(
+    model: &Model,
+    info: &ModelInfo,
+    batches: &Batches,
+    labels: &[i64],
+    needs: Needs,
+    accs: &mut [Option<Box<dyn Accumulator>>],
+    failures: &mut [Option<AnalyzerError>],
+) -> Result<Pass> {
+    let want_taps = needs.taps || needs.block_inputs || needs.moments || needs.grams;
+    let mut out = Pass {
+        moments: if needs.moments { info.taps.iter().map(|t| PairedMoments::new(t.units)).collect() } else { Vec::new() },
+        activations: if needs.grams { vec![Vec::new(); info.taps.len()] } else { Vec::new() },
+        logits: Vec::new(),
+    };
+    for item in batches.iter() {
+        let (first, x) = item?;
+        let b = x.dims()[0];
+        let (logits, taps) = if want_taps { model.forward_with_taps(&x)? } else { (model.logits(&x)?, Vec::new()) };
+        let logits = host(&logits)?;
+        let tap_chunks: Vec<TapChunk<'_>> = if needs.taps || needs.block_inputs {
+            taps.iter().map(|t| TapChunk { input: t.input.as_ref().filter(|_| needs.block_inputs), z: &t.z, a: &t.a }).collect()
+        } else {
+            Vec::new()
+        };
+        let chunk =
+            Chunk { taps: &tap_chunks, logits: Matrix::new(b, info.num_classes, &logits), labels: &labels[first..first + b], first };
+        for (slot, fail) in accs.iter_mut().zip(failures.iter_mut()) {
+            if let Some(acc) = slot {
+                if let Err(e) = acc.observe(&chunk) {
+                    *fail = Some(e);
+                    *slot = None;
+                }
+            }
+        }
+        for (m, t) in out.moments.iter_mut().zip(&taps) {
+            m.observe(&t.z, &t.a)?;
+        }
+        for (a, t) in out.activations.iter_mut().zip(&taps) {
+            a.push(t.a.clone());
+        }
+        out.logits.extend_from_slice(&logits);
+    }
+    Ok(out)
 }
 
 pub fn run(
@@ -49,70 +138,35 @@ pub fn run(
     shared: &Shared<'_>,
 ) -> Result<Outcome> {
     let info = &spec.model_info(probe.len());
-    let needs = selected.iter().fold(Needs::default(), |n, a| n.union(a.needs()));
+    let mut needs = selected.iter().fold(Needs::default(), |n, a| n.union(a.needs()));
+    needs.moments |= needs.variants;
+    let own_grams = needs.grams && shared.grams.is_none();
+    let pass_needs = Needs { grams: own_grams, ..needs };
     let mut accs: Vec<Option<Box<dyn Accumulator>>> = selected.iter().map(|a| Some(a.start(info))).collect();
     let mut failures: Vec<Option<AnalyzerError>> = vec![None; selected.len()];
-    let want_taps = needs.taps || needs.block_inputs || needs.grams || needs.variants;
-    let n = probe.len();
-    let chunk_size = chunk_size.max(1);
-    // Whole-probe post-activations per tap, kept only for Gram matrices.
-    let mut full_a: Vec<Vec<f32>> =
-        if needs.grams { info.taps.iter().map(|t| Vec::with_capacity(n * t.units)).collect() } else { Vec::new() };
-    // Unit moments for the linearised variants' surrogates, and base logits.
-    let mut moments: Vec<PairedMoments> =
-        if needs.variants { info.taps.iter().map(|t| PairedMoments::new(t.units)).collect() } else { Vec::new() };
-    let mut base_logits = Vec::new();
-    let empty: [f32; 0] = [];
-    let mut start = 0;
-    while start < n {
-        let end = (start + chunk_size).min(n);
-        let b = end - start;
-        let x = batch(probe, start, end, device)?;
-        let (logits, taps) = if want_taps { model.forward_with_taps(&x)? } else { (model.logits(&x)?, Vec::new()) };
-        let logits = host(&logits)?;
-        let host_taps: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = taps
-            .iter()
-            .map(|t| Ok((if needs.block_inputs { host(&t.input)? } else { Vec::new() }, host(&t.z)?, host(&t.a)?)))
-            .collect::<Result<_>>()?;
-        let tap_chunks: Vec<TapChunk<'_>> = host_taps
-            .iter()
-            .zip(&info.taps)
-            .map(|((input, z, a), ti)| TapChunk {
-                input: if needs.block_inputs { Matrix::new(b, ti.input_units, input) } else { Matrix::new(b, 0, &empty) },
-                z: Matrix::new(b, ti.units, z),
-                a: Matrix::new(b, ti.units, a),
-            })
-            .collect();
-        let chunk = Chunk { taps: &tap_chunks, logits: Matrix::new(b, info.num_classes, &logits), labels: &probe.labels[start..end] };
-        for (slot, fail) in accs.iter_mut().zip(failures.iter_mut()) {
-            if let Some(acc) = slot {
-                if let Err(e) = acc.observe(&chunk) {
-                    *fail = Some(e);
-                    *slot = None;
-                }
-            }
-        }
-        for (full, tc) in full_a.iter_mut().zip(&tap_chunks) {
-            full.extend_from_slice(tc.a.data);
-        }
-        for (m, tc) in moments.iter_mut().zip(&tap_chunks) {
-            m.observe(tc.z, tc.a);
-        }
-        if needs.variants {
-            base_logits.extend_from_slice(&logits);
-        }
-        start = end;
-    }
+    let batches = Batches::probe(probe, chunk_size, device)?;
+    // Analyzers that need only weights or held-out predictions cause no pass.
+    let wants_pass = needs.logits || needs.taps || needs.block_inputs || needs.moments || own_grams || needs.variants;
+    let collected = if wants_pass { Some(pass(model, info, &batches, &probe.labels, pass_needs, &mut accs, &mut failures)?) } else { None };
 
-    let grams: Option<Vec<Gram>> =
-        needs.grams.then(|| full_a.iter().zip(&info.taps).map(|(a, t)| Gram::from_rows(n, t.units, a)).collect());
-    drop(full_a);
-    let variants =
-        if needs.variants { Some(linearized_logits(model, spec, info, probe, &moments, base_logits, chunk_size, device)?) } else { None };
+    let (moments, computed_grams, base_logits) = match collected {
+        Some(p) => {
+            let moments = p.moments.iter().map(|m| m.finish()).collect::<candle_core::Result<Vec<UnitMoments>>>()?;
+            let grams = if own_grams {
+                Some(p.activations.iter().map(|a| Gram::from_chunks(a)).collect::<candle_core::Result<Vec<_>>>()?)
+            } else {
+                None
+            };
+            (moments, grams, p.logits)
+        }
+        None => (Vec::new(), None, Vec::new()),
+    };
+    let variants = if needs.variants { Some(variant_logits(model, spec, info, &batches, &moments, base_logits, device)?) } else { None };
 
     let extras = Extras {
         labels: &probe.labels,
-        grams: grams.as_deref(),
+        moments: needs.moments.then_some(moments.as_slice()),
+        grams: computed_grams.as_deref().or(shared.grams),
         init_grams: shared.init_grams,
         final_grams: shared.final_grams,
         weights: shared.weights,
@@ -131,18 +185,21 @@ pub fn run(
         .collect())
 }
 
-/// Runs the probe through every single/prefix/suffix variant of the model
-/// with taps replaced by the per-unit affine surrogates fitted on this
-/// checkpoint's own (z, a). 3L extra forward passes of the probe.
-#[allow(clippy::too_many_arguments)]
-fn linearized_logits(
+/// Logits of every single/prefix/suffix variant of the model, with taps
+/// replaced by the per-unit affine surrogates fitted on this checkpoint's
+/// own (z, a). Each variant resumes where it first differs from a pass
+/// already made: a single or suffix variant at tap k from the intact
+/// network's z_k, a prefix 0..k at tap k+1 from the fully linearised
+/// network's z_{k+1} (taps 0..k replaced there too). So the probe makes two
+/// full passes (intact, all-linear) plus the parts after each tap, instead
+/// of 3L full passes.
+fn variant_logits(
     model: &Model,
     spec: &ModelSpec,
     info: &ModelInfo,
-    probe: &Probe,
-    moments: &[PairedMoments],
+    batches: &Batches,
+    moments: &[UnitMoments],
     base: Vec<f32>,
-    chunk_size: usize,
     device: &Device,
 ) -> Result<VariantLogits> {
     // [1, *tap shape], so that α and β broadcast over the batch.
@@ -159,37 +216,41 @@ fn linearized_logits(
         })
         .collect::<Result<_>>()?;
     let n_taps = info.taps.len();
-    let mut out = VariantLogits { classes: info.num_classes, base, variants: Vec::new() };
-    for (kind, k) in linearized_agreement::variants(n_taps) {
-        let replaced = kind.taps(k, n_taps);
-        let mut logits = Vec::with_capacity(probe.len() * info.num_classes);
-        let mut start = 0;
-        while start < probe.len() {
-            let end = (start + chunk_size).min(probe.len());
-            let x = batch(probe, start, end, device)?;
-            let replace: Vec<Option<Affine>> = (0..n_taps).map(|l| replaced.contains(&l).then(|| affines[l].clone())).collect();
-            logits.extend(host(&model.logits_linearized(&x, replace)?)?);
-            start = end;
+    let replacing =
+        |taps: &[usize]| -> Vec<Option<Affine>> { (0..n_taps).map(|l| taps.contains(&l).then(|| affines[l].clone())).collect() };
+    let kinds = linearized_agreement::variants(n_taps);
+    let mut logits: Vec<Vec<f32>> = vec![Vec::with_capacity(batches.len() * info.num_classes); kinds.len()];
+    for item in batches.iter() {
+        let (_, x) = item?;
+        let (_, intact) = model.forward_with_taps(&x)?;
+        let mut all_linear = Taps::record_linearized(replacing(&(0..n_taps).collect::<Vec<_>>()));
+        let linear_logits = model.forward(&x, &mut all_linear)?;
+        let linear = all_linear.into_vec();
+        for ((kind, k), out) in kinds.iter().zip(&mut logits) {
+            let (kind, k) = (*kind, *k);
+            let l = match kind {
+                VariantKind::Single | VariantKind::Suffix => {
+                    model.forward_from(k, &intact[k].z, &mut Taps::linearized(replacing(&kind.taps(k, n_taps))))?
+                }
+                VariantKind::Prefix if k + 1 == n_taps => linear_logits.clone(),
+                VariantKind::Prefix => model.forward_from(k + 1, &linear[k + 1].z, &mut Taps::off())?,
+            };
+            out.extend(host(&l)?);
         }
-        out.variants.push((kind, k, logits));
     }
-    Ok(out)
+    Ok(VariantLogits {
+        classes: info.num_classes,
+        base,
+        variants: kinds.into_iter().zip(logits).map(|((kind, k), l)| (kind, k, l)).collect(),
+    })
 }
 
 /// Centred Gram matrices of every tap's post-activations over the probe
-/// (for a reference checkpoint).
+/// (for a reference checkpoint, or a checkpoint analysed later).
 pub fn grams(model: &Model, spec: &ModelSpec, probe: &Probe, chunk_size: usize, device: &Device) -> Result<Vec<Gram>> {
-    let n = probe.len();
-    let taps = spec.taps();
-    let mut full: Vec<Vec<f32>> = taps.iter().map(|t| Vec::with_capacity(n * t.units())).collect();
-    let mut start = 0;
-    while start < n {
-        let end = (start + chunk_size.max(1)).min(n);
-        let (_, values) = model.forward_with_taps(&batch(probe, start, end, device)?)?;
-        for (f, v) in full.iter_mut().zip(&values) {
-            f.extend(host(&v.a)?);
-        }
-        start = end;
-    }
-    Ok(full.iter().zip(&taps).map(|(a, t)| Gram::from_rows(n, t.units(), a)).collect())
+    let info = spec.model_info(probe.len());
+    let batches = Batches::probe(probe, chunk_size, device)?;
+    let needs = Needs { grams: true, ..Needs::default() };
+    let p = pass(model, &info, &batches, &probe.labels, needs, &mut [], &mut [])?;
+    Ok(p.activations.iter().map(|a| Gram::from_chunks(a)).collect::<candle_core::Result<Vec<_>>>()?)
 }

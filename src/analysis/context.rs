@@ -32,6 +32,8 @@ pub struct TargetContext {
     pub final_grams: Option<(u64, Vec<Gram>)>,
     pub init_weights: Option<Vec<LayerWeights>>,
     eval: Option<EvalSet>,
+    /// The held-out inputs on the device, uploaded once for all checkpoints.
+    eval_batches: Option<capture::Batches>,
     fixed: Vec<Fixed>,
     /// Runs compared at F's own step: (folder, run id).
     same_step: Vec<(PathBuf, String)>,
@@ -124,6 +126,7 @@ impl TargetContext {
                 }
             }
         };
+        let batches = eval.batches(opts.chunk_size, dev)?;
         for source in sources {
             match source {
                 Source::Linear => {
@@ -156,7 +159,7 @@ impl TargetContext {
                     let (name, model) = surrogate::load_checkpoint(path, dev)?;
                     self.fixed.push(Fixed {
                         name,
-                        predictions: surrogate::predict(&model, &eval, opts.chunk_size, dev)?,
+                        predictions: surrogate::predict(&model, &batches)?,
                         train_accuracy: None,
                         probe_accuracy: None,
                     });
@@ -165,7 +168,7 @@ impl TargetContext {
                     let (name, model) = surrogate::load_checkpoint(&surrogate::final_checkpoint(dir)?, dev)?;
                     self.fixed.push(Fixed {
                         name,
-                        predictions: surrogate::predict(&model, &eval, opts.chunk_size, dev)?,
+                        predictions: surrogate::predict(&model, &batches)?,
                         train_accuracy: None,
                         probe_accuracy: None,
                     });
@@ -174,13 +177,14 @@ impl TargetContext {
             }
         }
         self.eval = Some(eval);
+        self.eval_batches = Some(batches);
         Ok(())
     }
 
     /// F's predictions against every surrogate, at F's `step`.
-    pub fn surrogate_predictions(&self, model: &Model, step: u64, chunk: usize, dev: &Device) -> Result<Vec<SurrogatePredictions>> {
-        let Some(eval) = &self.eval else { return Ok(Vec::new()) };
-        let f = surrogate::predict(model, eval, chunk, dev)?;
+    pub fn surrogate_predictions(&self, model: &Model, step: u64, dev: &Device) -> Result<Vec<SurrogatePredictions>> {
+        let (Some(eval), Some(batches)) = (&self.eval, &self.eval_batches) else { return Ok(Vec::new()) };
+        let f = surrogate::predict(model, batches)?;
         let mut out: Vec<SurrogatePredictions> = self
             .fixed
             .iter()
@@ -204,7 +208,7 @@ impl TargetContext {
                 name: format!("{run_id}@same"),
                 split: eval.split.clone(),
                 f: f.clone(),
-                s: surrogate::predict(&m, eval, chunk, dev)?,
+                s: surrogate::predict(&m, batches)?,
                 y: eval.y.clone(),
                 train_accuracy: None,
                 probe_accuracy: None,

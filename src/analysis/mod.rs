@@ -274,10 +274,15 @@ fn run_job(
     let subset: Vec<&dyn Analyzer> = job.analyzers.iter().map(|&i| selected[i].as_ref()).collect();
     let needs = subset.iter().fold(Needs::default(), |n, a| n.union(a.needs()));
     let weights = if needs.weights { Some(context::layer_weights(spec, &loaded.tensors)?) } else { None };
-    let surrogates = if needs.surrogates { ctx.surrogate_predictions(&model, job.step, chunk, dev)? } else { Vec::new() };
+    let surrogates = if needs.surrogates { ctx.surrogate_predictions(&model, job.step, dev)? } else { Vec::new() };
+    let init_grams = ctx.init_grams.as_ref().map(|(s, g)| (*s, g.as_slice()));
+    let final_grams = ctx.final_grams.as_ref().map(|(s, g)| (*s, g.as_slice()));
+    // Step 0's and the final checkpoint's Grams were computed as references.
+    let own_grams = [init_grams, final_grams].into_iter().flatten().find(|(s, _)| *s == job.step).map(|(_, g)| g);
     let shared = capture::Shared {
-        init_grams: ctx.init_grams.as_ref().map(|(s, g)| (*s, g.as_slice())),
-        final_grams: ctx.final_grams.as_ref().map(|(s, g)| (*s, g.as_slice())),
+        init_grams,
+        final_grams,
+        grams: own_grams,
         weights: weights.as_deref(),
         init_weights: ctx.init_weights.as_deref(),
         surrogates: &surrogates,

@@ -189,6 +189,9 @@ fn command_main(cmd: &Cmd) -> Result<i32> {
 }
 
 fn main() {
+    // CPU passes allocate and free activation-sized buffers at every layer:
+    // keep freed memory for reuse instead of unmapping it (see the function).
+    lintrace::model::conv_cpu::tune_malloc_for_training();
     let args = Args::parse();
     let result = match &args.command {
         Some(cmd) => command_main(cmd),

@@ -30,9 +30,20 @@ struct Args {
     /// Where the benchmark runs are written (removed first).
     #[arg(long, default_value = "target/bench-runs")]
     out: PathBuf,
+    /// cpu | cuda | auto: where training and analysis run.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Skip the per-analyzer timings (all analyzers together only).
+    #[arg(long)]
+    no_per_analyzer: bool,
+    /// Only time the dominant kernels (convolution forward and backward of
+    /// the default CNN's layers, f64 Gram accumulation) in GFLOP/s.
+    #[arg(long)]
+    kernels: bool,
 }
 
 fn main() {
+    lintrace::model::conv_cpu::tune_malloc_for_training();
     if let Err(e) = real_main(&Args::parse()) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -40,6 +51,9 @@ fn main() {
 }
 
 fn real_main(args: &Args) -> Result<()> {
+    if args.kernels {
+        return kernels(&lintrace::device::select(&args.device)?, args.batch_size);
+    }
     let _ = std::fs::remove_dir_all(&args.out);
     let mut cfg = TrainConfig::default();
     cfg.data.dataset = "image-folder".into();
@@ -51,14 +65,15 @@ fn real_main(args: &Args) -> Result<()> {
     cfg.out = args.out.clone();
     cfg.name = "bench".into();
     let t = Instant::now();
-    let dir = train::train(&cfg, &TrainOptions { overwrite: true, resume: false, quiet: true, device: candle_core::Device::Cpu })?;
+    let device = lintrace::device::select(&args.device)?;
+    let dir = train::train(&cfg, &TrainOptions { overwrite: true, resume: false, quiet: true, device })?;
     let total = t.elapsed().as_secs_f64();
     let log = Table::read(&dir.join("train_log.parquet"), "train_log")?;
     let (wi, si) = (log.column_index("wall_seconds").context("wall")?, log.column_index("samples_seen").context("samples")?);
     let at = |row: usize| (log.rows[row][wi].as_f64().unwrap_or(0.0), log.rows[row][si].as_i64().unwrap_or(0) as f64);
     let (w0, s0) = at(2);
     let (w1, s1) = at(log.rows.len() - 1);
-    println!("threads: {}", rayon::current_num_threads());
+    println!("device: {}, threads: {}", args.device, rayon::current_num_threads());
     println!(
         "train: default CNN, batch {}, {} timed steps: {:.1} images/s (whole command incl. data load: {:.1}s)",
         args.batch_size,
@@ -69,7 +84,7 @@ fn real_main(args: &Args) -> Result<()> {
 
     let targets = analysis::discover(std::slice::from_ref(&dir), None)?.0;
     let ckpts = targets[0].checkpoints.len();
-    let mut opts = AnalyzeOptions { force: true, quiet: true, jobs: 1, device: "cpu".into(), ..AnalyzeOptions::default() };
+    let mut opts = AnalyzeOptions { force: true, quiet: true, jobs: 1, device: args.device.clone(), ..AnalyzeOptions::default() };
     // The linear surrogate is fitted once per dataset and cached; time that
     // apart from the per-checkpoint cost.
     opts.analyzers = vec!["mu".into()];
@@ -84,11 +99,73 @@ fn real_main(args: &Args) -> Result<()> {
         args.probe_size,
         t.elapsed().as_secs_f64() / ckpts as f64
     );
+    println!("peak resident memory so far: {}", peak_rss());
+    if args.no_per_analyzer {
+        return Ok(());
+    }
     for a in analyzers::all_analyzers() {
         opts.analyzers = vec![a.name().to_string()];
         let t = Instant::now();
         analysis::analyze(&targets, &opts)?;
         println!("analyze: {} alone: {:.2} s/checkpoint", a.name(), t.elapsed().as_secs_f64() / ckpts as f64);
+    }
+    Ok(())
+}
+
+/// The process's peak resident set (VmHWM), for the memory column.
+fn peak_rss() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.trim_start_matches("VmHWM:").trim().to_string()))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Best of `reps` timings of `f`, in seconds (after one warm-up call).
+fn best_of(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let mut best = f64::INFINITY;
+    for _ in 0..reps {
+        let t = Instant::now();
+        f()?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(best)
+}
+
+/// GFLOP/s of the kernels that dominate training and analysis.
+fn kernels(dev: &candle_core::Device, batch: usize) -> Result<()> {
+    use candle_core::{DType, Tensor, Var};
+    use lintrace::model::conv_cpu::conv2d_bias;
+    println!("device: {dev:?}, threads: {}", rayon::current_num_threads());
+    for (c, o, hw) in [(3usize, 32usize, 32usize), (32, 64, 32), (64, 64, 16)] {
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (batch, c, hw, hw), dev)?)?;
+        let w = Var::from_tensor(&Tensor::randn(0f32, 0.1, (o, c, 3, 3), dev)?)?;
+        let b = Var::from_tensor(&Tensor::zeros(o, DType::F32, dev)?)?;
+        let flop = 2.0 * (batch * o * hw * hw * c * 9) as f64;
+        let sync = |t: &Tensor| -> Result<()> { t.sum_all()?.to_scalar::<f32>().map(|_| ()).map_err(Into::into) };
+        let fwd = best_of(3, || sync(&conv2d_bias(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1, 1)?))?;
+        let both = best_of(3, || {
+            let y = conv2d_bias(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1, 1)?;
+            let g = y.sum_all()?.backward()?;
+            sync(g.get(w.as_tensor()).expect("weight gradient"))
+        })?;
+        println!(
+            "conv {c}->{o} at {hw}x{hw}, batch {batch}: forward {:.1} ms = {:.1} GFLOP/s; forward+backward {:.1} ms = {:.1} GFLOP/s",
+            fwd * 1e3,
+            flop / fwd / 1e9,
+            both * 1e3,
+            3.0 * flop / both / 1e9
+        );
+    }
+    for (n, f) in [(2048usize, 16384usize), (2048, 65536)] {
+        let a = Tensor::randn(0f32, 1.0, (n, f), dev)?;
+        let chunks: Vec<Tensor> = (0..n).step_by(256).map(|s| a.narrow(0, s, 256)).collect::<candle_core::Result<_>>()?;
+        let t = best_of(1, || {
+            let g = analyzers::gram::Gram::from_chunks(&chunks)?;
+            g.k.sum_all()?.to_scalar::<f64>()?;
+            Ok(())
+        })?;
+        println!("centred Gram, f64, n {n}, {f} features: {:.2} s = {:.1} GFLOP/s", t, 2.0 * (n * n * f) as f64 / t / 1e9);
     }
     Ok(())
 }

@@ -334,6 +334,9 @@ fn resolve(a: &Args) -> Result<TrainConfig> {
 }
 
 fn main() {
+    // CPU passes allocate and free activation-sized buffers at every layer:
+    // keep freed memory for reuse instead of unmapping it (see the function).
+    lintrace::model::conv_cpu::tune_malloc_for_training();
     let args = Args::parse();
     let result = match &args.command {
         Some(Cmd::Sweep(s)) => sweep_main(s),

@@ -4,7 +4,7 @@
 //! PyTorch: `features = nn.Sequential(Conv2d, Act, MaxPool2d, …)`,
 //! `classifier = nn.Sequential(Linear, Act, …, Linear)`.
 
-use super::{Conv2d, Dense, Taps, Weights};
+use super::{current, Conv2d, Dense, Start, Taps, Weights};
 use crate::spec::{Activation, Arch, ConvItem, ModelSpec};
 use anyhow::Result;
 use candle_core::Tensor;
@@ -49,25 +49,40 @@ impl Cnn {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, taps: &mut Taps) -> Result<Tensor> {
-        let mut h = x.clone();
+    pub fn forward(&self, start: Start<'_>, taps: &mut Taps) -> Result<Tensor> {
+        let mut h = start.input().cloned();
         let mut tap = 0;
         for f in &self.features {
-            h = match f {
+            match f {
                 Feature::Conv(conv, act) => {
-                    let z = conv.forward(&h)?;
+                    let l = tap;
                     tap += 1;
-                    taps.apply(tap - 1, *act, self.leaky_slope, &h, &z)?
+                    if start.skips(l) {
+                        continue;
+                    }
+                    let z = match start.z_at(l) {
+                        Some(z) => z.clone(),
+                        None => conv.forward(current(&h))?,
+                    };
+                    h = Some(taps.apply(l, *act, self.leaky_slope, h.as_ref(), &z)?);
                 }
-                Feature::MaxPool => h.max_pool2d(2)?,
-            };
+                // Pools before the start tap belong to what is skipped.
+                Feature::MaxPool => h = h.map(|x| super::pool_cpu::max_pool2d(&x, 2)).transpose()?,
+            }
         }
-        let mut h = h.flatten_from(1)?;
+        h = h.map(|x| x.flatten_from(1)).transpose()?;
         for (dense, act) in &self.classifier {
-            let z = dense.forward(&h)?;
+            let l = tap;
             tap += 1;
-            h = taps.apply(tap - 1, *act, self.leaky_slope, &h, &z)?;
+            if start.skips(l) {
+                continue;
+            }
+            let z = match start.z_at(l) {
+                Some(z) => z.clone(),
+                None => dense.forward(current(&h))?,
+            };
+            h = Some(taps.apply(l, *act, self.leaky_slope, h.as_ref(), &z)?);
         }
-        self.head.forward(&h)
+        self.head.forward(current(&h))
     }
 }

@@ -41,14 +41,14 @@ impl Conv2d {
         })
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.conv2d(&self.weight, self.padding, 1, 1, 1)?.broadcast_add(&self.bias)?)
+        Ok(super::conv_cpu::conv2d_bias(x, &self.weight, &self.bias, self.padding, 1)?)
     }
 }
 
 /// σ(z) for one tap. GELU is the exact (erf) form, as `torch.nn.GELU()`.
 pub fn activate(act: Activation, leaky_slope: f64, z: &Tensor) -> Result<Tensor> {
     Ok(match act {
-        Activation::Relu => z.relu()?,
+        Activation::Relu => super::pool_cpu::relu(z)?,
         Activation::LeakyRelu => (z.relu()? - (z.neg()?.relu()? * leaky_slope)?)?,
         Activation::Gelu => z.gelu_erf()?,
         Activation::Tanh => z.tanh()?,

@@ -1,7 +1,7 @@
 //! The MLP: flatten → [dense → σ (tap)] × depth → dense head.
 //! PyTorch: `layers = nn.Sequential(Linear, Act, Linear, Act, …, Linear)`.
 
-use super::{Dense, Taps, Weights};
+use super::{current, Dense, Start, Taps, Weights};
 use crate::spec::{Activation, ModelSpec};
 use anyhow::Result;
 use candle_core::Tensor;
@@ -26,12 +26,18 @@ impl Mlp {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, taps: &mut Taps) -> Result<Tensor> {
-        let mut h = x.flatten_from(1)?;
+    pub fn forward(&self, start: Start<'_>, taps: &mut Taps) -> Result<Tensor> {
+        let mut h = start.input().map(|x| x.flatten_from(1)).transpose()?;
         for (l, (dense, act)) in self.hidden.iter().enumerate() {
-            let z = dense.forward(&h)?;
-            h = taps.apply(l, *act, self.leaky_slope, &h, &z)?;
+            if start.skips(l) {
+                continue;
+            }
+            let z = match start.z_at(l) {
+                Some(z) => z.clone(),
+                None => dense.forward(current(&h))?,
+            };
+            h = Some(taps.apply(l, *act, self.leaky_slope, h.as_ref(), &z)?);
         }
-        self.head.forward(&h)
+        self.head.forward(current(&h))
     }
 }

@@ -4,8 +4,10 @@
 //! pre-activation `z` and activation `a`.
 
 mod cnn;
+pub mod conv_cpu;
 mod layers;
 mod mlp;
+pub mod pool_cpu;
 
 pub use cnn::Cnn;
 pub use layers::{activate, Conv2d, Dense};
@@ -17,13 +19,50 @@ use candle_core::{DType, Device, Tensor};
 use std::collections::BTreeMap;
 
 /// One tap's captured values for a batch, each shaped [batch, *shape]:
-/// the block input (what the tap's affine layer received), z (input of the
-/// nonlinearity) and a (its output).
+/// the block input (what the tap's affine layer received; `None` for the
+/// tap a pass was resumed at), z (input of the nonlinearity) and a (its
+/// output).
 #[derive(Debug, Clone)]
 pub struct TapValues {
-    pub input: Tensor,
+    pub input: Option<Tensor>,
     pub z: Tensor,
     pub a: Tensor,
+}
+
+/// Where a forward pass starts: at the input, or at tap `l` with its
+/// pre-activation `z_l` given, everything before it taken as computed.
+/// Resuming is what makes the linearised variants cheap: a variant that
+/// first differs from the intact network at tap `l` only recomputes what
+/// comes after it.
+#[derive(Debug, Clone, Copy)]
+pub enum Start<'a> {
+    Input(&'a Tensor),
+    Tap(usize, &'a Tensor),
+}
+
+impl<'a> Start<'a> {
+    pub fn input(self) -> Option<&'a Tensor> {
+        match self {
+            Start::Input(x) => Some(x),
+            Start::Tap(..) => None,
+        }
+    }
+    /// Whether the layers that produce tap `l` are skipped.
+    pub fn skips(self, l: usize) -> bool {
+        matches!(self, Start::Tap(k, _) if l < k)
+    }
+    /// The given z_l, when the pass resumes at tap `l`.
+    pub fn z_at(self, l: usize) -> Option<&'a Tensor> {
+        match self {
+            Start::Tap(k, z) if k == l => Some(z),
+            _ => None,
+        }
+    }
+}
+
+/// The activation a pass carries, present from its start on.
+pub(crate) fn current(h: &Option<Tensor>) -> &Tensor {
+    h.as_ref().expect("a pass has an activation from its start tap on")
 }
 
 /// A per-unit affine surrogate α ⊙ z + β for one tap; α and β are shaped
@@ -54,15 +93,19 @@ impl Taps {
     pub fn linearized(replace: Vec<Option<Affine>>) -> Self {
         Taps { replace, ..Self::off() }
     }
+    /// Both: replaces taps and records every tap's values.
+    pub fn record_linearized(replace: Vec<Option<Affine>>) -> Self {
+        Taps { record: true, ..Self::linearized(replace) }
+    }
 
     /// a = σ_l(z), or α ⊙ z + β where tap l is replaced.
-    pub fn apply(&mut self, l: usize, act: Activation, leaky_slope: f64, input: &Tensor, z: &Tensor) -> Result<Tensor> {
+    pub fn apply(&mut self, l: usize, act: Activation, leaky_slope: f64, input: Option<&Tensor>, z: &Tensor) -> Result<Tensor> {
         let a = match self.replace.get(l).and_then(Option::as_ref) {
             Some(s) => z.broadcast_mul(&s.alpha)?.broadcast_add(&s.beta)?,
             None => activate(act, leaky_slope, z)?,
         };
         if self.record {
-            self.values.push(TapValues { input: input.clone(), z: z.clone(), a: a.clone() });
+            self.values.push(TapValues { input: input.cloned(), z: z.clone(), a: a.clone() });
         }
         Ok(a)
     }
@@ -122,10 +165,20 @@ impl Model {
 
     /// Logits for a batch `x` of shape [batch, *input_shape].
     pub fn forward(&self, x: &Tensor, taps: &mut Taps) -> Result<Tensor> {
-        Ok(match self {
-            Model::Mlp(m) => m.forward(x, taps)?,
-            Model::Cnn(m) => m.forward(x, taps)?,
-        })
+        self.run(Start::Input(x), taps)
+    }
+
+    /// Logits from tap `l` on, given its pre-activation `z` ([batch, *tap
+    /// shape]): the same as a full pass whose z_l is `z`.
+    pub fn forward_from(&self, l: usize, z: &Tensor, taps: &mut Taps) -> Result<Tensor> {
+        self.run(Start::Tap(l, z), taps)
+    }
+
+    fn run(&self, start: Start<'_>, taps: &mut Taps) -> Result<Tensor> {
+        match self {
+            Model::Mlp(m) => m.forward(start, taps),
+            Model::Cnn(m) => m.forward(start, taps),
+        }
     }
 
     pub fn logits(&self, x: &Tensor) -> Result<Tensor> {

@@ -4,11 +4,12 @@
 
 pub mod linear;
 
+use crate::analysis::capture::Batches;
 use crate::checkpoint;
 use crate::model::Model;
 use crate::run::{self, RunManifest};
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -57,21 +58,20 @@ impl EvalSet {
     pub fn is_empty(&self) -> bool {
         self.y.is_empty()
     }
+    /// The inputs on `device`, uploaded once, in chunks.
+    pub fn batches(&self, chunk: usize, device: &Device) -> Result<Batches> {
+        Batches::new(&self.x, &self.sample_shape, chunk, device)
+    }
 }
 
-/// Argmax predictions of `model` on `eval`, in chunks.
-pub fn predict(model: &Model, eval: &EvalSet, chunk: usize, device: &Device) -> Result<Vec<usize>> {
-    let d: usize = eval.sample_shape.iter().product();
-    let mut out = Vec::with_capacity(eval.len());
-    let mut start = 0;
-    while start < eval.len() {
-        let end = (start + chunk.max(1)).min(eval.len());
-        let mut shape = vec![end - start];
-        shape.extend_from_slice(&eval.sample_shape);
-        let x = Tensor::from_slice(&eval.x[start * d..end * d], shape, device)?;
+/// Argmax predictions of `model` on `batches` (computed on the device; only
+/// the class indices come back).
+pub fn predict(model: &Model, batches: &Batches) -> Result<Vec<usize>> {
+    let mut out = Vec::with_capacity(batches.len());
+    for item in batches.iter() {
+        let (_, x) = item?;
         let am: Vec<u32> = model.logits(&x)?.argmax(1)?.to_vec1()?;
         out.extend(am.into_iter().map(|v| v as usize));
-        start = end;
     }
     Ok(out)
 }

@@ -357,7 +357,7 @@ fn relabel_with_teacher(data: &mut Dataset, teacher: &str, device: &Device) -> R
     let (_, model) = surrogate::load_checkpoint(&path, device)?;
     let train =
         EvalSet { split: "train".into(), x: data.train.x.clone(), sample_shape: data.sample_shape.clone(), y: vec![0; data.train.len()] };
-    let pred = surrogate::predict(&model, &train, 512, device)
+    let pred = surrogate::predict(&model, &train.batches(512, device)?)
         .with_context(|| format!("{}: teacher does not fit this dataset", path.display()))?;
     if pred.iter().any(|&p| p >= data.classes.len()) {
         bail!("{}: teacher predicts classes outside this dataset's {}", path.display(), data.classes.len());

@@ -1,0 +1,216 @@
+#!/usr/bin/env python3
+"""PyTorch peer of lintrace's trainer benchmark (BENCHMARKS.md, "Trainer").
+
+Times momentum-SGD training steps of the same models lintrace trains, built
+with the same module names (so `model.state_dict()` has lintrace's tensor
+names: `features.0.weight`, ..., `classifier.2.bias`):
+
+  default-cnn   features = Sequential(Conv2d(3,32,3,p=1), ReLU,
+                                      Conv2d(32,64,3,p=1), ReLU, MaxPool2d(2),
+                                      Conv2d(64,64,3,p=1), ReLU, MaxPool2d(2))
+                flatten (C,H,W order)
+                classifier = Sequential(Linear(4096,128), ReLU, Linear(128,10))
+                input 3x32x32, 10 classes (lintrace's default CNN on CIFAR-10)
+  seed-cnn      conv 16, 32, M, 32, M; dense 64 (the seed recipe's CNN)
+
+Add a model by adding an entry to MODELS (name -> builder returning
+(nn.Module, input_shape, num_classes)); `cnn(...)` and `mlp(...)` build
+lintrace-style specs.
+
+Training: SGD(lr 0.01, momentum 0.9), cross-entropy, batch 128 by default.
+The inputs are synthetic: a small pool of standard-normal batches and
+uniform labels generated once on the target device before timing (data
+loading is excluded, as lintrace's timing covers only the steps). `--warmup`
+untimed steps run first; then `--steps` steps are timed as a whole
+(torch.cuda.synchronize() before and after on CUDA).
+
+PyTorch defaults are kept otherwise (fp32; on CUDA cuDNN may use TF32 for
+convolutions, which is PyTorch's default; cudnn.benchmark is switched on).
+`--dtype bf16` uses torch.autocast(device_type="cuda", dtype=bfloat16), CUDA only.
+
+Output: one JSON line
+  {"model","device","threads","batch","steps","images_per_s",
+   "seconds_per_step","torch_version", "dtype", "warmup", ...}
+With `--compare-json FILE` (a JSON object with "images_per_s", e.g. lintrace's
+number), the line also has "lintrace_images_per_s" and
+"ratio_lintrace_over_torch" = lintrace / torch, and a readable line goes to
+stderr.
+
+Example:
+  /opt/bench-venv/bin/python examples/bench/torch_train_cnn.py --device cpu --threads 2
+"""
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+from torch import nn
+
+
+# --------------------------------------------------------------------------
+# models (lintrace naming)
+# --------------------------------------------------------------------------
+
+class LintraceCnn(nn.Module):
+    """VGG-style CNN as lintrace builds it: features -> flatten -> classifier."""
+
+    def __init__(self, features, classifier):
+        super().__init__()
+        self.features = features
+        self.classifier = classifier
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+class LintraceMlp(nn.Module):
+    """flatten -> layers = Sequential(Linear, Act, ..., Linear)."""
+
+    def __init__(self, layers):
+        super().__init__()
+        self.layers = layers
+
+    def forward(self, x):
+        return self.layers(torch.flatten(x, 1))
+
+
+def cnn(conv, dense, input_shape=(3, 32, 32), num_classes=10, kernel_size=3,
+        act=nn.ReLU):
+    c, h, w = input_shape
+    feats = []
+    for item in conv:
+        if item == "M":
+            feats.append(nn.MaxPool2d(2))
+            h, w = h // 2, w // 2
+        else:
+            feats += [nn.Conv2d(c, item, kernel_size, padding=kernel_size // 2), act()]
+            c = item
+    d = c * h * w
+    cls = []
+    for width in dense:
+        cls += [nn.Linear(d, width), act()]
+        d = width
+    cls.append(nn.Linear(d, num_classes))
+    return LintraceCnn(nn.Sequential(*feats), nn.Sequential(*cls)), tuple(input_shape), num_classes
+
+
+def mlp(hidden, input_shape=(784,), num_classes=10, act=nn.ReLU):
+    d = 1
+    for s in input_shape:
+        d *= s
+    mods = []
+    for width in hidden:
+        mods += [nn.Linear(d, width), act()]
+        d = width
+    mods.append(nn.Linear(d, num_classes))
+    return LintraceMlp(nn.Sequential(*mods)), tuple(input_shape), num_classes
+
+
+MODELS = {
+    "default-cnn": lambda: cnn([32, 64, "M", 64, "M"], [128]),
+    "seed-cnn": lambda: cnn([16, 32, "M", 32, "M"], [64]),
+}
+
+
+# --------------------------------------------------------------------------
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="default-cnn", choices=sorted(MODELS))
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=30, help="timed steps (default 30)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
+                    help="bf16 = autocast to bfloat16 (CUDA only)")
+    ap.add_argument("--lr", type=float, default=0.01)
+    ap.add_argument("--momentum", type=float, default=0.9)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pool", type=int, default=4,
+                    help="distinct synthetic batches, cycled (default 4)")
+    ap.add_argument("--compare-json", metavar="FILE",
+                    help='JSON object with "images_per_s" (lintrace); adds the ratio lintrace/torch')
+    args = ap.parse_args(argv)
+
+    if args.dtype == "bf16" and args.device != "cuda":
+        ap.error("--dtype bf16 is supported on --device cuda only")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("CUDA is not available in this torch build / machine")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    dev = torch.device(args.device)
+    if args.device == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    model, input_shape, num_classes = MODELS[args.model]()
+    model = model.to(dev).train()
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
+    loss_fn = nn.CrossEntropyLoss()
+
+    g = torch.Generator(device="cpu").manual_seed(args.seed)
+    pool = max(1, args.pool)
+    xs = [torch.randn((args.batch, *input_shape), generator=g).to(dev) for _ in range(pool)]
+    ys = [torch.randint(0, num_classes, (args.batch,), generator=g).to(dev) for _ in range(pool)]
+
+    def autocast():
+        if args.dtype == "bf16":
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return torch.autocast(device_type=args.device, enabled=False)
+
+    def step(i):
+        x, y = xs[i % pool], ys[i % pool]
+        opt.zero_grad(set_to_none=True)
+        with autocast():
+            loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    def sync():
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+
+    loss = None
+    for i in range(args.warmup):
+        loss = step(i)
+    sync()
+    t0 = time.perf_counter()
+    for i in range(args.steps):
+        loss = step(args.warmup + i)
+    sync()
+    elapsed = time.perf_counter() - t0
+    final_loss = float(loss.detach().float().cpu()) if loss is not None else None
+
+    spp = elapsed / max(args.steps, 1)
+    out = {
+        "model": args.model,
+        "device": args.device,
+        "threads": args.threads,
+        "batch": args.batch,
+        "steps": args.steps,
+        "images_per_s": args.batch * args.steps / elapsed if elapsed > 0 else None,
+        "seconds_per_step": spp,
+        "torch_version": torch.__version__,
+        "dtype": args.dtype,
+        "warmup": args.warmup,
+        "final_loss": final_loss,
+    }
+    if args.device == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(0)
+    if args.compare_json:
+        with open(args.compare_json) as f:
+            ref = json.load(f)
+        lt = float(ref["images_per_s"])
+        out["lintrace_images_per_s"] = lt
+        out["ratio_lintrace_over_torch"] = lt / out["images_per_s"]
+        print(f"lintrace {lt:.1f} images/s, torch {out['images_per_s']:.1f} images/s: "
+              f"lintrace/torch = {out['ratio_lintrace_over_torch']:.3f}", file=sys.stderr)
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()
