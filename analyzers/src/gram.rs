@@ -31,6 +31,9 @@ impl Gram {
         let Some(first) = flat.first() else { candle_core::bail!("Gram of an empty probe") };
         let f = first.dim(1)?;
         let n: usize = flat.iter().map(|c| c.dim(0)).sum::<Result<usize>>()?;
+        if first.device().is_cpu() {
+            return Ok(Gram { n, k: center(&host_gram(&flat, n, f)?)? });
+        }
         let mut k = Tensor::zeros((n, n), DType::F64, first.device())?;
         let mut start = 0;
         while start < f {
@@ -53,6 +56,51 @@ impl Gram {
         let other = other.k.to_device(self.k.device())?;
         (&self.k * &other)?.sum_all()?.to_scalar::<f64>()
     }
+}
+
+/// A Aᵀ on the CPU with faer's triangular product: only the lower triangle
+/// is computed (half the multiply-adds of a full product, which candle's
+/// matmul would do), then mirrored.
+fn host_gram(flat: &[Tensor], n: usize, f: usize) -> Result<Tensor> {
+    use faer::linalg::matmul::triangular::{matmul, BlockStructure};
+    let mut k = faer::Mat::<f64>::zeros(n, n);
+    let mut start = 0;
+    while start < f {
+        let w = BLOCK.min(f - start);
+        let mut blk = faer::Mat::<f64>::zeros(n, w);
+        let mut row = 0;
+        for c in flat {
+            let rows = c.dim(0)?;
+            crate::stats::with_cpu_f32(&c.narrow(1, start, w)?, |v| {
+                for i in 0..rows {
+                    for j in 0..w {
+                        blk[(row + i, j)] = v[i * w + j] as f64;
+                    }
+                }
+            })?;
+            row += rows;
+        }
+        matmul(
+            k.as_mut(),
+            BlockStructure::TriangularLower,
+            faer::Accum::Add,
+            blk.as_ref(),
+            BlockStructure::Rectangular,
+            blk.transpose(),
+            BlockStructure::Rectangular,
+            1.0,
+            faer::Par::rayon(0),
+        );
+        start += w;
+    }
+    let mut out = vec![0.0f64; n * n];
+    for i in 0..n {
+        for j in 0..=i {
+            out[i * n + j] = k[(i, j)];
+            out[j * n + i] = k[(i, j)];
+        }
+    }
+    Tensor::from_vec(out, (n, n), &Device::Cpu)
 }
 
 /// H K H with H = I − 11ᵀ/n.
@@ -108,6 +156,13 @@ mod tests {
         let a = Tensor::from_slice(&data, (n, f), &Device::Cpu).unwrap();
         let chunks = [a.narrow(0, 0, 4).unwrap(), a.narrow(0, 4, 5).unwrap()];
         let parts = Gram::from_chunks(&chunks).unwrap();
+        // The device path (full product through candle's matmul) on the CPU.
+        let mut k = Tensor::zeros((n, n), DType::F64, &Device::Cpu).unwrap();
+        for start in (0..f).step_by(BLOCK) {
+            let blk = a.narrow(1, start, BLOCK.min(f - start)).unwrap().to_dtype(DType::F64).unwrap();
+            k = (k + blk.matmul(&blk.t().unwrap()).unwrap()).unwrap();
+        }
+        let device_path: Vec<f64> = center(&k).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         let (w, p): (Vec<f64>, Vec<f64>) =
             (whole.k.flatten_all().unwrap().to_vec1().unwrap(), parts.k.flatten_all().unwrap().to_vec1().unwrap());
         // Reference: centred A Aᵀ in f64 by the definition.
@@ -117,6 +172,7 @@ mod tests {
                 let r: f64 = (0..f).map(|c| (data[i * f + c] as f64 - mean[c]) * (data[j * f + c] as f64 - mean[c])).sum();
                 assert!((w[i * n + j] - r).abs() < 1e-9 * r.abs().max(1.0), "({i},{j}): {} vs {r}", w[i * n + j]);
                 assert!((p[i * n + j] - r).abs() < 1e-9 * r.abs().max(1.0));
+                assert!((device_path[i * n + j] - r).abs() < 1e-9 * r.abs().max(1.0));
             }
         }
     }

@@ -483,7 +483,7 @@ step_pack() {
     echo "features: cuda; toolkit: $MODE ($CUDA_HOME); nvcc $(nvcc_version); CUDA_COMPUTE_CAP=$COMPUTE_CAP"
     [[ $MODE == wheels ]] && echo "wheels: ${WHEEL_SPECS[*]}"
     echo "glibc-compat relink: $([[ $GLIBC_COMPAT == 1 ]] && echo yes || echo no)"
-    echo "cargo build seconds, each run on this target dir: $(tr '\n' ' ' < "$TARGET_DIR/cuda-build-seconds" 2>/dev/null || echo '?')"
+    echo "cargo build seconds, each run on this target dir: $(if [[ -f $TARGET_DIR/cuda-build-seconds ]]; then tr '\n' ' ' < "$TARGET_DIR/cuda-build-seconds"; else echo '?'; fi)"
     for b in "${packed[@]}"; do
       if command -v objdump >/dev/null; then
         echo "$b NEEDED: $(objdump -p "$t/$b" | awk '/NEEDED/{printf "%s ", $2}')| highest $(glibc_needed "$t/$b")"

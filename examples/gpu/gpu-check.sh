@@ -29,8 +29,8 @@ Steps, each under `timeout $STEP_TIMEOUT`:
                       peers examples/bench/torch_train_cnn.py and torch_analyze.py
                       (run when present), side by side, with ratios
 Each check prints one line `PASS|FAIL|SKIP name: detail` in the summary at the
-end. Exit status 0 when no check failed (SKIPs allowed), 1 otherwise, 2 when
-the binaries could not be unpacked.
+end. Exit status 0 when no check failed (SKIPs allowed), 1 when one failed
+(a failed unpack ends the script there), 2 for a usage error.
 
 Environment (defaults in brackets):
   DEVICE        cuda | cpu [cuda]; cpu is a dry run of everything on a machine
@@ -340,7 +340,7 @@ if want train; then
       loss=$(tail -1 "$WORK/trainlog.csv" | cut -d, -f2)
     fi
     if [[ -n $loss ]] && awk -v l="$loss" 'BEGIN { exit !(l == l + 0 && l > 0 && l < 10) }'; then
-      result PASS "train-cnn-$DEVICE" "$TRAIN_STEPS steps, ${ck:-? checkpoints}, final train loss $loss, $STEP_S s (includes the first CUDA use: PTX JIT)"
+      result PASS "train-cnn-$DEVICE" "$TRAIN_STEPS steps, ${ck:-? checkpoints}, final train loss $loss, $STEP_S s$([[ $DEVICE == cuda ]] && echo ' (includes the first CUDA use: PTX JIT)')"
       TRAINED=1
     else
       result FAIL "train-cnn-$DEVICE" "trained but the final train loss is '${loss:-unreadable}' (log $LOGS/queries.log)"
@@ -604,7 +604,7 @@ for line in open(sys.argv[1]):
     for dt in "${dtypes[@]}"; do
       if run_step "bench-torch-train-$dt" "$PY" "$TT" --device "$DEVICE" --batch 128 --steps "$BENCH_STEPS" \
            --dtype "$dt" --threads "$TORCH_THREADS" "${cmp[@]}"; then
-        ips=$(json_get "$LOGS/bench-torch-train-$dt.log" images_per_s)
+        ips=$(json_get "$LOGS/bench-torch-train-$dt.log" images_per_s | awk '{ printf "%.1f", $1 }')
         grep '^{' "$LOGS/bench-torch-train-$dt.log" | tail -1 >> "$WORK/bench.txt"
         if [[ -n $LT_IPS && -n $ips ]]; then
           result PASS "bench-torch-train-$dt" "torch $ips images/s, lintrace $LT_IPS images/s (fp32): lintrace/torch = $(awk -v a="$LT_IPS" -v b="$ips" 'BEGIN { printf "%.3f", a / b }')"
@@ -628,7 +628,7 @@ for line in open(sys.argv[1]):
     # CIFAR-10: the bench run (steps 0 and last, probe 2048, mu on 10,000 inputs) vs lintrace-bench
     if [[ -n $BENCH_RUN && -n $LT_SPC ]]; then
       if run_step bench-torch-analyze-cifar "$PY" "$TA" "$BENCH_RUN" --device "$DEVICE" --threads "$TORCH_THREADS" --mode together; then
-        ts=$(json_get "$LOGS/bench-torch-analyze-cifar.log" summary.seconds_per_checkpoint_together)
+        ts=$(json_get "$LOGS/bench-torch-analyze-cifar.log" summary.seconds_per_checkpoint_together | awk '{ printf "%.2f", $1 }')
         grep '"summary"' "$LOGS/bench-torch-analyze-cifar.log" | tail -1 >> "$WORK/bench.txt"
         result PASS bench-torch-analyze-cifar "all analyzers per checkpoint: lintrace $LT_SPC s, torch ${ts:-?} s: torch/lintrace time = $(awk -v a="$LT_SPC" -v b="${ts:-0}" 'BEGIN { if (a > 0 && b > 0) printf "%.3f", b / a; else printf "?" }') (>1: lintrace faster)"
       else
@@ -642,8 +642,8 @@ for line in open(sys.argv[1]):
         lts=$STEP_S
         if run_step bench-torch-analyze-digits "$PY" "$TA" "$README_RUN" --steps all --device "$DEVICE" \
              --threads "$TORCH_THREADS" --mode together --mu-samples 359; then
-          tt=$(json_get "$LOGS/bench-torch-analyze-digits.log" summary.seconds_total_together)
-          tsu=$(json_get "$LOGS/bench-torch-analyze-digits.log" summary.setup_seconds)
+          tt=$(json_get "$LOGS/bench-torch-analyze-digits.log" summary.seconds_total_together | awk '{ printf "%.1f", $1 }')
+          tsu=$(json_get "$LOGS/bench-torch-analyze-digits.log" summary.setup_seconds | awk '{ printf "%.1f", $1 }')
           grep '"summary"' "$LOGS/bench-torch-analyze-digits.log" | tail -1 >> "$WORK/bench.txt"
           bench_note "digits README run, $nsteps checkpoints, all analyzers: lintrace-analyze --force $lts s (whole command), torch_analyze.py ${tt:-?} s (+ setup ${tsu:-?} s, + python/torch start)"
           result PASS bench-analyze-digits "$nsteps checkpoints, all analyzers: lintrace $lts s (whole command) vs torch ${tt:-?} s analysing (+ ${tsu:-?} s setup, mu on 359 inputs): torch/lintrace time = $(awk -v a="$lts" -v b="${tt:-0}" 'BEGIN { if (a > 0 && b > 0) printf "%.3f", b / a; else printf "?" }') (>1: lintrace faster)"

@@ -181,10 +181,16 @@ fn analyze_target(
     let needs = jobs.iter().flat_map(|j| j.analyzers.iter()).fold(Needs::default(), |n, &i| n.union(selected[i].needs()));
     let ctx = TargetContext::prepare(target, needs, sources, opts, final_step, dev, &mut report.notes)?;
 
-    let threads = if opts.jobs > 0 { opts.jobs } else { rayon::current_num_threads() };
+    // Checkpoints go in `lanes` sequential lanes side by side, on the global
+    // thread pool: each checkpoint's own parallel work (convolutions, matrix
+    // products, reductions) can use every thread, and small models still
+    // fill the machine by running several checkpoints at once. A GPU runs
+    // one checkpoint at a time unless told otherwise (its work serialises on
+    // the device anyway; lanes would only multiply its memory).
+    let default_lanes = if dev.is_cpu() { rayon::current_num_threads() } else { 1 };
+    let wanted = if opts.jobs > 0 { opts.jobs } else { default_lanes };
     let per_job = target.memory_estimate(opts.chunk_size, needs);
-    let parallel = ((opts.max_memory_bytes / per_job.max(1)) as usize).clamp(1, threads.max(1));
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(parallel).build()?;
+    let lanes = ((opts.max_memory_bytes / per_job.max(1)) as usize).clamp(1, wanted.max(1)).min(jobs.len());
     let bar = if opts.quiet { ProgressBar::hidden() } else { ProgressBar::new(jobs.len() as u64) };
     bar.set_style(
         ProgressStyle::with_template("{spinner} {prefix} {bar:30} {pos}/{len} checkpoints {msg}")
@@ -193,16 +199,16 @@ fn analyze_target(
     bar.set_prefix(target.run_id.clone());
 
     type JobResult = Result<(u64, Vec<(usize, Result<Finished, AnalyzerError>)>)>;
-    let results: Vec<(usize, JobResult)> = pool.install(|| {
-        jobs.par_iter()
-            .enumerate()
-            .map(|(ji, job)| {
-                let r = run_job(target, job, selected, &ctx, opts.chunk_size, dev);
+    let results: Vec<(usize, JobResult)> = (0..lanes)
+        .into_par_iter()
+        .flat_map_iter(|lane| {
+            (lane..jobs.len()).step_by(lanes).map(|ji| {
+                let r = run_job(target, &jobs[ji], selected, &ctx, opts.chunk_size, dev);
                 bar.inc(1);
                 (ji, r)
             })
-            .collect()
-    });
+        })
+        .collect();
     bar.finish_and_clear();
 
     let mut noted = std::collections::BTreeSet::new();

@@ -58,7 +58,8 @@ struct Args {
     /// Probe samples per forward pass.
     #[arg(long, default_value_t = 256)]
     chunk_size: usize,
-    /// Checkpoints analysed at once (default: as many as threads and memory allow).
+    /// Checkpoints analysed at once (default: on the CPU as many as threads
+    /// and memory allow, each still using every thread; on a GPU one).
     #[arg(long, default_value_t = 0)]
     jobs: usize,
     /// Memory bound for concurrent checkpoints, in GiB.

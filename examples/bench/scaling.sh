@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# How analysis time and peak memory scale (BENCHMARKS.md, "Scaling"): with
+# the number of checkpoints, the probe size and the network's width. Each
+# point is one `lintrace-analyze` process (all nine analyzers, --force),
+# timed with /usr/bin/time (wall seconds, peak resident memory).
+#
+#   examples/bench/scaling.sh            # from the project root, after cargo build --release
+#
+# Environment: DATA (CIFAR-10 folder or .tar.gz, default
+# ../shared/data/cifar10-jpeg.tar.gz), OUT (default target/bench-scaling),
+# BIN (default target/release), THREADS (default 2).
+set -euo pipefail
+DATA=${DATA:-../shared/data/cifar10-jpeg.tar.gz}
+OUT=${OUT:-target/bench-scaling}
+BIN=${BIN:-target/release}
+export RAYON_NUM_THREADS=${THREADS:-2}
+rm -rf "$OUT"; mkdir -p "$OUT"
+train() { # name probe conv dense
+  "$BIN/lintrace-train" --dataset image-folder --data-dir "$DATA" --model cnn --conv "$3" --dense "$4" \
+    --steps 8 --ckpt-every 1 --ckpt-per-decade 0 --batch-size 64 --probe-size "$2" --seed 0 \
+    --out "$OUT/runs" --name "$1" --overwrite --quiet
+}
+analyze() { # label run-dir
+  local t
+  t=$( { /usr/bin/time -f '%e %M' "$BIN/lintrace-analyze" "$2" --force --quiet --device cpu > /dev/null 2> "$OUT/$1.log"; } 2>&1 | tail -1)
+  read -r secs kb <<< "$t"
+  printf '| %s | %s | %.1f | %d |\n' "$1" "$(ls "$2/checkpoints" | wc -l)" "$secs" "$((kb / 1024))"
+}
+# the linear surrogate for mu is fitted once per dataset and cached: not timed
+train warmup 256 16,M 32
+"$BIN/lintrace-analyze" "$OUT/runs/warmup" --quiet --analyzers mu > /dev/null 2>&1 || true
+
+echo '| point | checkpoints | wall s | peak MiB |'
+echo '|---|---:|---:|---:|'
+train base 1024 32,64,M,64,M 128
+for k in 1 2 4 8; do
+  d=$OUT/ckpts-$k; rm -rf "$d"; cp -r "$OUT/runs/base" "$d"
+  rm -rf "$d/analysis"
+  # keep step 0 and the first k-1 later checkpoints
+  ls "$d/checkpoints" | sort | tail -n +$((k + 1)) | while read -r f; do rm "$d/checkpoints/$f"; done
+  analyze "default CNN, probe 1024, $k checkpoints" "$d"
+done
+for n in 256 512 1024 2048; do
+  train "probe-$n" "$n" 32,64,M,64,M 128
+  d=$OUT/runs/probe-$n; ls "$d/checkpoints" | sort | tail -n +3 | while read -r f; do rm "$d/checkpoints/$f"; done
+  analyze "default CNN, probe $n, 2 checkpoints" "$d"
+done
+for w in "8,16,M,16,M 32" "16,32,M,32,M 64" "32,64,M,64,M 128" "64,128,M,128,M 256"; do
+  read -r conv dense <<< "$w"
+  name=width-${conv//,/-}
+  train "$name" 1024 "$conv" "$dense"
+  d=$OUT/runs/$name; ls "$d/checkpoints" | sort | tail -n +3 | while read -r f; do rm "$d/checkpoints/$f"; done
+  analyze "conv $conv, dense $dense, probe 1024, 2 checkpoints" "$d"
+done
