@@ -27,6 +27,9 @@ pub enum Status {
     Running,
     Finished,
     Failed,
+    /// The loss stopped being finite; training stopped there
+    /// (`RunManifest::diverged_at_step`), its checkpoints are kept.
+    Diverged,
 }
 
 impl Status {
@@ -35,7 +38,12 @@ impl Status {
             Status::Running => "running",
             Status::Finished => "finished",
             Status::Failed => "failed",
+            Status::Diverged => "diverged",
         }
+    }
+    /// Training is over: finished, or diverged (which a rerun would repeat).
+    pub fn is_done(self) -> bool {
+        matches!(self, Status::Finished | Status::Diverged)
     }
 }
 
@@ -69,6 +77,9 @@ pub struct RunManifest {
     pub started_unix: u64,
     pub wall_seconds: f64,
     pub error: Option<String>,
+    /// The step whose loss was not finite, when the run diverged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diverged_at_step: Option<u64>,
 }
 
 impl RunManifest {

@@ -258,3 +258,48 @@ fn queries_refuse_to_mix_probe_batches_unless_asked() {
     let o = analyze_bin().arg("query").arg(tmp.path()).arg(sql).output().unwrap();
     assert!(stderr(&o).contains("no lintrace tables found"), "{}", stderr(&o));
 }
+
+/// A run whose loss stops being finite stops cleanly: run.json says
+/// `diverged` with the step, the checkpoints before it are kept and
+/// analysable, the trainer exits with its own status, and a sweep goes on
+/// with its other runs, its table showing the status.
+#[test]
+fn a_diverging_run_is_marked_and_the_sweep_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = write_sweep(tmp.path(), "div", "[grid]\nlr = [0.05, 1e12]\n");
+    let out = tmp.path().join("s");
+    let o = train_bin().arg("sweep").arg(&file).arg("--out").arg(&out).args(["--jobs", "2", "--quiet"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "a sweep with a diverged run reports it: {}", stdout(&o));
+    assert!(stdout(&o).contains("1 trained now") && stdout(&o).contains("1 failed"), "{}", stdout(&o));
+    let dir = out.join("div");
+    let sweep = lintrace::sweep::Sweep::load(&dir).unwrap();
+    let ok = lintrace::run::RunManifest::read(&dir.join(&sweep.runs[0].run_id)).unwrap();
+    assert_eq!(ok.status, lintrace::run::Status::Finished);
+    let bad_dir = dir.join(&sweep.runs[1].run_id);
+    let bad = lintrace::run::RunManifest::read(&bad_dir).unwrap();
+    assert_eq!(bad.status, lintrace::run::Status::Diverged);
+    let step = bad.diverged_at_step.expect("the step is recorded");
+    assert!(step >= 1 && step <= 20, "{step}");
+    assert!(bad.error.as_deref().unwrap_or("").contains("diverged"), "{:?}", bad.error);
+    let ckpts = lintrace::checkpoint::list(&lintrace::run::checkpoint_dir(&bad_dir), false).unwrap();
+    assert!(!ckpts.is_empty(), "step 0's checkpoint is kept");
+    assert!(ckpts.iter().all(|p| lintrace::checkpoint::step_from_file_name(p).is_some_and(|s| s < step)));
+
+    // The single-run trainer exits with its own status for a diverged run.
+    let o = train_bin()
+        .args(["--model", "mlp", "--width", "16", "--depth", "3", "--dataset", "sinusoid-2d", "--n-train", "256", "--n-test", "128"])
+        .args(["--steps", "20", "--batch-size", "32", "--lr", "1e12", "--probe-size", "64", "--quiet", "--name", "alone", "--out"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("diverged"), "{}", stderr(&o));
+
+    // A rerun of the sweep does not retrain the diverged run, and the sweep
+    // table shows both statuses; the diverged run's checkpoints analyse.
+    let o = run_ok(train_bin().arg("sweep").arg(&dir).args(["--quiet"]));
+    assert!(stdout(&o).contains("0 trained now, 2 finished before"), "{}", stdout(&o));
+    run_ok(analyze_bin().arg(&dir).args(["--analyzers", "performance", "--device", "cpu", "--quiet"]));
+    let runs = Table::read(&dir.join("runs.parquet"), "runs").unwrap();
+    assert_eq!(column(&runs, "status"), vec![Value::Str("finished".into()), Value::Str("diverged".into())]);
+}

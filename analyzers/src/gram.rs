@@ -67,24 +67,18 @@ fn host_gram(flat: &[Tensor], n: usize, f: usize) -> Result<Tensor> {
     let mut start = 0;
     while start < f {
         let w = BLOCK.min(f - start);
-        let mut blk = faer::Mat::<f64>::zeros(n, w);
-        let mut row = 0;
+        // Row-major, filled row by row (a column-major fill would stride
+        // through memory n values at a time).
+        let mut buf: Vec<f64> = Vec::with_capacity(n * w);
         for c in flat {
-            let rows = c.dim(0)?;
-            crate::stats::with_cpu_f32(&c.narrow(1, start, w)?, |v| {
-                for i in 0..rows {
-                    for j in 0..w {
-                        blk[(row + i, j)] = v[i * w + j] as f64;
-                    }
-                }
-            })?;
-            row += rows;
+            crate::stats::with_cpu_f32(&c.narrow(1, start, w)?, |v| buf.extend(v.iter().map(|&x| x as f64)))?;
         }
+        let blk = faer::MatRef::from_row_major_slice(&buf, n, w);
         matmul(
             k.as_mut(),
             BlockStructure::TriangularLower,
             faer::Accum::Add,
-            blk.as_ref(),
+            blk,
             BlockStructure::Rectangular,
             blk.transpose(),
             BlockStructure::Rectangular,
@@ -125,7 +119,7 @@ pub fn cka(x: &Gram, y: &Gram) -> Result<Option<f64>> {
 pub fn effective_rank(g: &Gram) -> Result<Option<f64>> {
     let n = g.n;
     let v: Vec<f64> = g.k.flatten_all()?.to_vec1()?;
-    let m = faer::Mat::<f64>::from_fn(n, n, |i, j| v[i * n + j]);
+    let m = faer::MatRef::from_row_major_slice(&v, n, n);
     let Ok(eig) = m.self_adjoint_eigenvalues(faer::Side::Lower) else { return Ok(None) };
     let s: Vec<f64> = eig.iter().map(|&l| l.max(0.0).sqrt()).collect();
     let max = s.iter().cloned().fold(0.0, f64::max);

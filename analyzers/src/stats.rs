@@ -36,6 +36,21 @@ pub struct UnitMoments {
 }
 
 impl UnitMoments {
+    /// The moments of no samples.
+    pub fn empty(u: usize) -> Self {
+        UnitMoments {
+            n: 0.0,
+            mean_x: vec![0.0; u],
+            mean_y: vec![0.0; u],
+            m2_x: vec![0.0; u],
+            m2_y: vec![0.0; u],
+            c_xy: vec![0.0; u],
+            min_y: vec![f32::INFINITY; u],
+            max_y: vec![f32::NEG_INFINITY; u],
+            positive_x: vec![0.0; u],
+        }
+    }
+
     pub fn cols(&self) -> usize {
         self.mean_x.len()
     }
@@ -126,17 +141,7 @@ impl PairedMoments {
 
     fn merge_host(&mut self, s: ChunkStats<Vec<f64>>) {
         let u = self.units;
-        let acc = self.host.get_or_insert_with(|| UnitMoments {
-            n: 0.0,
-            mean_x: vec![0.0; u],
-            mean_y: vec![0.0; u],
-            m2_x: vec![0.0; u],
-            m2_y: vec![0.0; u],
-            c_xy: vec![0.0; u],
-            min_y: vec![f32::INFINITY; u],
-            max_y: vec![f32::NEG_INFINITY; u],
-            positive_x: vec![0.0; u],
-        });
+        let acc = self.host.get_or_insert_with(|| UnitMoments::empty(u));
         let (na, nb) = (self.n, s.n);
         let n = na + nb;
         let w = na * nb / n;
@@ -196,19 +201,7 @@ impl PairedMoments {
             return Ok(h.clone());
         }
         let u = self.units;
-        let Some(d) = &self.device else {
-            return Ok(UnitMoments {
-                n: 0.0,
-                mean_x: vec![0.0; u],
-                mean_y: vec![0.0; u],
-                m2_x: vec![0.0; u],
-                m2_y: vec![0.0; u],
-                c_xy: vec![0.0; u],
-                min_y: vec![f32::INFINITY; u],
-                max_y: vec![f32::NEG_INFINITY; u],
-                positive_x: vec![0.0; u],
-            });
-        };
+        let Some(d) = &self.device else { return Ok(UnitMoments::empty(u)) };
         let v = |t: &Tensor| t.to_vec1::<f64>();
         Ok(UnitMoments {
             n: self.n,

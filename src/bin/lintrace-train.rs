@@ -346,10 +346,15 @@ fn main() {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::exit(1);
+            // A diverged run is a result, not a crash: its own exit status.
+            std::process::exit(if e.downcast_ref::<train::Diverged>().is_some() { EXIT_DIVERGED } else { 1 });
         }
     }
 }
+
+/// Exit status of a run whose loss stopped being finite (run.json says
+/// `diverged`, with the step).
+const EXIT_DIVERGED: i32 = 3;
 
 fn real_main(args: &Args) -> Result<()> {
     let cfg = resolve(args)?;

@@ -4,7 +4,7 @@
 //! PyTorch: `features = nn.Sequential(Conv2d, Act, MaxPool2d, …)`,
 //! `classifier = nn.Sequential(Linear, Act, …, Linear)`.
 
-use super::{current, Conv2d, Dense, Start, Taps, Weights};
+use super::{block, current, Conv2d, Dense, Start, Taps, Weights};
 use crate::spec::{Activation, Arch, ConvItem, ModelSpec};
 use anyhow::Result;
 use candle_core::Tensor;
@@ -55,16 +55,8 @@ impl Cnn {
         for f in &self.features {
             match f {
                 Feature::Conv(conv, act) => {
-                    let l = tap;
+                    h = block(start, tap, h, taps, *act, self.leaky_slope, |x| conv.forward(x))?;
                     tap += 1;
-                    if start.skips(l) {
-                        continue;
-                    }
-                    let z = match start.z_at(l) {
-                        Some(z) => z.clone(),
-                        None => conv.forward(current(&h))?,
-                    };
-                    h = Some(taps.apply(l, *act, self.leaky_slope, h.as_ref(), &z)?);
                 }
                 // Pools before the start tap belong to what is skipped.
                 Feature::MaxPool => h = h.map(|x| super::pool_cpu::max_pool2d(&x, 2)).transpose()?,
@@ -72,16 +64,8 @@ impl Cnn {
         }
         h = h.map(|x| x.flatten_from(1)).transpose()?;
         for (dense, act) in &self.classifier {
-            let l = tap;
+            h = block(start, tap, h, taps, *act, self.leaky_slope, |x| dense.forward(x))?;
             tap += 1;
-            if start.skips(l) {
-                continue;
-            }
-            let z = match start.z_at(l) {
-                Some(z) => z.clone(),
-                None => dense.forward(current(&h))?,
-            };
-            h = Some(taps.apply(l, *act, self.leaky_slope, h.as_ref(), &z)?);
         }
         self.head.forward(current(&h))
     }

@@ -457,7 +457,7 @@ impl Geom {
 
 /// The input as one contiguous slice: borrowed when the layout already is,
 /// gathered otherwise.
-fn contiguous_slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<std::borrow::Cow<'a, [T]>> {
+pub(crate) fn contiguous_slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<std::borrow::Cow<'a, [T]>> {
     let data = s.as_slice::<T>()?;
     Ok(match l.contiguous_offsets() {
         Some((a, b)) => std::borrow::Cow::Borrowed(&data[a..b]),

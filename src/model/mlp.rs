@@ -1,7 +1,7 @@
 //! The MLP: flatten → [dense → σ (tap)] × depth → dense head.
 //! PyTorch: `layers = nn.Sequential(Linear, Act, Linear, Act, …, Linear)`.
 
-use super::{current, Dense, Start, Taps, Weights};
+use super::{block, current, Dense, Start, Taps, Weights};
 use crate::spec::{Activation, ModelSpec};
 use anyhow::Result;
 use candle_core::Tensor;
@@ -29,14 +29,7 @@ impl Mlp {
     pub fn forward(&self, start: Start<'_>, taps: &mut Taps) -> Result<Tensor> {
         let mut h = start.input().map(|x| x.flatten_from(1)).transpose()?;
         for (l, (dense, act)) in self.hidden.iter().enumerate() {
-            if start.skips(l) {
-                continue;
-            }
-            let z = match start.z_at(l) {
-                Some(z) => z.clone(),
-                None => dense.forward(current(&h))?,
-            };
-            h = Some(taps.apply(l, *act, self.leaky_slope, h.as_ref(), &z)?);
+            h = block(start, l, h, taps, *act, self.leaky_slope, |x| dense.forward(x))?;
         }
         self.head.forward(current(&h))
     }

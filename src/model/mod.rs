@@ -60,6 +60,28 @@ impl<'a> Start<'a> {
     }
 }
 
+/// One block of a pass: the affine layer feeding tap `l` (or the given z_l
+/// where the pass resumes), then tap `l`. `h` is the activation the pass
+/// carries (`None` before its start); blocks before the start are skipped.
+pub(crate) fn block(
+    start: Start<'_>,
+    l: usize,
+    h: Option<Tensor>,
+    taps: &mut Taps,
+    act: Activation,
+    leaky_slope: f64,
+    affine: impl FnOnce(&Tensor) -> Result<Tensor>,
+) -> Result<Option<Tensor>> {
+    if start.skips(l) {
+        return Ok(h);
+    }
+    let z = match start.z_at(l) {
+        Some(z) => z.clone(),
+        None => affine(current(&h))?,
+    };
+    Ok(Some(taps.apply(l, act, leaky_slope, h.as_ref(), &z)?))
+}
+
 /// The activation a pass carries, present from its start on.
 pub(crate) fn current(h: &Option<Tensor>) -> &Tensor {
     h.as_ref().expect("a pass has an activation from its start tap on")
@@ -183,11 +205,6 @@ impl Model {
 
     pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
         self.forward(x, &mut Taps::off())
-    }
-
-    /// Logits with the taps that have `Some` surrogate made affine.
-    pub fn logits_linearized(&self, x: &Tensor, replace: Vec<Option<Affine>>) -> Result<Tensor> {
-        self.forward(x, &mut Taps::linearized(replace))
     }
 
     pub fn forward_with_taps(&self, x: &Tensor) -> Result<(Tensor, Vec<TapValues>)> {

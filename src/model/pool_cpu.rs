@@ -18,10 +18,10 @@
 //! of each window (row-major), the ReLU gradient is 1 where the output is
 //! > 0 (candle's own relu uses x ≥ 0, which differs only at exact zeros).
 
+use super::conv_cpu::contiguous_slice;
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
-use std::borrow::Cow;
 
 /// Max pooling with a k×k window and stride k (no padding, floor mode), as
 /// `torch.nn.MaxPool2d(k)` / candle's `max_pool2d(k)`, on x [B, C, H, W].
@@ -52,42 +52,14 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
     x.apply_op1(Relu)
 }
 
-fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<Cow<'a, [T]>> {
-    let data = s.as_slice::<T>()?;
-    Ok(match l.contiguous_offsets() {
-        Some((a, b)) => Cow::Borrowed(&data[a..b]),
-        None => {
-            // Rare (a transposed activation): gather with an odometer over the dims.
-            let (dims, strides) = (l.dims(), l.stride());
-            let n = l.shape().elem_count();
-            let mut out = Vec::with_capacity(n);
-            let mut idx = vec![0usize; dims.len()];
-            let mut off = l.start_offset();
-            for _ in 0..n {
-                out.push(data[off]);
-                for d in (0..dims.len()).rev() {
-                    idx[d] += 1;
-                    off += strides[d];
-                    if idx[d] < dims[d] {
-                        break;
-                    }
-                    off -= strides[d] * dims[d];
-                    idx[d] = 0;
-                }
-            }
-            Cow::Owned(out)
-        }
-    })
-}
-
 /// Chunk length for parallel elementwise loops.
 const PAR_CHUNK: usize = 1 << 14;
 
 macro_rules! dispatch1 {
     ($s:expr, $l:expr, $f:ident $(, $arg:expr)*) => {
         match $s {
-            CpuStorage::F32(_) => CpuStorage::F32($f(&contiguous::<f32>($s, $l)? $(, $arg)*)),
-            CpuStorage::F64(_) => CpuStorage::F64($f(&contiguous::<f64>($s, $l)? $(, $arg)*)),
+            CpuStorage::F32(_) => CpuStorage::F32($f(&contiguous_slice::<f32>($s, $l)? $(, $arg)*)),
+            CpuStorage::F64(_) => CpuStorage::F64($f(&contiguous_slice::<f64>($s, $l)? $(, $arg)*)),
             _ => bail!("f32 and f64 only, got {:?}", $s.dtype()),
         }
     };
@@ -97,10 +69,10 @@ macro_rules! dispatch2 {
     ($s1:expr, $l1:expr, $s2:expr, $l2:expr, $f:ident $(, $arg:expr)*) => {
         match ($s1, $s2) {
             (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32($f(&contiguous::<f32>($s1, $l1)?, &contiguous::<f32>($s2, $l2)? $(, $arg)*))
+                CpuStorage::F32($f(&contiguous_slice::<f32>($s1, $l1)?, &contiguous_slice::<f32>($s2, $l2)? $(, $arg)*))
             }
             (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64($f(&contiguous::<f64>($s1, $l1)?, &contiguous::<f64>($s2, $l2)? $(, $arg)*))
+                CpuStorage::F64($f(&contiguous_slice::<f64>($s1, $l1)?, &contiguous_slice::<f64>($s2, $l2)? $(, $arg)*))
             }
             _ => bail!("f32 and f64 only, got {:?} and {:?}", $s1.dtype(), $s2.dtype()),
         }

@@ -52,7 +52,8 @@ pub fn log_path(sweep: &Sweep, r: &SweepRun) -> PathBuf {
 /// Trains the selected runs of a written sweep; `exe` is lintrace-train.
 pub fn run(sweep: &Sweep, selected: &[&SweepRun], opts: &LocalOptions, exe: &Path) -> Result<Vec<(String, Outcome)>> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let (finished, todo): (Vec<&SweepRun>, Vec<&SweepRun>) = selected.iter().copied().partition(|r| run_status(sweep, r) == "finished");
+    let (finished, todo): (Vec<&SweepRun>, Vec<&SweepRun>) =
+        selected.iter().copied().partition(|r| matches!(run_status(sweep, r), "finished" | "diverged"));
     let todo = VecDeque::from(todo);
     let jobs = opts.jobs.clamp(1, todo.len().max(1));
     let threads = opts.threads.unwrap_or((cores / jobs).max(1));

@@ -48,10 +48,7 @@ fn previous_run(run_dir: &Path, cfg: &TrainConfig) -> Result<Previous> {
     if let Some(key) = m.config.first_difference(cfg) {
         bail!("{}: exists with a different config ('{key}' differs); use --overwrite to replace it, or another name", run_dir.display());
     }
-    Ok(match m.status {
-        Status::Finished => Previous::Finished,
-        _ => Previous::Interrupted(Box::new(m)),
-    })
+    Ok(if m.status.is_done() { Previous::Finished } else { Previous::Interrupted(Box::new(m)) })
 }
 
 /// Trains one run and returns its directory.
@@ -126,6 +123,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<PathBuf> {
             started_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
             wall_seconds: 0.0,
             error: None,
+            diverged_at_step: None,
         },
     };
     manifest.write(&run_dir)?;
@@ -140,11 +138,25 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<PathBuf> {
         }
         Err(e) => {
             manifest.status = Status::Failed;
+            if let Some(d) = e.downcast_ref::<Diverged>() {
+                manifest.status = Status::Diverged;
+                manifest.diverged_at_step = Some(d.step);
+                manifest.steps_done = d.step - 1;
+            }
             manifest.error = Some(format!("{e:#}"));
             manifest.write(&run_dir)?;
             Err(e)
         }
     }
+}
+
+/// Training stopped at `step` because its loss was not finite. The run is
+/// marked `diverged`; the checkpoints before it are kept and analysable.
+#[derive(Debug, thiserror::Error)]
+#[error("the loss became {loss} at step {step}: the run diverged (lower the learning rate?)")]
+pub struct Diverged {
+    pub step: u64,
+    pub loss: f64,
 }
 
 /// Test hook: exit abruptly after this many steps, as a killed job would.
@@ -259,6 +271,14 @@ impl<'a> Loop<'a> {
             let (x, y) = self.batch(idx, &mut aug_rng)?;
             let logits = self.model.logits(&x)?;
             let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+            // Checked before the update, so that no non-finite value reaches
+            // the weights or the optimizer state.
+            let loss_v = loss.to_scalar::<f32>()? as f64;
+            if !loss_v.is_finite() {
+                bar.finish_and_clear();
+                self.log.write(&self.run_dir.join(run::TRAIN_LOG))?;
+                return Err(Diverged { step, loss: loss_v }.into());
+            }
             let grads = loss.backward()?;
             let lr = cfg.lr_schedule.lr(cfg.lr, step, total, cfg.warmup_steps);
             opt.step(&grads, lr)?;
@@ -266,11 +286,7 @@ impl<'a> Loop<'a> {
             pos.step = step;
             pos.wall_seconds = wall0 + start.elapsed().as_secs_f64();
 
-            let loss_v = loss.to_scalar::<f32>()? as f64;
             let correct = logits.argmax(1)?.eq(&y)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? as f64;
-            if !loss_v.is_finite() {
-                bail!("loss became {loss_v} at step {step} (lower the learning rate?)");
-            }
             self.log.push(vec![
                 Value::Str(self.run_id.to_string()),
                 Value::I64(step as i64),
