@@ -190,9 +190,9 @@ pub fn run(
 /// own (z, a). Each variant resumes where it first differs from a pass
 /// already made: a single or suffix variant at tap k from the intact
 /// network's z_k, a prefix 0..k at tap k+1 from the fully linearised
-/// network's z_{k+1} (taps 0..k replaced there too). So the probe makes two
-/// full passes (intact, all-linear) plus the parts after each tap, instead
-/// of 3L full passes.
+/// network's z_{k+1} (taps 0..k replaced there too). So the probe makes one
+/// full pass (intact) plus the parts after each tap, instead of 3L full
+/// passes.
 fn variant_logits(
     model: &Model,
     spec: &ModelSpec,
@@ -223,16 +223,20 @@ fn variant_logits(
     for item in batches.iter() {
         let (_, x) = item?;
         let (_, intact) = model.forward_with_taps(&x)?;
+        // The fully linearised network is the suffix variant from tap 0 (z_0
+        // is the same with or without surrogates): one resumed pass, whose
+        // recorded z_k are where the prefix variants resume.
         let mut all_linear = Taps::record_linearized(replacing(&(0..n_taps).collect::<Vec<_>>()));
-        let linear_logits = model.forward(&x, &mut all_linear)?;
+        let linear_logits = model.forward_from(0, &intact[0].z, &mut all_linear)?;
         let linear = all_linear.into_vec();
         for ((kind, k), out) in kinds.iter().zip(&mut logits) {
             let (kind, k) = (*kind, *k);
             let l = match kind {
+                VariantKind::Suffix if k == 0 => linear_logits.clone(),
+                VariantKind::Prefix if k + 1 == n_taps => linear_logits.clone(),
                 VariantKind::Single | VariantKind::Suffix => {
                     model.forward_from(k, &intact[k].z, &mut Taps::linearized(replacing(&kind.taps(k, n_taps))))?
                 }
-                VariantKind::Prefix if k + 1 == n_taps => linear_logits.clone(),
                 VariantKind::Prefix => model.forward_from(k + 1, &linear[k + 1].z, &mut Taps::off())?,
             };
             out.extend(host(&l)?);
