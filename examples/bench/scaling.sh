@@ -20,10 +20,12 @@ train() { # name probe conv dense
     --steps 8 --ckpt-every 1 --ckpt-per-decade 0 --batch-size 64 --probe-size "$2" --seed 0 \
     --out "$OUT/runs" --name "$1" --overwrite --quiet
 }
+point=0
 analyze() { # label run-dir
-  local t
-  t=$( { /usr/bin/time -f '%e %M' "$BIN/lintrace-analyze" "$2" --force --quiet --device cpu > /dev/null 2> "$OUT/$1.log"; } 2>&1 | tail -1)
-  read -r secs kb <<< "$t"
+  local secs kb
+  point=$((point + 1))
+  /usr/bin/time -o "$OUT/time-$point.txt" -f '%e %M' "$BIN/lintrace-analyze" "$2" --force --quiet --device cpu > "$OUT/analyze-$point.log" 2>&1
+  read -r secs kb < "$OUT/time-$point.txt"
   printf '| %s | %s | %.1f | %d |\n' "$1" "$(ls "$2/checkpoints" | wc -l)" "$secs" "$((kb / 1024))"
 }
 # the linear surrogate for mu is fitted once per dataset and cached: not timed
@@ -32,13 +34,13 @@ train warmup 256 16,M 32
 
 echo '| point | checkpoints | wall s | peak MiB |'
 echo '|---|---:|---:|---:|'
-train base 1024 32,64,M,64,M 128
+train base 512 32,64,M,64,M 128
 for k in 1 2 4 8; do
   d=$OUT/ckpts-$k; rm -rf "$d"; cp -r "$OUT/runs/base" "$d"
   rm -rf "$d/analysis"
   # keep step 0 and the first k-1 later checkpoints
   ls "$d/checkpoints" | sort | tail -n +$((k + 1)) | while read -r f; do rm "$d/checkpoints/$f"; done
-  analyze "default CNN, probe 1024, $k checkpoints" "$d"
+  analyze "default CNN, probe 512, $k checkpoints" "$d"
 done
 for n in 256 512 1024 2048; do
   train "probe-$n" "$n" 32,64,M,64,M 128
@@ -48,7 +50,7 @@ done
 for w in "8,16,M,16,M 32" "16,32,M,32,M 64" "32,64,M,64,M 128" "64,128,M,128,M 256"; do
   read -r conv dense <<< "$w"
   name=width-${conv//,/-}
-  train "$name" 1024 "$conv" "$dense"
+  train "$name" 512 "$conv" "$dense"
   d=$OUT/runs/$name; ls "$d/checkpoints" | sort | tail -n +3 | while read -r f; do rm "$d/checkpoints/$f"; done
-  analyze "conv $conv, dense $dense, probe 1024, 2 checkpoints" "$d"
+  analyze "conv $conv, dense $dense, probe 512, 2 checkpoints" "$d"
 done
