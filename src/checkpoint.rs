@@ -68,8 +68,9 @@ pub fn step_from_file_name(path: &Path) -> Option<u64> {
     name.strip_prefix("step_")?.strip_suffix(".safetensors")?.parse().ok()
 }
 
-/// Writes named f32 tensors with lintrace metadata, atomically.
-pub fn save(path: &Path, meta: &CheckpointMeta, tensors: &[(String, Tensor)]) -> Result<()> {
+/// Writes named f32 tensors with lintrace metadata, atomically; returns the
+/// file's SHA-256 (hex), which the run manifest records.
+pub fn save(path: &Path, meta: &CheckpointMeta, tensors: &[(String, Tensor)]) -> Result<String> {
     let data = tensors.iter().map(|(name, t)| f32_entry(name, t)).collect::<Result<Vec<_>>>()?;
     save_raw(path, meta, &data)
 }
@@ -80,17 +81,43 @@ pub fn f32_entry(name: &str, t: &Tensor) -> Result<(String, Vec<usize>, Vec<u8>)
     Ok((name.to_string(), t.dims().to_vec(), values.iter().flat_map(|v| v.to_le_bytes()).collect()))
 }
 
-/// Writes (name, shape, little-endian f32 bytes) with lintrace metadata.
-pub fn save_raw(path: &Path, meta: &CheckpointMeta, data: &[(String, Vec<usize>, Vec<u8>)]) -> Result<()> {
+/// Writes (name, shape, little-endian f32 bytes) with lintrace metadata;
+/// returns the file's SHA-256 (hex).
+pub fn save_raw(path: &Path, meta: &CheckpointMeta, data: &[(String, Vec<usize>, Vec<u8>)]) -> Result<String> {
     write_f32_safetensors(path, data, meta.to_metadata())
 }
 
 /// Writes f32 entries and string metadata as a safetensors file with a
 /// canonical (sorted) header, atomically: checkpoints and train state.
-pub fn write_f32_safetensors(path: &Path, data: &[(String, Vec<usize>, Vec<u8>)], metadata: HashMap<String, String>) -> Result<()> {
+/// Returns the SHA-256 (hex) of the bytes written.
+pub fn write_f32_safetensors(path: &Path, data: &[(String, Vec<usize>, Vec<u8>)], metadata: HashMap<String, String>) -> Result<String> {
     let views = data.iter().map(|(n, s, b)| Ok((n.as_str(), TensorView::new(Dtype::F32, s.clone(), b)?))).collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::serialize(views, Some(metadata)).with_context(|| format!("{}: cannot serialise", path.display()))?;
-    write_atomic(path, &canonical_header(bytes)?)
+    let bytes =
+        canonical_header(safetensors::serialize(views, Some(metadata)).with_context(|| format!("{}: cannot serialise", path.display()))?)?;
+    write_atomic(path, &bytes)?;
+    Ok(sha256_hex(&bytes))
+}
+
+/// SHA-256 of `bytes`, lower-case hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Checks a checkpoint file against the SHA-256 recorded when it was
+/// written: one read of the file, before it is analysed.
+pub fn verify(path: &Path, expected: &str) -> Result<()> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let actual = sha256_hex(&bytes);
+    if actual != expected {
+        bail!(
+            "{}: SHA-256 {} differs from the {} recorded in run.json when it was written: the file was changed or is corrupt; it is not analysed",
+            path.display(),
+            &actual[..16],
+            &expected[..expected.len().min(16)]
+        );
+    }
+    Ok(())
 }
 
 /// Rewrites a safetensors header with sorted keys. `serialize` takes the

@@ -77,6 +77,10 @@ pub struct RunManifest {
     pub started_unix: u64,
     pub wall_seconds: f64,
     pub error: Option<String>,
+    /// SHA-256 (hex) of every checkpoint file, by step, as it was written;
+    /// the analyzer verifies each file against it before analysing it.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub checkpoint_sha256: std::collections::BTreeMap<u64, String>,
     /// The step whose loss was not finite, when the run diverged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diverged_at_step: Option<u64>,

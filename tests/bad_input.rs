@@ -28,8 +28,11 @@ fn truncated_and_corrupt_checkpoints_do_not_stop_the_others() {
     let err = stderr(&out);
     let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(lines.len(), 2, "{err}");
-    assert!(lines.iter().any(|l| l.contains("step_00000004.safetensors") && l.contains("not a valid safetensors file")), "{err}");
-    assert!(lines.iter().any(|l| l.contains("step_00000006.safetensors") && l.contains("not a valid safetensors file")), "{err}");
+    // The run recorded every checkpoint's SHA-256 as it was written: a
+    // changed file is caught before it is parsed.
+    for f in ["step_00000004.safetensors", "step_00000006.safetensors"] {
+        assert!(lines.iter().any(|l| l.contains(f) && l.contains("SHA-256") && l.contains("recorded in run.json")), "{err}");
+    }
     assert!(String::from_utf8_lossy(&out.stdout).contains("2 failed"));
     // The 9 good checkpoints were analysed and written.
     let model = Table::read(&run.join("analysis/model_metrics.parquet"), "model_metrics").unwrap();
@@ -41,6 +44,23 @@ fn truncated_and_corrupt_checkpoints_do_not_stop_the_others() {
         .filter(|e| e.file_name().to_string_lossy().starts_with(".lintrace-tmp"))
         .collect();
     assert!(leftovers.is_empty());
+
+    // Without recorded hashes (a run from an older lintrace), the same files
+    // are refused by the parser, with the same one line each.
+    let manifest = run.join("run.json");
+    let mut m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    assert_eq!(m["checkpoint_sha256"].as_object().map(|o| o.len()), Some(11), "every checkpoint's hash is recorded");
+    m.as_object_mut().unwrap().remove("checkpoint_sha256");
+    std::fs::write(&manifest, serde_json::to_string(&m).unwrap()).unwrap();
+    let out = analyze_bin().arg(&run).args(["--quiet", "--device", "cpu"]).output().unwrap();
+    no_panic(&out);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    for f in ["step_00000004.safetensors", "step_00000006.safetensors"] {
+        assert!(lines.iter().any(|l| l.contains(f) && l.contains("not a valid safetensors file")), "{err}");
+    }
 
     // Once repaired, only the two missing checkpoints are computed.
     let good = tiny_mlp_run(&tmp.path().join("again"), "r", &[]);
@@ -195,4 +215,23 @@ fn an_unreadable_table_is_reported_and_force_starts_afresh() {
     let model = Table::read(&run.join("analysis/model_metrics.parquet"), "model_metrics").unwrap();
     assert_eq!(rows_of(&model, &["performance"]), 11 * 2);
     Table::read(&table, "layer_metrics").unwrap();
+}
+
+/// A checkpoint that run.json recorded as written but that is gone is
+/// reported (one line naming it), not silently skipped; the rest analyse.
+#[test]
+fn a_missing_checkpoint_is_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tiny_mlp_run(tmp.path(), "r", &[]);
+    let gone = run.join("checkpoints").join("step_00000003.safetensors");
+    std::fs::remove_file(&gone).unwrap();
+    let out = analyze_bin().arg(&run).args(["--quiet", "--device", "cpu", "--analyzers", "performance"]).output().unwrap();
+    no_panic(&out);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains("step_00000003.safetensors") && lines[0].contains("missing"), "{err}");
+    let model = Table::read(&run.join("analysis/model_metrics.parquet"), "model_metrics").unwrap();
+    assert_eq!(rows_of(&model, &["performance"]), 10 * 2);
 }

@@ -145,6 +145,12 @@ fn a_new_final_checkpoint_recomputes_only_cka_to_final() {
     let last = run.join("checkpoints/step_00000020.safetensors");
     let held = tmp.path().join("held.safetensors");
     std::fs::rename(&last, &held).unwrap();
+    // As while the run was still training: run.json has not recorded step 20.
+    let manifest = run.join("run.json");
+    let full = std::fs::read_to_string(&manifest).unwrap();
+    let mut m: serde_json::Value = serde_json::from_str(&full).unwrap();
+    m["checkpoint_sha256"].as_object_mut().unwrap().remove("20").unwrap();
+    std::fs::write(&manifest, serde_json::to_string(&m).unwrap()).unwrap();
     run_ok(analyze_bin().arg(&run).args(["--quiet", "--device", "cpu"]));
     let before = Table::read(&run.join("analysis/layer_metrics.parquet"), "layer_metrics").unwrap();
     let refs = |t: &Table| -> Vec<i64> {
@@ -156,6 +162,7 @@ fn a_new_final_checkpoint_recomputes_only_cka_to_final() {
     // The run gains step 20: every checkpoint's cka_time is redone against it,
     // step 20 gets everything, and nothing else is recomputed.
     std::fs::rename(&held, &last).unwrap();
+    std::fs::write(&manifest, full).unwrap();
     let out = run_ok(analyze_bin().arg(&run).args(["--quiet", "--device", "cpu"]));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("analysed 11 checkpoints"), "{stdout}");

@@ -67,8 +67,7 @@ impl TargetContext {
         let step_path = |step: u64| target.checkpoints.iter().find(|p| target.step_of(p) == Some(step)).cloned();
         let load = |step: u64| -> Result<checkpoint::Loaded> {
             let path = step_path(step).with_context(|| format!("no checkpoint for step {step}"))?;
-            let fallback = target.fallback.as_ref().map(|f| checkpoint::CheckpointMeta { step, ..f.clone() });
-            checkpoint::load(&path, fallback.as_ref())
+            target.load_checkpoint(&path, step)
         };
         if needs.reference_grams {
             for (which, step) in [("init", Some(0)), ("final", final_step)] {

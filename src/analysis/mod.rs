@@ -13,7 +13,6 @@ pub use context::layer_weights;
 pub use done::{Done, DoneKey};
 pub use target::{discover, External, Target};
 
-use crate::checkpoint;
 use crate::device;
 use analyzers::{Analyzer, AnalyzerError, Finished, Needs};
 use anyhow::{bail, Context, Result};
@@ -158,6 +157,9 @@ fn analyze_target(
         reference: reference_of(a, final_step, &surrogate_key),
     };
 
+    for path in target.missing_checkpoints() {
+        report.failures.push((path, "recorded in run.json as written, but the file is missing".into()));
+    }
     let mut jobs = Vec::new();
     for path in &target.checkpoints {
         let Some(step) = target.step_of(path) else {
@@ -259,8 +261,7 @@ fn run_job(
     chunk: usize,
     dev: &candle_core::Device,
 ) -> Result<(u64, Vec<(usize, Result<Finished, AnalyzerError>)>)> {
-    let fallback = target.fallback.as_ref().map(|f| checkpoint::CheckpointMeta { step: job.step, ..f.clone() });
-    let loaded = checkpoint::load(&job.path, fallback.as_ref())?;
+    let loaded = target.load_checkpoint(&job.path, job.step)?;
     let spec = &loaded.meta.spec;
     if loaded.meta.step != job.step {
         bail!("{}: metadata step {} does not match the file name's step {}", job.path.display(), loaded.meta.step, job.step);

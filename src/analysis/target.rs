@@ -158,6 +158,37 @@ impl Target {
     /// device copies), a chunk's activations (z and a, each copied to the
     /// host, plus candle's intermediates), the accumulators' state, and
     /// whatever whole-probe data the selected analyzers need.
+    /// The SHA-256 recorded in run.json for the checkpoint of `step` when it
+    /// was written (none for checkpoints from elsewhere or older runs).
+    pub fn recorded_sha256(&self, step: u64) -> Option<&str> {
+        match &self.origin {
+            Origin::Run(m) => m.checkpoint_sha256.get(&step).map(String::as_str),
+            Origin::External => None,
+        }
+    }
+
+    /// Steps whose checkpoint run.json recorded as written but which are not
+    /// among this target's files (deleted or lost since).
+    pub fn missing_checkpoints(&self) -> Vec<PathBuf> {
+        let (Origin::Run(m), Some(run_dir)) = (&self.origin, self.out_dir.parent()) else { return Vec::new() };
+        let present: std::collections::BTreeSet<u64> = self.checkpoints.iter().filter_map(|p| self.step_of(p)).collect();
+        m.checkpoint_sha256
+            .keys()
+            .filter(|s| !present.contains(s))
+            .map(|&s| run::checkpoint_dir(run_dir).join(checkpoint::file_name(s)))
+            .collect()
+    }
+
+    /// Loads the checkpoint at `path` (of `step`), first checking it against
+    /// its recorded SHA-256.
+    pub fn load_checkpoint(&self, path: &std::path::Path, step: u64) -> anyhow::Result<checkpoint::Loaded> {
+        if let Some(sha) = self.recorded_sha256(step) {
+            checkpoint::verify(path, sha)?;
+        }
+        let fallback = self.fallback.as_ref().map(|f| CheckpointMeta { step, ..f.clone() });
+        checkpoint::load(path, fallback.as_ref())
+    }
+
     pub fn memory_estimate(&self, chunk: usize, needs: analyzers::Needs) -> u64 {
         let units: u64 = self.spec.taps().iter().map(|t| t.units() as u64).sum();
         let n = self.probe.len() as u64;

@@ -49,7 +49,7 @@ pub fn save(run_dir: &Path, pos: &Position, buffers: &Buffers) -> Result<()> {
     // The buffers come from hash maps: a fixed order keeps the file stable.
     data.sort_by(|a, b| a.0.cmp(&b.0));
     let md = HashMap::from([("position".to_string(), serde_json::to_string(pos)?)]);
-    checkpoint::write_f32_safetensors(&run_dir.join(FILE), &data, md)
+    checkpoint::write_f32_safetensors(&run_dir.join(FILE), &data, md).map(|_| ())
 }
 
 pub fn load(run_dir: &Path, device: &Device) -> Result<(Position, Buffers)> {

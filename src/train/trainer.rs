@@ -123,6 +123,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<PathBuf> {
             started_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
             wall_seconds: 0.0,
             error: None,
+            checkpoint_sha256: BTreeMap::new(),
             diverged_at_step: None,
         },
     };
@@ -201,7 +202,8 @@ impl<'a> Loop<'a> {
         Ok(Loop { cfg, data, spec, run_dir, run_id, device: device.clone(), names, vars, model, log: Table::new("train_log") })
     }
 
-    fn save_checkpoint(&self, step: u64, samples_seen: u64) -> Result<()> {
+    /// Writes the checkpoint of `step` and returns its SHA-256.
+    fn save_checkpoint(&self, step: u64, samples_seen: u64) -> Result<String> {
         let meta = CheckpointMeta {
             spec: self.spec.clone(),
             run_id: self.run_id.to_string(),
@@ -211,8 +213,9 @@ impl<'a> Loop<'a> {
         };
         let tensors: Vec<(String, Tensor)> = self.names.iter().cloned().zip(self.vars.iter().map(|v| v.as_tensor().clone())).collect();
         let path = run::checkpoint_dir(self.run_dir).join(checkpoint::file_name(step));
-        checkpoint::save(&path, &meta, &tensors)?;
-        self.log.write(&self.run_dir.join(run::TRAIN_LOG))
+        let sha = checkpoint::save(&path, &meta, &tensors)?;
+        self.log.write(&self.run_dir.join(run::TRAIN_LOG))?;
+        Ok(sha)
     }
 
     fn run(
@@ -232,8 +235,9 @@ impl<'a> Loop<'a> {
         let mut order: Vec<usize> = Vec::new();
         match resume {
             None => {
-                self.save_checkpoint(0, 0)?;
+                manifest.checkpoint_sha256.insert(0, self.save_checkpoint(0, 0)?);
                 self.save_state(&pos, &opt, &aug_rng)?;
+                manifest.write(self.run_dir)?;
             }
             Some((saved, buffers)) => {
                 self.restore_weights(saved.step)?;
@@ -300,7 +304,7 @@ impl<'a> Loop<'a> {
             bar.set_position(step);
             bar.set_message(format!("loss {loss_v:.4}"));
             if ckpts.contains(&step) {
-                self.save_checkpoint(step, pos.samples_seen)?;
+                manifest.checkpoint_sha256.insert(step, self.save_checkpoint(step, pos.samples_seen)?);
                 self.save_state(&pos, &opt, &aug_rng)?;
                 manifest.steps_done = step;
                 manifest.wall_seconds = pos.wall_seconds;
