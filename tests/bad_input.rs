@@ -11,6 +11,17 @@ fn no_panic(o: &std::process::Output) {
     assert!(!err.contains("panicked"), "panic: {err}");
 }
 
+/// Analyses `run` (extra flags `args`) expecting a partial failure: no
+/// panic, exit status 1, and exactly `n` `error:` lines, which it returns.
+fn failing_analysis(run: &std::path::Path, args: &[&str], n: usize) -> Vec<String> {
+    let out = analyze_bin().arg(run).args(["--quiet", "--device", "cpu"]).args(args).output().unwrap();
+    no_panic(&out);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let lines: Vec<String> = stderr(&out).lines().filter(|l| l.starts_with("error:")).map(String::from).collect();
+    assert_eq!(lines.len(), n, "{}", stderr(&out));
+    lines
+}
+
 #[test]
 fn truncated_and_corrupt_checkpoints_do_not_stop_the_others() {
     let tmp = tempfile::tempdir().unwrap();
@@ -52,14 +63,9 @@ fn truncated_and_corrupt_checkpoints_do_not_stop_the_others() {
     assert_eq!(m["checkpoint_sha256"].as_object().map(|o| o.len()), Some(11), "every checkpoint's hash is recorded");
     m.as_object_mut().unwrap().remove("checkpoint_sha256");
     std::fs::write(&manifest, serde_json::to_string(&m).unwrap()).unwrap();
-    let out = analyze_bin().arg(&run).args(["--quiet", "--device", "cpu"]).output().unwrap();
-    no_panic(&out);
-    assert_eq!(out.status.code(), Some(1));
-    let err = stderr(&out);
-    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(lines.len(), 2, "{err}");
+    let lines = failing_analysis(&run, &[], 2);
     for f in ["step_00000004.safetensors", "step_00000006.safetensors"] {
-        assert!(lines.iter().any(|l| l.contains(f) && l.contains("not a valid safetensors file")), "{err}");
+        assert!(lines.iter().any(|l| l.contains(f) && l.contains("not a valid safetensors file")), "{lines:?}");
     }
 
     // Once repaired, only the two missing checkpoints are computed.
@@ -225,13 +231,8 @@ fn a_missing_checkpoint_is_reported() {
     let run = tiny_mlp_run(tmp.path(), "r", &[]);
     let gone = run.join("checkpoints").join("step_00000003.safetensors");
     std::fs::remove_file(&gone).unwrap();
-    let out = analyze_bin().arg(&run).args(["--quiet", "--device", "cpu", "--analyzers", "performance"]).output().unwrap();
-    no_panic(&out);
-    assert_eq!(out.status.code(), Some(1));
-    let err = stderr(&out);
-    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(lines.len(), 1, "{err}");
-    assert!(lines[0].contains("step_00000003.safetensors") && lines[0].contains("missing"), "{err}");
+    let lines = failing_analysis(&run, &["--analyzers", "performance"], 1);
+    assert!(lines[0].contains("step_00000003.safetensors") && lines[0].contains("missing"), "{lines:?}");
     let model = Table::read(&run.join("analysis/model_metrics.parquet"), "model_metrics").unwrap();
     assert_eq!(rows_of(&model, &["performance"]), 10 * 2);
 }
