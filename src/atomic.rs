@@ -22,13 +22,31 @@ pub fn write_atomic_with(path: &Path, write: impl FnOnce(&mut std::fs::File) -> 
     // (the umask still applies).
     use std::os::unix::fs::PermissionsExt;
     let mut tmp = tempfile::Builder::new()
-        .prefix(".lintrace-tmp-")
+        .prefix(TEMP_PREFIX)
         .permissions(std::fs::Permissions::from_mode(0o644))
         .tempfile_in(dir)
         .with_context(|| format!("{}: cannot create a temporary file", dir.display()))?;
     write(tmp.as_file_mut()).with_context(|| format!("{}: write failed", path.display()))?;
     tmp.as_file_mut().sync_all().with_context(|| format!("{}: sync failed", path.display()))?;
+    if let Some(name) = path.file_name() {
+        crate::fault::point(&format!("write:{}", name.to_string_lossy()));
+    }
     tmp.persist(path).map_err(|e| e.error).with_context(|| format!("{}: cannot move into place", path.display()))?;
+    Ok(())
+}
+
+/// Prefix of the temporary files [`write_atomic`] renames into place.
+pub const TEMP_PREFIX: &str = ".lintrace-tmp-";
+
+/// Removes temporary files that a killed writer left in `dir`. Only the
+/// holder of `dir`'s lock calls this, so no live writer owns them.
+pub fn remove_stale_temps(dir: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+    for e in entries.filter_map(|e| e.ok()) {
+        if e.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+            std::fs::remove_file(e.path()).with_context(|| format!("{}: cannot remove a stale temporary file", e.path().display()))?;
+        }
+    }
     Ok(())
 }
 

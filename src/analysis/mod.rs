@@ -131,6 +131,9 @@ fn analyze_target(
     dev: &candle_core::Device,
     report: &mut Report,
 ) -> Result<()> {
+    // One analysis per run at a time: a second one is refused, naming the
+    // first, rather than both merging rows into the same tables.
+    let _lock = crate::lock::acquire(&target.out_dir, "analysis")?;
     let probe_hash = target.probe.hash.clone();
     // --force recomputes the selected analyzers and keeps every other
     // analyzer's rows; only tables that cannot be read are started afresh.

@@ -27,7 +27,10 @@ pub struct Position {
     pub aug_word_pos: String,
     /// Optimizer updates taken (Adam's bias correction).
     pub optimizer_t: i32,
-    /// Training seconds before the interruption.
+    /// Training seconds so far. Not saved: wall time differs from run to
+    /// run, and the state of equal runs must be equal byte for byte; a
+    /// resumed run takes it from its train log.
+    #[serde(default, skip_serializing)]
     pub wall_seconds: f64,
 }
 

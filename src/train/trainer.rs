@@ -3,6 +3,7 @@
 use crate::checkpoint::{self, CheckpointMeta};
 use crate::data::{self, Dataset};
 use crate::init::init_params;
+use crate::lock;
 use crate::model::{Model, Weights};
 use crate::probe;
 use crate::run::{self, DatasetInfo, RunManifest, Status};
@@ -56,15 +57,38 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<PathBuf> {
     cfg.check()?;
     let run_id = cfg.run_id();
     let run_dir = cfg.out.join(&run_id);
+    let existed = has_content(&run_dir);
+    // Held to the end of training: a second trainer of this run (a
+    // resubmitted array task, another terminal) is refused, naming us.
+    let lock = lock::acquire(&run_dir, "training")?;
+    let result = train_locked(cfg, opts, &run_dir, &run_id, existed);
+    if result.is_err() && !existed && !run::is_run_dir(&run_dir) {
+        // Refused before anything worth keeping was written (bad data,
+        // bad spec): leave no empty run folder behind.
+        drop(lock);
+        let _ = std::fs::remove_dir_all(&run_dir);
+    }
+    result
+}
+
+/// Whether `run_dir` holds anything but its lock file.
+fn has_content(run_dir: &Path) -> bool {
+    std::fs::read_dir(run_dir).is_ok_and(|mut entries| entries.any(|e| e.is_ok_and(|e| e.file_name() != lock::FILE)))
+}
+
+fn train_locked(cfg: &TrainConfig, opts: &TrainOptions, run_dir: &Path, run_id: &str, existed: bool) -> Result<PathBuf> {
+    let run_dir = run_dir.to_path_buf();
+    let run_id = run_id.to_string();
+    crate::atomic::remove_stale_temps(&run::checkpoint_dir(&run_dir))?;
     let mut previous = None;
-    if run_dir.exists() {
+    if existed {
         if opts.overwrite {
-            std::fs::remove_dir_all(&run_dir).with_context(|| format!("{}: cannot remove", run_dir.display()))?;
+            clear_run_dir(&run_dir)?;
         } else if opts.resume {
             match previous_run(&run_dir, cfg)? {
                 Previous::Finished => return Ok(run_dir),
                 Previous::Interrupted(m) => previous = Some(*m),
-                Previous::Nothing => std::fs::remove_dir_all(&run_dir).with_context(|| format!("{}: cannot remove", run_dir.display()))?,
+                Previous::Nothing => clear_run_dir(&run_dir)?,
             }
         } else {
             bail!("{}: run already exists (use --overwrite to replace it, or --name for another id)", run_dir.display());
@@ -145,10 +169,27 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<PathBuf> {
                 manifest.steps_done = d.step - 1;
             }
             manifest.error = Some(format!("{e:#}"));
-            manifest.write(&run_dir)?;
-            Err(e)
+            // On a full disk this write fails too; the first error is the one to report.
+            match manifest.write(&run_dir) {
+                Ok(()) => Err(e),
+                Err(w) => Err(e.context(format!("run.json could not be updated either ({w:#})"))),
+            }
         }
     }
+}
+
+/// Empties a run folder for a fresh start, keeping only its lock file.
+fn clear_run_dir(run_dir: &Path) -> Result<()> {
+    for e in std::fs::read_dir(run_dir).with_context(|| format!("{}: cannot read", run_dir.display()))? {
+        let e = e?;
+        if e.file_name() == lock::FILE {
+            continue;
+        }
+        let p = e.path();
+        let r = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+        r.with_context(|| format!("{}: cannot remove", p.display()))?;
+    }
+    Ok(())
 }
 
 /// Training stopped at `step` because its loss was not finite. The run is
@@ -236,8 +277,8 @@ impl<'a> Loop<'a> {
         match resume {
             None => {
                 manifest.checkpoint_sha256.insert(0, self.save_checkpoint(0, 0)?);
-                self.save_state(&pos, &opt, &aug_rng)?;
                 manifest.write(self.run_dir)?;
+                self.save_state(&pos, &opt, &aug_rng)?;
             }
             Some((saved, buffers)) => {
                 self.restore_weights(saved.step)?;
@@ -252,7 +293,11 @@ impl<'a> Loop<'a> {
                     let si = self.log.column_index("step").expect("step column");
                     self.log.rows.retain(|r| r[si].as_i64().is_some_and(|s| s <= saved.step as i64));
                 }
-                pos = saved;
+                // The train state leaves out wall time (it would make equal
+                // states differ byte for byte); the log has it.
+                let wi = self.log.column_index("wall_seconds").expect("wall_seconds column");
+                let logged = self.log.rows.last().and_then(|r| r[wi].as_f64());
+                pos = Position { wall_seconds: logged.unwrap_or(manifest.wall_seconds), ..saved };
             }
         }
         let abort_after = abort_after_step();
@@ -284,6 +329,9 @@ impl<'a> Loop<'a> {
                 return Err(Diverged { step, loss: loss_v }.into());
             }
             let grads = loss.backward()?;
+            if crate::fault::active() {
+                crate::fault::point(&format!("step:{step}"));
+            }
             let lr = cfg.lr_schedule.lr(cfg.lr, step, total, cfg.warmup_steps);
             opt.step(&grads, lr)?;
             pos.samples_seen += idx.len() as u64;
@@ -304,11 +352,15 @@ impl<'a> Loop<'a> {
             bar.set_position(step);
             bar.set_message(format!("loss {loss_v:.4}"));
             if ckpts.contains(&step) {
+                // Checkpoint, then its hash in run.json, then the train
+                // state: a kill between any two resumes from the previous
+                // state and rewrites the same bytes, so run.json never lacks
+                // the hash of a checkpoint that a resumed run skips.
                 manifest.checkpoint_sha256.insert(step, self.save_checkpoint(step, pos.samples_seen)?);
-                self.save_state(&pos, &opt, &aug_rng)?;
                 manifest.steps_done = step;
                 manifest.wall_seconds = pos.wall_seconds;
                 manifest.write(self.run_dir)?;
+                self.save_state(&pos, &opt, &aug_rng)?;
             }
             if abort_after == Some(step) {
                 bar.finish_and_clear();

@@ -42,16 +42,46 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// Trains a tiny MLP on the 2-D sinusoid task into `root`, returns its run dir.
-pub fn tiny_mlp_run(root: &Path, name: &str, extra: &[&str]) -> PathBuf {
+/// The command that trains a tiny MLP on the 2-D sinusoid task into `root`.
+pub fn tiny_mlp_cmd(root: &Path, name: &str, extra: &[&str]) -> Command {
     let mut cmd = train_bin();
     cmd.args(["--model", "mlp", "--width", "16", "--depth", "3", "--dataset", "sinusoid-2d", "--n-train", "256", "--n-test", "128"])
         .args(["--steps", "20", "--batch-size", "32", "--lr", "0.1", "--probe-size", "64", "--quiet", "--name", name])
         .arg("--out")
         .arg(root)
         .args(extra);
-    run_ok(&mut cmd);
+    cmd
+}
+
+/// Trains a tiny MLP on the 2-D sinusoid task into `root`, returns its run dir.
+pub fn tiny_mlp_run(root: &Path, name: &str, extra: &[&str]) -> PathBuf {
+    run_ok(&mut tiny_mlp_cmd(root, name, extra));
     root.join(name)
+}
+
+/// Every file under `dir` (relative path → bytes), skipping `skip`ped names.
+pub fn files_under(dir: &Path, skip: &[&str]) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().map(|e| e.unwrap()) {
+            let p = e.path();
+            if skip.iter().any(|s| e.file_name() == *s) {
+                continue;
+            }
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(p.strip_prefix(dir).unwrap().display().to_string(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// Temporary files left under `dir` by interrupted atomic writes.
+pub fn temp_files_under(dir: &Path) -> Vec<String> {
+    files_under(dir, &[]).into_keys().filter(|k| k.rsplit('/').next().is_some_and(|n| n.starts_with(".lintrace-tmp-"))).collect()
 }
 
 pub fn assert_close(got: f64, want: f64, tol: f64, what: &str) {
