@@ -104,20 +104,56 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Checks a checkpoint file against the SHA-256 recorded when it was
-/// written: one read of the file, before it is analysed.
-pub fn verify(path: &Path, expected: &str) -> Result<()> {
+/// What identifies a checkpoint file: the SHA-256 of its bytes (what
+/// run.json records) and of its weights alone — tensor names, dtypes, shapes
+/// and values, not the metadata — which is equal for two files holding the
+/// same weights under different steps or runs (aliased checkpoints).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint {
+    pub file_sha256: String,
+    /// None when the file is not a readable safetensors file (the loader
+    /// then says why).
+    pub weights_sha256: Option<String>,
+}
+
+/// Reads `path` once and fingerprints it.
+pub fn fingerprint(path: &Path) -> Result<Fingerprint> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let actual = sha256_hex(&bytes);
-    if actual != expected {
+    Ok(Fingerprint { file_sha256: sha256_hex(&bytes), weights_sha256: weights_sha256(&bytes) })
+}
+
+/// SHA-256 over (name, dtype, shape, bytes) of every tensor, in name order.
+fn weights_sha256(bytes: &[u8]) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    let st = SafeTensors::deserialize(bytes).ok()?;
+    let mut tensors = st.tensors();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut h = Sha256::new();
+    for (name, view) in tensors {
+        h.update(format!("{name}|{:?}|{:?}|{}\n", view.dtype(), view.shape(), view.data().len()).as_bytes());
+        h.update(view.data());
+    }
+    Some(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Checks a fingerprint against the SHA-256 recorded when the file was written.
+pub fn check_recorded(path: &Path, fp: &Fingerprint, expected: &str) -> Result<()> {
+    if fp.file_sha256 != expected {
         bail!(
             "{}: SHA-256 {} differs from the {} recorded in run.json when it was written: the file was changed or is corrupt; it is not analysed",
             path.display(),
-            &actual[..16],
+            &fp.file_sha256[..16],
             &expected[..expected.len().min(16)]
         );
     }
     Ok(())
+}
+
+/// Checks a checkpoint file against the SHA-256 recorded when it was
+/// written: one read of the file.
+pub fn verify(path: &Path, expected: &str) -> Result<()> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    check_recorded(path, &Fingerprint { file_sha256: sha256_hex(&bytes), weights_sha256: None }, expected)
 }
 
 /// Rewrites a safetensors header with sorted keys. `serialize` takes the
@@ -162,6 +198,20 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// The first tensor holding NaN or ±Inf, with how many such values:
+    /// such weights (a diverged run) are refused, not analysed into
+    /// meaningless numbers.
+    pub fn non_finite(&self) -> Result<Option<(String, usize)>> {
+        for (name, t) in &self.tensors {
+            let values: Vec<f32> = t.flatten_all()?.to_vec1()?;
+            let bad = values.iter().filter(|v| !v.is_finite()).count();
+            if bad > 0 {
+                return Ok(Some((name.clone(), bad)));
+            }
+        }
+        Ok(None)
+    }
+
     pub fn model(&self, device: &Device) -> Result<Model> {
         build(&self.meta.spec, self.tensors.clone(), device)
             .with_context(|| format!("{}: does not match its model spec", self.path.display()))

@@ -16,7 +16,7 @@ use polars_io::prelude::{CsvWriter, ParquetReader, ParquetWriter, SerReader, Ser
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-pub const TABLES: [&str; 4] = ["layer_metrics", "model_metrics", "runs", "train_log"];
+pub const TABLES: [&str; 5] = ["checkpoints", "layer_metrics", "model_metrics", "runs", "train_log"];
 
 /// The table files under `root`, by table name.
 pub fn find_tables(root: &Path) -> Result<BTreeMap<&'static str, Vec<PathBuf>>> {
@@ -28,6 +28,7 @@ pub fn find_tables(root: &Path) -> Result<BTreeMap<&'static str, Vec<PathBuf>>> 
     let sweep_runs = root.join("runs.parquet");
     for dir in &run_dirs {
         for (table, path) in [
+            ("checkpoints", dir.join(run::ANALYSIS).join("checkpoints.parquet")),
             ("layer_metrics", dir.join(run::ANALYSIS).join("layer_metrics.parquet")),
             ("model_metrics", dir.join(run::ANALYSIS).join("model_metrics.parquet")),
             ("runs", dir.join(run::ANALYSIS).join("runs.parquet")),
@@ -86,6 +87,25 @@ fn text(v: AnyValue<'_>) -> Option<String> {
     }
 }
 
+/// Every reader (queries, figures, reports) refuses to put rows computed on
+/// different probe batches side by side unless asked: they do not compare
+/// sample for sample. `hashes`: probe hash → runs that used it.
+pub fn refuse_mixed_probes(root: &Path, hashes: &BTreeMap<String, BTreeSet<String>>) -> Result<()> {
+    if hashes.len() <= 1 {
+        return Ok(());
+    }
+    let list: Vec<String> = hashes
+        .iter()
+        .map(|(h, runs)| format!("{} ({} runs, e.g. {})", &h[..h.len().min(12)], runs.len(), runs.iter().next().map_or("", |s| s)))
+        .collect();
+    bail!(
+        "{}: tables come from {} different probe batches ({}); their rows do not compare sample for sample. Use one probe's runs, or pass --allow-mixed-probes",
+        root.display(),
+        hashes.len(),
+        list.join(", ")
+    )
+}
+
 /// Registers the tables under `root` and runs `sql`.
 pub fn run(root: &Path, sql: &str, allow_mixed_probes: bool) -> Result<DataFrame> {
     let files = find_tables(root)?;
@@ -96,17 +116,8 @@ pub fn run(root: &Path, sql: &str, allow_mixed_probes: bool) -> Result<DataFrame
         }
     }
     let hashes = probe_hashes(&frames)?;
-    if hashes.len() > 1 && !allow_mixed_probes {
-        let list: Vec<String> = hashes
-            .iter()
-            .map(|(h, runs)| format!("{} ({} runs, e.g. {})", &h[..h.len().min(12)], runs.len(), runs.iter().next().map_or("", |s| s)))
-            .collect();
-        bail!(
-            "{}: tables come from {} different probe batches ({}); their rows do not compare sample for sample. Query one probe's runs, or pass --allow-mixed-probes",
-            root.display(),
-            hashes.len(),
-            list.join(", ")
-        );
+    if !allow_mixed_probes {
+        refuse_mixed_probes(root, &hashes)?;
     }
     let lower = sql.to_lowercase();
     for t in TABLES {

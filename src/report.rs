@@ -75,14 +75,14 @@ fn runs_html(tables: &Tables, axes: &[String]) -> Result<String> {
 }
 
 /// Writes the report and returns how many figures it holds.
-pub fn write(root: &Path, out: &Path) -> Result<usize> {
+pub fn write(root: &Path, out: &Path, allow_mixed_probes: bool) -> Result<usize> {
     let sweep = Sweep::is_sweep_dir(root).then(|| Sweep::load(root)).transpose()?;
     let axes: Vec<String> = sweep.iter().flat_map(|s| s.axes.iter().flat_map(|a| a.keys.clone())).collect();
     let title = sweep.as_ref().map_or_else(
         || root.canonicalize().ok().and_then(|p| p.file_name().map(|s| s.to_string_lossy().into_owned())).unwrap_or_else(|| "runs".into()),
         |s| s.name.clone(),
     );
-    let tables = Tables::load(root)?;
+    let tables = Tables::load(root, allow_mixed_probes)?;
     let (layer, model) = (&tables.layer, &tables.model);
     let runs: BTreeSet<&str> = layer.iter().map(|p| p.run_id.as_str()).chain(model.iter().map(|p| p.run_id.as_str())).collect();
     let by = (runs.len() > MAX_PANELS).then(|| axes.first().cloned()).flatten();

@@ -126,6 +126,9 @@ impl TapDesc {
     }
 }
 
+/// The most parameters, or values per sample at one layer, a spec may ask for.
+pub const MAX_ELEMENTS: u64 = 1 << 36;
+
 impl ModelSpec {
     pub fn from_json(text: &str) -> Result<Self, String> {
         let spec: ModelSpec = serde_json::from_str(text).map_err(|e| format!("malformed model spec: {e}"))?;
@@ -186,6 +189,53 @@ impl ModelSpec {
         }
         if !(self.leaky_relu_slope.is_finite()) {
             return Err("leaky_relu_slope must be finite".into());
+        }
+        self.size_guard()
+    }
+
+    /// Refuses, before anything is allocated or multiplied unchecked, a spec
+    /// whose sizes overflow or exceed [`MAX_ELEMENTS`] parameters or values
+    /// per sample at a layer (a hostile or mistyped spec must not ask for
+    /// terabytes).
+    fn size_guard(&self) -> Result<(), String> {
+        let too_big = |what: &str| format!("{what} overflows or exceeds {MAX_ELEMENTS} values (256 GiB in f32): refused before allocating");
+        let mul = |a: u64, b: usize| a.checked_mul(b as u64).filter(|&n| n <= MAX_ELEMENTS);
+        let input = self.input_shape.iter().try_fold(1u64, |a, &d| mul(a, d)).ok_or_else(|| too_big("input_shape"))?;
+        let classes = self.num_classes as u64;
+        let mut params: u64 = 0;
+        let mut add = |n: Option<u64>, what: &str| -> Result<(), String> {
+            params = n.and_then(|n| params.checked_add(n)).filter(|&p| p <= MAX_ELEMENTS).ok_or_else(|| too_big(what))?;
+            Ok(())
+        };
+        let dense = |add: &mut dyn FnMut(Option<u64>, &str) -> Result<(), String>, inputs: u64, widths: &[usize]| {
+            let mut prev = inputs;
+            for &w in widths {
+                add(mul(prev, w).and_then(|n| n.checked_add(w as u64)), "a dense layer")?;
+                prev = w as u64;
+            }
+            add(prev.checked_mul(classes).and_then(|n| n.checked_add(classes)), "the output layer")
+        };
+        match &self.arch {
+            Arch::Mlp { hidden } => dense(&mut add, input, hidden)?,
+            Arch::Cnn { conv, kernel_size, dense: widths } => {
+                let (mut c, mut h, mut w) = (self.input_shape[0] as u64, self.input_shape[1], self.input_shape[2]);
+                for item in conv {
+                    match item {
+                        ConvItem::Conv(out) => {
+                            let k2 = mul(1, *kernel_size).and_then(|k| mul(k, *kernel_size));
+                            add(k2.and_then(|k| mul(k, *out)).and_then(|n| n.checked_mul(c)), "a convolution")?;
+                            mul(*out as u64, h).and_then(|n| mul(n, w)).ok_or_else(|| too_big("a convolution's output"))?;
+                            c = *out as u64;
+                        }
+                        ConvItem::Pool(_) => {
+                            h /= 2;
+                            w /= 2;
+                        }
+                    }
+                }
+                let flat = mul(c, h).and_then(|n| mul(n, w)).ok_or_else(|| too_big("the flattened features"))?;
+                dense(&mut add, flat, widths)?;
+            }
         }
         Ok(())
     }

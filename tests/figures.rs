@@ -14,7 +14,7 @@ fn grid_dir() -> PathBuf {
 }
 
 fn grid() -> Tables {
-    Tables::load(&grid_dir()).unwrap()
+    Tables::load(&grid_dir(), false).unwrap()
 }
 
 /// Decodes a PNG and returns (width, height, share of non-white pixels in

@@ -253,6 +253,16 @@ fn queries_refuse_to_mix_probe_batches_unless_asked() {
     assert!(stderr(&o).contains("2 different probe batches") && stderr(&o).contains("--allow-mixed-probes"), "{}", stderr(&o));
     let o = run_ok(analyze_bin().arg("query").arg(&root).arg(sql).arg("--allow-mixed-probes"));
     assert!(stdout(&o).contains("p1"));
+    // Figures and reports read the same tables and refuse the same way.
+    let fig = tmp.path().join("fig");
+    let o = analyze_bin().args(["plot", "lines"]).arg(&root).args(["--metric", "accuracy", "--out"]).arg(&fig).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("2 different probe batches"), "{}", stderr(&o));
+    run_ok(analyze_bin().args(["plot", "lines"]).arg(&root).args(["--metric", "accuracy", "--allow-mixed-probes", "--out"]).arg(&fig));
+    let o = analyze_bin().arg("report").arg(&root).output().unwrap();
+    assert!(stderr(&o).contains("2 different probe batches"), "{}", stderr(&o));
+    assert!(!root.join("report.html").exists());
+    run_ok(analyze_bin().arg("report").arg(&root).arg("--allow-mixed-probes"));
     // One run alone is one probe.
     run_ok(analyze_bin().arg("query").arg(root.join("p0")).arg(sql));
     let o = analyze_bin().arg("query").arg(tmp.path()).arg(sql).output().unwrap();

@@ -5,6 +5,7 @@
 pub mod capture;
 pub mod context;
 mod done;
+pub mod inventory;
 mod rows;
 pub mod runs_table;
 mod target;
@@ -68,6 +69,11 @@ pub struct Report {
     pub failures: Vec<(PathBuf, String)>,
     /// Things worth saying once (an analyzer that did not apply, …).
     pub notes: Vec<String>,
+    /// Things the user must not miss that are not failures: aliased
+    /// checkpoints (`checkpoints.parquet` has them too).
+    pub warnings: Vec<String>,
+    /// Checkpoints not analysed because their weights equal an earlier step's.
+    pub aliased: usize,
 }
 
 /// The registered analyzers named in `names` (all when empty).
@@ -96,11 +102,18 @@ pub fn analyze_with(targets: &[Target], selected: Vec<Box<dyn Analyzer>>, opts: 
     let sources = opts.surrogates.iter().map(|s| crate::surrogate::Source::parse(s)).collect::<Result<Vec<_>>>()?;
     let dev = device::select(&opts.device)?;
     let mut report = Report::default();
+    let mut seen = inventory::Seen::new();
+    let mut same_step0 = 0;
     for target in targets {
         report.runs += 1;
-        if let Err(e) = analyze_target(target, &selected, &sources, opts, &dev, &mut report) {
+        if let Err(e) = analyze_target(target, &selected, &sources, opts, &dev, &mut seen, &mut same_step0, &mut report) {
             report.failures.push((target.out_dir.clone(), format!("{e:#}")));
         }
+    }
+    if same_step0 > 0 {
+        report.notes.push(format!(
+            "{same_step0} runs start from the same step-0 weights as another run analysed here (expected for runs with the same seed and init; checkpoints.parquet: aliased_with_run)"
+        ));
     }
     Ok(report)
 }
@@ -129,6 +142,8 @@ fn analyze_target(
     sources: &[crate::surrogate::Source],
     opts: &AnalyzeOptions,
     dev: &candle_core::Device,
+    seen: &mut inventory::Seen,
+    same_step0: &mut usize,
     report: &mut Report,
 ) -> Result<()> {
     // One analysis per run at a time: a second one is refused, naming the
@@ -160,12 +175,36 @@ fn analyze_target(
         reference: reference_of(a, final_step, &surrogate_key),
     };
 
-    for path in target.missing_checkpoints() {
-        report.failures.push((path, "recorded in run.json as written, but the file is missing".into()));
-    }
+    // Every file read once: checked against run.json, its weights hashed.
+    let entries = inventory::take(target, seen);
+    inventory::table(&target.run_id, &entries).write(&target.out_dir.join("checkpoints.parquet"))?;
+    target.mark_verified(entries.iter().filter(|e| e.analysable()).map(|e| e.path.clone()));
     let mut jobs = Vec::new();
-    for path in &target.checkpoints {
-        let Some(step) = target.step_of(path) else {
+    for e in &entries {
+        match e.status {
+            inventory::Status::Ok => {}
+            inventory::Status::Aliased => {
+                report.aliased += 1;
+                report.warnings.push(e.problem.clone().unwrap_or_default());
+                continue;
+            }
+            _ => {
+                report.failures.push((e.path.clone(), e.problem.clone().unwrap_or_default()));
+                continue;
+            }
+        }
+        if let (Some((run, s)), Some(step)) = (&e.aliased_with, e.step) {
+            if step == 0 && *s == 0 {
+                *same_step0 += 1;
+            } else {
+                report.warnings.push(format!(
+                    "{}: holds the same weights as step {s} of run {run} (checkpoints.parquet: aliased_with_run); analysed, but check that the runs differ as intended",
+                    e.path.display()
+                ));
+            }
+        }
+        let path = &e.path;
+        let Some(step) = e.step else {
             report.failures.push((
                 path.clone(),
                 "cannot tell the step from the file name (expected digits in the name, e.g. step_00000042.safetensors)".into(),
@@ -216,6 +255,7 @@ fn analyze_target(
         .collect();
     bar.finish_and_clear();
 
+    let prov = rows::Provenance::of(dev);
     let mut noted = std::collections::BTreeSet::new();
     let mut note = |report: &mut Report, text: String| {
         if noted.insert(text.clone()) {
@@ -235,11 +275,11 @@ fn analyze_target(
                             for n in finished.notes {
                                 note(report, format!("{}: {}: {n}", target.run_id, a.name()));
                             }
-                            existing.replace(step, a, &finished.values, target);
+                            existing.replace(step, a, &finished.values, target, &prov);
                         }
                         Err(AnalyzerError::NotApplicable { message, .. }) => {
                             note(report, format!("{}: {} does not apply: {message}", target.run_id, a.name()));
-                            existing.replace(step, a, &[], target);
+                            existing.replace(step, a, &[], target, &prov);
                         }
                         Err(e) => {
                             report.failures.push((job.path.clone(), e.to_string()));
@@ -279,6 +319,9 @@ fn run_job(
     }
     if let Some(&bad) = target.probe.labels.iter().find(|&&y| y < 0 || y as usize >= spec.num_classes) {
         bail!("{}: probe label {bad} is outside the model's {} classes", job.path.display(), spec.num_classes);
+    }
+    if let Some((name, bad)) = loaded.non_finite()? {
+        bail!("{}: tensor '{name}' holds {bad} NaN or infinite values (a diverged run?): not analysed", job.path.display());
     }
     let model = loaded.model(dev)?;
     let subset: Vec<&dyn Analyzer> = job.analyzers.iter().map(|&i| selected[i].as_ref()).collect();

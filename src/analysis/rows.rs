@@ -10,6 +10,30 @@ use std::path::Path;
 pub const LAYER: &str = "layer_metrics";
 pub const MODEL: &str = "model_metrics";
 
+/// Where and how rows were computed, recorded in every row.
+#[derive(Debug, Clone)]
+pub struct Provenance {
+    pub lintrace_version: String,
+    pub device: String,
+    pub precision: String,
+}
+
+impl Provenance {
+    pub fn of(dev: &candle_core::Device) -> Provenance {
+        let device = match dev.location() {
+            candle_core::DeviceLocation::Cpu => "cpu".to_string(),
+            candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+            candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+        };
+        // Forward passes in f32; moments, Grams, fits and solves in f64.
+        Provenance { lintrace_version: env!("CARGO_PKG_VERSION").into(), device, precision: "f32/f64".into() }
+    }
+
+    fn values(&self) -> [Value; 3] {
+        [Value::Str(self.lintrace_version.clone()), Value::Str(self.device.clone()), Value::Str(self.precision.clone())]
+    }
+}
+
 pub struct Existing {
     layer: Table,
     model: Table,
@@ -39,7 +63,7 @@ impl Existing {
 
     /// Drops every row of (step, analyzer), whatever its version or probe,
     /// and appends `values`.
-    pub fn replace(&mut self, step: u64, analyzer: &dyn Analyzer, values: &[MetricValue], target: &Target) {
+    pub fn replace(&mut self, step: u64, analyzer: &dyn Analyzer, values: &[MetricValue], target: &Target, prov: &Provenance) {
         for t in [&mut self.layer, &mut self.model] {
             let (si, ai) = (t.column_index("step").expect("step column"), t.column_index("analyzer").expect("analyzer column"));
             t.rows.retain(|r| !(r[si].as_i64() == Some(step as i64) && r[ai].as_str() == Some(analyzer.name())));
@@ -51,7 +75,7 @@ impl Existing {
             match v.tap {
                 Some(l) => {
                     let tap = &taps[l];
-                    self.layer.push(vec![
+                    let mut row = vec![
                         Value::Str(target.run_id.clone()),
                         Value::I64(step as i64),
                         Value::I32(l as i32),
@@ -65,11 +89,13 @@ impl Existing {
                         Value::Str(target.probe.hash.clone()),
                         Value::I64(n),
                         v.ref_step.map_or(Value::Null, |s| Value::I64(s as i64)),
-                    ]);
+                    ];
+                    row.extend(prov.values());
+                    self.layer.push(row);
                 }
                 None => {
                     let (samples, split) = v.samples.clone().unwrap_or((n as u64, "probe".into()));
-                    self.model.push(vec![
+                    let mut row = vec![
                         Value::Str(target.run_id.clone()),
                         Value::I64(step as i64),
                         Value::Str(analyzer.name().into()),
@@ -80,7 +106,9 @@ impl Existing {
                         Value::Str(target.probe.hash.clone()),
                         Value::I64(samples as i64),
                         Value::Str(split),
-                    ]);
+                    ];
+                    row.extend(prov.values());
+                    self.model.push(row);
                 }
             }
         }

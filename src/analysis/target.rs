@@ -30,6 +30,8 @@ pub struct Target {
     /// The sweep whose folder holds this run, if any.
     pub sweep_id: Option<String>,
     origin: Origin,
+    /// Files already checked against run.json in this analysis.
+    verified: std::sync::OnceLock<std::collections::BTreeSet<PathBuf>>,
 }
 
 /// Where to find checkpoints written elsewhere.
@@ -106,6 +108,7 @@ impl Target {
             fallback: None,
             sweep_id: None,
             origin: Origin::Run(Box::new(manifest)),
+            verified: Default::default(),
         })
     }
 
@@ -132,6 +135,7 @@ impl Target {
             fallback: Some(fallback),
             sweep_id: None,
             origin: Origin::External,
+            verified: Default::default(),
         })
     }
 
@@ -179,10 +183,16 @@ impl Target {
             .collect()
     }
 
+    /// Records files that were checked against run.json (once per analysis).
+    pub fn mark_verified(&self, paths: impl IntoIterator<Item = PathBuf>) {
+        let _ = self.verified.set(paths.into_iter().collect());
+    }
+
     /// Loads the checkpoint at `path` (of `step`), first checking it against
-    /// its recorded SHA-256.
+    /// its recorded SHA-256 unless that was done in this analysis.
     pub fn load_checkpoint(&self, path: &std::path::Path, step: u64) -> anyhow::Result<checkpoint::Loaded> {
-        if let Some(sha) = self.recorded_sha256(step) {
+        let checked = self.verified.get().is_some_and(|v| v.contains(path));
+        if let (false, Some(sha)) = (checked, self.recorded_sha256(step)) {
             checkpoint::verify(path, sha)?;
         }
         let fallback = self.fallback.as_ref().map(|f| CheckpointMeta { step, ..f.clone() });

@@ -73,7 +73,7 @@ struct Args {
 #[derive(clap::Subcommand, Debug)]
 enum Cmd {
     /// Run polars SQL over the tables of a sweep, runs root or run
-    /// (layer_metrics, model_metrics, runs, train_log).
+    /// (checkpoints, layer_metrics, model_metrics, runs, train_log).
     Query {
         dir: PathBuf,
         sql: String,
@@ -95,6 +95,9 @@ enum Cmd {
         /// Default: DIR/report.html
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Show tables computed on different probe batches together.
+        #[arg(long)]
+        allow_mixed_probes: bool,
     },
 }
 
@@ -111,6 +114,9 @@ struct FigureArgs {
     /// Output path without extension (OUT.png and OUT.svg are written).
     #[arg(long)]
     out: PathBuf,
+    /// Draw tables computed on different probe batches together.
+    #[arg(long)]
+    allow_mixed_probes: bool,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -168,21 +174,21 @@ fn command_main(cmd: &Cmd) -> Result<i32> {
         Cmd::Plot { figure } => {
             let (png, svg) = match figure {
                 Figure::Heatmap { args: a, run } => {
-                    plot::save(&figures::heatmap(&Tables::load(&a.dir)?, run.as_deref(), &a.metric, a.analyzer.as_deref())?, &a.out)?
+                    plot::save(&figures::heatmap(&Tables::load(&a.dir, a.allow_mixed_probes)?, run.as_deref(), &a.metric, a.analyzer.as_deref())?, &a.out)?
                 }
                 Figure::Facet { args: a, by } => {
-                    plot::save(&figures::facet(&Tables::load(&a.dir)?, &a.metric, a.analyzer.as_deref(), by.as_deref())?, &a.out)?
+                    plot::save(&figures::facet(&Tables::load(&a.dir, a.allow_mixed_probes)?, &a.metric, a.analyzer.as_deref(), by.as_deref())?, &a.out)?
                 }
                 Figure::Lines { args: a, surrogate, by } => plot::save(
-                    &figures::lines(&Tables::load(&a.dir)?, &a.metric, a.analyzer.as_deref(), surrogate.as_deref(), by.as_deref())?,
+                    &figures::lines(&Tables::load(&a.dir, a.allow_mixed_probes)?, &a.metric, a.analyzer.as_deref(), surrogate.as_deref(), by.as_deref())?,
                     &a.out,
                 )?,
             };
             println!("wrote {} and {}", png.display(), svg.display());
         }
-        Cmd::Report { dir, out } => {
+        Cmd::Report { dir, out, allow_mixed_probes } => {
             let out = out.clone().unwrap_or_else(|| dir.join("report.html"));
-            let n = lintrace::report::write(dir, &out)?;
+            let n = lintrace::report::write(dir, &out, *allow_mixed_probes)?;
             println!("wrote {} ({n} figures)", out.display());
         }
     }
@@ -269,6 +275,9 @@ fn real_main(args: &Args) -> Result<i32> {
     for note in &report.notes {
         eprintln!("note: {note}");
     }
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
     for (path, why) in &failures {
         // `why` usually starts with the path already; avoid saying it twice.
         let p = path.display().to_string();
@@ -279,12 +288,13 @@ fn real_main(args: &Args) -> Result<i32> {
         }
     }
     println!(
-        "analysed {} checkpoints in {} runs ({} analyzer results already present) in {:.1}s; {} failed",
+        "analysed {} checkpoints in {} runs ({} analyzer results already present) in {:.1}s; {} failed{}",
         report.analysed,
         report.runs,
         report.skipped,
         start.elapsed().as_secs_f64(),
-        failures.len()
+        failures.len(),
+        if report.aliased > 0 { format!("; {} aliased (same weights as an earlier step), not analysed", report.aliased) } else { String::new() }
     );
     if args.only.is_none() {
         for s in &sweeps {

@@ -38,15 +38,25 @@ pub struct Tables {
 }
 
 impl Tables {
-    pub fn load(root: &Path) -> Result<Tables> {
+    /// Reads the tables under `root`; rows from different probe batches
+    /// are refused unless `allow_mixed_probes`.
+    pub fn load(root: &Path, allow_mixed_probes: bool) -> Result<Tables> {
         let files = find_tables(root)?;
         let read = |name: &str| -> Result<Vec<Table>> { files.get(name).into_iter().flatten().map(|p| Table::read(p, name)).collect() };
-        Ok(Tables {
-            root: root.to_path_buf(),
-            layer: layer_points(&read("layer_metrics")?),
-            model: model_points(&read("model_metrics")?),
-            runs: read("runs")?,
-        })
+        let (layer, model, runs) = (read("layer_metrics")?, read("model_metrics")?, read("runs")?);
+        if !allow_mixed_probes {
+            let mut hashes: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = Default::default();
+            for t in layer.iter().chain(&model).chain(&runs) {
+                let (Some(hi), Some(ri)) = (t.column_index("probe_hash"), t.column_index("run_id")) else { continue };
+                for r in &t.rows {
+                    if let Some(h) = r[hi].as_str() {
+                        hashes.entry(h.to_string()).or_default().insert(r[ri].to_text());
+                    }
+                }
+            }
+            crate::query::refuse_mixed_probes(root, &hashes)?;
+        }
+        Ok(Tables { root: root.to_path_buf(), layer: layer_points(&layer), model: model_points(&model), runs })
     }
 }
 
