@@ -136,6 +136,38 @@ fn weights_sha256(bytes: &[u8]) -> Option<String> {
     Some(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// Refuses a header that names a tensor twice. JSON parsers keep one of the
+/// two silently (which one differs between readers), so the same file could
+/// mean different weights in lintrace and in PyTorch.
+pub fn unique_names(bytes: &[u8]) -> Result<()> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    struct Keys;
+    impl<'de> Visitor<'de> for Keys {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Option<String>, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            let mut dup = None;
+            while let Some(k) = map.next_key::<String>()? {
+                map.next_value::<IgnoredAny>()?;
+                if !seen.insert(k.clone()) && dup.is_none() {
+                    dup = Some(k);
+                }
+            }
+            Ok(dup)
+        }
+    }
+    let n = u64::from_le_bytes(bytes.get(..8).ok_or_else(|| anyhow!("not a valid safetensors file (shorter than its 8-byte header length)"))?.try_into()?) as usize;
+    let header = bytes.get(8..8usize.saturating_add(n)).ok_or_else(|| anyhow!("not a valid safetensors file (its header length {n} runs past the end of the file)"))?;
+    let dup = serde_json::Deserializer::from_slice(header).deserialize_map(Keys).map_err(|e| anyhow!("not a valid safetensors file (header: {e})"))?;
+    if let Some(name) = dup {
+        bail!("not a valid safetensors file: tensor name '{name}' appears twice in the header");
+    }
+    Ok(())
+}
+
 /// Checks a fingerprint against the SHA-256 recorded when the file was written.
 pub fn check_recorded(path: &Path, fp: &Fingerprint, expected: &str) -> Result<()> {
     if fp.file_sha256 != expected {
@@ -231,6 +263,7 @@ fn load_inner(path: &Path, fallback: Option<&CheckpointMeta>) -> Result<Loaded> 
     // SAFETY: the map is read-only and dropped before this function returns;
     // lintrace never writes a checkpoint in place (writes are atomic renames).
     let mmap = unsafe { memmap2::Mmap::map(&file) }.context("cannot map")?;
+    unique_names(&mmap)?;
     let (_, header) = SafeTensors::read_metadata(&mmap).map_err(|e| anyhow!("not a valid safetensors file ({e})"))?;
     let st = SafeTensors::deserialize(&mmap).map_err(|e| anyhow!("not a valid safetensors file ({e})"))?;
     let md = header.metadata().clone().unwrap_or_default();

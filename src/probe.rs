@@ -138,6 +138,7 @@ pub fn load(path: &Path) -> Result<Probe> {
 
 fn load_inner(path: &Path) -> Result<Probe> {
     let bytes = std::fs::read(path).context("cannot read probe")?;
+    crate::checkpoint::unique_names(&bytes)?;
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| anyhow!("not a valid safetensors file ({e})"))?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| anyhow!("not a valid safetensors file ({e})"))?;
     let md = header.metadata().clone().unwrap_or_default();
@@ -147,6 +148,9 @@ fn load_inner(path: &Path) -> Result<Probe> {
         bail!("probe 'inputs' must be float32, got {:?}", x.dtype());
     }
     let inputs: Vec<f32> = x.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    if let Some(i) = inputs.iter().position(|v| !v.is_finite()) {
+        bail!("probe input value {i} is not finite ({}): the probe must be finite data", inputs[i]);
+    }
     let labels = read_ints(&y, "labels")?;
     let n = x.shape().first().copied().unwrap_or(0);
     if labels.len() != n {

@@ -84,7 +84,7 @@ impl Sweep {
     }
 
     pub fn from_toml(text: &str, default_name: &str, out: Option<&Path>) -> Result<Sweep> {
-        let mut top: toml::Table = toml::from_str(text).context("malformed TOML")?;
+        let mut top: toml::Table = crate::train::config::parse_toml(text)?;
         for key in top.keys() {
             if !["name", "out", "base", "grid", "zip", "slurm"].contains(&key.as_str()) {
                 bail!("unknown sweep key '{key}' (expected name, out, base, grid, zip, slurm)");

@@ -118,7 +118,7 @@ impl TrainConfig {
     }
 
     pub fn from_toml(text: &str) -> Result<Self> {
-        let table: toml::Table = toml::from_str(text).context("malformed TOML")?;
+        let table: toml::Table = parse_toml(text)?;
         Self::from_table(table)
     }
 
@@ -243,4 +243,18 @@ mod tests {
         c.out = "elsewhere".into();
         assert_eq!(a.run_id(), c.run_id());
     }
+}
+
+/// Parses TOML, with toml's multi-line error (a source excerpt with a
+/// caret) folded into one line: "malformed TOML at line L, column C: why".
+pub fn parse_toml(text: &str) -> anyhow::Result<toml::Table> {
+    toml::from_str(text).map_err(|e| {
+        let at = e.span().map(|s| {
+            let before = &text[..s.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!(" at line {line}, column {col}")
+        });
+        anyhow::anyhow!("malformed TOML{}: {}", at.unwrap_or_default(), e.message().trim().replace('\n', "; "))
+    })
 }

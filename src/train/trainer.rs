@@ -98,6 +98,14 @@ fn train_locked(cfg: &TrainConfig, opts: &TrainOptions, run_dir: &Path, run_id: 
     if let Some(teacher) = cfg.targets.strip_prefix("teacher:") {
         relabel_with_teacher(&mut data, teacher, &opts.device)?;
     }
+    if cfg.probe_size > data.test.len() {
+        bail!(
+            "probe_size {} is larger than the {} split it is drawn from ({} samples); lower --probe-size",
+            cfg.probe_size,
+            "test",
+            data.test.len()
+        );
+    }
     let spec = cfg.model_spec(&data.sample_shape, data.classes.len())?;
     std::fs::create_dir_all(run::checkpoint_dir(&run_dir)).with_context(|| format!("{}: cannot create", run_dir.display()))?;
 
