@@ -31,15 +31,25 @@ impl Gram {
         let Some(first) = flat.first() else { candle_core::bail!("Gram of an empty probe") };
         let f = first.dim(1)?;
         let n: usize = flat.iter().map(|c| c.dim(0)).sum::<Result<usize>>()?;
+        // The features are centred before the product, not only the Gram
+        // after it: centring a Gram of uncentred features cancels terms of
+        // the size of the mean², leaving rounding far above the centred
+        // spectrum's small eigenvalues.
+        let mut sum = Tensor::zeros(f, DType::F64, first.device())?;
+        for c in &flat {
+            sum = (sum + c.to_dtype(DType::F64)?.sum(0)?)?;
+        }
+        let mean = (sum / n.max(1) as f64)?;
         if first.device().is_cpu() {
-            return Ok(Gram { n, k: center(&host_gram(&flat, n, f)?)? });
+            let mean: Vec<f64> = mean.to_vec1()?;
+            return Ok(Gram { n, k: center(&host_gram(&flat, n, f, &mean)?)? });
         }
         let mut k = Tensor::zeros((n, n), DType::F64, first.device())?;
         let mut start = 0;
         while start < f {
             let w = BLOCK.min(f - start);
             let parts: Vec<Tensor> = flat.iter().map(|c| c.narrow(1, start, w)).collect::<Result<_>>()?;
-            let blk = Tensor::cat(&parts, 0)?.to_dtype(DType::F64)?;
+            let blk = Tensor::cat(&parts, 0)?.to_dtype(DType::F64)?.broadcast_sub(&mean.narrow(0, start, w)?.unsqueeze(0)?)?;
             k = (k + blk.matmul(&blk.t()?)?)?;
             start += w;
         }
@@ -61,7 +71,7 @@ impl Gram {
 /// A Aᵀ on the CPU with faer's triangular product: only the lower triangle
 /// is computed (half the multiply-adds of a full product, which candle's
 /// matmul would do), then mirrored.
-fn host_gram(flat: &[Tensor], n: usize, f: usize) -> Result<Tensor> {
+fn host_gram(flat: &[Tensor], n: usize, f: usize, mean: &[f64]) -> Result<Tensor> {
     use faer::linalg::matmul::triangular::{matmul, BlockStructure};
     let mut k = faer::Mat::<f64>::zeros(n, n);
     let mut start = 0;
@@ -71,7 +81,10 @@ fn host_gram(flat: &[Tensor], n: usize, f: usize) -> Result<Tensor> {
         // through memory n values at a time).
         let mut buf: Vec<f64> = Vec::with_capacity(n * w);
         for c in flat {
-            crate::stats::with_cpu_f32(&c.narrow(1, start, w)?, |v| buf.extend(v.iter().map(|&x| x as f64)))?;
+            let m = &mean[start..start + w];
+            crate::stats::with_cpu_f32(&c.narrow(1, start, w)?, |v| {
+                buf.extend(v.chunks_exact(w).flat_map(|row| row.iter().zip(m).map(|(&x, &mu)| x as f64 - mu)))
+            })?;
         }
         let blk = faer::MatRef::from_row_major_slice(&buf, n, w);
         matmul(
@@ -115,7 +128,13 @@ pub fn cka(x: &Gram, y: &Gram) -> Result<Option<f64>> {
 
 /// exp(entropy) of the normalised singular values of the centred
 /// representation, whose squares are the eigenvalues of the centred Gram.
-/// Singular values below 1e-12 × the largest count as zero.
+/// Singular values below 1e-12 × the largest count as zero, as in the
+/// reference (an SVD of the representation itself); so do those the Gram
+/// route cannot resolve: an eigensolver's error is about n·ε·λ_max, so
+/// eigenvalues below that, singular values below √(n·ε)·s_max, are rounding.
+/// Without this, an n × f representation (f < n) gets n − f spurious
+/// singular values near 1e-8·s_max, which inflate the rank (a property test
+/// found 1.0000003 for a rank-one representation).
 pub fn effective_rank(g: &Gram) -> Result<Option<f64>> {
     let n = g.n;
     let v: Vec<f64> = g.k.flatten_all()?.to_vec1()?;
@@ -126,7 +145,8 @@ pub fn effective_rank(g: &Gram) -> Result<Option<f64>> {
     if max <= 0.0 {
         return Ok(None);
     }
-    let kept: Vec<f64> = s.into_iter().filter(|&v| v > 1e-12 * max).collect();
+    let resolvable = (n as f64 * f64::EPSILON).sqrt().max(1e-12);
+    let kept: Vec<f64> = s.into_iter().filter(|&v| v > resolvable * max).collect();
     let total: f64 = kept.iter().sum();
     let h: f64 = kept
         .iter()

@@ -179,3 +179,101 @@ fn registry_names_are_unique_and_versioned() {
     assert!(all_analyzers().iter().all(|a| a.version() >= 1 && !a.metrics().is_empty()));
     assert!(by_name("no_such_analyzer").is_none());
 }
+
+/// Random inputs: every metric is finite where it is defined and inside the
+/// range METRICS.md states. `PROPTEST_CASES` raises the case count (the
+/// bounded fuzz script does); CI runs the default.
+mod random_inputs {
+    use super::*;
+    use analyzers::gram::{cka, effective_rank, Gram};
+    use analyzers::info::{mu, mutual_information};
+    use analyzers::stats::binary_entropy_bits;
+    use proptest::prelude::*;
+
+    fn cases(default: u32) -> ProptestConfig {
+        let n = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+        ProptestConfig { cases: n, failure_persistence: None, ..ProptestConfig::default() }
+    }
+
+    fn in_unit(v: &[MetricValue], names: &[&str]) -> Result<(), TestCaseError> {
+        for m in v {
+            if let Some(x) = m.value {
+                prop_assert!(x.is_finite(), "{} = {x}", m.metric);
+                if names.contains(&m.metric) {
+                    prop_assert!((-1e-9..=1.0 + 1e-9).contains(&x), "{} = {x} outside [0, 1]", m.metric);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(cases(48))]
+
+        #[test]
+        fn unit_fit_and_regime_stay_in_range(
+            n in 2usize..80, units in 1usize..5, seed in any::<u64>(), shift in -3f32..3.0,
+            scale_exp in -3i32..4, chunk in 1usize..40, act in 0usize..4,
+        ) {
+            let scale = 10f32.powi(scale_exp);
+            let z: Vec<f32> = random(n * units, seed, shift).iter().map(|v| v * scale).collect();
+            let (kind, a): (ActivationKind, Vec<f32>) = match act {
+                0 => (ActivationKind::Relu, relu(&z)),
+                1 => (ActivationKind::LeakyRelu, z.iter().map(|&v| if v > 0.0 { v } else { 0.01 * v }).collect()),
+                2 => (ActivationKind::Tanh, z.iter().map(|v| v.tanh()).collect()),
+                _ => (ActivationKind::Identity, z.clone()),
+            };
+            let fit = run("unit_linear_fit", kind, n, units, &z, &a, chunk);
+            in_unit(&fit, &["nonlinearity", "mean_unit_r2"])?;
+            if act < 2 {
+                let regime = run("activation_regime", kind, n, units, &z, &a, chunk);
+                in_unit(&regime, &["frac_active", "frac_always_on", "frac_always_off", "frac_switching", "pattern_entropy"])?;
+            }
+        }
+
+        #[test]
+        fn cka_is_in_unit_interval_symmetric_and_one_on_itself(
+            n in 3usize..40, f1 in 1usize..6, f2 in 1usize..6, s1 in any::<u64>(), s2 in any::<u64>(), shift in -2f32..2.0,
+        ) {
+            let x = Gram::from_rows(n, f1, &random(n * f1, s1, shift)).unwrap();
+            let y = Gram::from_rows(n, f2, &random(n * f2, s2, 0.0)).unwrap();
+            if let Some(v) = cka(&x, &y).unwrap() {
+                prop_assert!((-1e-9..=1.0 + 1e-9).contains(&v), "cka {v}");
+                let w = cka(&y, &x).unwrap().unwrap();
+                prop_assert!((v - w).abs() < 1e-9);
+            }
+            if let Some(v) = cka(&x, &x).unwrap() {
+                prop_assert!((v - 1.0).abs() < 1e-9, "cka(x, x) = {v}");
+            }
+            if let Some(r) = effective_rank(&x).unwrap() {
+                prop_assert!(r >= 1.0 - 1e-9 && r <= f1.min(n - 1) as f64 + 1e-9, "effective rank {r} of {n}×{f1}");
+            }
+        }
+
+        #[test]
+        fn information_quantities_obey_their_identities(
+            k in 2usize..6, draws in proptest::collection::vec((0usize..6, 0usize..6, 0usize..6), 1..120),
+        ) {
+            let (f, s, y): (Vec<usize>, Vec<usize>, Vec<usize>) =
+                (draws.iter().map(|d| d.0 % k).collect(), draws.iter().map(|d| d.1 % k).collect(), draws.iter().map(|d| d.2 % k).collect());
+            let r = mu(&f, &s, &y, k).unwrap();
+            let log_k = (k as f64).log2();
+            for (name, v) in [("I(F;Y)", r.i_f_y), ("I(F;S)", r.i_f_s), ("I(F;Y|S)", r.i_f_y_given_s), ("I(F;S|Y)", r.i_f_s_given_y)] {
+                prop_assert!(v.is_finite() && v >= -1e-9 && v <= log_k + 1e-9, "{name} = {v}");
+            }
+            // Interaction information is symmetric: I(F;Y) − I(F;Y|S) = I(F;S) − I(F;S|Y).
+            prop_assert!((r.mu - (r.i_f_s - r.i_f_s_given_y)).abs() < 1e-9);
+            prop_assert!(r.mu <= r.i_f_y.min(r.i_f_s) + 1e-9);
+            prop_assert!((0.0..=1.0).contains(&r.agreement) && (0.0..=1.0).contains(&r.surrogate_accuracy));
+            // A surrogate equal to the network explains all it knows about Y.
+            let same = mu(&f, &f, &y, k).unwrap();
+            prop_assert!((same.mu - mutual_information(&f, &y, k)).abs() < 1e-9);
+        }
+
+        #[test]
+        fn binary_entropy_is_in_unit_interval_and_symmetric(p in 0f64..=1.0) {
+            let h = binary_entropy_bits(p);
+            prop_assert!((0.0..=1.0 + 1e-12).contains(&h) && (h - binary_entropy_bits(1.0 - p)).abs() < 1e-12);
+        }
+    }
+}
