@@ -96,7 +96,7 @@ fn host_gram(flat: &[Tensor], n: usize, f: usize, mean: &[f64]) -> Result<Tensor
             blk.transpose(),
             BlockStructure::Rectangular,
             1.0,
-            faer::Par::rayon(0),
+            crate::faer_par(),
         );
         start += w;
     }

@@ -28,3 +28,21 @@ pub mod weights;
 pub use analyzer::{Accumulator, Analyzer, AnalyzerError, Extras, Finished, MetricValue, Needs};
 pub use capture::{ActivationKind, BlockGeometry, Chunk, LayerKind, LayerWeights, Matrix, ModelInfo, TapChunk, TapInfo};
 pub use registry::{all as all_analyzers, by_name, names};
+
+/// The degree of parallelism of every faer routine the analyzers call
+/// (products, eigenvalues, Cholesky, SVD). faer splits its work by this
+/// degree; a degree that followed the thread count made results differ in
+/// the last bits between 1 and 2 threads (effective rank, 2.5e-14
+/// relative). A fixed degree gives the same partition, hence the same bits,
+/// on any machine; rayon runs the parts on whatever threads exist.
+pub const FAER_PARALLELISM: usize = 8;
+
+pub fn faer_par() -> faer::Par {
+    faer::Par::rayon(FAER_PARALLELISM)
+}
+
+/// Makes faer's global parallelism (used by its decompositions) the fixed
+/// degree above. The analysis driver calls this once before analysing.
+pub fn fix_faer_parallelism() {
+    faer::set_global_parallelism(faer_par());
+}

@@ -32,11 +32,23 @@ impl Analyzer for Weights {
 
 struct WeightsAcc;
 
-/// Largest singular value.
+/// Largest singular value. The SVD runs on one thread: faer's parallel
+/// SVD splits its work by the thread count, which changed the last bits of
+/// the result between 1 and 2 threads (measured 4e-15 relative), and tables
+/// are meant to be identical whatever the thread count.
 pub fn spectral_norm(w: &LayerWeights) -> f64 {
+    use faer::dyn_stack::{MemBuffer, MemStack};
+    use faer::linalg::svd::{self, ComputeSvdVectors};
     let m = MatRef::from_row_major_slice(&w.data, w.rows, w.cols);
     let m64 = faer::Mat::<f64>::from_fn(w.rows, w.cols, |i, j| m[(i, j)] as f64);
-    m64.singular_values().ok().and_then(|s| s.first().copied()).unwrap_or(0.0)
+    let mut s = faer::diag::Diag::<f64>::zeros(w.rows.min(w.cols));
+    let par = faer::Par::Seq;
+    let scratch = svd::svd_scratch::<f64>(w.rows, w.cols, ComputeSvdVectors::No, ComputeSvdVectors::No, par, Default::default());
+    let mut mem = MemBuffer::new(scratch);
+    match svd::svd(m64.as_ref(), s.as_mut(), None, None, par, MemStack::new(&mut mem), Default::default()) {
+        Ok(()) => s.column_vector().iter().copied().fold(0.0, f64::max),
+        Err(_) => 0.0,
+    }
 }
 
 pub fn frobenius(w: &LayerWeights) -> f64 {

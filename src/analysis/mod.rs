@@ -101,6 +101,7 @@ pub fn analyze_with(targets: &[Target], selected: Vec<Box<dyn Analyzer>>, opts: 
     }
     let sources = opts.surrogates.iter().map(|s| crate::surrogate::Source::parse(s)).collect::<Result<Vec<_>>>()?;
     let dev = device::select(&opts.device)?;
+    analyzers::fix_faer_parallelism();
     let mut report = Report::default();
     let mut seen = inventory::Seen::new();
     let mut same_step0 = 0;

@@ -55,6 +55,9 @@ fn previous_run(run_dir: &Path, cfg: &TrainConfig) -> Result<Previous> {
 /// Trains one run and returns its directory.
 pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<PathBuf> {
     cfg.check()?;
+    // Orthogonal init runs faer's QR: a fixed degree of parallelism keeps
+    // the initial weights the same bits whatever the thread count.
+    analyzers::fix_faer_parallelism();
     let run_id = cfg.run_id();
     let run_dir = cfg.out.join(&run_id);
     let existed = has_content(&run_dir);
