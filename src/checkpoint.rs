@@ -255,10 +255,27 @@ impl Loaded {
 /// checkpoint with its own metadata uses its own spec. Every error names the
 /// file.
 pub fn load(path: &Path, fallback: Option<&CheckpointMeta>) -> Result<Loaded> {
-    load_inner(path, fallback).with_context(|| format!("{}", path.display()))
+    load_foreign(path, fallback, &[])
 }
 
-fn load_inner(path: &Path, fallback: Option<&CheckpointMeta>) -> Result<Loaded> {
+/// [`load`] for checkpoints from elsewhere: also PyTorch's torch.save zip
+/// files, and names mapped onto the spec's (`renames` first, then the
+/// wrappers PyTorch leaves; see `interop::map_names`).
+pub fn load_foreign(path: &Path, fallback: Option<&CheckpointMeta>, renames: &[(String, String)]) -> Result<Loaded> {
+    load_inner(path, fallback, renames).with_context(|| format!("{}", path.display()))
+}
+
+fn load_inner(path: &Path, fallback: Option<&CheckpointMeta>, renames: &[(String, String)]) -> Result<Loaded> {
+    let mut head = [0u8; 4];
+    let is_zip = std::io::Read::read(&mut std::fs::File::open(path).context("cannot open")?, &mut head).is_ok_and(|n| n == 4)
+        && crate::interop::is_zip(&head);
+    if is_zip {
+        let meta = fallback
+            .cloned()
+            .ok_or_else(|| anyhow!("a PyTorch (torch.save) file has no lintrace metadata: pass --spec (and --probe) to analyse it"))?;
+        let tensors = crate::interop::map_names(crate::interop::read_torch(path)?, &meta.spec, renames)?;
+        return Ok(Loaded { path: path.to_path_buf(), meta, tensors });
+    }
     let file = std::fs::File::open(path).context("cannot open")?;
     // SAFETY: the map is read-only and dropped before this function returns;
     // lintrace never writes a checkpoint in place (writes are atomic renames).
@@ -267,7 +284,8 @@ fn load_inner(path: &Path, fallback: Option<&CheckpointMeta>) -> Result<Loaded> 
     let (_, header) = SafeTensors::read_metadata(&mmap).map_err(|e| anyhow!("not a valid safetensors file ({e})"))?;
     let st = SafeTensors::deserialize(&mmap).map_err(|e| anyhow!("not a valid safetensors file ({e})"))?;
     let md = header.metadata().clone().unwrap_or_default();
-    let meta = if md.get("format").map(String::as_str) == Some(FORMAT) {
+    let own = md.get("format").map(String::as_str) == Some(FORMAT);
+    let meta = if own {
         CheckpointMeta::from_metadata(&md)?
     } else if let Some(fb) = fallback {
         fb.clone()
@@ -276,6 +294,10 @@ fn load_inner(path: &Path, fallback: Option<&CheckpointMeta>) -> Result<Loaded> 
     };
     let mut tensors = BTreeMap::new();
     for (name, view) in st.tensors() {
+        // BatchNorm's step counter, saved by PyTorch beside the weights.
+        if !own && name.ends_with("num_batches_tracked") {
+            continue;
+        }
         let dtype = match view.dtype() {
             Dtype::F32 => DType::F32,
             Dtype::F16 => DType::F16,
@@ -287,6 +309,9 @@ fn load_inner(path: &Path, fallback: Option<&CheckpointMeta>) -> Result<Loaded> 
             .with_context(|| format!("tensor '{name}'"))?
             .to_dtype(DType::F32)?;
         tensors.insert(name, t);
+    }
+    if !own {
+        tensors = crate::interop::map_names(tensors, &meta.spec, renames)?;
     }
     Ok(Loaded { path: path.to_path_buf(), meta, tensors })
 }

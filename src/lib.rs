@@ -11,6 +11,7 @@ pub mod data;
 pub mod device;
 pub mod fault;
 pub mod init;
+pub mod interop;
 pub mod lock;
 pub mod model;
 pub mod plot;

@@ -218,9 +218,14 @@ fn hostile_training_configs_and_sweeps() {
             assert!(errors[0].contains(w), "'{w}' not in: {err}");
         }
     };
-    // A probe larger than the split it is drawn from.
-    one_line(&tiny_mlp_cmd(tmp.path(), "p", &["--probe-size", "1000"]).output().unwrap(), &["probe_size 1000", "128"]);
-    assert!(!tmp.path().join("p").exists(), "a refused run leaves no folder");
+    // A probe larger than the split it is drawn from: the whole split, said once.
+    let out = run_ok(&mut tiny_mlp_cmd(tmp.path(), "p", &["--probe-size", "1000"]));
+    assert!(stderr(&out).contains("note: probe_size 1000 is larger than the test split it is drawn from (128 samples)"), "{}", stderr(&out));
+    let m = lintrace::run::RunManifest::read(&tmp.path().join("p")).unwrap();
+    assert_eq!(m.probe_size, 128);
+    // A run refused before it wrote anything leaves no folder.
+    one_line(&tiny_mlp_cmd(tmp.path(), "q", &["--activation", "swish"]).output().unwrap(), &["swish"]);
+    assert!(!tmp.path().join("q").exists(), "a refused run leaves no folder");
     // Run names that would leave the runs root.
     for name in ["../x", "a/b", ".hidden"] {
         one_line(&tiny_mlp_cmd(tmp.path(), name, &[]).output().unwrap(), &["plain folder name"]);

@@ -20,6 +20,12 @@ pub struct DoneKey {
     /// invalidates exactly those results.
     #[serde(default)]
     pub reference: Option<String>,
+    /// Checkpoints from elsewhere: a hash of the weights, the spec and the
+    /// renames they were analysed with, since neither a run manifest nor a
+    /// file name pins them (a folder re-analysed with another spec, or a
+    /// checkpoint overwritten in place, is recomputed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

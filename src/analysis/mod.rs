@@ -168,16 +168,27 @@ fn analyze_target(
     }
     let final_step = target.checkpoints.iter().filter_map(|p| target.step_of(p)).max();
     let surrogate_key = format!("{}|{}", opts.surrogates.join(","), opts.mu_split);
+    // Every file read once: checked against run.json, its weights hashed.
+    let entries = inventory::take(target, seen);
+    let foreign: std::collections::BTreeMap<u64, String> = match target.foreign_identity() {
+        None => Default::default(),
+        Some(identity) => entries
+            .iter()
+            .filter_map(|e| {
+                let w = e.fingerprint.as_ref()?.weights_sha256.as_deref().unwrap_or("unreadable");
+                Some((e.step?, crate::checkpoint::sha256_hex(format!("{identity}|{w}").as_bytes())[..16].to_string()))
+            })
+            .collect(),
+    };
     let key = |a: &dyn Analyzer, step: u64| DoneKey {
         step,
         analyzer: a.name().into(),
         version: a.version(),
         probe_hash: probe_hash.clone(),
         reference: reference_of(a, final_step, &surrogate_key),
+        source: foreign.get(&step).cloned(),
     };
 
-    // Every file read once: checked against run.json, its weights hashed.
-    let entries = inventory::take(target, seen);
     inventory::table(&target.run_id, &entries).write(&target.out_dir.join("checkpoints.parquet"))?;
     target.mark_verified(entries.iter().filter(|e| e.analysable()).map(|e| e.path.clone()));
     let mut jobs = Vec::new();

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 enum Origin {
     Run(Box<RunManifest>),
     /// Checkpoints from elsewhere; only the spec is known.
-    External,
+    External { base: PathBuf, renames: Vec<(String, String)>, step_pattern: Option<regex::Regex> },
 }
 
 pub struct Target {
@@ -36,9 +36,43 @@ pub struct Target {
 
 /// Where to find checkpoints written elsewhere.
 pub struct External {
-    pub spec: PathBuf,
+    /// A spec JSON file, a lintrace run folder (its run.json's spec), or a
+    /// preset name (`mlp`, `cnn`: lintrace's defaults) with `num_classes`
+    /// and `input`.
+    pub spec: String,
     pub probe: PathBuf,
     pub run_id: Option<String>,
+    pub num_classes: Option<usize>,
+    pub input: Option<Vec<usize>>,
+    /// Name prefixes to map (FROM, TO), applied before anything else.
+    pub renames: Vec<(String, String)>,
+    /// A regex whose first group (or match) is the step, applied to each
+    /// checkpoint's path relative to the folder.
+    pub step_from: Option<String>,
+}
+
+impl External {
+    /// The model spec this names.
+    pub fn resolve_spec(&self) -> Result<ModelSpec> {
+        let path = Path::new(&self.spec);
+        if run::is_run_dir(path) {
+            let m = RunManifest::read(path)?;
+            return ModelSpec::from_json(&m.spec.to_string()).map_err(anyhow::Error::msg).with_context(|| format!("{}: 'spec'", path.join(run::MANIFEST).display()));
+        }
+        if path.is_file() {
+            let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read spec", path.display()))?;
+            return ModelSpec::from_json(&text).map_err(anyhow::Error::msg).with_context(|| format!("{}", path.display()));
+        }
+        let presets = ["mlp", "cnn"];
+        if !presets.contains(&self.spec.as_str()) {
+            bail!("--spec {}: neither a spec file, a run folder, nor a preset ({})", self.spec, presets.join(", "));
+        }
+        let (Some(classes), Some(input)) = (self.num_classes, self.input.as_ref()) else {
+            bail!("--spec {}: a preset needs --num-classes and --input (e.g. --input 3,32,32)", self.spec);
+        };
+        let cfg = crate::train::TrainConfig { model: self.spec.clone(), ..Default::default() };
+        cfg.model_spec(input, classes).with_context(|| format!("--spec {}", self.spec))
+    }
 }
 
 /// Resolves command-line paths into targets. Runs that cannot even be
@@ -113,48 +147,55 @@ impl Target {
     }
 
     fn external(path: &Path, ext: &External) -> Result<Target> {
-        let text = std::fs::read_to_string(&ext.spec).with_context(|| format!("{}: cannot read spec", ext.spec.display()))?;
-        let spec = ModelSpec::from_json(&text).map_err(anyhow::Error::msg).with_context(|| format!("{}", ext.spec.display()))?;
+        let spec = ext.resolve_spec()?;
         let probe = probe::load(&ext.probe)?;
-        let (checkpoints, base) = if path.is_file() {
+        let step_pattern = match &ext.step_from {
+            Some(p) => Some(regex::Regex::new(p).map_err(|e| anyhow::anyhow!("--step-from: not a valid regex ({e})"))?),
+            None => None,
+        };
+        let (mut checkpoints, base) = if path.is_file() {
             (vec![path.to_path_buf()], path.parent().unwrap_or(Path::new(".")).to_path_buf())
         } else {
-            (checkpoint::list(path, true)?, path.to_path_buf())
+            (crate::interop::list_foreign(path)?, path.to_path_buf())
         };
         let run_id = ext.run_id.clone().unwrap_or_else(|| {
             let abs = base.canonicalize().unwrap_or(base.clone());
             abs.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "external".into())
         });
         let fallback = CheckpointMeta { spec: spec.clone(), run_id: run_id.clone(), step: 0, epoch: 0.0, samples_seen: 0 };
-        Ok(Target {
+        let mut t = Target {
             run_id,
             out_dir: base.join(run::ANALYSIS),
             probe,
             spec,
-            checkpoints,
+            checkpoints: Vec::new(),
             fallback: Some(fallback),
             sweep_id: None,
-            origin: Origin::External,
+            origin: Origin::External { base, renames: ext.renames.clone(), step_pattern },
             verified: Default::default(),
-        })
+        };
+        checkpoints.sort_by_key(|p| (t.step_of(p), p.clone()));
+        t.checkpoints = checkpoints;
+        Ok(t)
     }
 
     /// The step a checkpoint file holds: `step_N` for lintrace files, else
     /// the last run of digits in the file name (`epoch_3_step_1200.safetensors` → 1200).
     pub fn step_of(&self, path: &Path) -> Option<u64> {
-        if let Some(s) = checkpoint::step_from_file_name(path) {
-            return Some(s);
+        match &self.origin {
+            Origin::External { base, step_pattern, .. } => {
+                let rel = path.strip_prefix(base).unwrap_or(path).to_string_lossy().into_owned();
+                crate::interop::step_from_name(&rel, step_pattern.as_ref())
+            }
+            Origin::Run(_) => checkpoint::step_from_file_name(path),
         }
-        let stem = path.file_stem()?.to_str()?;
-        let digits: String = stem.chars().rev().skip_while(|c| !c.is_ascii_digit()).take_while(|c| c.is_ascii_digit()).collect();
-        digits.chars().rev().collect::<String>().parse().ok()
     }
 
     /// The dataset this run was trained on, when known.
     pub fn data_config(&self) -> Option<crate::data::DataConfig> {
         match &self.origin {
             Origin::Run(m) => Some(m.config.data.clone()),
-            Origin::External => None,
+            Origin::External { .. } => None,
         }
     }
 
@@ -167,7 +208,7 @@ impl Target {
     pub fn recorded_sha256(&self, step: u64) -> Option<&str> {
         match &self.origin {
             Origin::Run(m) => m.checkpoint_sha256.get(&step).map(String::as_str),
-            Origin::External => None,
+            Origin::External { .. } => None,
         }
     }
 
@@ -183,6 +224,16 @@ impl Target {
             .collect()
     }
 
+    /// For checkpoints from elsewhere, what besides the weights decides
+    /// their results: the spec and the renames (None for lintrace runs,
+    /// whose spec is fixed by the run).
+    pub fn foreign_identity(&self) -> Option<String> {
+        match &self.origin {
+            Origin::External { renames, .. } => Some(format!("{}|{renames:?}", self.spec.to_json())),
+            Origin::Run(_) => None,
+        }
+    }
+
     /// Records files that were checked against run.json (once per analysis).
     pub fn mark_verified(&self, paths: impl IntoIterator<Item = PathBuf>) {
         let _ = self.verified.set(paths.into_iter().collect());
@@ -196,7 +247,11 @@ impl Target {
             checkpoint::verify(path, sha)?;
         }
         let fallback = self.fallback.as_ref().map(|f| CheckpointMeta { step, ..f.clone() });
-        checkpoint::load(path, fallback.as_ref())
+        let renames = match &self.origin {
+            Origin::External { renames, .. } => renames.as_slice(),
+            Origin::Run(_) => &[],
+        };
+        checkpoint::load_foreign(path, fallback.as_ref(), renames)
     }
 
     pub fn memory_estimate(&self, chunk: usize, needs: analyzers::Needs) -> u64 {
@@ -230,7 +285,7 @@ impl Target {
     pub fn write_runs_table(&self, model_metrics: &Table) -> Result<()> {
         let row = match &self.origin {
             Origin::Run(m) => RunRow::from_manifest(m, self.sweep_id.clone()),
-            Origin::External => RunRow {
+            Origin::External { .. } => RunRow {
                 run_id: self.run_id.clone(),
                 status: "external".into(),
                 lintrace_version: Some(env!("CARGO_PKG_VERSION").into()),

@@ -36,9 +36,26 @@ struct Args {
     /// Recompute rows that already exist.
     #[arg(long)]
     force: bool,
-    /// Model spec (JSON) for checkpoints without lintrace metadata.
+    /// Model spec for checkpoints without lintrace metadata (PyTorch's
+    /// .pt/.pth/.bin/.ckpt or plain safetensors): a spec JSON file, a lintrace
+    /// run folder (its spec), or a preset (mlp, cnn) with --num-classes and --input.
     #[arg(long, requires = "probe")]
-    spec: Option<PathBuf>,
+    spec: Option<String>,
+    /// Preset specs: number of classes.
+    #[arg(long)]
+    num_classes: Option<usize>,
+    /// Preset specs: input shape, e.g. 3,32,32.
+    #[arg(long, value_delimiter = ',')]
+    input: Option<Vec<usize>>,
+    /// Map tensor-name prefixes of checkpoints from elsewhere, FROM=TO
+    /// (repeatable); wrappers such as module. and _orig_mod. are stripped anyway.
+    #[arg(long = "rename")]
+    renames: Vec<String>,
+    /// Regex giving the step of each checkpoint from its path relative to the
+    /// folder (first group, or the whole match). Default: the digits after
+    /// "step", else the last digits (step_1000, epoch=3-step=1200.ckpt, checkpoint-500/).
+    #[arg(long)]
+    step_from: Option<String>,
     /// Probe batch (safetensors: inputs, labels) for --spec checkpoints.
     #[arg(long, requires = "spec")]
     probe: Option<PathBuf>,
@@ -256,10 +273,19 @@ fn real_main(args: &Args) -> Result<i32> {
     };
     // Validate analyzer names before touching any run.
     analysis::select_analyzers(&opts.analyzers)?;
+    let renames = args
+        .renames
+        .iter()
+        .map(|r| r.split_once('=').map(|(a, b)| (a.to_string(), b.to_string())).ok_or_else(|| anyhow::anyhow!("--rename {r}: expected FROM=TO")))
+        .collect::<Result<Vec<_>>>()?;
     let external = args.spec.as_ref().map(|spec| External {
         spec: spec.clone(),
         probe: args.probe.clone().expect("clap requires probe"),
         run_id: args.run_id.clone(),
+        num_classes: args.num_classes,
+        input: args.input.clone(),
+        renames,
+        step_from: args.step_from.clone(),
     });
     let (targets, mut failures) = match analysis::discover(&paths, external.as_ref()) {
         Ok(v) => v,

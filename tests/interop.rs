@@ -1,0 +1,146 @@
+//! Checkpoints from any PyTorch run: torch.save zip files (bare state dicts,
+//! nested under state_dict/model, fp16/bf16), PyTorch's name wrappers, bare
+//! nn.Sequential names, --rename, folders with any file names and steps,
+//! presets and run folders as specs. Logits are checked against PyTorch's
+//! (fixtures/make_interop.py wrote them) to 1e-5.
+
+mod common;
+
+use common::*;
+use lintrace::checkpoint::{self, CheckpointMeta};
+use lintrace::spec::ModelSpec;
+use std::path::Path;
+
+fn interop(rel: &str) -> std::path::PathBuf {
+    fixture(&format!("interop/{rel}"))
+}
+
+fn golden(key: &str) -> Vec<Vec<f64>> {
+    let g: serde_json::Value = serde_json::from_slice(&std::fs::read(interop("golden.json")).unwrap()).unwrap();
+    serde_json::from_value(g[key].clone()).unwrap()
+}
+
+fn meta(spec: &str) -> CheckpointMeta {
+    let spec = ModelSpec::from_json(&std::fs::read_to_string(interop(spec)).unwrap()).unwrap();
+    CheckpointMeta { spec, run_id: "x".into(), step: 0, epoch: 0.0, samples_seen: 0 }
+}
+
+/// Loads `file` as a foreign checkpoint and compares its logits on the
+/// probe with PyTorch's.
+fn check_logits(file: &Path, spec: &str, probe: &str, key: &str, renames: &[(String, String)], tol: f64) {
+    let l = checkpoint::load_foreign(file, Some(&meta(spec)), renames).unwrap_or_else(|e| panic!("{e:#}"));
+    let model = l.model(&candle_core::Device::Cpu).unwrap();
+    let p = lintrace::probe::load(&interop(probe)).unwrap();
+    let mut shape = vec![p.len()];
+    shape.extend_from_slice(&p.sample_shape);
+    let x = candle_core::Tensor::from_slice(&p.inputs, shape, &candle_core::Device::Cpu).unwrap();
+    let got: Vec<Vec<f32>> = model.logits(&x).unwrap().to_vec2().unwrap();
+    let want = golden(key);
+    for (g, w) in got.iter().flatten().zip(want.iter().flatten()) {
+        assert!((*g as f64 - w).abs() <= tol, "{}: {g} vs PyTorch's {w}", file.display());
+    }
+}
+
+#[test]
+fn pytorch_files_load_and_match_pytorch() {
+    check_logits(&interop("mlp_sequential.pt"), "mlp_spec.json", "mlp_probe.safetensors", "mlp", &[], 1e-5);
+    check_logits(&interop("mlp_ddp_fp16.pth"), "mlp_spec.json", "mlp_probe.safetensors", "mlp_fp16", &[], 1e-5);
+    check_logits(&interop("mlp_compiled_bf16.bin"), "mlp_spec.json", "mlp_probe.safetensors", "mlp_bf16", &[], 1e-5);
+    check_logits(&interop("cnn_sequential.pt"), "cnn_spec.json", "cnn_probe.safetensors", "cnn", &[], 1e-5);
+    check_logits(&interop("lightning/epoch=3-step=1200.ckpt"), "cnn_spec.json", "cnn_probe.safetensors", "cnn", &[], 1e-5);
+    let renames: Vec<(String, String)> = (0..3).map(|i| (format!("net.fc{i}"), format!("layers.{}", 2 * i))).collect();
+    check_logits(&interop("hf/checkpoint-500/pytorch_model.bin"), "mlp_spec.json", "mlp_probe.safetensors", "mlp", &renames, 1e-5);
+}
+
+#[test]
+fn names_that_do_not_match_are_paired_and_a_rename_suggested() {
+    let e = checkpoint::load_foreign(&interop("hf/checkpoint-500/pytorch_model.bin"), Some(&meta("mlp_spec.json")), &[]).err().unwrap();
+    let msg = format!("{e:#}");
+    assert!(!msg.contains('\n'), "{msg}");
+    assert!(msg.contains("pytorch_model.bin") && msg.contains("layers.0.weight ↔ net.fc0.weight"), "{msg}");
+    assert!(msg.contains("try --rename net.fc0=layers.0 --rename net.fc1=layers.2 --rename net.fc2=layers.4"), "{msg}");
+}
+
+#[test]
+fn files_that_are_not_state_dicts_are_refused_clearly() {
+    for (file, want) in [
+        ("pickled_module.pt", "is a pickled torch.nn.modules.container.Sequential, not a state dict: save model.state_dict()"),
+        ("optimizer_only.pt", "holds an optimizer's state only"),
+    ] {
+        let e = checkpoint::load_foreign(&interop(file), Some(&meta("mlp_spec.json")), &[]).err().unwrap();
+        let msg = format!("{e:#}");
+        assert!(msg.contains(file) && msg.contains(want), "{msg}");
+    }
+    // Without a spec, a PyTorch file says what to pass.
+    let e = checkpoint::load(&interop("mlp_sequential.pt"), None).err().unwrap();
+    assert!(format!("{e:#}").contains("pass --spec"), "{e:#}");
+}
+
+#[test]
+fn a_folder_from_elsewhere_is_analysed_in_step_order() {
+    // A Lightning-style and a Trainer-style folder side by side.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("torch_run");
+    for (src, dst) in [
+        ("mlp_sequential.pt", "epoch=0-step=90.ckpt"),
+        ("mlp_ddp_fp16.pth", "epoch=3-step=1200.ckpt"),
+        ("mlp_compiled_bf16.bin", "checkpoint-500/pytorch_model.bin"),
+    ] {
+        let p = dir.join(dst);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::copy(interop(src), p).unwrap();
+    }
+    let analyze = |extra: &[&str]| {
+        let mut c = analyze_bin();
+        c.arg(&dir)
+            .args(["--spec", interop("mlp_spec.json").to_str().unwrap(), "--probe", interop("mlp_probe.safetensors").to_str().unwrap()])
+            .args(["--quiet", "--device", "cpu", "--analyzers", "performance"])
+            .args(extra);
+        c
+    };
+    let out = run_ok(&mut analyze(&[]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("analysed 3 checkpoints"), "{}", String::from_utf8_lossy(&out.stdout));
+    let t = lintrace::tables::Table::read(&dir.join("analysis/checkpoints.parquet"), "checkpoints").unwrap();
+    let si = t.column_index("step").unwrap();
+    let steps: Vec<i64> = t.rows.iter().filter_map(|r| r[si].as_i64()).collect();
+    assert_eq!(steps, vec![90, 500, 1200]);
+    // A user pattern: the epoch instead of the step (checkpoint-500 has none and is reported).
+    let out = analyze(&["--step-from", r"epoch=(\d+)", "--force"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("checkpoint-500") && stderr(&out).contains("cannot tell the step"), "{}", stderr(&out));
+    let t = lintrace::tables::Table::read(&dir.join("analysis/checkpoints.parquet"), "checkpoints").unwrap();
+    let steps: Vec<Option<i64>> = t.rows.iter().map(|r| r[si].as_i64()).collect();
+    assert_eq!(steps, vec![None, Some(0), Some(3)]);
+}
+
+#[test]
+fn specs_come_from_a_file_a_run_folder_or_a_preset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tiny_mlp_run(tmp.path(), "r", &[]);
+    // A lintrace run's checkpoint, renamed as a bare file elsewhere, analysed with the run folder as its spec.
+    let dir = tmp.path().join("elsewhere");
+    std::fs::create_dir_all(&dir).unwrap();
+    let l = checkpoint::load(&run.join("checkpoints").join(checkpoint::file_name(20)), None).unwrap();
+    let named: Vec<(String, candle_core::Tensor)> = l.tensors.into_iter().map(|(k, v)| (format!("module.{k}"), v)).collect();
+    let data: Vec<_> = named.iter().map(|(n, t)| checkpoint::f32_entry(n, t).unwrap()).collect();
+    checkpoint::write_f32_safetensors(&dir.join("final_step_20.safetensors"), &data, Default::default()).unwrap();
+    let probe = run.join("probe.safetensors");
+    run_ok(analyze_bin().arg(&dir).arg("--spec").arg(&run).arg("--probe").arg(&probe).args(["--quiet", "--device", "cpu", "--analyzers", "performance"]));
+    // A preset needs the shape and classes.
+    let out = analyze_bin().arg(&dir).args(["--spec", "cnn", "--probe"]).arg(&probe).args(["--quiet", "--device", "cpu"]).output().unwrap();
+    assert!(stderr(&out).contains("a preset needs --num-classes and --input"), "{}", stderr(&out));
+    let out = analyze_bin().arg(&dir).args(["--spec", "resnet9000", "--probe"]).arg(&probe).output().unwrap();
+    assert!(stderr(&out).contains("neither a spec file, a run folder, nor a preset"), "{}", stderr(&out));
+    // The preset `mlp` is lintrace's default MLP (width 128, depth 4): the
+    // results computed with the run's spec are not taken for its results,
+    // and the error pairs the names by shape.
+    let out = analyze_bin()
+        .arg(&dir)
+        .args(["--spec", "mlp", "--num-classes", "2", "--input", "2", "--probe"])
+        .arg(&probe)
+        .args(["--quiet", "--device", "cpu", "--analyzers", "performance"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("final_step_20.safetensors") && stderr(&out).contains("layers.0.weight ↔ (none of shape [128, 2])"), "{}", stderr(&out));
+}
