@@ -159,9 +159,15 @@ pub fn unique_names(bytes: &[u8]) -> Result<()> {
             Ok(dup)
         }
     }
-    let n = u64::from_le_bytes(bytes.get(..8).ok_or_else(|| anyhow!("not a valid safetensors file (shorter than its 8-byte header length)"))?.try_into()?) as usize;
-    let header = bytes.get(8..8usize.saturating_add(n)).ok_or_else(|| anyhow!("not a valid safetensors file (its header length {n} runs past the end of the file)"))?;
-    let dup = serde_json::Deserializer::from_slice(header).deserialize_map(Keys).map_err(|e| anyhow!("not a valid safetensors file (header: {e})"))?;
+    let n = u64::from_le_bytes(
+        bytes.get(..8).ok_or_else(|| anyhow!("not a valid safetensors file (shorter than its 8-byte header length)"))?.try_into()?,
+    ) as usize;
+    let header = bytes
+        .get(8..8usize.saturating_add(n))
+        .ok_or_else(|| anyhow!("not a valid safetensors file (its header length {n} runs past the end of the file)"))?;
+    let dup = serde_json::Deserializer::from_slice(header)
+        .deserialize_map(Keys)
+        .map_err(|e| anyhow!("not a valid safetensors file (header: {e})"))?;
     if let Some(name) = dup {
         bail!("not a valid safetensors file: tensor name '{name}' appears twice in the header");
     }

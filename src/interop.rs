@@ -76,10 +76,8 @@ pub fn read_torch(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     let file = std::fs::File::open(path).context("cannot open")?;
     let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| anyhow!("not a readable zip file ({e})"))?;
     let names: Vec<String> = zip.file_names().filter_map(|n| n.ok().map(|n| n.into_owned())).collect();
-    let pkl = names
-        .into_iter()
-        .find(|n| n.ends_with("data.pkl"))
-        .ok_or_else(|| anyhow!("a zip file without data.pkl: not a torch.save file"))?;
+    let pkl =
+        names.into_iter().find(|n| n.ends_with("data.pkl")).ok_or_else(|| anyhow!("a zip file without data.pkl: not a torch.save file"))?;
     let obj = {
         let reader = zip.by_name(&pkl).map_err(|e| anyhow!("cannot read {pkl} ({e})"))?;
         let mut reader = std::io::BufReader::new(reader);
@@ -113,11 +111,16 @@ fn module_of(name: &str) -> (&str, &str) {
 /// (`module.`, `_orig_mod.`, `model.`), then a bare `nn.Sequential`'s
 /// indices in order onto the spec's layers. When the names still differ, the
 /// error pairs expected and found names by shape and suggests `--rename`.
-pub fn map_names(mut tensors: BTreeMap<String, Tensor>, spec: &ModelSpec, renames: &[(String, String)]) -> Result<BTreeMap<String, Tensor>> {
+pub fn map_names(
+    mut tensors: BTreeMap<String, Tensor>,
+    spec: &ModelSpec,
+    renames: &[(String, String)],
+) -> Result<BTreeMap<String, Tensor>> {
     let expected: Vec<(String, Vec<usize>)> = spec.tensor_shapes();
     let want: BTreeSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
     for (from, to) in renames {
-        tensors = tensors.into_iter().map(|(k, v)| (k.strip_prefix(from.as_str()).map_or(k.clone(), |rest| format!("{to}{rest}")), v)).collect();
+        tensors =
+            tensors.into_iter().map(|(k, v)| (k.strip_prefix(from.as_str()).map_or(k.clone(), |rest| format!("{to}{rest}")), v)).collect();
     }
     'strip: loop {
         for wrapper in ["module.", "_orig_mod.", "model."] {
@@ -196,7 +199,8 @@ fn mismatch(expected: &[(String, Vec<usize>)], found: &BTreeMap<String, Tensor>)
         }
     }
     let extra: Vec<&str> = unused.iter().map(|(k, _)| k.as_str()).collect();
-    let mut msg = format!("tensor names do not match the spec ({same} of {} match; expected ↔ found: {})", expected.len(), pairs.join(", "));
+    let mut msg =
+        format!("tensor names do not match the spec ({same} of {} match; expected ↔ found: {})", expected.len(), pairs.join(", "));
     if !extra.is_empty() {
         msg.push_str(&format!("; not used: {}", extra.join(", ")));
     }
@@ -254,10 +258,17 @@ pub fn list_foreign(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
         if p.is_file() && is_checkpoint_name(&p) {
             files.push(p);
         } else if p.is_dir() && p.file_name().is_some_and(|n| n != crate::run::ANALYSIS) {
-            let inner: Vec<std::path::PathBuf> =
-                std::fs::read_dir(&p).into_iter().flatten().filter_map(|e| e.ok().map(|e| e.path())).filter(|q| q.is_file() && is_checkpoint_name(q)).collect();
+            let inner: Vec<std::path::PathBuf> = std::fs::read_dir(&p)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|q| q.is_file() && is_checkpoint_name(q))
+                .collect();
             let preferred = ["model.safetensors", "pytorch_model.bin"];
-            let pick = preferred.iter().find_map(|n| inner.iter().find(|q| q.file_name().is_some_and(|f| f == *n))).or(if inner.len() == 1 { inner.first() } else { None });
+            let pick = preferred
+                .iter()
+                .find_map(|n| inner.iter().find(|q| q.file_name().is_some_and(|f| f == *n)))
+                .or(if inner.len() == 1 { inner.first() } else { None });
             if let Some(q) = pick {
                 files.push(q.clone());
             }

@@ -134,7 +134,9 @@ fn wrong_shape_and_missing_tensor_name_the_tensor() {
     no_panic(&out);
     let err = stderr(&out);
     assert!(
-        err.contains("epoch_3.safetensors") && err.contains("layers.6.weight ↔ (none of shape [5, 5])") && err.contains("layers.8.weight ↔ layers.6.weight"),
+        err.contains("epoch_3.safetensors")
+            && err.contains("layers.6.weight ↔ (none of shape [5, 5])")
+            && err.contains("layers.8.weight ↔ layers.6.weight"),
         "{err}"
     );
 }

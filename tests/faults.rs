@@ -57,7 +57,11 @@ fn training_killed_anywhere_resumes_to_the_same_bytes() {
     assert!(ckpts.len() >= 8, "{ckpts:?}");
     let mid = ckpts[ckpts.len() / 2].trim_start_matches("checkpoints/").to_string();
 
-    for (i, point) in ["step:7", &format!("write:{mid}"), "write:train_state.safetensors#5", "write:run.json#4", "write:train_log.parquet#6"].iter().enumerate() {
+    for (i, point) in
+        ["step:7", &format!("write:{mid}"), "write:train_state.safetensors#5", "write:run.json#4", "write:train_log.parquet#6"]
+            .iter()
+            .enumerate()
+    {
         let root = tmp.path().join(format!("kill{i}"));
         let child = start_paused(tiny_mlp_cmd(&root, "r", &[]), point);
         // While it is paused, a second trainer of the same run is refused,

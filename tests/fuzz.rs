@@ -51,7 +51,8 @@ fn mutation() -> impl Strategy<Value = Mutation> {
     prop_oneof![
         proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8).prop_map(Mutation::Flip),
         any::<usize>().prop_map(Mutation::Truncate),
-        (any::<usize>(), prop_oneof![Just(0u64), Just(u64::MAX), Just(1u64 << 40), 0u64..5000]).prop_map(|(which, value)| Mutation::Number { which, value }),
+        (any::<usize>(), prop_oneof![Just(0u64), Just(u64::MAX), Just(1u64 << 40), 0u64..5000])
+            .prop_map(|(which, value)| Mutation::Number { which, value }),
         prop_oneof![Just(u64::MAX), Just(0u64), 0u64..10_000].prop_map(Mutation::LengthPrefix),
     ]
 }

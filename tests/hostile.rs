@@ -67,7 +67,11 @@ fn hostile_checkpoint_files() {
     f("huge-prefix", [u64::MAX.to_le_bytes().to_vec(), b"{}".to_vec()].concat(), &["not a valid safetensors file"]);
     f("prefix-past-end", [1000u64.to_le_bytes().to_vec(), b"{}".to_vec()].concat(), &["not a valid safetensors file"]);
     // A tensor that claims 2^40 values with 24 bytes of data.
-    f("huge-shape", raw(r#"{"a":{"dtype":"F32","shape":[1099511627776],"data_offsets":[0,24]}}"#, &[0; 24]), &["not a valid safetensors file"]);
+    f(
+        "huge-shape",
+        raw(r#"{"a":{"dtype":"F32","shape":[1099511627776],"data_offsets":[0,24]}}"#, &[0; 24]),
+        &["not a valid safetensors file"],
+    );
     f(
         "overlapping",
         raw(r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#, &[0; 12]),
@@ -79,11 +83,16 @@ fn hostile_checkpoint_files() {
         raw(r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, &[0; 8]),
         &["tensor name 'a' appears twice"],
     );
-    f("duplicate-same-offsets", raw(r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#, &[0; 4]), &["appears twice"]);
+    f(
+        "duplicate-same-offsets",
+        raw(r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#, &[0; 4]),
+        &["appears twice"],
+    );
     f("int-dtype", raw(r#"{"a":{"dtype":"I64","shape":[1],"data_offsets":[0,8]}}"#, &[0; 8]), &["tensor 'a' has dtype I64"]);
     f("not-json-header", raw("{not json", &[]), &["not a valid safetensors file"]);
     // Metadata whose spec asks for 2^62 parameters.
-    let huge_spec = r#"{"spec_version":1,"kind":"mlp","input_shape":[4611686018427387904],"num_classes":2,"hidden":[8],"activation":"relu"}"#;
+    let huge_spec =
+        r#"{"spec_version":1,"kind":"mlp","input_shape":[4611686018427387904],"num_classes":2,"hidden":[8],"activation":"relu"}"#;
     let header = format!(
         r#"{{"__metadata__":{{"format":"lintrace.checkpoint","format_version":"1","spec":{},"run_id":"r","step":"0","epoch":"0","samples_seen":"0"}},"a":{{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}}}"#,
         serde_json::Value::String(huge_spec.into())
@@ -103,7 +112,11 @@ fn hostile_specs() {
         refused(name, want, move || ModelSpec::from_json(&text).map_err(anyhow::Error::msg));
     };
     spec("deep-nesting", format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)), &["malformed model spec"]);
-    let deep = format!(r#"{{"spec_version":1,"kind":"mlp","input_shape":[2],"num_classes":2,"activation":"relu","hidden":{}{}}}"#, "[".repeat(100_000), "]".repeat(100_000));
+    let deep = format!(
+        r#"{{"spec_version":1,"kind":"mlp","input_shape":[2],"num_classes":2,"activation":"relu","hidden":{}{}}}"#,
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
     spec("deep-nesting-in-a-field", deep, &["malformed model spec", "recursion limit"]);
     let mlp = |input: &str, hidden: &str| {
         format!(r#"{{"spec_version":1,"kind":"mlp","input_shape":{input},"num_classes":2,"hidden":{hidden},"activation":"relu"}}"#)
@@ -131,7 +144,10 @@ fn hostile_probes() {
     probe("no-labels", raw(r#"{"inputs":{"dtype":"F32","shape":[1,2],"data_offsets":[0,8]}}"#, &[0; 8]), &["'labels' is missing"]);
     probe(
         "label-count",
-        raw(r#"{"inputs":{"dtype":"F32","shape":[2,1],"data_offsets":[0,8]},"labels":{"dtype":"I64","shape":[1],"data_offsets":[8,16]}}"#, &[0; 16]),
+        raw(
+            r#"{"inputs":{"dtype":"F32","shape":[2,1],"data_offsets":[0,8]},"labels":{"dtype":"I64","shape":[1],"data_offsets":[8,16]}}"#,
+            &[0; 16],
+        ),
         &["2 inputs but 1 labels"],
     );
     let nan = [f32::NAN.to_le_bytes(), 0f32.to_le_bytes()].concat();
@@ -146,7 +162,13 @@ fn hostile_probes() {
 }
 
 fn data_cfg(dataset: &str, dir: &Path) -> DataConfig {
-    DataConfig { dataset: dataset.into(), data_dir: Some(dir.to_path_buf()), cache_dir: Some(dir.join("cache")), normalize: false, ..Default::default() }
+    DataConfig {
+        dataset: dataset.into(),
+        data_dir: Some(dir.to_path_buf()),
+        cache_dir: Some(dir.join("cache")),
+        normalize: false,
+        ..Default::default()
+    }
 }
 
 #[test]
@@ -192,9 +214,19 @@ fn hostile_datasets() {
     let labels = [header([0, 0, 8, 1], &[2]), vec![0, 1]].concat();
     load("idx-magic", "idx", idx("idx-magic", [header([0, 0, 9, 3], &[2, 2, 2]), vec![7; 8]].concat(), labels.clone()), &["magic"]);
     load("idx-short", "idx", idx("idx-short", [header([0, 0, 8, 3], &[2, 2, 2]), vec![7; 5]].concat(), labels.clone()), &["short"]);
-    load("idx-count", "idx", idx("idx-count", images.clone(), [header([0, 0, 8, 1], &[3]), vec![0, 1, 1]].concat()), &["3 labels", "2 images"]);
+    load(
+        "idx-count",
+        "idx",
+        idx("idx-count", images.clone(), [header([0, 0, 8, 1], &[3]), vec![0, 1, 1]].concat()),
+        &["3 labels", "2 images"],
+    );
     // A huge count in the header is checked against the file's length, not allocated.
-    load("idx-huge", "idx", idx("idx-huge", [header([0, 0, 8, 3], &[u32::MAX, 65535, 65535]), vec![7; 8]].concat(), labels), &["truncated"]);
+    load(
+        "idx-huge",
+        "idx",
+        idx("idx-huge", [header([0, 0, 8, 3], &[u32::MAX, 65535, 65535]), vec![7; 8]].concat(), labels),
+        &["truncated"],
+    );
     // CIFAR-10 binary with a label outside 0..10.
     let cifar = tmp.path().join("cifar").join("cifar-10-batches-bin");
     std::fs::create_dir_all(&cifar).unwrap();
@@ -220,7 +252,11 @@ fn hostile_training_configs_and_sweeps() {
     };
     // A probe larger than the split it is drawn from: the whole split, said once.
     let out = run_ok(&mut tiny_mlp_cmd(tmp.path(), "p", &["--probe-size", "1000"]));
-    assert!(stderr(&out).contains("note: probe_size 1000 is larger than the test split it is drawn from (128 samples)"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("note: probe_size 1000 is larger than the test split it is drawn from (128 samples)"),
+        "{}",
+        stderr(&out)
+    );
     let m = lintrace::run::RunManifest::read(&tmp.path().join("p")).unwrap();
     assert_eq!(m.probe_size, 128);
     // A run refused before it wrote anything leaves no folder.

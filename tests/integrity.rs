@@ -37,10 +37,7 @@ fn an_aliased_checkpoint_is_reported_and_not_analysed_as_another_moment() {
     let out = run_ok(analyze_bin().arg(&run).args(["--quiet", "--device", "cpu", "--analyzers", "performance"]));
     let err = stderr(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        err.lines().any(|l| l.starts_with("warning:") && l.contains("step_00000006") && l.contains("same weights as step 4")),
-        "{err}"
-    );
+    assert!(err.lines().any(|l| l.starts_with("warning:") && l.contains("step_00000006") && l.contains("same weights as step 4")), "{err}");
     assert!(stdout.contains("analysed 10 checkpoints") && stdout.contains("1 aliased"), "{stdout}");
     let model = Table::read(&run.join("analysis/model_metrics.parquet"), "model_metrics").unwrap();
     assert!(!column(&model, "step").contains(&Value::I64(6)), "the aliased step was analysed");

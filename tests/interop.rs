@@ -125,7 +125,13 @@ fn specs_come_from_a_file_a_run_folder_or_a_preset() {
     let data: Vec<_> = named.iter().map(|(n, t)| checkpoint::f32_entry(n, t).unwrap()).collect();
     checkpoint::write_f32_safetensors(&dir.join("final_step_20.safetensors"), &data, Default::default()).unwrap();
     let probe = run.join("probe.safetensors");
-    run_ok(analyze_bin().arg(&dir).arg("--spec").arg(&run).arg("--probe").arg(&probe).args(["--quiet", "--device", "cpu", "--analyzers", "performance"]));
+    run_ok(analyze_bin().arg(&dir).arg("--spec").arg(&run).arg("--probe").arg(&probe).args([
+        "--quiet",
+        "--device",
+        "cpu",
+        "--analyzers",
+        "performance",
+    ]));
     // A preset needs the shape and classes.
     let out = analyze_bin().arg(&dir).args(["--spec", "cnn", "--probe"]).arg(&probe).args(["--quiet", "--device", "cpu"]).output().unwrap();
     assert!(stderr(&out).contains("a preset needs --num-classes and --input"), "{}", stderr(&out));
@@ -142,5 +148,9 @@ fn specs_come_from_a_file_a_run_folder_or_a_preset() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("final_step_20.safetensors") && stderr(&out).contains("layers.0.weight ↔ (none of shape [128, 2])"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("final_step_20.safetensors") && stderr(&out).contains("layers.0.weight ↔ (none of shape [128, 2])"),
+        "{}",
+        stderr(&out)
+    );
 }

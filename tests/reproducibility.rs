@@ -58,7 +58,20 @@ fn an_mlp_trains_and_analyses_to_the_same_bytes() {
         "mlp",
         &["--model", "mlp", "--width", "24", "--depth", "3", "--dataset", "sinusoid-2d", "--n-train", "256", "--n-test", "128"]
             .iter()
-            .chain(&["--steps", "24", "--batch-size", "32", "--probe-size", "96", "--optimizer", "adam", "--lr", "0.01", "--init", "orthogonal"])
+            .chain(&[
+                "--steps",
+                "24",
+                "--batch-size",
+                "32",
+                "--probe-size",
+                "96",
+                "--optimizer",
+                "adam",
+                "--lr",
+                "0.01",
+                "--init",
+                "orthogonal",
+            ])
             .copied()
             .collect::<Vec<_>>(),
     );

@@ -56,8 +56,15 @@ impl Entry {
     }
 }
 
-/// Weights already seen in this analysis: weights SHA-256 → (run id, step).
-pub type Seen = HashMap<String, (String, u64)>;
+/// Weights already seen in this analysis, across its runs.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// weights SHA-256 → (run id, step) where first seen.
+    first: HashMap<String, (String, u64)>,
+    /// Runs whose step 0 equals another run's step 0 (expected for runs
+    /// with the same seed and init; only counted).
+    pub shared_step0: usize,
+}
 
 /// Reads and checks every checkpoint of `target` (in parallel), in step
 /// order, and marks aliases against `seen` (updated).
@@ -89,9 +96,9 @@ pub fn take(target: &Target, seen: &mut Seen) -> Vec<Entry> {
     entries.sort_by_key(|e| (e.step, e.path.clone()));
     for e in entries.iter_mut().filter(|e| e.status == Status::Ok) {
         let (Some(step), Some(w)) = (e.step, e.fingerprint.as_ref().and_then(|f| f.weights_sha256.clone())) else { continue };
-        match seen.get(&w) {
+        match seen.first.get(&w) {
             None => {
-                seen.insert(w, (target.run_id.clone(), step));
+                seen.first.insert(w, (target.run_id.clone(), step));
             }
             Some((run, s)) => {
                 e.aliased_with = Some((run.clone(), *s));

@@ -103,17 +103,17 @@ pub fn analyze_with(targets: &[Target], selected: Vec<Box<dyn Analyzer>>, opts: 
     let dev = device::select(&opts.device)?;
     analyzers::fix_faer_parallelism();
     let mut report = Report::default();
-    let mut seen = inventory::Seen::new();
-    let mut same_step0 = 0;
+    let mut seen = inventory::Seen::default();
     for target in targets {
         report.runs += 1;
-        if let Err(e) = analyze_target(target, &selected, &sources, opts, &dev, &mut seen, &mut same_step0, &mut report) {
+        if let Err(e) = analyze_target(target, &selected, &sources, opts, &dev, &mut seen, &mut report) {
             report.failures.push((target.out_dir.clone(), format!("{e:#}")));
         }
     }
-    if same_step0 > 0 {
+    if seen.shared_step0 > 0 {
         report.notes.push(format!(
-            "{same_step0} runs start from the same step-0 weights as another run analysed here (expected for runs with the same seed and init; checkpoints.parquet: aliased_with_run)"
+            "{} runs start from the same step-0 weights as another run analysed here (expected for runs with the same seed and init; checkpoints.parquet: aliased_with_run)",
+            seen.shared_step0
         ));
     }
     Ok(report)
@@ -144,7 +144,6 @@ fn analyze_target(
     opts: &AnalyzeOptions,
     dev: &candle_core::Device,
     seen: &mut inventory::Seen,
-    same_step0: &mut usize,
     report: &mut Report,
 ) -> Result<()> {
     // One analysis per run at a time: a second one is refused, naming the
@@ -207,7 +206,7 @@ fn analyze_target(
         }
         if let (Some((run, s)), Some(step)) = (&e.aliased_with, e.step) {
             if step == 0 && *s == 0 {
-                *same_step0 += 1;
+                seen.shared_step0 += 1;
             } else {
                 report.warnings.push(format!(
                     "{}: holds the same weights as step {s} of run {run} (checkpoints.parquet: aliased_with_run); analysed, but check that the runs differ as intended",

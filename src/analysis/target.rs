@@ -15,7 +15,11 @@ use std::path::{Path, PathBuf};
 enum Origin {
     Run(Box<RunManifest>),
     /// Checkpoints from elsewhere; only the spec is known.
-    External { base: PathBuf, renames: Vec<(String, String)>, step_pattern: Option<regex::Regex> },
+    External {
+        base: PathBuf,
+        renames: Vec<(String, String)>,
+        step_pattern: Option<regex::Regex>,
+    },
 }
 
 pub struct Target {
@@ -57,7 +61,9 @@ impl External {
         let path = Path::new(&self.spec);
         if run::is_run_dir(path) {
             let m = RunManifest::read(path)?;
-            return ModelSpec::from_json(&m.spec.to_string()).map_err(anyhow::Error::msg).with_context(|| format!("{}: 'spec'", path.join(run::MANIFEST).display()));
+            return ModelSpec::from_json(&m.spec.to_string())
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("{}: 'spec'", path.join(run::MANIFEST).display()));
         }
         if path.is_file() {
             let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read spec", path.display()))?;

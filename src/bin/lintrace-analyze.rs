@@ -190,14 +190,22 @@ fn command_main(cmd: &Cmd) -> Result<i32> {
         }
         Cmd::Plot { figure } => {
             let (png, svg) = match figure {
-                Figure::Heatmap { args: a, run } => {
-                    plot::save(&figures::heatmap(&Tables::load(&a.dir, a.allow_mixed_probes)?, run.as_deref(), &a.metric, a.analyzer.as_deref())?, &a.out)?
-                }
-                Figure::Facet { args: a, by } => {
-                    plot::save(&figures::facet(&Tables::load(&a.dir, a.allow_mixed_probes)?, &a.metric, a.analyzer.as_deref(), by.as_deref())?, &a.out)?
-                }
+                Figure::Heatmap { args: a, run } => plot::save(
+                    &figures::heatmap(&Tables::load(&a.dir, a.allow_mixed_probes)?, run.as_deref(), &a.metric, a.analyzer.as_deref())?,
+                    &a.out,
+                )?,
+                Figure::Facet { args: a, by } => plot::save(
+                    &figures::facet(&Tables::load(&a.dir, a.allow_mixed_probes)?, &a.metric, a.analyzer.as_deref(), by.as_deref())?,
+                    &a.out,
+                )?,
                 Figure::Lines { args: a, surrogate, by } => plot::save(
-                    &figures::lines(&Tables::load(&a.dir, a.allow_mixed_probes)?, &a.metric, a.analyzer.as_deref(), surrogate.as_deref(), by.as_deref())?,
+                    &figures::lines(
+                        &Tables::load(&a.dir, a.allow_mixed_probes)?,
+                        &a.metric,
+                        a.analyzer.as_deref(),
+                        surrogate.as_deref(),
+                        by.as_deref(),
+                    )?,
                     &a.out,
                 )?,
             };
@@ -276,7 +284,9 @@ fn real_main(args: &Args) -> Result<i32> {
     let renames = args
         .renames
         .iter()
-        .map(|r| r.split_once('=').map(|(a, b)| (a.to_string(), b.to_string())).ok_or_else(|| anyhow::anyhow!("--rename {r}: expected FROM=TO")))
+        .map(|r| {
+            r.split_once('=').map(|(a, b)| (a.to_string(), b.to_string())).ok_or_else(|| anyhow::anyhow!("--rename {r}: expected FROM=TO"))
+        })
         .collect::<Result<Vec<_>>>()?;
     let external = args.spec.as_ref().map(|spec| External {
         spec: spec.clone(),
@@ -320,7 +330,11 @@ fn real_main(args: &Args) -> Result<i32> {
         report.skipped,
         start.elapsed().as_secs_f64(),
         failures.len(),
-        if report.aliased > 0 { format!("; {} aliased (same weights as an earlier step), not analysed", report.aliased) } else { String::new() }
+        if report.aliased > 0 {
+            format!("; {} aliased (same weights as an earlier step), not analysed", report.aliased)
+        } else {
+            String::new()
+        }
     );
     if args.only.is_none() {
         for s in &sweeps {
@@ -332,7 +346,7 @@ fn real_main(args: &Args) -> Result<i32> {
     }
     if targets.len() <= 3 {
         for t in &targets {
-            println!("tables: {}/{{layer_metrics,model_metrics,runs}}.parquet", t.out_dir.display());
+            println!("tables: {}/{{layer_metrics,model_metrics,runs,checkpoints}}.parquet", t.out_dir.display());
         }
     }
     if let Some(t) = targets.first() {
