@@ -60,6 +60,13 @@ pub fn init_params(spec: &ModelSpec, scheme: InitScheme, scale: f64, seed: u64) 
         out.push((format!("{}.weight", layer.name), layer.weight_shape.clone(), weight.iter().map(|v| (v * scale) as f32).collect()));
         out.push((format!("{}.bias", layer.name), vec![rows], bias.iter().map(|&v| v as f32).collect()));
     }
+    // BatchNorm as PyTorch initialises it (after every layer's draw, so the
+    // layers' weights do not depend on whether there is BatchNorm).
+    for (bn, c) in spec.batch_norms() {
+        for (t, v) in [("weight", 1.0), ("bias", 0.0), ("running_mean", 0.0), ("running_var", 1.0)] {
+            out.push((format!("{bn}.{t}"), vec![c], vec![v; c]));
+        }
+    }
     out
 }
 

@@ -55,8 +55,16 @@ pub enum Arch {
     /// a dense head.
     Mlp { hidden: Vec<usize> },
     /// A VGG-style conv stack (3×3 "same" convs, each followed by a tap, and
-    /// 2×2 max-pools), flatten, dense layers with taps, dense head.
-    Cnn { conv: Vec<ConvItem>, kernel_size: usize, dense: Vec<usize> },
+    /// 2×2 max-pools), flatten, dense layers with taps, dense head. With
+    /// `batch_norm`, a BatchNorm after every conv, as torchvision's VGG-BN:
+    /// conv `features.i`, BatchNorm `features.i+1`, σ `features.i+2`.
+    Cnn {
+        conv: Vec<ConvItem>,
+        kernel_size: usize,
+        dense: Vec<usize>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        batch_norm: bool,
+    },
 }
 
 // No deny_unknown_fields: serde does not support it together with flatten.
@@ -126,6 +134,11 @@ impl TapDesc {
     }
 }
 
+/// BatchNorm's running statistics: state saved with the weights, not trained.
+pub fn is_buffer(name: &str) -> bool {
+    name.ends_with(".running_mean") || name.ends_with(".running_var")
+}
+
 /// The most parameters, or values per sample at one layer, a spec may ask for.
 pub const MAX_ELEMENTS: u64 = 1 << 36;
 
@@ -156,7 +169,7 @@ impl ModelSpec {
                     return Err("mlp hidden widths must be positive".into());
                 }
             }
-            Arch::Cnn { conv, kernel_size, dense } => {
+            Arch::Cnn { conv, kernel_size, dense, .. } => {
                 if self.input_shape.len() != 3 {
                     return Err(format!("a cnn needs input_shape [channels, height, width], got {:?}", self.input_shape));
                 }
@@ -217,7 +230,7 @@ impl ModelSpec {
         };
         match &self.arch {
             Arch::Mlp { hidden } => dense(&mut add, input, hidden)?,
-            Arch::Cnn { conv, kernel_size, dense: widths } => {
+            Arch::Cnn { conv, kernel_size, dense: widths, .. } => {
                 let (mut c, mut h, mut w) = (self.input_shape[0] as u64, self.input_shape[1], self.input_shape[2]);
                 for item in conv {
                     match item {
@@ -304,9 +317,10 @@ impl ModelSpec {
                     tap: None,
                 });
             }
-            Arch::Cnn { conv, kernel_size, dense } => {
+            Arch::Cnn { conv, kernel_size, dense, batch_norm } => {
                 let (mut c, mut h, mut w) = (self.input_shape[0], self.input_shape[1], self.input_shape[2]);
                 let mut idx = 0;
+                let bn = usize::from(*batch_norm);
                 for item in conv {
                     match item {
                         ConvItem::Conv(out) => {
@@ -316,9 +330,14 @@ impl ModelSpec {
                                 weight_shape: vec![*out, c, *kernel_size, *kernel_size],
                                 tap: None,
                             };
-                            push_tap(&mut layers, &mut taps, layer, format!("features.{}", idx + 1), vec![*out, h, w]);
+                            push_tap(&mut layers, &mut taps, layer, format!("features.{}", idx + 1 + bn), vec![*out, h, w]);
+                            if *batch_norm {
+                                // METRICS.md: the tap's layer is the module that
+                                // produces z, here the BatchNorm.
+                                taps.last_mut().expect("just pushed").layer_name = format!("features.{}", idx + 1);
+                            }
                             c = *out;
-                            idx += 2;
+                            idx += 2 + bn;
                         }
                         ConvItem::Pool(_) => {
                             h /= 2;
@@ -347,17 +366,39 @@ impl ModelSpec {
 
     /// Every tensor of a checkpoint: (name, shape), weights then biases per layer.
     pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
-        self.layers()
+        let mut out: Vec<(String, Vec<usize>)> = self
+            .layers()
             .into_iter()
             .flat_map(|l| {
                 let out = l.weight_shape[0];
                 [(format!("{}.weight", l.name), l.weight_shape.clone()), (format!("{}.bias", l.name), vec![out])]
             })
-            .collect()
+            .collect();
+        for (bn, c) in self.batch_norms() {
+            out.extend(["weight", "bias", "running_mean", "running_var"].map(|t| (format!("{bn}.{t}"), vec![c])));
+        }
+        out
     }
 
+    /// Trainable parameters (BatchNorm's running statistics are buffers, not counted).
     pub fn num_parameters(&self) -> usize {
-        self.tensor_shapes().iter().map(|(_, s)| s.iter().product::<usize>()).sum()
+        self.tensor_shapes().iter().filter(|(n, _)| !is_buffer(n)).map(|(_, s)| s.iter().product::<usize>()).sum()
+    }
+
+    /// The BatchNorm layers, (name, channels), in forward order.
+    pub fn batch_norms(&self) -> Vec<(String, usize)> {
+        match &self.arch {
+            Arch::Cnn { batch_norm: true, .. } => self
+                .layers()
+                .iter()
+                .filter(|l| l.kind == LayerKind::Conv2d)
+                .map(|l| {
+                    let idx: usize = l.name.trim_start_matches("features.").parse().expect("features.N");
+                    (format!("features.{}", idx + 1), l.weight_shape[0])
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
     }
 
     /// Per-sample shape of what each tap's affine layer receives, in tap order.

@@ -46,6 +46,9 @@ struct Args {
     dense: Option<String>,
     #[arg(long)]
     kernel_size: Option<usize>,
+    /// CNN: a BatchNorm after every conv (torchvision's VGG-BN layout).
+    #[arg(long)]
+    batch_norm: bool,
     /// Taps made linear (identity), e.g. "0,1".
     #[arg(long)]
     linear_taps: Option<String>,
@@ -271,6 +274,7 @@ fn resolve(a: &Args) -> Result<TrainConfig> {
         c.dense = list("dense", s)?;
     }
     set!(kernel_size = a.kernel_size);
+    set!(batch_norm = a.batch_norm.then_some(true));
     if let Some(s) = &a.linear_taps {
         c.linear_taps = list("linear-taps", s)?;
     }

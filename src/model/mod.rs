@@ -203,6 +203,14 @@ impl Model {
         }
     }
 
+    /// Training mode: BatchNorm uses batch statistics and updates its running
+    /// statistics. Off by default (evaluation, as the analyzer runs).
+    pub fn set_training(&self, on: bool) {
+        if let Model::Cnn(m) = self {
+            m.set_training(on);
+        }
+    }
+
     pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
         self.forward(x, &mut Taps::off())
     }

@@ -28,6 +28,10 @@ pub struct TrainConfig {
     pub conv: Vec<ConvItem>,
     pub kernel_size: usize,
     pub dense: Vec<usize>,
+    /// CNN: a BatchNorm after every conv (VGG-BN). Left out of the config's
+    /// JSON when false, so existing run ids do not change.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub batch_norm: bool,
     /// Taps whose nonlinearity is the identity (partly linear models).
     pub linear_taps: Vec<usize>,
     #[serde(flatten)]
@@ -82,6 +86,7 @@ impl Default for TrainConfig {
                 ConvItem::Pool(crate::spec::PoolMarker::M),
             ],
             kernel_size: 3,
+            batch_norm: false,
             dense: vec![128],
             linear_taps: Vec::new(),
             data: DataConfig::default(),
@@ -164,7 +169,9 @@ impl TrainConfig {
     pub fn model_spec(&self, input_shape: &[usize], num_classes: usize) -> Result<ModelSpec> {
         let arch = match self.model.as_str() {
             "mlp" => Arch::Mlp { hidden: vec![self.width; self.depth] },
-            "cnn" => Arch::Cnn { conv: self.conv.clone(), kernel_size: self.kernel_size, dense: self.dense.clone() },
+            "cnn" => {
+                Arch::Cnn { conv: self.conv.clone(), kernel_size: self.kernel_size, dense: self.dense.clone(), batch_norm: self.batch_norm }
+            }
             other => bail!("unknown model '{other}' (expected mlp or cnn)"),
         };
         let spec = ModelSpec {

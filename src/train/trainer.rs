@@ -253,6 +253,7 @@ impl<'a> Loop<'a> {
         // The model holds the variables' tensors: updates made through the
         // variables are what its next forward pass sees.
         let model = Model::new(spec, Weights::new(tensors))?;
+        model.set_training(true);
         Ok(Loop { cfg, data, spec, run_dir, run_id, device: device.clone(), names, vars, model, log: Table::new("train_log") })
     }
 
