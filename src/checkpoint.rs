@@ -75,6 +75,29 @@ pub fn save(path: &Path, meta: &CheckpointMeta, tensors: &[(String, Tensor)]) ->
     save_raw(path, meta, &data)
 }
 
+/// [`save`] plus BatchNorm's `num_batches_tracked` counters, as int64
+/// scalars the way PyTorch stores them, so that `model.load_state_dict`
+/// accepts the file strictly. (lintrace itself skips them when loading.)
+pub fn save_with_counters(path: &Path, meta: &CheckpointMeta, tensors: &[(String, Tensor)], counters: &[(String, i64)]) -> Result<String> {
+    let data = tensors.iter().map(|(name, t)| f32_entry(name, t)).collect::<Result<Vec<_>>>()?;
+    let ints: Vec<(String, [u8; 8])> = counters.iter().map(|(n, v)| (n.clone(), v.to_le_bytes())).collect();
+    let mut views =
+        data.iter().map(|(n, s, b)| Ok((n.as_str(), TensorView::new(Dtype::F32, s.clone(), b)?))).collect::<Result<Vec<_>>>()?;
+    for (n, b) in &ints {
+        views.push((n.as_str(), TensorView::new(Dtype::I64, vec![], b)?));
+    }
+    let bytes = canonical_header(
+        safetensors::serialize(views, Some(meta.to_metadata())).with_context(|| format!("{}: cannot serialise", path.display()))?,
+    )?;
+    write_atomic(path, &bytes)?;
+    Ok(sha256_hex(&bytes))
+}
+
+/// BatchNorm's step counter: saved for PyTorch, never loaded as a weight.
+pub fn is_counter(name: &str) -> bool {
+    name.ends_with("num_batches_tracked")
+}
+
 /// (name, shape, little-endian f32 bytes) of a tensor, as safetensors stores it.
 pub fn f32_entry(name: &str, t: &Tensor) -> Result<(String, Vec<usize>, Vec<u8>)> {
     let values: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
@@ -129,7 +152,8 @@ fn weights_sha256(bytes: &[u8]) -> Option<String> {
     let mut tensors = st.tensors();
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     let mut h = Sha256::new();
-    for (name, view) in tensors {
+    for (name, view) in tensors.into_iter().filter(|(n, _)| !is_counter(n)) {
+        // (A step counter differs between steps even when the weights do not.)
         h.update(format!("{name}|{:?}|{:?}|{}\n", view.dtype(), view.shape(), view.data().len()).as_bytes());
         h.update(view.data());
     }
@@ -300,8 +324,8 @@ fn load_inner(path: &Path, fallback: Option<&CheckpointMeta>, renames: &[(String
     };
     let mut tensors = BTreeMap::new();
     for (name, view) in st.tensors() {
-        // BatchNorm's step counter, saved by PyTorch beside the weights.
-        if !own && name.ends_with("num_batches_tracked") {
+        // BatchNorm's step counter, saved beside the weights.
+        if is_counter(&name) {
             continue;
         }
         let dtype = match view.dtype() {

@@ -92,5 +92,14 @@ fn a_batchnorm_cnn_trains_resumes_to_the_same_bytes_and_is_analysed() {
     let last = checkpoint::load(&a.join("checkpoints").join(checkpoint::file_name(20)), None).unwrap();
     let rv: Vec<f32> = last.tensors["features.1.running_var"].to_vec1().unwrap();
     assert!(rv.iter().any(|v| (v - 1.0).abs() > 1e-3), "running statistics were never updated: {rv:?}");
+    // num_batches_tracked is there for PyTorch's strict load_state_dict: an
+    // int64 scalar, the number of training steps.
+    let bytes = std::fs::read(a.join("checkpoints").join(checkpoint::file_name(20))).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    for bn in ["features.1", "features.5"] {
+        let t = st.tensor(&format!("{bn}.num_batches_tracked")).unwrap();
+        assert_eq!((t.dtype(), t.shape()), (safetensors::Dtype::I64, &[][..]));
+        assert_eq!(i64::from_le_bytes(t.data().try_into().unwrap()), 20);
+    }
     run_ok(analyze_bin().arg(&a).args(["--quiet", "--device", "cpu"]));
 }

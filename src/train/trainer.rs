@@ -268,7 +268,10 @@ impl<'a> Loop<'a> {
         };
         let tensors: Vec<(String, Tensor)> = self.names.iter().cloned().zip(self.vars.iter().map(|v| v.as_tensor().clone())).collect();
         let path = run::checkpoint_dir(self.run_dir).join(checkpoint::file_name(step));
-        let sha = checkpoint::save(&path, &meta, &tensors)?;
+        // PyTorch counts a BatchNorm's training forwards: one per step here.
+        let counters: Vec<(String, i64)> =
+            self.spec.batch_norms().into_iter().map(|(bn, _)| (format!("{bn}.num_batches_tracked"), step as i64)).collect();
+        let sha = checkpoint::save_with_counters(&path, &meta, &tensors, &counters)?;
         self.log.write(&self.run_dir.join(run::TRAIN_LOG))?;
         Ok(sha)
     }
