@@ -80,17 +80,7 @@ pub fn save(path: &Path, meta: &CheckpointMeta, tensors: &[(String, Tensor)]) ->
 /// accepts the file strictly. (lintrace itself skips them when loading.)
 pub fn save_with_counters(path: &Path, meta: &CheckpointMeta, tensors: &[(String, Tensor)], counters: &[(String, i64)]) -> Result<String> {
     let data = tensors.iter().map(|(name, t)| f32_entry(name, t)).collect::<Result<Vec<_>>>()?;
-    let ints: Vec<(String, [u8; 8])> = counters.iter().map(|(n, v)| (n.clone(), v.to_le_bytes())).collect();
-    let mut views =
-        data.iter().map(|(n, s, b)| Ok((n.as_str(), TensorView::new(Dtype::F32, s.clone(), b)?))).collect::<Result<Vec<_>>>()?;
-    for (n, b) in &ints {
-        views.push((n.as_str(), TensorView::new(Dtype::I64, vec![], b)?));
-    }
-    let bytes = canonical_header(
-        safetensors::serialize(views, Some(meta.to_metadata())).with_context(|| format!("{}: cannot serialise", path.display()))?,
-    )?;
-    write_atomic(path, &bytes)?;
-    Ok(sha256_hex(&bytes))
+    write_safetensors(path, &data, counters, meta.to_metadata())
 }
 
 /// BatchNorm's step counter: saved for PyTorch, never loaded as a weight.
@@ -114,7 +104,22 @@ pub fn save_raw(path: &Path, meta: &CheckpointMeta, data: &[(String, Vec<usize>,
 /// canonical (sorted) header, atomically: checkpoints and train state.
 /// Returns the SHA-256 (hex) of the bytes written.
 pub fn write_f32_safetensors(path: &Path, data: &[(String, Vec<usize>, Vec<u8>)], metadata: HashMap<String, String>) -> Result<String> {
-    let views = data.iter().map(|(n, s, b)| Ok((n.as_str(), TensorView::new(Dtype::F32, s.clone(), b)?))).collect::<Result<Vec<_>>>()?;
+    write_safetensors(path, data, &[], metadata)
+}
+
+/// f32 entries plus int64 scalars (`counters`), with a canonical header.
+fn write_safetensors(
+    path: &Path,
+    data: &[(String, Vec<usize>, Vec<u8>)],
+    counters: &[(String, i64)],
+    metadata: HashMap<String, String>,
+) -> Result<String> {
+    let ints: Vec<(&str, [u8; 8])> = counters.iter().map(|(n, v)| (n.as_str(), v.to_le_bytes())).collect();
+    let mut views =
+        data.iter().map(|(n, s, b)| Ok((n.as_str(), TensorView::new(Dtype::F32, s.clone(), b)?))).collect::<Result<Vec<_>>>()?;
+    for (n, b) in &ints {
+        views.push((n, TensorView::new(Dtype::I64, vec![], b)?));
+    }
     let bytes =
         canonical_header(safetensors::serialize(views, Some(metadata)).with_context(|| format!("{}: cannot serialise", path.display()))?)?;
     write_atomic(path, &bytes)?;
