@@ -28,12 +28,18 @@ pub struct Holder {
 }
 
 impl Holder {
-    fn me(what: &str) -> Holder {
+    fn me() -> Holder {
+        // The command line says which job holds the folder (a Slurm task, a
+        // terminal); long ones are cut so the refusal stays one line.
+        let mut command: String = std::env::args().collect::<Vec<_>>().join(" ");
+        if command.chars().count() > 200 {
+            command = command.chars().take(200).collect::<String>() + "…";
+        }
         Holder {
             pid: std::process::id(),
             host: hostname(),
             started_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-            command: what.to_string(),
+            command,
         }
     }
 }
@@ -90,7 +96,7 @@ pub fn acquire(dir: &Path, what: &str) -> Result<DirLock> {
         }
     }
     let took_over = read_holder(&mut file);
-    let me = Holder::me(what);
+    let me = Holder::me();
     let text = serde_json::to_string(&me)? + "\n";
     (|| -> std::io::Result<()> {
         file.set_len(0)?;
