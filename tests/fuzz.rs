@@ -15,9 +15,10 @@ fn cases(default: u32) -> ProptestConfig {
     ProptestConfig { cases: n, failure_persistence: None, ..ProptestConfig::default() }
 }
 
-const SPEC: &str = r#"{"spec_version":1,"kind":"cnn","input_shape":[1,4,4],"num_classes":3,"conv":[2,"M"],"kernel_size":3,"dense":[4],"activation":"relu"}"#;
+const SPEC: &str = r#"{"spec_version":1,"kind":"cnn","input_shape":[1,4,4],"num_classes":3,"conv":[2,"M"],"kernel_size":3,"dense":[4],"batch_norm":true,"activation":"relu"}"#;
 
-/// A valid checkpoint and a valid probe, as bytes.
+/// A valid checkpoint (of a CNN with BatchNorm, counters included) and a
+/// valid probe, as bytes.
 fn seeds() -> &'static (Vec<u8>, Vec<u8>) {
     static SEEDS: OnceLock<(Vec<u8>, Vec<u8>)> = OnceLock::new();
     SEEDS.get_or_init(|| {
@@ -29,7 +30,9 @@ fn seeds() -> &'static (Vec<u8>, Vec<u8>) {
             .map(|(name, shape)| (name, candle_core::Tensor::ones(shape, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap()))
             .collect();
         let meta = CheckpointMeta { spec, run_id: "fuzz".into(), step: 3, epoch: 0.5, samples_seen: 12 };
-        checkpoint::save(&dir.path().join("c"), &meta, &tensors).unwrap();
+        let counters: Vec<(String, i64)> =
+            meta.spec.batch_norms().into_iter().map(|(bn, _)| (format!("{bn}.num_batches_tracked"), 3)).collect();
+        checkpoint::save_with_counters(&dir.path().join("c"), &meta, &tensors, &counters).unwrap();
         let split = lintrace::data::Split { x: vec![0.5; 6 * 16], y: vec![0, 1, 2, 0, 1, 2], sample_len: 16 };
         let probe = lintrace::probe::draw(&split, &[1, 4, 4], 6, 0, "fuzz", "test");
         lintrace::probe::save(&dir.path().join("p"), &probe).unwrap();
@@ -150,4 +153,12 @@ proptest! {
             let _ = spec.taps();
         }
     }
+}
+
+/// The mutations start from files that load: otherwise the fuzzing would
+/// only ever reach the first error path.
+#[test]
+fn the_seeds_load() {
+    load_checkpoint(&seeds().0).unwrap();
+    load_probe(&seeds().1).unwrap();
 }
