@@ -37,6 +37,10 @@ Options:
                        (glibc 2.35 gave them a new symbol version): then the
                        binaries need glibc 2.34 at most, for GPU machines whose glibc
                        is older than this one's. Off by default.
+  --no-cudnn           build --features cuda only (default: --features cudnn, which
+                       implies cuda and runs convolutions through cuDNN 9; the
+                       binaries then load libcudnn.so.9 at run time, e.g. from
+                       PyTorch's nvidia-cudnn-cu13 package)
   --pack [DIR]         after building, strip and xz the binaries into DIR (default
                        .gpu, added to .git/info/exclude) with SHA256SUMS and BUILD-INFO.
                        Unpack and check them there with examples/gpu/gpu-check.sh.
@@ -56,6 +60,8 @@ driver that supports only CUDA 13.0, i.e. driver 580):
   nvidia-cuda-nvcc==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-crt==13.0.88
   nvidia-cuda-runtime==13.0.88 nvidia-cuda-cccl==13.0.85
   nvidia-cuda-nvrtc==13.0.88 nvidia-cublas==13.0.0.19 nvidia-curand==10.4.0.35
+  and, for cuDNN, nvidia-cudnn-cu13==9.28.1.4 (only libcudnn.so.9 is unpacked:
+  it is linked against; any cuDNN 9 serves at run time)
 
 Examples:
   examples/gpu/build-cuda.sh --pack                 # build + pack into .gpu/
@@ -82,6 +88,7 @@ JOBS=""
 NICE=${NICE:-10}
 EXTRA_CARGO=()
 LOCKED=(--locked)
+FEATURES=cudnn
 
 while (($#)); do
   case $1 in
@@ -97,6 +104,7 @@ while (($#)); do
     --compute-cap) COMPUTE_CAP=${2:?--compute-cap needs a value}; shift 2 ;;
     --compute-cap=*) COMPUTE_CAP=${1#*=}; shift ;;
     --glibc-compat) GLIBC_COMPAT=1; shift ;;
+    --no-cudnn) FEATURES=cuda; shift ;;
     --pack)
       PACK=1
       if [[ ${2:-} != "" && ${2:-} != -* ]]; then PACK_DIR=$2; shift; fi
@@ -159,6 +167,10 @@ WHEEL_SPECS=(
   nvidia-cublas==13.0.0.19       # libcublas.so.13, libcublasLt.so.13 (linked)
   nvidia-curand==10.4.0.35       # libcurand.so.10 (linked); CUDA 13.0's cuRAND
 )
+# cuDNN: only its small dispatcher libcudnn.so.9 is unpacked (linked against);
+# the engines (~900 MB) are loaded from the GPU machine's own cuDNN 9.
+CUDNN_WHEEL=nvidia-cudnn-cu13==9.28.1.4
+[[ $FEATURES == cudnn ]] && WHEEL_SPECS+=("$CUDNN_WHEEL")
 UNVERSIONED_LIBS=(libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libnvrtc.so.13 libnvvm.so.4)
 
 # ----------------------------------------------------------------- toolkit choice
@@ -257,7 +269,11 @@ step_toolkit() {
     info "unpacking"
     rm -rf "$PREFIX/root" "$PREFIX/cuda" "$stamp"; mkdir -p "$PREFIX/root"
     for s in "${WHEEL_SPECS[@]}"; do
-      nice -n "$NICE" unzip -q -o "$(wheel_file "$s")" 'nvidia/*' -d "$PREFIX/root"
+      if [[ $s == "$CUDNN_WHEEL" ]]; then
+        nice -n "$NICE" unzip -q -o "$(wheel_file "$s")" 'nvidia/cudnn/lib/libcudnn.so.9' -d "$PREFIX/root"
+      else
+        nice -n "$NICE" unzip -q -o "$(wheel_file "$s")" 'nvidia/*' -d "$PREFIX/root"
+      fi
     done
     [[ -d $PREFIX/root/nvidia/cu13 ]] || die "the wheels did not unpack to nvidia/cu13 (layout changed?)"
     chmod +x "$PREFIX"/root/nvidia/cu13/bin/* "$PREFIX"/root/nvidia/cu13/nvvm/bin/* 2>/dev/null || true
@@ -271,6 +287,11 @@ step_toolkit() {
       [[ -e $PREFIX/cuda/lib/$l ]] || die "$l not in the wheels"
       ln -sf "$l" "$PREFIX/cuda/lib/${l%%.so.*}.so"
     done
+    if [[ $FEATURES == cudnn ]]; then
+      [[ -e $PREFIX/root/nvidia/cudnn/lib/libcudnn.so.9 ]] || die "libcudnn.so.9 not in the cuDNN wheel"
+      ln -sf ../../cudnn/lib/libcudnn.so.9 "$PREFIX/cuda/lib/libcudnn.so.9"
+      ln -sf libcudnn.so.9 "$PREFIX/cuda/lib/libcudnn.so"
+    fi
     [[ -e $PREFIX/cuda/include/cuda_runtime.h && -e $PREFIX/cuda/include/crt/host_config.h ]] \
       || die "cuda_runtime.h or crt/ headers missing"
     [[ -x $PREFIX/cuda/nvvm/bin/cicc ]] || die "cicc missing (nvidia-nvvm wheel)"
@@ -335,14 +356,14 @@ step_stub() {
 }
 
 step_build() {
-  log "cargo build --release --features cuda --bins (target dir $TARGET_DIR)"
+  log "cargo build --release --features $FEATURES --bins (target dir $TARGET_DIR)"
   need cargo "install Rust (https://rustup.rs)"
   need gcc "install it (apt-get install gcc): the kernels' host code and the linker need it"
   cuda_env
   command -v nvcc >/dev/null || die "nvcc not found under $CUDA_HOME/bin (run the toolkit step first)"
   info "CUDA_HOME=$CUDA_HOME  nvcc $(nvcc_version)  CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP"
   info "LIBRARY_PATH=$LIBRARY_PATH"
-  local args=(build --release "${LOCKED[@]}" --features cuda --bins)
+  local args=(build --release "${LOCKED[@]}" --features "$FEATURES" --bins)
   [[ -n $JOBS ]] && args+=(-j "$JOBS")
   args+=("${EXTRA_CARGO[@]}")
   info "cargo ${args[*]}"
@@ -373,7 +394,7 @@ C
   local b t0=$SECONDS
   for b in "${ALL_BINS[@]}"; do
     info "cargo rustc --bin $b"
-    (cd "$ROOT" && nice -n "$NICE" cargo rustc --release "${LOCKED[@]}" --features cuda --bin "$b" "${EXTRA_CARGO[@]}" \
+    (cd "$ROOT" && nice -n "$NICE" cargo rustc --release "${LOCKED[@]}" --features "$FEATURES" --bin "$b" "${EXTRA_CARGO[@]}" \
       -- -C link-arg="$d/hypot-compat.o")
   done
   info "relink took $((SECONDS - t0)) s"
@@ -480,7 +501,7 @@ step_pack() {
     echo "version: $("$TARGET_DIR/release/lintrace-train" --version 2>/dev/null || echo '?')"
     # shellcheck disable=SC1091
     echo "built: $(date -u +%FT%TZ) on $(uname -m) $( (. /etc/os-release && echo "$PRETTY_NAME") 2>/dev/null), $(rustc --version 2>/dev/null || echo 'rustc ?')"
-    echo "features: cuda; toolkit: $MODE ($CUDA_HOME); nvcc $(nvcc_version); CUDA_COMPUTE_CAP=$COMPUTE_CAP"
+    echo "features: $FEATURES; toolkit: $MODE ($CUDA_HOME); nvcc $(nvcc_version); CUDA_COMPUTE_CAP=$COMPUTE_CAP"
     [[ $MODE == wheels ]] && echo "wheels: ${WHEEL_SPECS[*]}"
     echo "glibc-compat relink: $([[ $GLIBC_COMPAT == 1 ]] && echo yes || echo no)"
     echo "cargo build seconds, each run on this target dir: $(if [[ -f $TARGET_DIR/cuda-build-seconds ]]; then tr '\n' ' ' < "$TARGET_DIR/cuda-build-seconds"; else echo '?'; fi)"

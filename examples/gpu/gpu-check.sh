@@ -243,7 +243,7 @@ if ((${#MISSING[@]})); then
   # the torch venv's nvidia-* packages (CUDA 13 wheels: nvidia/cu13/lib)
   if [[ -d $TORCH_VENV ]]; then
     while IFS= read -r d; do SEARCH+=("$d"); done < <(find "$TORCH_VENV" -path '*/nvidia/*' \
-      \( -name 'libcudart.so.*' -o -name 'libcublas*.so.*' -o -name 'libcurand.so.*' -o -name 'libnvrtc.so.*' \) \
+      \( -name 'libcudart.so.*' -o -name 'libcublas*.so.*' -o -name 'libcurand.so.*' -o -name 'libnvrtc.so.*' -o -name 'libcudnn.so.*' \) \
       -not -path '*/stubs/*' -printf '%h\n' 2>/dev/null | sort -u)
   fi
   # the driver's libcuda.so.1, where containers mount it
@@ -590,6 +590,26 @@ for line in open(sys.argv[1]):
     else
       result FAIL bench-lintrace "$STEP_WHY"
     fi
+  fi
+
+  # d1b. the default CNN's convolutions, forward and forward+backward, with this
+  # backward (src/model/conv_gpu.rs), candle's own backward, and dW by candle's conv
+  if [[ -x $B ]] && grep -q -- '--kernels' <<< "$("$B" --help 2>&1)"; then
+    for v in lintrace candle gradw-conv; do
+      case $v in
+        lintrace) envs=() ;;
+        candle) envs=(LINTRACE_CONV_BWD=candle) ;;
+        gradw-conv) envs=(LINTRACE_CONV_GRADW=conv) ;;
+      esac
+      if run_step "bench-conv-$v" env "${envs[@]}" "$B" --kernels --device "$DEVICE" --batch-size 128; then
+        grep -E '^conv' "$LOGS/bench-conv-$v.log" | sed "s/^/conv backward $v: /" >> "$WORK/bench.txt"
+        result PASS "bench-conv-$v" "$(grep -m1 -E '^conv 32->64' "$LOGS/bench-conv-$v.log" | sed 's/, batch 128//')"
+      else
+        result FAIL "bench-conv-$v" "$STEP_WHY"
+      fi
+    done
+  else
+    result SKIP bench-conv "no lintrace-bench with --kernels"
   fi
 
   # d2. torch_train_cnn.py (synthetic CIFAR-shaped data), with lintrace's number beside it

@@ -33,7 +33,9 @@
 //!   (im2col, backward col2im, whose backward is im2col) is fully
 //!   differentiable to any order.
 //!
-//! On any other device [`conv2d`] is candle's native `conv2d` (cuDNN on CUDA).
+//! On any other device [`conv2d`] is [`super::conv_gpu::conv2d`]: candle's
+//! native forward (cuDNN with `--features cudnn`) and a backward of
+//! cuDNN/cuBLAS work.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
@@ -48,7 +50,7 @@ use rayon::prelude::*;
 /// `x` and `w`; elsewhere it is `x.conv2d(w, padding, stride, 1, 1)`.
 pub fn conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
     if !x.device().is_cpu() {
-        return x.conv2d(w, padding, stride, 1, 1);
+        return super::conv_gpu::conv2d(x, w, padding, stride);
     }
     let g = Geom::check(x, w, padding, stride)?;
     x.apply_op2(w, ConvOp { g })
@@ -64,7 +66,7 @@ pub fn conv2d_bias(x: &Tensor, w: &Tensor, b: &Tensor, padding: usize, stride: u
         bail!("conv2d_bias: bias {:?} does not have {o} elements", b.dims());
     }
     if !x.device().is_cpu() {
-        return x.conv2d(w, padding, stride, 1, 1)?.broadcast_add(&b.reshape((1, o, 1, 1))?);
+        return super::conv_gpu::conv2d(x, w, padding, stride)?.broadcast_add(&b.reshape((1, o, 1, 1))?);
     }
     let g = Geom::check(x, w, padding, stride)?;
     if b.dtype() != x.dtype() {

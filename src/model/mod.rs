@@ -5,6 +5,7 @@
 
 mod cnn;
 pub mod conv_cpu;
+pub mod conv_gpu;
 mod layers;
 mod mlp;
 pub mod pool_cpu;
