@@ -136,14 +136,19 @@ pub fn cka(x: &Gram, y: &Gram) -> Result<Option<f64>> {
 /// singular values near 1e-8·s_max, which inflate the rank (a property test
 /// found 1.0000003 for a rank-one representation).
 pub fn effective_rank(g: &Gram) -> Result<Option<f64>> {
-    let n = g.n;
     let v: Vec<f64> = g.k.flatten_all()?.to_vec1()?;
-    let m = faer::MatRef::from_row_major_slice(&v, n, n);
-    let Ok(eig) = m.self_adjoint_eigenvalues(faer::Side::Lower) else { return Ok(None) };
+    Ok(effective_rank_host(&v, g.n))
+}
+
+/// [`effective_rank`] of an n × n centred Gram matrix already on the host
+/// (row-major), so that several taps' eigenvalue problems can run at once.
+pub fn effective_rank_host(v: &[f64], n: usize) -> Option<f64> {
+    let m = faer::MatRef::from_row_major_slice(v, n, n);
+    let Ok(eig) = m.self_adjoint_eigenvalues(faer::Side::Lower) else { return None };
     let s: Vec<f64> = eig.iter().map(|&l| l.max(0.0).sqrt()).collect();
     let max = s.iter().cloned().fold(0.0, f64::max);
     if max <= 0.0 {
-        return Ok(None);
+        return None;
     }
     let resolvable = (n as f64 * f64::EPSILON).sqrt().max(1e-12);
     let kept: Vec<f64> = s.into_iter().filter(|&v| v > resolvable * max).collect();
@@ -155,7 +160,7 @@ pub fn effective_rank(g: &Gram) -> Result<Option<f64>> {
             -p * p.ln()
         })
         .sum();
-    Ok(Some(h.exp()))
+    Some(h.exp())
 }
 
 #[cfg(test)]

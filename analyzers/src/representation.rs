@@ -3,7 +3,8 @@
 
 use crate::analyzer::{Accumulator, Analyzer, AnalyzerError, Extras, Finished, MetricValue, Needs};
 use crate::capture::ModelInfo;
-use crate::gram::effective_rank;
+use crate::gram::effective_rank_host;
+use rayon::prelude::*;
 
 pub struct Representation;
 
@@ -36,10 +37,16 @@ impl Accumulator for RepAcc {
     fn finish(self: Box<Self>, extras: &Extras<'_>) -> Result<Finished, AnalyzerError> {
         let grams =
             extras.grams.ok_or(AnalyzerError::NotApplicable { analyzer: NAME, message: "no Gram matrices were supplied".into() })?;
-        let mut out = Vec::with_capacity(grams.len());
-        for (l, g) in grams.iter().enumerate() {
-            out.push(MetricValue::layer(l, "effective_rank", effective_rank(g).map_err(AnalyzerError::compute(NAME))?));
-        }
-        Ok(Finished::values(out))
+        // The n × n matrices come to the host one by one (device copies in
+        // order); their eigenvalue problems, each O(n³) and mostly serial in
+        // its reduction to tridiagonal form, then run side by side. Each
+        // one's result does not depend on the others or on scheduling.
+        let host: Vec<(Vec<f64>, usize)> = grams
+            .iter()
+            .map(|g| Ok((g.k.flatten_all()?.to_vec1::<f64>()?, g.n)))
+            .collect::<candle_core::Result<_>>()
+            .map_err(AnalyzerError::compute(NAME))?;
+        let ranks: Vec<Option<f64>> = host.par_iter().map(|(v, n)| effective_rank_host(v, *n)).collect();
+        Ok(Finished::values(ranks.into_iter().enumerate().map(|(l, r)| MetricValue::layer(l, "effective_rank", r)).collect()))
     }
 }

@@ -37,10 +37,11 @@ Options:
                        (glibc 2.35 gave them a new symbol version): then the
                        binaries need glibc 2.34 at most, for GPU machines whose glibc
                        is older than this one's. Off by default.
-  --no-cudnn           build --features cuda only (default: --features cudnn, which
-                       implies cuda and runs convolutions through cuDNN 9; the
-                       binaries then load libcudnn.so.9 at run time, e.g. from
-                       PyTorch's nvidia-cudnn-cu13 package)
+  --cudnn              build --features cudnn (implies cuda): convolutions run
+                       through cuDNN 9, and the binaries then need libcudnn.so.9
+                       at run time (e.g. PyTorch's nvidia-cudnn-cu13 package).
+                       Off by default: on an H200 it trained the default CNN no
+                       faster (10,055 vs 8,992 images/s; BENCHMARKS.md)
   --pack [DIR]         after building, strip and xz the binaries into DIR (default
                        .gpu, added to .git/info/exclude) with SHA256SUMS and BUILD-INFO.
                        Unpack and check them there with examples/gpu/gpu-check.sh.
@@ -60,7 +61,7 @@ driver that supports only CUDA 13.0, i.e. driver 580):
   nvidia-cuda-nvcc==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-crt==13.0.88
   nvidia-cuda-runtime==13.0.88 nvidia-cuda-cccl==13.0.85
   nvidia-cuda-nvrtc==13.0.88 nvidia-cublas==13.0.0.19 nvidia-curand==10.4.0.35
-  and, for cuDNN, nvidia-cudnn-cu13==9.28.1.4 (only libcudnn.so.9 is unpacked:
+  and, with --cudnn, nvidia-cudnn-cu13==9.28.1.4 (only libcudnn.so.9 is unpacked:
   it is linked against; any cuDNN 9 serves at run time)
 
 Examples:
@@ -88,7 +89,7 @@ JOBS=""
 NICE=${NICE:-10}
 EXTRA_CARGO=()
 LOCKED=(--locked)
-FEATURES=cudnn
+FEATURES=cuda
 
 while (($#)); do
   case $1 in
@@ -104,7 +105,7 @@ while (($#)); do
     --compute-cap) COMPUTE_CAP=${2:?--compute-cap needs a value}; shift 2 ;;
     --compute-cap=*) COMPUTE_CAP=${1#*=}; shift ;;
     --glibc-compat) GLIBC_COMPAT=1; shift ;;
-    --no-cudnn) FEATURES=cuda; shift ;;
+    --cudnn) FEATURES=cudnn; shift ;;
     --pack)
       PACK=1
       if [[ ${2:-} != "" && ${2:-} != -* ]]; then PACK_DIR=$2; shift; fi
