@@ -47,7 +47,8 @@ pub fn init_params(spec: &ModelSpec, scheme: InitScheme, scale: f64, seed: u64) 
             InitScheme::Pytorch => {
                 let b = 1.0 / fan_in.sqrt();
                 let w = uniform(&mut rng, b, numel);
-                (w, uniform(&mut rng, b, rows))
+                // Bias-free layers (ResNet convolutions) draw no bias.
+                (w, if layer.bias { uniform(&mut rng, b, rows) } else { Vec::new() })
             }
             InitScheme::KaimingNormal => {
                 let std = (2.0 / fan_in).sqrt();
@@ -58,7 +59,9 @@ pub fn init_params(spec: &ModelSpec, scheme: InitScheme, scale: f64, seed: u64) 
             InitScheme::Orthogonal => (orthogonal(&mut rng, rows, layer.fan_in()), vec![0.0; rows]),
         };
         out.push((format!("{}.weight", layer.name), layer.weight_shape.clone(), weight.iter().map(|v| (v * scale) as f32).collect()));
-        out.push((format!("{}.bias", layer.name), vec![rows], bias.iter().map(|&v| v as f32).collect()));
+        if layer.bias {
+            out.push((format!("{}.bias", layer.name), vec![rows], bias.iter().map(|&v| v as f32).collect()));
+        }
     }
     // BatchNorm as PyTorch initialises it (after every layer's draw, so the
     // layers' weights do not depend on whether there is BatchNorm).

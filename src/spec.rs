@@ -48,6 +48,50 @@ pub enum PoolMarker {
     M,
 }
 
+/// A residual network's block (He et al., 2016; torchvision's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResBlock {
+    /// conv3×3 → BN → σ → conv3×3 → BN, + shortcut, σ: two taps.
+    Basic,
+    /// conv1×1 → BN → σ → conv3×3 (the block's stride) → BN → σ → conv1×1
+    /// (4× the width) → BN, + shortcut, σ: three taps (torchvision "v1.5").
+    Bottleneck,
+}
+
+impl ResBlock {
+    pub fn expansion(self) -> usize {
+        match self {
+            ResBlock::Basic => 1,
+            ResBlock::Bottleneck => 4,
+        }
+    }
+}
+
+/// A residual network's stem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stem {
+    /// 3×3 conv, stride 1, no max-pool: CIFAR ResNets, and torchvision
+    /// ResNets adapted to 32×32 inputs.
+    Small,
+    /// torchvision's ImageNet stem: 7×7 conv, stride 2, then a 3×3 max-pool
+    /// with stride 2.
+    Imagenet,
+}
+
+/// The shortcut of a block whose shape changes (He et al., 2016, §3.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Shortcut {
+    /// Option A: the input subsampled by the stride and zero-padded in
+    /// channels, half on each side (no parameters; the CIFAR ResNets).
+    A,
+    /// Option B: a 1×1 convolution with the block's stride and a BatchNorm
+    /// (torchvision's `downsample.0`, `downsample.1`).
+    B,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Arch {
@@ -65,6 +109,79 @@ pub enum Arch {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         batch_norm: bool,
     },
+    /// A residual network with BatchNorm after every convolution
+    /// (torchvision's `ResNet` layout and names: `conv1`, `bn1`,
+    /// `layerS.B.convI`/`bnI`, `layerS.B.downsample.0/1`, `fc`). Stage `S`
+    /// has `stages[S]` blocks of width `widths[S]`; its first block has
+    /// stride 2 except in the first stage. Global average pool, then `fc`.
+    Resnet {
+        block: ResBlock,
+        stages: Vec<usize>,
+        widths: Vec<usize>,
+        stem: Stem,
+        stem_width: usize,
+        shortcut: Shortcut,
+    },
+}
+
+impl Arch {
+    /// The named residual networks: CIFAR ResNets (He et al., 2016, §4.2:
+    /// 6n+2 layers, widths 16/32/64, shortcut A) and torchvision's.
+    pub fn preset(name: &str) -> Option<Arch> {
+        let cifar = |n: usize| Arch::Resnet {
+            block: ResBlock::Basic,
+            stages: vec![n; 3],
+            widths: vec![16, 32, 64],
+            stem: Stem::Small,
+            stem_width: 16,
+            shortcut: Shortcut::A,
+        };
+        let tv = |block: ResBlock, stages: [usize; 4]| Arch::Resnet {
+            block,
+            stages: stages.to_vec(),
+            widths: vec![64, 128, 256, 512],
+            stem: Stem::Imagenet,
+            stem_width: 64,
+            shortcut: Shortcut::B,
+        };
+        Some(match name {
+            "resnet20" => cifar(3),
+            "resnet32" => cifar(5),
+            "resnet56" => cifar(9),
+            "resnet18" => tv(ResBlock::Basic, [2, 2, 2, 2]),
+            "resnet34" => tv(ResBlock::Basic, [3, 4, 6, 3]),
+            "resnet50" => tv(ResBlock::Bottleneck, [3, 4, 6, 3]),
+            _ => return None,
+        })
+    }
+}
+
+/// Names [`Arch::preset`] knows.
+pub const RESNET_PRESETS: &[&str] = &["resnet20", "resnet32", "resnet56", "resnet18", "resnet34", "resnet50"];
+
+/// Output size of a convolution or pool along one dimension.
+pub fn conv_out(size: usize, kernel: usize, stride: usize, padding: usize) -> usize {
+    (size + 2 * padding).saturating_sub(kernel) / stride + 1
+}
+
+/// One residual block: its taps, shapes and shortcut, for the analyzers
+/// (`residual_linear_fit`) and for resuming a pass inside it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResidualBlockDesc {
+    /// e.g. `layer2.1`.
+    pub name: String,
+    /// Its first and last tap (the last is after the residual addition).
+    pub first_tap: usize,
+    pub last_tap: usize,
+    /// Per-sample [channels, h, w] of the block's input and output.
+    pub in_shape: Vec<usize>,
+    pub out_shape: Vec<usize>,
+    pub stride: usize,
+    /// Side of the receptive field of one output position on the block's
+    /// input: two stacked 3×3 convolutions see 5×5, a bottleneck 3×3.
+    pub receptive_field: usize,
+    /// The shortcut is the identity (same shape, no projection or padding).
+    pub identity_shortcut: bool,
 }
 
 // No deny_unknown_fields: serde does not support it together with flatten.
@@ -100,8 +217,25 @@ pub struct LayerDesc {
     pub kind: LayerKind,
     /// [out, in] or [out, in, kh, kw].
     pub weight_shape: Vec<usize>,
-    /// The tap this layer feeds, `None` for the head.
+    /// The tap this layer feeds, `None` for the head (and a projection shortcut).
     pub tap: Option<usize>,
+    /// Whether the layer has a `<name>.bias` (convolutions before a
+    /// BatchNorm in a ResNet have none).
+    pub bias: bool,
+    pub stride: usize,
+    pub padding: usize,
+    /// The BatchNorm that follows it, if any.
+    pub norm: Option<String>,
+    /// Per-sample shape of what the layer receives.
+    pub in_shape: Vec<usize>,
+}
+
+/// One step of a ResNet's walk: a convolution feeding a tap, or a
+/// projection shortcut.
+#[derive(Debug, Clone)]
+enum ResnetStep {
+    Tap { layer: LayerDesc, z_name: String, module: String, shape: Vec<usize> },
+    Projection(LayerDesc),
 }
 
 impl LayerDesc {
@@ -190,6 +324,36 @@ impl ModelSpec {
                     }
                 }
             }
+            Arch::Resnet { block, stages, widths, stem_width, shortcut, .. } => {
+                if self.input_shape.len() != 3 {
+                    return Err(format!("a resnet needs input_shape [channels, height, width], got {:?}", self.input_shape));
+                }
+                if stages.is_empty() || stages.len() != widths.len() {
+                    return Err(format!(
+                        "a resnet needs one width per stage: {} stages, {} widths",
+                        stages.len(),
+                        widths.len()
+                    ));
+                }
+                if stages.contains(&0) || widths.contains(&0) || *stem_width == 0 {
+                    return Err("resnet stages, widths and stem_width must be positive".into());
+                }
+                // Bounds that keep every shape computation below far from
+                // overflow; the size guard then checks the real sizes.
+                if stages.iter().any(|&n| n > 10_000) || widths.iter().chain([stem_width]).any(|&w| w > 1 << 24) {
+                    return Err("resnet stages (at most 10000 blocks) or widths (at most 2^24) too large".into());
+                }
+                if *shortcut == Shortcut::A {
+                    let mut c = *stem_width;
+                    for &w in widths {
+                        let out = w * block.expansion();
+                        if out < c {
+                            return Err(format!("shortcut a (zero padding) cannot narrow {c} channels to {out}: use shortcut b"));
+                        }
+                        c = out;
+                    }
+                }
+            }
         }
         let taps = self.num_taps();
         if let Some(list) = &self.tap_activations {
@@ -249,6 +413,16 @@ impl ModelSpec {
                 let flat = mul(c, h).and_then(|n| mul(n, w)).ok_or_else(|| too_big("the flattened features"))?;
                 dense(&mut add, flat, widths)?;
             }
+            Arch::Resnet { .. } => {
+                // validate() bounded widths and depths, so the walk's own
+                // arithmetic cannot overflow; its sizes are checked here.
+                for l in self.layers() {
+                    add(l.weight_shape.iter().try_fold(1u64, |a, &d| mul(a, d)), "a layer")?;
+                }
+                for t in self.taps() {
+                    t.shape.iter().try_fold(1u64, |a, &d| mul(a, d)).ok_or_else(|| too_big("a feature map"))?;
+                }
+            }
         }
         Ok(())
     }
@@ -257,6 +431,13 @@ impl ModelSpec {
         match &self.arch {
             Arch::Mlp { hidden } => hidden.len(),
             Arch::Cnn { conv, dense, .. } => conv.iter().filter(|c| matches!(c, ConvItem::Conv(_))).count() + dense.len(),
+            Arch::Resnet { block, stages, .. } => {
+                let per_block = match block {
+                    ResBlock::Basic => 2,
+                    ResBlock::Bottleneck => 3,
+                };
+                1 + stages.iter().fold(0usize, |a, &n| a.saturating_add(n)).saturating_mul(per_block)
+            }
         }
     }
 
@@ -288,11 +469,13 @@ impl ModelSpec {
     fn walk(&self) -> (Vec<LayerDesc>, Vec<TapDesc>) {
         let mut layers = Vec::new();
         let mut taps = Vec::new();
-        let push_tap = |layers: &mut Vec<LayerDesc>, taps: &mut Vec<TapDesc>, layer: LayerDesc, module: String, shape: Vec<usize>| {
+        // `z_name`: the module that produces z (METRICS.md: the layer itself,
+        // or its BatchNorm); `module`: the activation module's path.
+        let push_tap = |layers: &mut Vec<LayerDesc>, taps: &mut Vec<TapDesc>, layer: LayerDesc, z_name: String, module: String, shape: Vec<usize>| {
             let index = taps.len();
             taps.push(TapDesc {
                 index,
-                layer_name: layer.name.clone(),
+                layer_name: z_name,
                 module_name: module,
                 layer_kind: layer.kind,
                 activation: self.tap_activation(index),
@@ -300,42 +483,51 @@ impl ModelSpec {
             });
             layers.push(LayerDesc { tap: Some(index), ..layer });
         };
+        let dense = |name: String, out: usize, inp: usize| LayerDesc {
+            name,
+            kind: LayerKind::Dense,
+            weight_shape: vec![out, inp],
+            tap: None,
+            bias: true,
+            stride: 1,
+            padding: 0,
+            norm: None,
+            in_shape: vec![inp],
+        };
         let classes = self.num_classes;
         match &self.arch {
             Arch::Mlp { hidden } => {
                 let mut prev = self.input_len();
                 for (i, &w) in hidden.iter().enumerate() {
-                    let layer =
-                        LayerDesc { name: format!("layers.{}", 2 * i), kind: LayerKind::Dense, weight_shape: vec![w, prev], tap: None };
-                    push_tap(&mut layers, &mut taps, layer, format!("layers.{}", 2 * i + 1), vec![w]);
+                    let layer = dense(format!("layers.{}", 2 * i), w, prev);
+                    push_tap(&mut layers, &mut taps, layer.clone(), layer.name, format!("layers.{}", 2 * i + 1), vec![w]);
                     prev = w;
                 }
-                layers.push(LayerDesc {
-                    name: format!("layers.{}", 2 * hidden.len()),
-                    kind: LayerKind::Dense,
-                    weight_shape: vec![classes, prev],
-                    tap: None,
-                });
+                layers.push(dense(format!("layers.{}", 2 * hidden.len()), classes, prev));
             }
-            Arch::Cnn { conv, kernel_size, dense, batch_norm } => {
+            Arch::Cnn { conv, kernel_size, dense: widths, batch_norm } => {
                 let (mut c, mut h, mut w) = (self.input_shape[0], self.input_shape[1], self.input_shape[2]);
                 let mut idx = 0;
                 let bn = usize::from(*batch_norm);
                 for item in conv {
                     match item {
                         ConvItem::Conv(out) => {
+                            // METRICS.md: the tap's layer is the module that
+                            // produces z, with BatchNorm the BatchNorm.
+                            let norm = batch_norm.then(|| format!("features.{}", idx + 1));
                             let layer = LayerDesc {
                                 name: format!("features.{idx}"),
                                 kind: LayerKind::Conv2d,
                                 weight_shape: vec![*out, c, *kernel_size, *kernel_size],
                                 tap: None,
+                                bias: true,
+                                stride: 1,
+                                padding: kernel_size / 2,
+                                norm: norm.clone(),
+                                in_shape: vec![c, h, w],
                             };
-                            push_tap(&mut layers, &mut taps, layer, format!("features.{}", idx + 1 + bn), vec![*out, h, w]);
-                            if *batch_norm {
-                                // METRICS.md: the tap's layer is the module that
-                                // produces z, here the BatchNorm.
-                                taps.last_mut().expect("just pushed").layer_name = format!("features.{}", idx + 1);
-                            }
+                            let z_name = norm.unwrap_or_else(|| layer.name.clone());
+                            push_tap(&mut layers, &mut taps, layer, z_name, format!("features.{}", idx + 1 + bn), vec![*out, h, w]);
                             c = *out;
                             idx += 2 + bn;
                         }
@@ -347,33 +539,154 @@ impl ModelSpec {
                     }
                 }
                 let mut prev = c * h * w;
-                for (i, &d) in dense.iter().enumerate() {
-                    let layer =
-                        LayerDesc { name: format!("classifier.{}", 2 * i), kind: LayerKind::Dense, weight_shape: vec![d, prev], tap: None };
-                    push_tap(&mut layers, &mut taps, layer, format!("classifier.{}", 2 * i + 1), vec![d]);
+                for (i, &d) in widths.iter().enumerate() {
+                    let layer = dense(format!("classifier.{}", 2 * i), d, prev);
+                    push_tap(&mut layers, &mut taps, layer.clone(), layer.name, format!("classifier.{}", 2 * i + 1), vec![d]);
                     prev = d;
                 }
-                layers.push(LayerDesc {
-                    name: format!("classifier.{}", 2 * dense.len()),
-                    kind: LayerKind::Dense,
-                    weight_shape: vec![classes, prev],
-                    tap: None,
-                });
+                layers.push(dense(format!("classifier.{}", 2 * widths.len()), classes, prev));
+            }
+            Arch::Resnet { .. } => {
+                for step in self.resnet_walk() {
+                    match step {
+                        ResnetStep::Tap { layer, z_name, module, shape } => push_tap(&mut layers, &mut taps, layer, z_name, module, shape),
+                        ResnetStep::Projection(layer) => layers.push(layer),
+                    }
+                }
+                let c = *self.resnet_walk_out().first().expect("a shape");
+                layers.push(dense("fc".into(), classes, c));
             }
         }
         (layers, taps)
     }
 
-    /// Every tensor of a checkpoint: (name, shape), weights then biases per layer.
+    /// A ResNet's convolutions in forward order (torchvision's order within a
+    /// block: conv1, conv2, [conv3], downsample.0), each feeding a tap except
+    /// projection shortcuts. Does not include `fc`.
+    fn resnet_walk(&self) -> Vec<ResnetStep> {
+        self.resnet_layout().0
+    }
+
+    /// The per-sample shape [c, h, w] after the last block.
+    fn resnet_walk_out(&self) -> Vec<usize> {
+        self.resnet_layout().2
+    }
+
+    /// The residual blocks, in forward order (empty for other architectures).
+    pub fn residual_blocks(&self) -> Vec<ResidualBlockDesc> {
+        match self.arch {
+            Arch::Resnet { .. } => self.resnet_layout().1,
+            _ => Vec::new(),
+        }
+    }
+
+    fn resnet_layout(&self) -> (Vec<ResnetStep>, Vec<ResidualBlockDesc>, Vec<usize>) {
+        let Arch::Resnet { block, stages, widths, stem, stem_width, shortcut } = &self.arch else {
+            return (Vec::new(), Vec::new(), Vec::new());
+        };
+        let conv = |name: String, out: usize, inp: &[usize], k: usize, stride: usize, padding: usize, norm: String| LayerDesc {
+            name,
+            kind: LayerKind::Conv2d,
+            weight_shape: vec![out, inp[0], k, k],
+            tap: None,
+            bias: false,
+            stride,
+            padding,
+            norm: Some(norm),
+            in_shape: inp.to_vec(),
+        };
+        let out_shape = |out: usize, inp: &[usize], k: usize, s: usize, p: usize| vec![out, conv_out(inp[1], k, s, p), conv_out(inp[2], k, s, p)];
+        let mut steps = Vec::new();
+        let mut blocks = Vec::new();
+        let n_taps = |steps: &[ResnetStep]| steps.iter().filter(|s| matches!(s, ResnetStep::Tap { .. })).count();
+        // Pushes a tap, returns its index.
+        let tap = |steps: &mut Vec<ResnetStep>, layer: LayerDesc, module: String, shape: Vec<usize>| {
+            let z_name = layer.norm.clone().expect("resnet convs have a norm");
+            steps.push(ResnetStep::Tap { layer, z_name, module, shape });
+            n_taps(steps) - 1
+        };
+        let (k, s, p) = match stem {
+            Stem::Small => (3, 1, 1),
+            Stem::Imagenet => (7, 2, 3),
+        };
+        let mut x = self.input_shape.clone();
+        let y = out_shape(*stem_width, &x, k, s, p);
+        tap(&mut steps, conv("conv1".into(), *stem_width, &x, k, s, p, "bn1".into()), "relu".into(), y.clone());
+        x = y;
+        if *stem == Stem::Imagenet {
+            x = vec![x[0], conv_out(x[1], 3, 2, 1), conv_out(x[2], 3, 2, 1)];
+        }
+        for (si, (&n, &planes)) in stages.iter().zip(widths).enumerate() {
+            for b in 0..n {
+                let stride = if si > 0 && b == 0 { 2 } else { 1 };
+                let name = format!("layer{}.{b}", si + 1);
+                let relu = format!("{name}.relu");
+                let out_c = planes * block.expansion();
+                let block_in = x.clone();
+                let first;
+                let mut h = x.clone();
+                match block {
+                    ResBlock::Basic => {
+                        let y = out_shape(planes, &h, 3, stride, 1);
+                        first = tap(&mut steps, conv(format!("{name}.conv1"), planes, &h, 3, stride, 1, format!("{name}.bn1")), relu.clone(), y.clone());
+                        h = y;
+                        let y = out_shape(planes, &h, 3, 1, 1);
+                        tap(&mut steps, conv(format!("{name}.conv2"), planes, &h, 3, 1, 1, format!("{name}.bn2")), relu.clone(), y.clone());
+                        h = y;
+                    }
+                    ResBlock::Bottleneck => {
+                        let y = out_shape(planes, &h, 1, 1, 0);
+                        first = tap(&mut steps, conv(format!("{name}.conv1"), planes, &h, 1, 1, 0, format!("{name}.bn1")), relu.clone(), y.clone());
+                        h = y;
+                        let y = out_shape(planes, &h, 3, stride, 1);
+                        tap(&mut steps, conv(format!("{name}.conv2"), planes, &h, 3, stride, 1, format!("{name}.bn2")), relu.clone(), y.clone());
+                        h = y;
+                        let y = out_shape(out_c, &h, 1, 1, 0);
+                        tap(&mut steps, conv(format!("{name}.conv3"), out_c, &h, 1, 1, 0, format!("{name}.bn3")), relu.clone(), y.clone());
+                        h = y;
+                    }
+                }
+                let changes = stride != 1 || block_in[0] != out_c;
+                if changes && *shortcut == Shortcut::B {
+                    steps.push(ResnetStep::Projection(conv(
+                        format!("{name}.downsample.0"),
+                        out_c,
+                        &block_in,
+                        1,
+                        stride,
+                        0,
+                        format!("{name}.downsample.1"),
+                    )));
+                }
+                blocks.push(ResidualBlockDesc {
+                    name,
+                    first_tap: first,
+                    last_tap: n_taps(&steps) - 1,
+                    in_shape: block_in,
+                    out_shape: h.clone(),
+                    stride,
+                    receptive_field: match block {
+                        ResBlock::Basic => 5,
+                        ResBlock::Bottleneck => 3,
+                    },
+                    identity_shortcut: !changes,
+                });
+                x = h;
+            }
+        }
+        (steps, blocks, x)
+    }
+
+    /// Every tensor of a checkpoint: (name, shape), weights then biases per
+    /// layer, then the BatchNorms' parameters and running statistics.
     pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
-        let mut out: Vec<(String, Vec<usize>)> = self
-            .layers()
-            .into_iter()
-            .flat_map(|l| {
-                let out = l.weight_shape[0];
-                [(format!("{}.weight", l.name), l.weight_shape.clone()), (format!("{}.bias", l.name), vec![out])]
-            })
-            .collect();
+        let mut out: Vec<(String, Vec<usize>)> = Vec::new();
+        for l in self.layers() {
+            out.push((format!("{}.weight", l.name), l.weight_shape.clone()));
+            if l.bias {
+                out.push((format!("{}.bias", l.name), vec![l.weight_shape[0]]));
+            }
+        }
         for (bn, c) in self.batch_norms() {
             out.extend(["weight", "bias", "running_mean", "running_var"].map(|t| (format!("{bn}.{t}"), vec![c])));
         }
@@ -387,81 +700,37 @@ impl ModelSpec {
 
     /// The BatchNorm layers, (name, channels), in forward order.
     pub fn batch_norms(&self) -> Vec<(String, usize)> {
-        match &self.arch {
-            Arch::Cnn { batch_norm: true, .. } => self
-                .layers()
-                .iter()
-                .filter(|l| l.kind == LayerKind::Conv2d)
-                .map(|l| {
-                    let idx: usize = l.name.trim_start_matches("features.").parse().expect("features.N");
-                    (format!("features.{}", idx + 1), l.weight_shape[0])
-                })
-                .collect(),
-            _ => Vec::new(),
-        }
+        self.layers().into_iter().filter_map(|l| l.norm.map(|n| (n, l.weight_shape[0]))).collect()
     }
 
     /// Per-sample shape of what each tap's affine layer receives, in tap order.
     pub fn block_input_shapes(&self) -> Vec<Vec<usize>> {
-        let mut out = Vec::new();
-        match &self.arch {
-            Arch::Mlp { hidden } => {
-                let mut prev = self.input_len();
-                for &w in hidden {
-                    out.push(vec![prev]);
-                    prev = w;
-                }
-            }
-            Arch::Cnn { conv, dense, .. } => {
-                let (mut c, mut h, mut w) = (self.input_shape[0], self.input_shape[1], self.input_shape[2]);
-                for item in conv {
-                    match item {
-                        ConvItem::Conv(out_c) => {
-                            out.push(vec![c, h, w]);
-                            c = *out_c;
-                        }
-                        ConvItem::Pool(_) => {
-                            h /= 2;
-                            w /= 2;
-                        }
-                    }
-                }
-                let mut prev = c * h * w;
-                for &d in dense {
-                    out.push(vec![prev]);
-                    prev = d;
-                }
-            }
-        }
-        out
+        self.layers().into_iter().filter(|l| l.tap.is_some()).map(|l| l.in_shape).collect()
     }
 
     /// The description the analyzers get, for a probe of `n_probe` samples.
     pub fn model_info(&self, n_probe: usize) -> analyzers::ModelInfo {
-        let inputs = self.block_input_shapes();
-        let layers = self.layers();
+        let layers: Vec<LayerDesc> = self.layers().into_iter().filter(|l| l.tap.is_some()).collect();
         analyzers::ModelInfo {
             taps: self
                 .taps()
                 .iter()
-                .zip(&inputs)
-                .map(|(t, input)| {
+                .zip(&layers)
+                .map(|(t, l)| {
+                    let input = &l.in_shape;
                     let block = match t.layer_kind {
-                        LayerKind::Dense => analyzers::BlockGeometry::Dense { features: input[0] },
-                        LayerKind::Conv2d => {
-                            let k = layers.iter().find(|l| l.tap == Some(t.index)).map(|l| l.weight_shape[2]).unwrap_or(1);
-                            analyzers::BlockGeometry::Conv {
-                                in_channels: input[0],
-                                height: input[1],
-                                width: input[2],
-                                kernel: k,
-                                stride: 1,
-                                padding: k / 2,
-                                out_channels: t.shape[0],
-                                out_height: t.shape[1],
-                                out_width: t.shape[2],
-                            }
-                        }
+                        LayerKind::Conv2d => analyzers::BlockGeometry::Conv {
+                            in_channels: input[0],
+                            height: input[1],
+                            width: input[2],
+                            kernel: l.weight_shape[2],
+                            stride: l.stride,
+                            padding: l.padding,
+                            out_channels: t.shape[0],
+                            out_height: t.shape[1],
+                            out_width: t.shape[2],
+                        },
+                        _ => analyzers::BlockGeometry::Dense { features: input[0] },
                     };
                     analyzers::TapInfo {
                         index: t.index,
@@ -470,6 +739,30 @@ impl ModelSpec {
                         units: t.units(),
                         input_units: input.iter().product(),
                         block,
+                    }
+                })
+                .collect(),
+            residual_blocks: self
+                .residual_blocks()
+                .into_iter()
+                .map(|b| {
+                    let k = b.receptive_field;
+                    analyzers::ResidualBlockInfo {
+                        block: analyzers::BlockGeometry::Conv {
+                            in_channels: b.in_shape[0],
+                            height: b.in_shape[1],
+                            width: b.in_shape[2],
+                            kernel: k,
+                            stride: b.stride,
+                            padding: k / 2,
+                            out_channels: b.out_shape[0],
+                            out_height: b.out_shape[1],
+                            out_width: b.out_shape[2],
+                        },
+                        name: b.name,
+                        first_tap: b.first_tap,
+                        last_tap: b.last_tap,
+                        identity_shortcut: b.identity_shortcut,
                     }
                 })
                 .collect(),

@@ -117,7 +117,7 @@ fn resumed_passes_equal_full_passes() {
                 let full: Vec<f32> =
                     m.forward(&x, &mut Taps::linearized(replacing(&set))).unwrap().flatten_all().unwrap().to_vec1().unwrap();
                 let resumed: Vec<f32> = m
-                    .forward_from(l, &intact[l].z, &mut Taps::linearized(replacing(&set)))
+                    .forward_from(l, &intact[l], &mut Taps::linearized(replacing(&set)))
                     .unwrap()
                     .flatten_all()
                     .unwrap()

@@ -41,14 +41,21 @@ pub struct MetricValue {
     pub ref_step: Option<u64>,
     /// Samples and split, when not the probe (`mu` on the held-out split).
     pub samples: Option<(u64, String)>,
+    /// The residual block (index into `ModelInfo::residual_blocks`) a row
+    /// describes; its `tap` is then the block's last (output) tap.
+    pub block: Option<usize>,
 }
 
 impl MetricValue {
     fn new(tap: Option<usize>, metric: &'static str, value: Option<f64>) -> Self {
-        MetricValue { tap, metric, value: value.filter(|v| v.is_finite()), surrogate: None, ref_step: None, samples: None }
+        MetricValue { tap, metric, value: value.filter(|v| v.is_finite()), surrogate: None, ref_step: None, samples: None, block: None }
     }
     pub fn layer(tap: usize, metric: &'static str, value: Option<f64>) -> Self {
         Self::new(Some(tap), metric, value)
+    }
+    /// A row of residual block `block` (whose output tap is `tap`).
+    pub fn residual_block(block: usize, tap: usize, metric: &'static str, value: Option<f64>) -> Self {
+        MetricValue { block: Some(block), ..Self::new(Some(tap), metric, value) }
     }
     pub fn model(metric: &'static str, value: Option<f64>) -> Self {
         Self::new(None, metric, value)

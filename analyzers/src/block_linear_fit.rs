@@ -9,7 +9,7 @@
 //! host for the Cholesky solve.
 
 use crate::analyzer::{check_taps, Accumulator, Analyzer, AnalyzerError, Extras, Finished, MetricValue, Needs};
-use crate::capture::{BlockGeometry, Chunk, ModelInfo, TapInfo};
+use crate::capture::{BlockGeometry, Chunk, ModelInfo};
 use candle_core::{DType, Tensor};
 use faer::linalg::solvers::Solve;
 use faer::{Mat, Side};
@@ -40,7 +40,7 @@ impl Analyzer for BlockLinearFit {
         Needs { taps: true, block_inputs: true, ..Needs::default() }
     }
     fn start(&self, model: &ModelInfo) -> Box<dyn Accumulator> {
-        let fits = model.taps.iter().map(|t| Fit::new(t, model.n_probe)).collect();
+        let fits = model.taps.iter().map(|t| Fit::new(&t.block, t.units, model.n_probe)).collect();
         Box::new(BlockAcc { model: model.clone(), fits })
     }
 }
@@ -50,21 +50,31 @@ struct BlockAcc {
     fits: Vec<Fit>,
 }
 
-/// Running sums for one tap, on the device, shifted by the first chunk's
-/// means so that the centring at the end does not cancel catastrophically.
-struct Fit {
-    p: usize,
-    q: usize,
+/// Running sums for one fitted map (a tap's block, or a residual block),
+/// on the device, shifted by the first chunk's means so that the centring
+/// at the end does not cancel catastrophically.
+pub(crate) struct Fit {
+    pub(crate) p: usize,
+    pub(crate) q: usize,
     /// Positions used per sample (conv) — all of them when they fit MAX_ROWS.
-    positions: usize,
+    pub(crate) positions: usize,
     /// The fit is known to be exact before any data is seen (no more
     /// regression rows than features), so nothing is accumulated.
-    exact: bool,
-    rows: f64,
+    pub(crate) exact: bool,
+    pub(crate) rows: f64,
     sums: Option<Sums>,
 }
 
-struct Sums {
+/// Centred moments of a fit: G = X̃ᵀX̃ (p × p), C = X̃ᵀỸ (p × q), the total
+/// sum of squares of Y and the number of rows.
+pub(crate) struct Moments {
+    pub(crate) g: Mat<f64>,
+    pub(crate) c: Mat<f64>,
+    pub(crate) tss: f64,
+    pub(crate) n: f64,
+}
+
+pub(crate) struct Sums {
     shift_x: Tensor,
     shift_y: Tensor,
     sx: Tensor,
@@ -75,9 +85,10 @@ struct Sums {
 }
 
 impl Fit {
-    fn new(t: &TapInfo, n_probe: usize) -> Fit {
-        let (p, q, positions) = match t.block {
-            BlockGeometry::Dense { features } => (features, t.units, 1),
+    /// A fit of the map `block` onto `units` output values per sample.
+    pub(crate) fn new(block: &BlockGeometry, units: usize, n_probe: usize) -> Fit {
+        let (p, q, positions) = match *block {
+            BlockGeometry::Dense { features } => (features, units, 1),
             BlockGeometry::Conv { in_channels, kernel, out_channels, out_height, out_width, .. } => {
                 let all = out_height * out_width;
                 (in_channels * kernel * kernel, out_channels, all.min((MAX_ROWS / n_probe.max(1)).max(1)))
@@ -112,11 +123,11 @@ fn positions_for(g: usize, m: usize, total: usize) -> Vec<usize> {
 /// patches (channel, kernel row, kernel column order, zero padding) at the
 /// chosen output positions, gathered from the padded input in one
 /// `index_select`; Y is the output channels at those positions.
-fn design(t: &TapInfo, input: &Tensor, out: &Tensor, first: usize, positions: usize) -> candle_core::Result<(Tensor, Tensor)> {
+fn design(block: &BlockGeometry, units: usize, input: &Tensor, out: &Tensor, first: usize, positions: usize) -> candle_core::Result<(Tensor, Tensor)> {
     let b = input.dim(0)?;
-    match t.block {
+    match *block {
         BlockGeometry::Dense { features } => {
-            Ok((input.reshape((b, features))?.to_dtype(DType::F64)?, out.reshape((b, t.units))?.to_dtype(DType::F64)?))
+            Ok((input.reshape((b, features))?.to_dtype(DType::F64)?, out.reshape((b, units))?.to_dtype(DType::F64)?))
         }
         BlockGeometry::Conv { in_channels, height, width, kernel, stride, padding, out_channels, out_height, out_width } => {
             let (hp, wp) = (height + 2 * padding, width + 2 * padding);
@@ -151,11 +162,11 @@ fn design(t: &TapInfo, input: &Tensor, out: &Tensor, first: usize, positions: us
 }
 
 impl Fit {
-    fn observe(&mut self, t: &TapInfo, input: &Tensor, out: &Tensor, first: usize) -> candle_core::Result<()> {
+    pub(crate) fn observe(&mut self, block: &BlockGeometry, units: usize, input: &Tensor, out: &Tensor, first: usize) -> candle_core::Result<()> {
         if self.exact {
             return Ok(());
         }
-        let (x, y) = design(t, input, out, first, self.positions)?;
+        let (x, y) = design(block, units, input, out, first, self.positions)?;
         let rows = x.dim(0)?;
         if rows == 0 {
             return Ok(());
@@ -193,6 +204,51 @@ fn host_mat(t: &Tensor) -> candle_core::Result<Mat<f64>> {
     Ok(Mat::from_fn(r, c, |i, j| v[i * c + j]))
 }
 
+impl Fit {
+    /// The centred moments, from the sums on the device (small p × p and
+    /// p × q matrices come to the host).
+    pub(crate) fn moments(&self, s: &Sums) -> candle_core::Result<Moments> {
+        let (p, q, n) = (self.p, self.q, self.rows);
+        let v = |t: &Tensor| t.to_vec1::<f64>();
+        let (sxx, sxy, sx, sy, syy) = (host_mat(&s.sxx)?, host_mat(&s.sxy)?, v(&s.sx)?, v(&s.sy)?, v(&s.syy)?);
+        // Centred moments: G = Σ x̃x̃ᵀ − n m mᵀ, etc. (x̃ shifted values).
+        let mx: Vec<f64> = sx.iter().map(|v| v / n).collect();
+        let my: Vec<f64> = sy.iter().map(|v| v / n).collect();
+        let g = Mat::<f64>::from_fn(p, p, |i, j| sxx[(i, j)] - n * mx[i] * mx[j]);
+        let c = Mat::<f64>::from_fn(p, q, |i, j| sxy[(i, j)] - n * mx[i] * my[j]);
+        let tss: f64 = (0..q).map(|j| syy[j] - n * my[j] * my[j]).sum();
+        Ok(Moments { g, c, tss, n })
+    }
+
+    /// The sums, once enough rows were seen that a fit is not exact.
+    pub(crate) fn sums_if_overdetermined(&self) -> Option<&Sums> {
+        self.sums.as_ref().filter(|_| self.rows > self.p as f64)
+    }
+}
+
+/// The residual sum of squares of the ridge solution (λ = RIDGE·tr(G)/p).
+pub(crate) fn ridge_rss(g: &Mat<f64>, c: &Mat<f64>, tss: f64) -> Result<f64, String> {
+    let (p, q) = (c.nrows(), c.ncols());
+    let trace: f64 = (0..p).map(|i| g[(i, i)]).sum();
+    if !(trace > 0.0) {
+        return Ok(tss);
+    }
+    let lambda = RIDGE * trace / p as f64;
+    let m = Mat::<f64>::from_fn(p, p, |i, j| g[(i, j)] + if i == j { lambda } else { 0.0 });
+    let llt = m.llt(Side::Lower).map_err(|e| format!("Cholesky failed ({e:?})"))?;
+    let b = llt.solve(c);
+    // RSS = tss − 2 tr(BᵀC) + tr(BᵀGB), exact for the ridge solution B.
+    let gb = g * &b;
+    let (mut btc, mut btgb) = (0.0, 0.0);
+    for j in 0..q {
+        for i in 0..p {
+            btc += b[(i, j)] * c[(i, j)];
+            btgb += b[(i, j)] * gb[(i, j)];
+        }
+    }
+    Ok((tss - 2.0 * btc + btgb).clamp(0.0, tss))
+}
+
 impl Accumulator for BlockAcc {
     fn observe(&mut self, chunk: &Chunk<'_>) -> Result<(), AnalyzerError> {
         check_taps(NAME, &self.model, chunk)?;
@@ -206,7 +262,7 @@ impl Accumulator for BlockAcc {
                     message: format!("tap {} block input: expected {} features per sample, got shape {dims:?}", t.index, t.input_units),
                 });
             }
-            fit.observe(t, input, tap.a, chunk.first).map_err(AnalyzerError::compute(NAME))?;
+            fit.observe(&t.block, t.units, input, tap.a, chunk.first).map_err(AnalyzerError::compute(NAME))?;
         }
         Ok(())
     }
@@ -215,8 +271,8 @@ impl Accumulator for BlockAcc {
         let mut out = Vec::new();
         let mut notes = Vec::new();
         for (t, fit) in self.model.taps.iter().zip(&self.fits) {
-            let (p, q, n) = (fit.p, fit.q, fit.rows);
-            let Some(s) = fit.sums.as_ref().filter(|_| n > p as f64) else {
+            let (p, n) = (fit.p, fit.rows);
+            let Some(s) = fit.sums_if_overdetermined() else {
                 let rows = if fit.exact { (self.model.n_probe * fit.positions) as f64 } else { n };
                 notes.push(format!(
                     "tap {}: {} input features but only {rows} regression rows; an affine fit would be exact, so no rows are written",
@@ -224,16 +280,7 @@ impl Accumulator for BlockAcc {
                 ));
                 continue;
             };
-            let v = |t: &Tensor| t.to_vec1::<f64>();
-            let host = (|| -> candle_core::Result<_> { Ok((host_mat(&s.sxx)?, host_mat(&s.sxy)?, v(&s.sx)?, v(&s.sy)?, v(&s.syy)?)) })()
-                .map_err(AnalyzerError::compute(NAME))?;
-            let (sxx, sxy, sx, sy, syy) = host;
-            // Centred moments: G = Σ x̃x̃ᵀ − n m mᵀ, etc. (x̃ shifted values).
-            let mx: Vec<f64> = sx.iter().map(|v| v / n).collect();
-            let my: Vec<f64> = sy.iter().map(|v| v / n).collect();
-            let g = Mat::<f64>::from_fn(p, p, |i, j| sxx[(i, j)] - n * mx[i] * mx[j]);
-            let c = Mat::<f64>::from_fn(p, q, |i, j| sxy[(i, j)] - n * mx[i] * my[j]);
-            let tss: f64 = (0..q).map(|j| syy[j] - n * my[j] * my[j]).sum();
+            let Moments { g, c, tss, n } = fit.moments(s).map_err(AnalyzerError::compute(NAME))?;
             let l = t.index;
             out.push(MetricValue::layer(l, "n_rows", Some(n)));
             out.push(MetricValue::layer(l, "n_features", Some(p as f64)));
@@ -242,27 +289,7 @@ impl Accumulator for BlockAcc {
                 out.push(MetricValue::layer(l, "linearity_score", None));
                 continue;
             }
-            let trace: f64 = (0..p).map(|i| g[(i, i)]).sum();
-            let rss = if trace > 0.0 {
-                let lambda = RIDGE * trace / p as f64;
-                let m = Mat::<f64>::from_fn(p, p, |i, j| g[(i, j)] + if i == j { lambda } else { 0.0 });
-                let llt = m
-                    .llt(Side::Lower)
-                    .map_err(|e| AnalyzerError::Shape { analyzer: NAME, message: format!("tap {l}: Cholesky failed ({e:?})") })?;
-                let b = llt.solve(&c);
-                // RSS = tss − 2 tr(BᵀC) + tr(BᵀGB), exact for the ridge solution B.
-                let gb = &g * &b;
-                let (mut btc, mut btgb) = (0.0, 0.0);
-                for j in 0..q {
-                    for i in 0..p {
-                        btc += b[(i, j)] * c[(i, j)];
-                        btgb += b[(i, j)] * gb[(i, j)];
-                    }
-                }
-                (tss - 2.0 * btc + btgb).clamp(0.0, tss)
-            } else {
-                tss
-            };
+            let rss = ridge_rss(&g, &c, tss).map_err(|e| AnalyzerError::Shape { analyzer: NAME, message: format!("tap {l}: {e}") })?;
             let nl = rss / tss;
             out.push(MetricValue::layer(l, "nonlinearity", Some(nl)));
             // With X̃, Ỹ the centred blocks divided by their Frobenius norms, the

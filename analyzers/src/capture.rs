@@ -72,9 +72,25 @@ pub struct TapInfo {
     pub block: BlockGeometry,
 }
 
+/// One residual block: its input is the block input of its first tap, its
+/// output the activation of its last tap (after the residual addition).
+#[derive(Debug, Clone)]
+pub struct ResidualBlockInfo {
+    pub name: String,
+    pub first_tap: usize,
+    pub last_tap: usize,
+    /// The map fitted by `residual_linear_fit`: a convolution whose kernel
+    /// is the block's receptive field and whose stride is the block's.
+    pub block: BlockGeometry,
+    /// The shortcut is the identity: input and output have the same shape.
+    pub identity_shortcut: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct ModelInfo {
     pub taps: Vec<TapInfo>,
+    /// Residual blocks, in forward order (empty for plain networks).
+    pub residual_blocks: Vec<ResidualBlockInfo>,
     pub num_classes: usize,
     /// Probe samples that will be observed.
     pub n_probe: usize,

@@ -21,12 +21,13 @@ pub mod mu;
 pub mod performance;
 pub mod registry;
 pub mod representation;
+pub mod residual_linear_fit;
 pub mod stats;
 pub mod unit_linear_fit;
 pub mod weights;
 
 pub use analyzer::{Accumulator, Analyzer, AnalyzerError, Extras, Finished, MetricValue, Needs};
-pub use capture::{ActivationKind, BlockGeometry, Chunk, LayerKind, LayerWeights, Matrix, ModelInfo, TapChunk, TapInfo};
+pub use capture::{ActivationKind, BlockGeometry, Chunk, LayerKind, LayerWeights, Matrix, ModelInfo, ResidualBlockInfo, TapChunk, TapInfo};
 pub use registry::{all as all_analyzers, by_name, names};
 
 /// The degree of parallelism of every faer routine the analyzers call

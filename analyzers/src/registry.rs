@@ -8,6 +8,7 @@ use crate::linearized_agreement::LinearizedAgreement;
 use crate::mu::Mu;
 use crate::performance::Performance;
 use crate::representation::Representation;
+use crate::residual_linear_fit::ResidualLinearFit;
 use crate::unit_linear_fit::UnitLinearFit;
 use crate::weights::Weights;
 
@@ -18,6 +19,7 @@ pub fn all() -> Vec<Box<dyn Analyzer>> {
         Box::new(ActivationRegime),
         Box::new(UnitLinearFit),
         Box::new(BlockLinearFit),
+        Box::new(ResidualLinearFit),
         Box::new(LinearizedAgreement),
         Box::new(CkaTime),
         Box::new(Weights),

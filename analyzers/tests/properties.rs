@@ -17,6 +17,7 @@ impl Lcg {
 
 fn info(units: usize, act: ActivationKind) -> ModelInfo {
     ModelInfo {
+        residual_blocks: Vec::new(),
         taps: vec![TapInfo {
             index: 0,
             activation: act,

@@ -18,9 +18,9 @@ Steps, each under `timeout $STEP_TIMEOUT`:
                       /usr/local/cuda*/targets/x86_64-linux/lib, then the
                       nvidia-* packages of $TORCH_VENV
   driver              nvidia-smi; the driver must be >= 580 for CUDA 13.0 PTX
-  train-cnn           a short CNN on digits on $DEVICE
+  train-cnn/-resnet   a short CNN and a resnet20 on digits on $DEVICE
   analyze-DEVICE/cpu  every analyzer on $DEVICE, and on the CPU for a copy of the run
-  analyzers-coverage  every analyzer of --list wrote rows
+  analyzers-coverage  every analyzer of --list wrote rows (over both runs)
   compare-*           layer_metrics and model_metrics of the two analyses joined
                       row by row; the worst difference of each metric against
                       its tolerance (below); NULL = NULL is equal
@@ -164,7 +164,7 @@ finish() {
   if [[ -n $RESULTS_DIR ]]; then
     mkdir -p "$RESULTS_DIR"
     cp "$WORK/summary.txt" "$RESULTS_DIR/summary.txt"
-    for f in "$WORK"/compare-layer_metrics.txt "$WORK"/compare-model_metrics.txt "$WORK"/bench.txt; do
+    for f in "$WORK"/compare-*-layer_metrics.txt "$WORK"/compare-*-model_metrics.txt "$WORK"/bench.txt; do
       [[ -f $f ]] && cp "$f" "$RESULTS_DIR/"
     done
     tar -C "$WORK" -czf "$RESULTS_DIR/logs.tar.gz" logs 2>/dev/null
@@ -328,45 +328,54 @@ q() { # q DIR OUT.csv SQL
 }
 
 # ---------------------------------------------------------------- (a) train
-TRAINED=0
+# Two short runs on digits: a CNN, and a ResNet (BatchNorm, residual blocks,
+# residual_linear_fit), each trained on $DEVICE.
+declare -A NET_ARGS=(
+  [cnn]="--model cnn --conv 16,M --dense 32"
+  [resnet]="--model resnet20"
+)
+NETS=(cnn resnet)
+TRAINED=()
 if want train; then
-  hdr "train a short CNN on digits on $DEVICE"
-  if run_step "train-cnn-$DEVICE" "$T" --model cnn --dataset digits --conv 16,M --dense 32 --steps "$TRAIN_STEPS" \
-       --seed 0 --device "$DEVICE" --out "$RUNS" --name cnn --overwrite --quiet; then
-    line=$(grep -m1 '^trained' "$LOGS/train-cnn-$DEVICE.log")
-    ck=$(grep -oE '[0-9]+ checkpoints' <<< "$line")
-    loss=""
-    if q "$RUNS/cnn" "$WORK/trainlog.csv" "SELECT step, loss FROM train_log ORDER BY step DESC LIMIT 1"; then
-      loss=$(tail -1 "$WORK/trainlog.csv" | cut -d, -f2)
-    fi
-    if [[ -n $loss ]] && awk -v l="$loss" 'BEGIN { exit !(l == l + 0 && l > 0 && l < 10) }'; then
-      result PASS "train-cnn-$DEVICE" "$TRAIN_STEPS steps, ${ck:-? checkpoints}, final train loss $loss, $STEP_S s$([[ $DEVICE == cuda ]] && echo ' (includes the first CUDA use: PTX JIT)')"
-      TRAINED=1
+  hdr "train a short CNN and a ResNet on digits on $DEVICE"
+  for net in "${NETS[@]}"; do
+    # shellcheck disable=SC2086  # NET_ARGS holds words
+    if run_step "train-$net-$DEVICE" "$T" ${NET_ARGS[$net]} --dataset digits --steps "$TRAIN_STEPS" \
+         --seed 0 --device "$DEVICE" --out "$RUNS" --name "$net" --overwrite --quiet; then
+      line=$(grep -m1 '^trained' "$LOGS/train-$net-$DEVICE.log")
+      ck=$(grep -oE '[0-9]+ checkpoints' <<< "$line")
+      loss=""
+      if q "$RUNS/$net" "$WORK/trainlog-$net.csv" "SELECT step, loss FROM train_log ORDER BY step DESC LIMIT 1"; then
+        loss=$(tail -1 "$WORK/trainlog-$net.csv" | cut -d, -f2)
+      fi
+      if [[ -n $loss ]] && awk -v l="$loss" 'BEGIN { exit !(l == l + 0 && l > 0 && l < 10) }'; then
+        result PASS "train-$net-$DEVICE" "$TRAIN_STEPS steps, ${ck:-? checkpoints}, final train loss $loss, $STEP_S s$([[ $DEVICE == cuda && $net == cnn ]] && echo ' (includes the first CUDA use: PTX JIT)')"
+        TRAINED+=("$net")
+      else
+        result FAIL "train-$net-$DEVICE" "trained but the final train loss is '${loss:-unreadable}' (log $LOGS/queries.log)"
+      fi
     else
-      result FAIL "train-cnn-$DEVICE" "trained but the final train loss is '${loss:-unreadable}' (log $LOGS/queries.log)"
+      result FAIL "train-$net-$DEVICE" "$STEP_WHY"
     fi
-  else
-    result FAIL "train-cnn-$DEVICE" "$STEP_WHY"
-  fi
+  done
 fi
 
 # ---------------------------------------------------------------- (b) analyse on both
-ANALYZED=0
+ANALYZED=()
 if want analyze; then
-  hdr "analyse the run with every analyzer: --device $DEVICE, and a copy with --device cpu"
-  if ((TRAINED)); then
-    cp -r "$RUNS/cnn" "$RUNS_CPU/cnn"
+  hdr "analyse the runs with every analyzer: --device $DEVICE, and copies with --device cpu"
+  for net in "${TRAINED[@]}"; do
+    cp -r "$RUNS/$net" "$RUNS_CPU/$net"
     ok=0
-    if run_step "analyze-on-$DEVICE" "$A" "$RUNS/cnn" --device "$DEVICE" --quiet; then
-      result PASS "analyze-on-$DEVICE" "$(grep -m1 '^analysed' "$LOGS/analyze-on-$DEVICE.log" | cut -c1-160)"; ok=$((ok + 1))
-    else result FAIL "analyze-on-$DEVICE" "$STEP_WHY"; fi
-    if run_step analyze-copy-on-cpu "$A" "$RUNS_CPU/cnn" --device cpu --quiet; then
-      result PASS analyze-copy-on-cpu "$(grep -m1 '^analysed' "$LOGS/analyze-copy-on-cpu.log" | cut -c1-160)"; ok=$((ok + 1))
-    else result FAIL analyze-copy-on-cpu "$STEP_WHY"; fi
-    ((ok == 2)) && ANALYZED=1
-  else
-    result SKIP "analyze-on-$DEVICE" "no trained run (train-cnn failed or not selected)"
-  fi
+    if run_step "analyze-$net-on-$DEVICE" "$A" "$RUNS/$net" --device "$DEVICE" --quiet; then
+      result PASS "analyze-$net-on-$DEVICE" "$(grep -m1 '^analysed' "$LOGS/analyze-$net-on-$DEVICE.log" | cut -c1-160)"; ok=$((ok + 1))
+    else result FAIL "analyze-$net-on-$DEVICE" "$STEP_WHY"; fi
+    if run_step "analyze-$net-copy-on-cpu" "$A" "$RUNS_CPU/$net" --device cpu --quiet; then
+      result PASS "analyze-$net-copy-on-cpu" "$(grep -m1 '^analysed' "$LOGS/analyze-$net-copy-on-cpu.log" | cut -c1-160)"; ok=$((ok + 1))
+    else result FAIL "analyze-$net-copy-on-cpu" "$STEP_WHY"; fi
+    ((ok == 2)) && ANALYZED+=("$net")
+  done
+  ((${#TRAINED[@]})) || result SKIP "analyze-on-$DEVICE" "no trained run (train failed or not selected)"
 fi
 
 # ---------------------------------------------------------------- (c) compare
@@ -476,35 +485,42 @@ compare_tables() {
 
 if want compare; then
   hdr "compare the $DEVICE analysis with the cpu analysis"
-  if ((ANALYZED)); then
-    # analyzers coverage: every registered analyzer wrote rows on the device
-    if q "$RUNS/cnn" "$WORK/analyzers-layer.csv" "SELECT DISTINCT analyzer FROM layer_metrics" \
-       && q "$RUNS/cnn" "$WORK/analyzers-model.csv" "SELECT DISTINCT analyzer FROM model_metrics"; then
-      mapfile -t got < <(tail -q -n +2 "$WORK/analyzers-layer.csv" "$WORK/analyzers-model.csv" | sort -u)
-      lacking=()
-      for a in "${ANALYZERS[@]}"; do [[ " ${got[*]} " == *" $a "* ]] || lacking+=("$a"); done
-      if ((${#ANALYZERS[@]} == 0)); then result FAIL analyzers-coverage "lintrace-analyze --list printed no analyzers"
-      elif ((${#lacking[@]})); then result FAIL analyzers-coverage "no rows on $DEVICE from: ${lacking[*]}"
-      else result PASS analyzers-coverage "all ${#ANALYZERS[@]} analyzers wrote rows on $DEVICE"; fi
-    else
-      result FAIL analyzers-coverage "query failed (log $LOGS/queries.log)"
-    fi
+  if ((${#ANALYZED[@]})); then
+    # analyzers coverage: every registered analyzer wrote rows on the device,
+    # over both runs (residual_linear_fit has rows for the ResNet only)
+    : > "$WORK/analyzers-got.txt"
+    for net in "${ANALYZED[@]}"; do
+      for table in layer_metrics model_metrics; do
+        q "$RUNS/$net" "$WORK/analyzers-$net-$table.csv" "SELECT DISTINCT analyzer FROM $table" \
+          && tail -n +2 "$WORK/analyzers-$net-$table.csv" >> "$WORK/analyzers-got.txt"
+      done
+    done
+    mapfile -t got < <(sort -u "$WORK/analyzers-got.txt")
+    lacking=()
+    for a in "${ANALYZERS[@]}"; do [[ " ${got[*]} " == *" $a "* ]] || lacking+=("$a"); done
+    if ((${#ANALYZERS[@]} == 0)); then result FAIL analyzers-coverage "lintrace-analyze --list printed no analyzers"
+    elif ((${#got[@]} == 0)); then result FAIL analyzers-coverage "query failed (log $LOGS/queries.log)"
+    elif ((${#lacking[@]})); then result FAIL analyzers-coverage "no rows on $DEVICE from: ${lacking[*]} (runs: ${ANALYZED[*]})"
+    else result PASS analyzers-coverage "all ${#ANALYZERS[@]} analyzers wrote rows on $DEVICE (runs: ${ANALYZED[*]})"; fi
     declare -A SQL=(
       [layer_metrics]="SELECT step, tap, analyzer, metric, ref_step, n_probe, value FROM layer_metrics ORDER BY step, tap, analyzer, metric, ref_step"
       [model_metrics]="SELECT step, analyzer, metric, surrogate, split, n_samples, value FROM model_metrics ORDER BY step, analyzer, metric, surrogate"
     )
+    for net in "${ANALYZED[@]}"; do
     for table in layer_metrics model_metrics; do
-      if q "$RUNS_CPU/cnn" "$WORK/$table-ref-cpu.csv" "${SQL[$table]}" && q "$RUNS/cnn" "$WORK/$table-dev-$DEVICE.csv" "${SQL[$table]}"; then
-        echo "--- $table: cpu vs $DEVICE ($(($(wc -l < "$WORK/$table-ref-cpu.csv") - 1)) vs $(($(wc -l < "$WORK/$table-dev-$DEVICE.csv") - 1)) rows)"
-        compare_tables "$table" "$WORK/$table-ref-cpu.csv" "$WORK/$table-dev-$DEVICE.csv" > "$WORK/compare-$table.txt" 2>&1
+      name=compare-$net-$table
+      if q "$RUNS_CPU/$net" "$WORK/$net-$table-ref-cpu.csv" "${SQL[$table]}" && q "$RUNS/$net" "$WORK/$net-$table-dev-$DEVICE.csv" "${SQL[$table]}"; then
+        echo "--- $net $table: cpu vs $DEVICE ($(($(wc -l < "$WORK/$net-$table-ref-cpu.csv") - 1)) vs $(($(wc -l < "$WORK/$net-$table-dev-$DEVICE.csv") - 1)) rows)"
+        compare_tables "$table" "$WORK/$net-$table-ref-cpu.csv" "$WORK/$net-$table-dev-$DEVICE.csv" > "$WORK/$name.txt" 2>&1
         rc=$?
-        sed 's/^/  /' "$WORK/compare-$table.txt"
-        s=$(grep -m1 '^SUMMARY' "$WORK/compare-$table.txt" | sed 's/^SUMMARY //')
-        if ((rc == 0)) && [[ -n $s ]]; then result PASS "compare-$table" "cpu vs $DEVICE: $s"
-        else result FAIL "compare-$table" "cpu vs $DEVICE: ${s:-$(head -1 "$WORK/compare-$table.txt")} (see $WORK/compare-$table.txt)"; fi
+        sed 's/^/  /' "$WORK/$name.txt"
+        s=$(grep -m1 '^SUMMARY' "$WORK/$name.txt" | sed 's/^SUMMARY //')
+        if ((rc == 0)) && [[ -n $s ]]; then result PASS "$name" "cpu vs $DEVICE: $s"
+        else result FAIL "$name" "cpu vs $DEVICE: ${s:-$(head -1 "$WORK/$name.txt")} (see $WORK/$name.txt)"; fi
       else
-        result FAIL "compare-$table" "query failed (log $LOGS/queries.log)"
+        result FAIL "$name" "query failed (log $LOGS/queries.log)"
       fi
+    done
     done
   else
     result SKIP compare "no pair of analyses (analyze failed or not selected)"

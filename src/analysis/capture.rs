@@ -227,7 +227,7 @@ fn variant_logits(
         // is the same with or without surrogates): one resumed pass, whose
         // recorded z_k are where the prefix variants resume.
         let mut all_linear = Taps::record_linearized(replacing(&(0..n_taps).collect::<Vec<_>>()));
-        let linear_logits = model.forward_from(0, &intact[0].z, &mut all_linear)?;
+        let linear_logits = model.forward_from(0, &intact[0], &mut all_linear)?;
         let linear = all_linear.into_vec();
         for ((kind, k), out) in kinds.iter().zip(&mut logits) {
             let (kind, k) = (*kind, *k);
@@ -235,9 +235,9 @@ fn variant_logits(
                 VariantKind::Suffix if k == 0 => linear_logits.clone(),
                 VariantKind::Prefix if k + 1 == n_taps => linear_logits.clone(),
                 VariantKind::Single | VariantKind::Suffix => {
-                    model.forward_from(k, &intact[k].z, &mut Taps::linearized(replacing(&kind.taps(k, n_taps))))?
+                    model.forward_from(k, &intact[k], &mut Taps::linearized(replacing(&kind.taps(k, n_taps))))?
                 }
-                VariantKind::Prefix => model.forward_from(k + 1, &linear[k + 1].z, &mut Taps::off())?,
+                VariantKind::Prefix => model.forward_from(k + 1, &linear[k + 1], &mut Taps::off())?,
             };
             out.extend(host(&l)?);
         }

@@ -69,18 +69,25 @@ impl Existing {
             t.rows.retain(|r| !(r[si].as_i64() == Some(step as i64) && r[ai].as_str() == Some(analyzer.name())));
         }
         let taps = target.spec.taps();
+        let blocks = target.spec.residual_blocks();
         let n_taps = taps.len().max(1) as f64;
         let n = target.probe.len() as i64;
         for v in values {
             match v.tap {
                 Some(l) => {
                     let tap = &taps[l];
+                    // A residual block's row is named after the block; its
+                    // layer is the block's output tap.
+                    let (name, kind) = match v.block.and_then(|b| blocks.get(b)) {
+                        Some(b) => (b.name.clone(), "residual_block"),
+                        None => (tap.layer_name.clone(), tap.layer_kind.as_str()),
+                    };
                     let mut row = vec![
                         Value::Str(target.run_id.clone()),
                         Value::I64(step as i64),
                         Value::I32(l as i32),
-                        Value::Str(tap.layer_name.clone()),
-                        Value::Str(tap.layer_kind.as_str().into()),
+                        Value::Str(name),
+                        Value::Str(kind.into()),
                         Value::F64((l + 1) as f64 / n_taps),
                         Value::Str(analyzer.name().into()),
                         Value::I32(analyzer.version() as i32),

@@ -69,14 +69,29 @@ impl External {
             let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read spec", path.display()))?;
             return ModelSpec::from_json(&text).map_err(anyhow::Error::msg).with_context(|| format!("{}", path.display()));
         }
-        let presets = ["mlp", "cnn"];
-        if !presets.contains(&self.spec.as_str()) {
-            bail!("--spec {}: neither a spec file, a run folder, nor a preset ({})", self.spec, presets.join(", "));
+        // `torchvision:resnet18` is torchvision's layout (the default of
+        // the resnet18/34/50 presets); `-small` selects the 3×3 stem without
+        // max-pool that 32×32 inputs use.
+        let name = self.spec.strip_prefix("torchvision:").unwrap_or(&self.spec);
+        let (name, small) = match name.strip_suffix("-small") {
+            Some(n) => (n, true),
+            None => (name, false),
+        };
+        let mut presets = vec!["mlp", "cnn"];
+        presets.extend(crate::spec::RESNET_PRESETS);
+        let known = crate::spec::RESNET_PRESETS.contains(&name) || (presets.contains(&name) && name == self.spec);
+        if !known {
+            bail!(
+                "--spec {}: neither a spec file, a run folder, nor a preset ({}; torchvision:resnetN, resnetN-small)",
+                self.spec,
+                presets.join(", ")
+            );
         }
         let (Some(classes), Some(input)) = (self.num_classes, self.input.as_ref()) else {
             bail!("--spec {}: a preset needs --num-classes and --input (e.g. --input 3,32,32)", self.spec);
         };
-        let cfg = crate::train::TrainConfig { model: self.spec.clone(), ..Default::default() };
+        let stem = small.then_some(crate::spec::Stem::Small);
+        let cfg = crate::train::TrainConfig { model: name.to_string(), stem, ..Default::default() };
         cfg.model_spec(input, classes).with_context(|| format!("--spec {}", self.spec))
     }
 }

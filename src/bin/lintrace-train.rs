@@ -24,7 +24,7 @@ struct Args {
     /// TOML file with any of the config keys (flags override it).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// mlp | cnn
+    /// mlp | cnn | resnet20 | resnet32 | resnet56 | resnet18 | resnet34 | resnet50
     #[arg(long)]
     model: Option<String>,
     /// relu | leaky_relu | gelu | tanh | identity
@@ -49,6 +49,14 @@ struct Args {
     /// CNN: a BatchNorm after every conv (torchvision's VGG-BN layout).
     #[arg(long)]
     batch_norm: bool,
+    /// ResNet stem: small (3×3 conv, no max-pool; 32×32 inputs) | imagenet
+    /// (torchvision's 7×7/2 conv + max-pool). Default: the preset's.
+    #[arg(long)]
+    stem: Option<String>,
+    /// ResNet shortcut where shapes change: a (zero padding) | b (1×1
+    /// projection). Default: the preset's.
+    #[arg(long)]
+    shortcut: Option<String>,
     /// Taps made linear (identity), e.g. "0,1".
     #[arg(long)]
     linear_taps: Option<String>,
@@ -275,6 +283,12 @@ fn resolve(a: &Args) -> Result<TrainConfig> {
     }
     set!(kernel_size = a.kernel_size);
     set!(batch_norm = a.batch_norm.then_some(true));
+    if let Some(s) = &a.stem {
+        c.stem = Some(serde_json::from_value(serde_json::Value::String(s.clone())).map_err(|_| anyhow::anyhow!("--stem: '{s}' is neither small nor imagenet"))?);
+    }
+    if let Some(s) = &a.shortcut {
+        c.shortcut = Some(serde_json::from_value(serde_json::Value::String(s.to_lowercase())).map_err(|_| anyhow::anyhow!("--shortcut: '{s}' is neither a nor b"))?);
+    }
     if let Some(s) = &a.linear_taps {
         c.linear_taps = list("linear-taps", s)?;
     }

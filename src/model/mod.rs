@@ -9,10 +9,12 @@ pub mod conv_gpu;
 mod layers;
 mod mlp;
 pub mod pool_cpu;
+mod resnet;
 
 pub use cnn::Cnn;
 pub use layers::{activate, Conv2d, Dense};
 pub use mlp::Mlp;
+pub use resnet::Resnet;
 
 use crate::spec::{Activation, Arch, ModelSpec};
 use anyhow::{bail, Result};
@@ -22,12 +24,15 @@ use std::collections::BTreeMap;
 /// One tap's captured values for a batch, each shaped [batch, *shape]:
 /// the block input (what the tap's affine layer received; `None` for the
 /// tap a pass was resumed at), z (input of the nonlinearity) and a (its
-/// output).
+/// output). In a residual network, `skip` is the input of the residual
+/// block the tap belongs to (what its shortcut receives): with z it is
+/// enough to resume a pass at this tap.
 #[derive(Debug, Clone)]
 pub struct TapValues {
     pub input: Option<Tensor>,
     pub z: Tensor,
     pub a: Tensor,
+    pub skip: Option<Tensor>,
 }
 
 /// Where a forward pass starts: at the input, or at tap `l` with its
@@ -38,7 +43,8 @@ pub struct TapValues {
 #[derive(Debug, Clone, Copy)]
 pub enum Start<'a> {
     Input(&'a Tensor),
-    Tap(usize, &'a Tensor),
+    /// Tap `l`, its z, and (inside a residual block) the block's input.
+    Tap(usize, &'a Tensor, Option<&'a Tensor>),
 }
 
 impl<'a> Start<'a> {
@@ -50,13 +56,20 @@ impl<'a> Start<'a> {
     }
     /// Whether the layers that produce tap `l` are skipped.
     pub fn skips(self, l: usize) -> bool {
-        matches!(self, Start::Tap(k, _) if l < k)
+        matches!(self, Start::Tap(k, ..) if l < k)
     }
     /// The given z_l, when the pass resumes at tap `l`.
     pub fn z_at(self, l: usize) -> Option<&'a Tensor> {
         match self {
-            Start::Tap(k, z) if k == l => Some(z),
+            Start::Tap(k, z, _) if k == l => Some(z),
             _ => None,
+        }
+    }
+    /// The residual block input given with the resume tap.
+    pub fn skip(self) -> Option<&'a Tensor> {
+        match self {
+            Start::Tap(_, _, skip) => skip,
+            Start::Input(_) => None,
         }
     }
 }
@@ -103,11 +116,13 @@ pub struct Taps {
     record: bool,
     values: Vec<TapValues>,
     replace: Vec<Option<Affine>>,
+    /// The input of the residual block being run, recorded with its taps.
+    skip: Option<Tensor>,
 }
 
 impl Taps {
     pub fn off() -> Self {
-        Taps { record: false, values: Vec::new(), replace: Vec::new() }
+        Taps { record: false, values: Vec::new(), replace: Vec::new(), skip: None }
     }
     pub fn record() -> Self {
         Taps { record: true, ..Self::off() }
@@ -128,9 +143,14 @@ impl Taps {
             None => activate(act, leaky_slope, z)?,
         };
         if self.record {
-            self.values.push(TapValues { input: input.cloned(), z: z.clone(), a: a.clone() });
+            self.values.push(TapValues { input: input.cloned(), z: z.clone(), a: a.clone(), skip: self.skip.clone() });
         }
         Ok(a)
+    }
+
+    /// Sets the residual block input recorded with the following taps.
+    pub fn set_skip(&mut self, skip: Option<Tensor>) {
+        self.skip = skip;
     }
 
     pub fn into_vec(self) -> Vec<TapValues> {
@@ -173,6 +193,7 @@ impl Weights {
 pub enum Model {
     Mlp(Mlp),
     Cnn(Cnn),
+    Resnet(Resnet),
 }
 
 impl Model {
@@ -181,6 +202,7 @@ impl Model {
         let model = match spec.arch {
             Arch::Mlp { .. } => Model::Mlp(Mlp::new(spec, &mut weights)?),
             Arch::Cnn { .. } => Model::Cnn(Cnn::new(spec, &mut weights)?),
+            Arch::Resnet { .. } => Model::Resnet(Resnet::new(spec, &mut weights)?),
         };
         weights.finish()?;
         Ok(model)
@@ -191,24 +213,29 @@ impl Model {
         self.run(Start::Input(x), taps)
     }
 
-    /// Logits from tap `l` on, given its pre-activation `z` ([batch, *tap
-    /// shape]): the same as a full pass whose z_l is `z`.
-    pub fn forward_from(&self, l: usize, z: &Tensor, taps: &mut Taps) -> Result<Tensor> {
-        self.run(Start::Tap(l, z), taps)
+    /// Logits from tap `l` on, given its values recorded by an earlier pass
+    /// (its pre-activation `z`, [batch, *tap shape], and in a residual
+    /// network the block input `skip`): the same as a full pass whose z_l is
+    /// `from.z`.
+    pub fn forward_from(&self, l: usize, from: &TapValues, taps: &mut Taps) -> Result<Tensor> {
+        self.run(Start::Tap(l, &from.z, from.skip.as_ref()), taps)
     }
 
     fn run(&self, start: Start<'_>, taps: &mut Taps) -> Result<Tensor> {
         match self {
             Model::Mlp(m) => m.forward(start, taps),
             Model::Cnn(m) => m.forward(start, taps),
+            Model::Resnet(m) => m.forward(start, taps),
         }
     }
 
     /// Training mode: BatchNorm uses batch statistics and updates its running
     /// statistics. Off by default (evaluation, as the analyzer runs).
     pub fn set_training(&self, on: bool) {
-        if let Model::Cnn(m) = self {
-            m.set_training(on);
+        match self {
+            Model::Cnn(m) => m.set_training(on),
+            Model::Resnet(m) => m.set_training(on),
+            Model::Mlp(_) => {}
         }
     }
 

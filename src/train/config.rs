@@ -4,7 +4,7 @@
 
 use crate::data::DataConfig;
 use crate::init::InitScheme;
-use crate::spec::{Activation, Arch, ConvItem, ModelSpec, SPEC_VERSION};
+use crate::spec::{Activation, Arch, ConvItem, ModelSpec, Shortcut, Stem, RESNET_PRESETS, SPEC_VERSION};
 use crate::train::optim::OptimizerKind;
 use crate::train::schedule::Schedule;
 use crate::train::steps::Spacing;
@@ -32,6 +32,14 @@ pub struct TrainConfig {
     /// JSON when false, so existing run ids do not change.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub batch_norm: bool,
+    /// ResNet presets: the stem (`small`: 3×3 conv, no max-pool, for 32×32
+    /// inputs; `imagenet`: torchvision's 7×7/2 + max-pool) and the shortcut
+    /// where shapes change (`a`: zero padding; `b`: 1×1 projection). Unset:
+    /// the preset's own (CIFAR ResNets: small, a; torchvision's: imagenet, b).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stem: Option<Stem>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shortcut: Option<Shortcut>,
     /// Taps whose nonlinearity is the identity (partly linear models).
     pub linear_taps: Vec<usize>,
     #[serde(flatten)]
@@ -87,6 +95,8 @@ impl Default for TrainConfig {
             ],
             kernel_size: 3,
             batch_norm: false,
+            stem: None,
+            shortcut: None,
             dense: vec![128],
             linear_taps: Vec::new(),
             data: DataConfig::default(),
@@ -172,8 +182,24 @@ impl TrainConfig {
             "cnn" => {
                 Arch::Cnn { conv: self.conv.clone(), kernel_size: self.kernel_size, dense: self.dense.clone(), batch_norm: self.batch_norm }
             }
-            other => bail!("unknown model '{other}' (expected mlp or cnn)"),
+            name => match Arch::preset(name) {
+                Some(Arch::Resnet { block, stages, widths, stem, stem_width, shortcut }) => Arch::Resnet {
+                    block,
+                    stages,
+                    widths,
+                    stem: self.stem.unwrap_or(stem),
+                    stem_width,
+                    shortcut: self.shortcut.unwrap_or(shortcut),
+                },
+                _ => bail!("unknown model '{name}' (expected mlp, cnn or one of {})", RESNET_PRESETS.join(", ")),
+            },
         };
+        if !matches!(arch, Arch::Resnet { .. }) && (self.stem.is_some() || self.shortcut.is_some()) {
+            bail!("stem and shortcut apply to ResNets only (model '{}')", self.model);
+        }
+        if matches!(arch, Arch::Resnet { .. }) && self.batch_norm {
+            bail!("batch_norm is for the plain CNN: a ResNet always has BatchNorm");
+        }
         let spec = ModelSpec {
             spec_version: SPEC_VERSION,
             arch,
