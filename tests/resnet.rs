@@ -177,3 +177,86 @@ fn a_resnet_trains_resumes_to_the_same_bytes_and_is_analysed() {
         assert!(rows_of(&layer, &[name]) > 0, "no {name} rows for a resnet");
     }
 }
+
+/// Runs the named analyzers on a model over `x`, `y` (chunks of 5, so chunk
+/// merging is exercised).
+fn analyse(spec: &ModelSpec, model: &Model, x: &Tensor, y: &Tensor, names: &[&str]) -> Vec<analyzers::MetricValue> {
+    use lintrace::analysis::capture::{self, Shared};
+    let inputs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+    let labels: Vec<i64> = y.to_dtype(candle_core::DType::I64).unwrap().to_vec1().unwrap();
+    let n = labels.len();
+    let probe = lintrace::probe::Probe {
+        hash: lintrace::probe::content_hash(&inputs, &labels),
+        inputs,
+        sample_shape: x.dims()[1..].to_vec(),
+        labels,
+        indices: (0..n as i64).collect(),
+        dataset: "fixture".into(),
+        split: "test".into(),
+    };
+    let shared = Shared { init_grams: None, final_grams: None, grams: None, weights: None, init_weights: None, surrogates: &[] };
+    let all: Vec<_> = names.iter().map(|n| analyzers::by_name(n).unwrap()).collect();
+    let refs: Vec<&dyn analyzers::Analyzer> = all.iter().map(|a| a.as_ref()).collect();
+    let out = capture::run(model, spec, &probe, &refs, 5, &Device::Cpu, &shared).unwrap();
+    out.into_iter().flat_map(|r| r.unwrap().values).collect()
+}
+
+fn block_value(rows: &[analyzers::MetricValue], block: usize, metric: &str) -> Option<Option<f64>> {
+    rows.iter().find(|v| v.block == Some(block) && v.metric == metric).map(|v| v.value)
+}
+
+/// residual_linear_fit against the numpy reference in fixtures/make_resnet.py.
+#[test]
+fn residual_linear_fit_matches_numpy() {
+    let p = candle_core::safetensors::load(fixture("resnet/cifar_a/residual_probe.safetensors"), &Device::Cpu).unwrap();
+    let golden: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("resnet/cifar_a/residual_golden.json")).unwrap()).unwrap();
+    let spec = spec("cifar_a");
+    let rows = analyse(&spec, &model("cifar_a"), &p["x"], &p["y"], &["residual_linear_fit"]);
+    let blocks = spec.residual_blocks();
+    assert_eq!(blocks.len(), 3);
+    for (i, b) in blocks.iter().enumerate() {
+        let g = &golden[&b.name];
+        if g.is_null() {
+            assert!(block_value(&rows, i, "linearity_score").is_none(), "{}: an exact fit writes no rows", b.name);
+            continue;
+        }
+        for m in ["nonlinearity", "linearity_score", "linearity_score_residual", "n_rows", "n_features"] {
+            let got = block_value(&rows, i, m).unwrap_or_else(|| panic!("{}: no {m} row", b.name));
+            match g[m].as_f64() {
+                None => assert_eq!(got, None, "{} {m}: null where the shortcut is not the identity", b.name),
+                Some(want) => assert_close(got.unwrap(), want, 1e-6 * want.abs().max(1.0), &format!("{} {m}", b.name)),
+            }
+        }
+        assert!(rows.iter().all(|v| v.tap == Some(b.last_tap) || v.block != Some(i)), "a block's rows sit at its output tap");
+    }
+}
+
+/// METRICS.md: a block whose branch output is zero has linearity_score = 1
+/// (its output is σ(x) = x, as x is itself post-ReLU); its residual-free
+/// target is then zero and the residual score undefined (null).
+#[test]
+fn a_block_with_a_zero_branch_is_linear() {
+    let net = "cifar_a";
+    let mut tensors: BTreeMap<String, Tensor> =
+        candle_core::safetensors::load(fixture(&format!("resnet/{net}/initial.safetensors")), &Device::Cpu)
+            .unwrap()
+            .into_iter()
+            .filter(|(k, _)| !k.ends_with("num_batches_tracked"))
+            .collect();
+    for t in ["weight", "bias"] {
+        let name = format!("layer1.0.bn2.{t}");
+        let zero = tensors[&name].zeros_like().unwrap();
+        tensors.insert(name, zero);
+    }
+    let spec = spec(net);
+    let model = Model::new(&spec, Weights::new(tensors)).unwrap();
+    let p = candle_core::safetensors::load(fixture("resnet/cifar_a/residual_probe.safetensors"), &Device::Cpu).unwrap();
+    let rows = analyse(&spec, &model, &p["x"], &p["y"], &["residual_linear_fit"]);
+    let score = block_value(&rows, 0, "linearity_score").unwrap().unwrap();
+    assert!((score - 1.0).abs() < 1e-6, "linearity_score {score}");
+    assert_eq!(block_value(&rows, 0, "linearity_score_residual"), Some(None));
+    // The other block with a fit is not linear: the test can fail.
+    let other = block_value(&rows, 1, "linearity_score").unwrap().unwrap();
+    assert!(other < 0.999, "layer2.0 linearity_score {other}");
+}
