@@ -332,7 +332,7 @@ q() { # q DIR OUT.csv SQL
 # residual_linear_fit), each trained on $DEVICE.
 declare -A NET_ARGS=(
   [cnn]="--model cnn --conv 16,M --dense 32"
-  [resnet]="--model resnet20"
+  [resnet]="--model resnet20 --probe-size 128"
 )
 NETS=(cnn resnet)
 TRAINED=()
