@@ -33,6 +33,9 @@ struct Args {
     /// cpu | cuda | auto: where training and analysis run.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Train with TF32 matrix products on a CUDA GPU (lintrace-train --tf32).
+    #[arg(long)]
+    tf32: bool,
     /// Skip the per-analyzer timings (all analyzers together only).
     #[arg(long)]
     no_per_analyzer: bool,
@@ -52,6 +55,8 @@ fn main() {
 
 fn real_main(args: &Args) -> Result<()> {
     if args.kernels {
+        // The convolutions with TF32 products when asked (the Gram matrices are f64 either way).
+        candle_core::cuda::set_gemm_reduced_precision_f32(args.tf32);
         return kernels(&lintrace::device::select(&args.device)?, args.batch_size);
     }
     let _ = std::fs::remove_dir_all(&args.out);
@@ -64,6 +69,7 @@ fn real_main(args: &Args) -> Result<()> {
     cfg.ckpt_per_decade = 0.0;
     cfg.out = args.out.clone();
     cfg.name = "bench".into();
+    cfg.tf32 = args.tf32;
     let t = Instant::now();
     let device = lintrace::device::select(&args.device)?;
     let dir = train::train(&cfg, &TrainOptions { overwrite: true, resume: false, quiet: true, device })?;

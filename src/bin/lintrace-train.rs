@@ -113,6 +113,10 @@ struct Args {
     init: Option<String>,
     #[arg(long)]
     init_scale: Option<f64>,
+    /// On a CUDA GPU: TF32 tensor cores for training's f32 matrix products and
+    /// convolutions (PyTorch's default for cuDNN convolutions). Not for analysis.
+    #[arg(long)]
+    tf32: bool,
     /// Random crop and flip (image data).
     #[arg(long)]
     augment: bool,
@@ -335,6 +339,9 @@ fn resolve(a: &Args) -> Result<TrainConfig> {
         c.init = InitScheme::parse(s)?;
     }
     set!(init_scale = a.init_scale);
+    if a.tf32 {
+        c.tf32 = true;
+    }
     if a.augment {
         c.augment = true;
     }

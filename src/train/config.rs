@@ -59,6 +59,12 @@ pub struct TrainConfig {
     pub init_scale: f64,
     /// Random crops (padding H/8) and horizontal flips, for image data.
     pub augment: bool,
+    /// On a CUDA GPU, f32 matrix products (and so convolutions) of training
+    /// use TF32 tensor cores (cuBLAS `COMPUTE_32F_FAST_TF32`), as PyTorch's
+    /// cuDNN convolutions do by default. Analysis never does. Left out of
+    /// the config's JSON when false, so existing run ids do not change.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tf32: bool,
     pub seed: u64,
     pub probe_size: usize,
     /// Seed of the probe draw (shared by the runs of a sweep).
@@ -112,6 +118,7 @@ impl Default for TrainConfig {
             init: InitScheme::Pytorch,
             init_scale: 1.0,
             augment: false,
+            tf32: false,
             seed: 0,
             probe_size: 2048,
             probe_seed: 0,

@@ -53,6 +53,24 @@ fn previous_run(run_dir: &Path, cfg: &TrainConfig) -> Result<Previous> {
 }
 
 /// Trains one run and returns its directory.
+/// TF32 matrix products for the duration of a training run (a process
+/// that analyses afterwards, as lintrace-bench does, gets fp32 back).
+struct Tf32(bool);
+
+impl Tf32 {
+    fn set(on: bool) -> Tf32 {
+        let before = candle_core::cuda::gemm_reduced_precision_f32();
+        candle_core::cuda::set_gemm_reduced_precision_f32(on);
+        Tf32(before)
+    }
+}
+
+impl Drop for Tf32 {
+    fn drop(&mut self) {
+        candle_core::cuda::set_gemm_reduced_precision_f32(self.0);
+    }
+}
+
 pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<PathBuf> {
     cfg.check()?;
     // Orthogonal init runs faer's QR: a fixed degree of parallelism keeps
@@ -64,7 +82,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<PathBuf> {
     // Held to the end of training: a second trainer of this run (a
     // resubmitted array task, another terminal) is refused, naming us.
     let lock = lock::acquire(&run_dir, "training")?;
+    let tf32 = Tf32::set(cfg.tf32 && opts.device.is_cuda());
     let result = train_locked(cfg, opts, &run_dir, &run_id, existed);
+    drop(tf32);
     if result.is_err() && !existed && !run::is_run_dir(&run_dir) {
         // Refused before anything worth keeping was written (bad data,
         // bad spec): leave no empty run folder behind.
