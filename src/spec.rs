@@ -108,6 +108,14 @@ pub enum Arch {
         dense: Vec<usize>,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         batch_norm: bool,
+        /// torchvision's VGG: an adaptive average pool to `s × s` after the
+        /// features (`avgpool`), so the classifier's input is fixed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        adaptive_pool: Option<usize>,
+        /// torchvision's VGG classifier: Linear, ReLU, Dropout(p) per dense
+        /// layer (`classifier.0`, `.3`, `.6`); dropout acts in training only.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dropout: Option<f64>,
     },
     /// A residual network with BatchNorm after every convolution
     /// (torchvision's `ResNet` layout and names: `conv1`, `bn1`,
@@ -144,7 +152,27 @@ impl Arch {
             stem_width: 64,
             shortcut: Shortcut::B,
         };
+        // torchvision's VGG configurations A, B and D.
+        let vgg = |cfg: &str, bn: bool| {
+            let conv = cfg
+                .split(',')
+                .map(|c| match c {
+                    "M" => ConvItem::Pool(PoolMarker::M),
+                    n => ConvItem::Conv(n.parse().expect("a channel count")),
+                })
+                .collect();
+            Arch::Cnn { conv, kernel_size: 3, dense: vec![4096, 4096], batch_norm: bn, adaptive_pool: Some(7), dropout: Some(0.5) }
+        };
+        const A: &str = "64,M,128,M,256,256,M,512,512,M,512,512,M";
+        const B: &str = "64,64,M,128,128,M,256,256,M,512,512,M,512,512,M";
+        const D: &str = "64,64,M,128,128,M,256,256,256,M,512,512,512,M,512,512,512,M";
         Some(match name {
+            "vgg11" => vgg(A, false),
+            "vgg11_bn" => vgg(A, true),
+            "vgg13" => vgg(B, false),
+            "vgg13_bn" => vgg(B, true),
+            "vgg16" => vgg(D, false),
+            "vgg16_bn" => vgg(D, true),
             "resnet20" => cifar(3),
             "resnet32" => cifar(5),
             "resnet56" => cifar(9),
@@ -158,6 +186,7 @@ impl Arch {
 
 /// Names [`Arch::preset`] knows.
 pub const RESNET_PRESETS: &[&str] = &["resnet20", "resnet32", "resnet56", "resnet18", "resnet34", "resnet50"];
+pub const VGG_PRESETS: &[&str] = &["vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn"];
 
 /// Output size of a convolution or pool along one dimension.
 pub fn conv_out(size: usize, kernel: usize, stride: usize, padding: usize) -> usize {
@@ -313,6 +342,14 @@ impl ModelSpec {
                 if conv.iter().any(|c| *c == ConvItem::Conv(0)) || dense.contains(&0) {
                     return Err("cnn widths must be positive".into());
                 }
+                if let Arch::Cnn { adaptive_pool, dropout, .. } = &self.arch {
+                    if matches!(adaptive_pool, Some(s) if *s == 0 || *s > 1 << 12) {
+                        return Err("adaptive_pool must be between 1 and 4096".into());
+                    }
+                    if matches!(dropout, Some(p) if !(0.0..1.0).contains(p)) {
+                        return Err("dropout must be in [0, 1)".into());
+                    }
+                }
                 let (mut h, mut w) = (self.input_shape[1], self.input_shape[2]);
                 for item in conv {
                     if let ConvItem::Pool(_) = item {
@@ -410,6 +447,9 @@ impl ModelSpec {
                         }
                     }
                 }
+                if let Arch::Cnn { adaptive_pool: Some(side), .. } = &self.arch {
+                    (h, w) = (*side, *side);
+                }
                 let flat = mul(c, h).and_then(|n| mul(n, w)).ok_or_else(|| too_big("the flattened features"))?;
                 dense(&mut add, flat, widths)?;
             }
@@ -505,7 +545,7 @@ impl ModelSpec {
                 }
                 layers.push(dense(format!("layers.{}", 2 * hidden.len()), classes, prev));
             }
-            Arch::Cnn { conv, kernel_size, dense: widths, batch_norm } => {
+            Arch::Cnn { conv, kernel_size, dense: widths, batch_norm, adaptive_pool, dropout } => {
                 let (mut c, mut h, mut w) = (self.input_shape[0], self.input_shape[1], self.input_shape[2]);
                 let mut idx = 0;
                 let bn = usize::from(*batch_norm);
@@ -538,13 +578,18 @@ impl ModelSpec {
                         }
                     }
                 }
+                if let Some(side) = adaptive_pool {
+                    (h, w) = (*side, *side);
+                }
+                // torchvision's VGG puts a Dropout after each ReLU: 3 modules per layer.
+                let per = if dropout.is_some() { 3 } else { 2 };
                 let mut prev = c * h * w;
                 for (i, &d) in widths.iter().enumerate() {
-                    let layer = dense(format!("classifier.{}", 2 * i), d, prev);
-                    push_tap(&mut layers, &mut taps, layer.clone(), layer.name, format!("classifier.{}", 2 * i + 1), vec![d]);
+                    let layer = dense(format!("classifier.{}", per * i), d, prev);
+                    push_tap(&mut layers, &mut taps, layer.clone(), layer.name, format!("classifier.{}", per * i + 1), vec![d]);
                     prev = d;
                 }
-                layers.push(dense(format!("classifier.{}", 2 * widths.len()), classes, prev));
+                layers.push(dense(format!("classifier.{}", per * widths.len()), classes, prev));
             }
             Arch::Resnet { .. } => {
                 for step in self.resnet_walk() {

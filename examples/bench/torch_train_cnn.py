@@ -108,9 +108,66 @@ def mlp(hidden, input_shape=(784,), num_classes=10, act=nn.ReLU):
     return LintraceMlp(nn.Sequential(*mods)), tuple(input_shape), num_classes
 
 
+class Block(nn.Module):
+    """A basic residual block with torchvision's names; `shortcut` "a" is the
+    CIFAR ResNets' zero-padding shortcut, "b" torchvision's projection."""
+
+    def __init__(self, inp, planes, stride, shortcut):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inp, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.change = stride != 1 or inp != planes
+        self.pad = (planes - inp) // 2
+        self.shortcut = shortcut
+        if self.change and shortcut == "b":
+            self.downsample = nn.Sequential(nn.Conv2d(inp, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if not self.change:
+            sc = x
+        elif self.shortcut == "a":
+            sc = nn.functional.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
+        else:
+            sc = self.downsample(x)
+        return self.relu(out + sc)
+
+
+class ResNet(nn.Module):
+    """lintrace's resnet presets with the small stem (3x3 conv, no max-pool)."""
+
+    def __init__(self, stages, widths, stem_width, shortcut, num_classes=10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, stem_width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem_width)
+        self.relu = nn.ReLU(inplace=True)
+        inp = stem_width
+        for s, (n, planes) in enumerate(zip(stages, widths)):
+            blocks = []
+            for b in range(n):
+                blocks.append(Block(inp, planes, 2 if s > 0 and b == 0 else 1, shortcut))
+                inp = planes
+            setattr(self, f"layer{s + 1}", nn.Sequential(*blocks))
+        self.nstages = len(stages)
+        self.fc = nn.Linear(inp, num_classes)
+
+    def forward(self, x):
+        x = self.relu(self.bn1(self.conv1(x)))
+        for s in range(self.nstages):
+            x = getattr(self, f"layer{s + 1}")(x)
+        return self.fc(x.mean((2, 3)))
+
+
 MODELS = {
     "default-cnn": lambda: cnn([32, 64, "M", 64, "M"], [128]),
     "seed-cnn": lambda: cnn([16, 32, "M", 32, "M"], [64]),
+    # lintrace-bench --model resnet20; --model resnet18 --stem small
+    "resnet20": lambda: (ResNet([3, 3, 3], [16, 32, 64], 16, "a"), (3, 32, 32), 10),
+    "resnet18-small": lambda: (ResNet([2, 2, 2, 2], [64, 128, 256, 512], 64, "b"), (3, 32, 32), 10),
 }
 
 
@@ -127,6 +184,8 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
                     help="bf16 = autocast to bfloat16 (CUDA only)")
+    ap.add_argument("--forward", action="store_true",
+                    help="time forward passes in evaluation mode (no_grad) instead of training steps")
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--momentum", type=float, default=0.9)
     ap.add_argument("--seed", type=int, default=0)
@@ -147,7 +206,8 @@ def main(argv=None):
         torch.backends.cudnn.benchmark = True
 
     model, input_shape, num_classes = MODELS[args.model]()
-    model = model.to(dev).train()
+    model = model.to(dev)
+    model.train(not args.forward)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
     loss_fn = nn.CrossEntropyLoss()
 
@@ -163,6 +223,9 @@ def main(argv=None):
 
     def step(i):
         x, y = xs[i % pool], ys[i % pool]
+        if args.forward:
+            with torch.no_grad(), autocast():
+                return model(x).sum()
         opt.zero_grad(set_to_none=True)
         with autocast():
             loss = loss_fn(model(x), y)
@@ -198,6 +261,7 @@ def main(argv=None):
         "dtype": args.dtype,
         "warmup": args.warmup,
         "final_loss": final_loss,
+        "mode": "forward" if args.forward else "train",
     }
     if args.device == "cuda":
         out["gpu"] = torch.cuda.get_device_name(0)

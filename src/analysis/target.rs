@@ -79,7 +79,9 @@ impl External {
         };
         let mut presets = vec!["mlp", "cnn"];
         presets.extend(crate::spec::RESNET_PRESETS);
-        let known = crate::spec::RESNET_PRESETS.contains(&name) || (presets.contains(&name) && name == self.spec);
+        presets.extend(crate::spec::VGG_PRESETS);
+        let vgg = crate::spec::VGG_PRESETS.contains(&name) && !small;
+        let known = crate::spec::RESNET_PRESETS.contains(&name) || vgg || (presets.contains(&name) && name == self.spec);
         if !known {
             bail!(
                 "--spec {}: neither a spec file, a run folder, nor a preset ({}; torchvision:resnetN, resnetN-small)",

@@ -33,6 +33,16 @@ struct Args {
     /// cpu | cuda | auto: where training and analysis run.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// The model: cnn (lintrace's default CNN) or a ResNet preset
+    /// (resnet20, resnet18, ...).
+    #[arg(long, default_value = "cnn")]
+    model: String,
+    /// ResNet stem: small | imagenet (default: the preset's).
+    #[arg(long)]
+    stem: Option<String>,
+    /// Time training and forward passes only (no analysis).
+    #[arg(long)]
+    no_analysis: bool,
     /// Train with TF32 matrix products on a CUDA GPU (lintrace-train --tf32).
     #[arg(long)]
     tf32: bool,
@@ -70,9 +80,13 @@ fn real_main(args: &Args) -> Result<()> {
     cfg.out = args.out.clone();
     cfg.name = "bench".into();
     cfg.tf32 = args.tf32;
+    cfg.model = args.model.clone();
+    if let Some(stem) = &args.stem {
+        cfg.stem = Some(serde_json::from_value(serde_json::Value::String(stem.clone())).context("--stem: small or imagenet")?);
+    }
     let t = Instant::now();
     let device = lintrace::device::select(&args.device)?;
-    let dir = train::train(&cfg, &TrainOptions { overwrite: true, resume: false, quiet: true, device })?;
+    let dir = train::train(&cfg, &TrainOptions { overwrite: true, resume: false, quiet: true, device: device.clone() })?;
     let total = t.elapsed().as_secs_f64();
     let log = Table::read(&dir.join("train_log.parquet"), "train_log")?;
     let (wi, si) = (log.column_index("wall_seconds").context("wall")?, log.column_index("samples_seen").context("samples")?);
@@ -81,13 +95,18 @@ fn real_main(args: &Args) -> Result<()> {
     let (w1, s1) = at(log.rows.len() - 1);
     println!("device: {}, threads: {}", args.device, rayon::current_num_threads());
     println!(
-        "train: default CNN, batch {}, {} timed steps: {:.1} images/s (whole command incl. data load: {:.1}s)",
+        "train: {}, batch {}, {} timed steps: {:.1} images/s (whole command incl. data load: {:.1}s)",
+        if args.model == "cnn" { "default CNN".to_string() } else { args.model.clone() },
         args.batch_size,
         args.steps,
         (s1 - s0) / (w1 - w0),
         total
     );
 
+    println!("forward: batch {}: {:.1} images/s (evaluation mode, best of 3)", args.batch_size, forward_rate(&dir, args.batch_size, &device)?);
+    if args.no_analysis {
+        return Ok(());
+    }
     let targets = analysis::discover(std::slice::from_ref(&dir), None)?.0;
     let ckpts = targets[0].checkpoints.len();
     let mut opts = AnalyzeOptions { force: true, quiet: true, jobs: 1, device: args.device.clone(), ..AnalyzeOptions::default() };
@@ -116,6 +135,26 @@ fn real_main(args: &Args) -> Result<()> {
         println!("analyze: {} alone: {:.2} s/checkpoint", a.name(), t.elapsed().as_secs_f64() / ckpts as f64);
     }
     Ok(())
+}
+
+/// Forward passes of the run's last checkpoint over random batches, in
+/// images per second.
+fn forward_rate(dir: &std::path::Path, batch: usize, device: &candle_core::Device) -> Result<f64> {
+    let last = std::fs::read_dir(dir.join("checkpoints"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .max()
+        .context("no checkpoint")?;
+    let ck = lintrace::checkpoint::load(&last, None)?;
+    let model = ck.model(device)?;
+    let shape: Vec<usize> = std::iter::once(batch).chain(ck.meta.spec.input_shape.iter().copied()).collect();
+    let x = candle_core::Tensor::randn(0f32, 1.0, shape, device)?;
+    let reps = 3;
+    let t = best_of(reps, || {
+        model.logits(&x)?.sum_all()?.to_scalar::<f32>()?;
+        Ok(())
+    })?;
+    Ok(batch as f64 / t)
 }
 
 /// The process's peak resident set (VmHWM), for the memory column.

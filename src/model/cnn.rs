@@ -9,7 +9,30 @@ use crate::spec::{Activation, Arch, ConvItem, ModelSpec};
 use anyhow::Result;
 use candle_core::Tensor;
 use candle_nn::{BatchNorm, ModuleT};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// PyTorch's `AdaptiveAvgPool2d((side, side))`: output cell i averages
+/// input rows ⌊i·H/side⌋ .. ⌈(i+1)·H/side⌉ (likewise columns). A linear
+/// map, applied as one matrix product [B·C, H·W] × [H·W, side²].
+fn adaptive_avg_pool(x: &Tensor, side: usize) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    let bins = |n: usize, i: usize| (i * n / side, ((i + 1) * n).div_ceil(side));
+    let mut m = vec![0f32; h * w * side * side];
+    for oi in 0..side {
+        let (r0, r1) = bins(h, oi);
+        for oj in 0..side {
+            let (c0, c1) = bins(w, oj);
+            let weight = 1.0 / ((r1 - r0) * (c1 - c0)) as f32;
+            for r in r0..r1 {
+                for col in c0..c1 {
+                    m[(r * w + col) * side * side + oi * side + oj] = weight;
+                }
+            }
+        }
+    }
+    let m = Tensor::from_vec(m, (h * w, side * side), x.device())?.to_dtype(x.dtype())?;
+    Ok(x.reshape((b * c, h * w))?.matmul(&m)?.reshape((b, c, side, side))?)
+}
 
 enum Feature {
     Conv(Conv2d, Option<BatchNorm>, Activation),
@@ -18,6 +41,13 @@ enum Feature {
 
 pub struct Cnn {
     features: Vec<Feature>,
+    /// torchvision VGG's `avgpool`: adaptive average pool to side × side.
+    adaptive_pool: Option<usize>,
+    /// torchvision VGG's classifier dropout (training only).
+    dropout: Option<f64>,
+    /// Seeds this step's dropout masks (set by the trainer each step), so a
+    /// resumed run draws the same masks.
+    dropout_key: AtomicU64,
     classifier: Vec<(Dense, Activation)>,
     head: Dense,
     leaky_slope: f64,
@@ -29,7 +59,7 @@ pub struct Cnn {
 
 impl Cnn {
     pub fn new(spec: &ModelSpec, w: &mut Weights) -> Result<Self> {
-        let Arch::Cnn { conv, .. } = &spec.arch else { unreachable!("Cnn::new on a non-cnn spec") };
+        let Arch::Cnn { conv, adaptive_pool, dropout, .. } = &spec.arch else { unreachable!("Cnn::new on a non-cnn spec") };
         let layers = spec.layers();
         let mut descs = layers.iter();
         let mut norms = spec.batch_norms().into_iter();
@@ -59,6 +89,9 @@ impl Cnn {
         let (head, dense) = rest.split_last().expect("a model has a head");
         Ok(Cnn {
             features,
+            adaptive_pool: *adaptive_pool,
+            dropout: dropout.filter(|&p| p > 0.0),
+            dropout_key: AtomicU64::new(0),
             classifier: dense
                 .iter()
                 .map(|d| Ok((Dense::new(d, w)?, spec.tap_activation(d.tap.expect("dense layers feed taps")))))
@@ -71,6 +104,22 @@ impl Cnn {
 
     pub fn set_training(&self, on: bool) {
         self.training.store(on, Ordering::Relaxed);
+    }
+
+    pub fn set_dropout_key(&self, key: u64) {
+        self.dropout_key.store(key, Ordering::Relaxed);
+    }
+
+    /// Inverted dropout of classifier layer `i`'s activation: a Bernoulli
+    /// mask drawn on the CPU from (key, layer), scaled by 1/(1 − p).
+    fn drop(&self, i: usize, a: Tensor) -> Result<Tensor> {
+        let Some(p) = self.dropout.filter(|_| self.training.load(Ordering::Relaxed)) else { return Ok(a) };
+        use rand::{Rng, SeedableRng};
+        let key = self.dropout_key.load(Ordering::Relaxed);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(key ^ ((i as u64 + 1) << 56));
+        let keep = 1.0 / (1.0 - p);
+        let mask: Vec<f32> = (0..a.elem_count()).map(|_| if rng.gen::<f64>() < p { 0.0 } else { keep as f32 }).collect();
+        Ok((a.clone() * Tensor::from_vec(mask, a.dims(), a.device())?)?)
     }
 
     pub fn forward(&self, start: Start<'_>, taps: &mut Taps) -> Result<Tensor> {
@@ -93,9 +142,13 @@ impl Cnn {
                 Feature::MaxPool => h = h.map(|x| super::pool_cpu::max_pool2d(&x, 2)).transpose()?,
             }
         }
+        if let Some(side) = self.adaptive_pool {
+            h = h.map(|x| adaptive_avg_pool(&x, side)).transpose()?;
+        }
         h = h.map(|x| x.flatten_from(1)).transpose()?;
-        for (dense, act) in &self.classifier {
+        for (i, (dense, act)) in self.classifier.iter().enumerate() {
             h = block(start, tap, h, taps, *act, self.leaky_slope, |x| dense.forward(x))?;
+            h = h.map(|a| self.drop(i, a)).transpose()?;
             tap += 1;
         }
         self.head.forward(current(&h))

@@ -239,6 +239,13 @@ impl Model {
         }
     }
 
+    /// Keys this training step's random choices (dropout masks).
+    pub fn set_dropout_key(&self, key: u64) {
+        if let Model::Cnn(m) = self {
+            m.set_dropout_key(key);
+        }
+    }
+
     pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
         self.forward(x, &mut Taps::off())
     }

@@ -4,7 +4,7 @@
 
 use crate::data::DataConfig;
 use crate::init::InitScheme;
-use crate::spec::{Activation, Arch, ConvItem, ModelSpec, Shortcut, Stem, RESNET_PRESETS, SPEC_VERSION};
+use crate::spec::{Activation, Arch, ConvItem, ModelSpec, Shortcut, Stem, RESNET_PRESETS, SPEC_VERSION, VGG_PRESETS};
 use crate::train::optim::OptimizerKind;
 use crate::train::schedule::Schedule;
 use crate::train::steps::Spacing;
@@ -187,9 +187,18 @@ impl TrainConfig {
         let arch = match self.model.as_str() {
             "mlp" => Arch::Mlp { hidden: vec![self.width; self.depth] },
             "cnn" => {
-                Arch::Cnn { conv: self.conv.clone(), kernel_size: self.kernel_size, dense: self.dense.clone(), batch_norm: self.batch_norm }
+                Arch::Cnn {
+                    conv: self.conv.clone(),
+                    kernel_size: self.kernel_size,
+                    dense: self.dense.clone(),
+                    batch_norm: self.batch_norm,
+                    adaptive_pool: None,
+                    dropout: None,
+                }
             }
             name => match Arch::preset(name) {
+                Some(vgg @ Arch::Cnn { .. }) if !self.batch_norm => vgg,
+                Some(Arch::Cnn { .. }) => bail!("--batch-norm with a VGG preset: use {name}_bn"),
                 Some(Arch::Resnet { block, stages, widths, stem, stem_width, shortcut }) => Arch::Resnet {
                     block,
                     stages,
@@ -198,13 +207,18 @@ impl TrainConfig {
                     stem_width,
                     shortcut: self.shortcut.unwrap_or(shortcut),
                 },
-                _ => bail!("unknown model '{name}' (expected mlp, cnn or one of {})", RESNET_PRESETS.join(", ")),
+                _ => bail!(
+                    "unknown model '{name}' (expected mlp, cnn or one of {}, {})",
+                    RESNET_PRESETS.join(", "),
+                    VGG_PRESETS.join(", ")
+                ),
             },
         };
         if !matches!(arch, Arch::Resnet { .. }) && (self.stem.is_some() || self.shortcut.is_some()) {
             bail!("stem and shortcut apply to ResNets only (model '{}')", self.model);
         }
         if matches!(arch, Arch::Resnet { .. }) && self.batch_norm {
+            // (VGG presets were checked above.)
             bail!("batch_norm is for the plain CNN: a ResNet always has BatchNorm");
         }
         let spec = ModelSpec {

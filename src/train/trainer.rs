@@ -355,6 +355,8 @@ impl<'a> Loop<'a> {
             let idx = &order[pos.cursor..(pos.cursor + cfg.batch_size).min(n)];
             pos.cursor += idx.len();
             let (x, y) = self.batch(idx, &mut aug_rng)?;
+            // Dropout masks from (seed, step): the same after a resume.
+            self.model.set_dropout_key(cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step);
             let logits = self.model.logits(&x)?;
             let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
             // Checked before the update, so that no non-finite value reaches
