@@ -592,29 +592,17 @@ impl ModelSpec {
                 layers.push(dense(format!("classifier.{}", per * widths.len()), classes, prev));
             }
             Arch::Resnet { .. } => {
-                for step in self.resnet_walk() {
+                let (steps, _, out) = self.resnet_layout();
+                for step in steps {
                     match step {
                         ResnetStep::Tap { layer, z_name, module, shape } => push_tap(&mut layers, &mut taps, layer, z_name, module, shape),
                         ResnetStep::Projection(layer) => layers.push(layer),
                     }
                 }
-                let c = *self.resnet_walk_out().first().expect("a shape");
-                layers.push(dense("fc".into(), classes, c));
+                layers.push(dense("fc".into(), classes, out[0]));
             }
         }
         (layers, taps)
-    }
-
-    /// A ResNet's convolutions in forward order (torchvision's order within a
-    /// block: conv1, conv2, [conv3], downsample.0), each feeding a tap except
-    /// projection shortcuts. Does not include `fc`.
-    fn resnet_walk(&self) -> Vec<ResnetStep> {
-        self.resnet_layout().0
-    }
-
-    /// The per-sample shape [c, h, w] after the last block.
-    fn resnet_walk_out(&self) -> Vec<usize> {
-        self.resnet_layout().2
     }
 
     /// The residual blocks, in forward order (empty for other architectures).
@@ -625,6 +613,10 @@ impl ModelSpec {
         }
     }
 
+    /// A ResNet's convolutions in forward order (torchvision's order within a
+    /// block: conv1, conv2, [conv3], downsample.0), each feeding a tap except
+    /// projection shortcuts (`fc` not included); its residual blocks; and the
+    /// per-sample shape [c, h, w] after the last block.
     fn resnet_layout(&self) -> (Vec<ResnetStep>, Vec<ResidualBlockDesc>, Vec<usize>) {
         let Arch::Resnet { block, stages, widths, stem, stem_width, shortcut } = &self.arch else {
             return (Vec::new(), Vec::new(), Vec::new());
