@@ -377,8 +377,12 @@ impl ModelSpec {
                 }
                 // Bounds that keep every shape computation below far from
                 // overflow; the size guard then checks the real sizes.
-                if stages.iter().any(|&n| n > 10_000) || widths.iter().chain([stem_width]).any(|&w| w > 1 << 24) {
-                    return Err("resnet stages (at most 10000 blocks) or widths (at most 2^24) too large".into());
+                let blocks = stages.iter().fold(0usize, |a, &n| a.saturating_add(n));
+                if stages.len() > 64 || blocks > 10_000 || widths.iter().chain([stem_width]).any(|&w| w > 1 << 24) {
+                    return Err(format!(
+                        "resnet too large: {} stages (at most 64), {blocks} blocks (at most 10000), or a width above 2^24",
+                        stages.len()
+                    ));
                 }
                 if *shortcut == Shortcut::A {
                     let mut c = *stem_width;

@@ -126,6 +126,19 @@ fn hostile_specs() {
     spec("width-overflow", mlp("[2]", "[18446744073709551615, 2]"), &["refused before allocating"]);
     let cnn = r#"{"spec_version":1,"kind":"cnn","input_shape":[3,65536,65536],"num_classes":2,"conv":[65536],"kernel_size":3,"dense":[8],"activation":"relu"}"#;
     spec("conv-terabytes", cnn.into(), &["refused before allocating"]);
+    let resnet = |stages: &str, widths: &str, input: &str| {
+        format!(
+            r#"{{"spec_version":1,"kind":"resnet","block":"basic","stages":{stages},"widths":{widths},"stem":"small","stem_width":16,"shortcut":"a","input_shape":{input},"num_classes":2,"activation":"relu"}}"#
+        )
+    };
+    let many = format!("[{}]", vec!["1"; 100_000].join(","));
+    let many_widths = format!("[{}]", vec!["16"; 100_000].join(","));
+    spec("resnet-many-stages", resnet(&many, &many_widths, "[3,32,32]"), &["resnet too large"]);
+    spec("resnet-deep", resnet("[18446744073709551615]", "[16]", "[3,32,32]"), &["resnet too large"]);
+    spec("resnet-wide", resnet("[1]", "[4294967296]", "[3,32,32]"), &["resnet too large"]);
+    spec("resnet-terabytes", resnet("[2]", "[65536]", "[3,65536,65536]"), &["refused before allocating"]);
+    spec("resnet-narrowing-a", resnet("[1,1]", "[16,8]", "[3,32,32]"), &["shortcut a (zero padding) cannot narrow"]);
+    spec("resnet-stage-width-mismatch", resnet("[1,1]", "[16]", "[3,32,32]"), &["one width per stage"]);
     spec("negative", mlp("[-1]", "[8]"), &["malformed model spec"]);
     spec("zero-width", mlp("[2]", "[0]"), &["widths must be positive"]);
     spec("unknown-key", mlp("[2]", "[8]").replace("\"activation\"", "\"actvation\""), &["malformed model spec"]);
