@@ -122,14 +122,7 @@ pub enum Arch {
     /// `layerS.B.convI`/`bnI`, `layerS.B.downsample.0/1`, `fc`). Stage `S`
     /// has `stages[S]` blocks of width `widths[S]`; its first block has
     /// stride 2 except in the first stage. Global average pool, then `fc`.
-    Resnet {
-        block: ResBlock,
-        stages: Vec<usize>,
-        widths: Vec<usize>,
-        stem: Stem,
-        stem_width: usize,
-        shortcut: Shortcut,
-    },
+    Resnet { block: ResBlock, stages: Vec<usize>, widths: Vec<usize>, stem: Stem, stem_width: usize, shortcut: Shortcut },
 }
 
 impl Arch {
@@ -366,11 +359,7 @@ impl ModelSpec {
                     return Err(format!("a resnet needs input_shape [channels, height, width], got {:?}", self.input_shape));
                 }
                 if stages.is_empty() || stages.len() != widths.len() {
-                    return Err(format!(
-                        "a resnet needs one width per stage: {} stages, {} widths",
-                        stages.len(),
-                        widths.len()
-                    ));
+                    return Err(format!("a resnet needs one width per stage: {} stages, {} widths", stages.len(), widths.len()));
                 }
                 if stages.contains(&0) || widths.contains(&0) || *stem_width == 0 {
                     return Err("resnet stages, widths and stem_width must be positive".into());
@@ -515,18 +504,19 @@ impl ModelSpec {
         let mut taps = Vec::new();
         // `z_name`: the module that produces z (METRICS.md: the layer itself,
         // or its BatchNorm); `module`: the activation module's path.
-        let push_tap = |layers: &mut Vec<LayerDesc>, taps: &mut Vec<TapDesc>, layer: LayerDesc, z_name: String, module: String, shape: Vec<usize>| {
-            let index = taps.len();
-            taps.push(TapDesc {
-                index,
-                layer_name: z_name,
-                module_name: module,
-                layer_kind: layer.kind,
-                activation: self.tap_activation(index),
-                shape,
-            });
-            layers.push(LayerDesc { tap: Some(index), ..layer });
-        };
+        let push_tap =
+            |layers: &mut Vec<LayerDesc>, taps: &mut Vec<TapDesc>, layer: LayerDesc, z_name: String, module: String, shape: Vec<usize>| {
+                let index = taps.len();
+                taps.push(TapDesc {
+                    index,
+                    layer_name: z_name,
+                    module_name: module,
+                    layer_kind: layer.kind,
+                    activation: self.tap_activation(index),
+                    shape,
+                });
+                layers.push(LayerDesc { tap: Some(index), ..layer });
+            };
         let dense = |name: String, out: usize, inp: usize| LayerDesc {
             name,
             kind: LayerKind::Dense,
@@ -636,7 +626,8 @@ impl ModelSpec {
             norm: Some(norm),
             in_shape: inp.to_vec(),
         };
-        let out_shape = |out: usize, inp: &[usize], k: usize, s: usize, p: usize| vec![out, conv_out(inp[1], k, s, p), conv_out(inp[2], k, s, p)];
+        let out_shape =
+            |out: usize, inp: &[usize], k: usize, s: usize, p: usize| vec![out, conv_out(inp[1], k, s, p), conv_out(inp[2], k, s, p)];
         let mut steps = Vec::new();
         let mut blocks = Vec::new();
         let n_taps = |steps: &[ResnetStep]| steps.iter().filter(|s| matches!(s, ResnetStep::Tap { .. })).count();
@@ -669,7 +660,12 @@ impl ModelSpec {
                 match block {
                     ResBlock::Basic => {
                         let y = out_shape(planes, &h, 3, stride, 1);
-                        first = tap(&mut steps, conv(format!("{name}.conv1"), planes, &h, 3, stride, 1, format!("{name}.bn1")), relu.clone(), y.clone());
+                        first = tap(
+                            &mut steps,
+                            conv(format!("{name}.conv1"), planes, &h, 3, stride, 1, format!("{name}.bn1")),
+                            relu.clone(),
+                            y.clone(),
+                        );
                         h = y;
                         let y = out_shape(planes, &h, 3, 1, 1);
                         tap(&mut steps, conv(format!("{name}.conv2"), planes, &h, 3, 1, 1, format!("{name}.bn2")), relu.clone(), y.clone());
@@ -677,10 +673,20 @@ impl ModelSpec {
                     }
                     ResBlock::Bottleneck => {
                         let y = out_shape(planes, &h, 1, 1, 0);
-                        first = tap(&mut steps, conv(format!("{name}.conv1"), planes, &h, 1, 1, 0, format!("{name}.bn1")), relu.clone(), y.clone());
+                        first = tap(
+                            &mut steps,
+                            conv(format!("{name}.conv1"), planes, &h, 1, 1, 0, format!("{name}.bn1")),
+                            relu.clone(),
+                            y.clone(),
+                        );
                         h = y;
                         let y = out_shape(planes, &h, 3, stride, 1);
-                        tap(&mut steps, conv(format!("{name}.conv2"), planes, &h, 3, stride, 1, format!("{name}.bn2")), relu.clone(), y.clone());
+                        tap(
+                            &mut steps,
+                            conv(format!("{name}.conv2"), planes, &h, 3, stride, 1, format!("{name}.bn2")),
+                            relu.clone(),
+                            y.clone(),
+                        );
                         h = y;
                         let y = out_shape(out_c, &h, 1, 1, 0);
                         tap(&mut steps, conv(format!("{name}.conv3"), out_c, &h, 1, 1, 0, format!("{name}.bn3")), relu.clone(), y.clone());

@@ -167,7 +167,10 @@ fn a_new_final_checkpoint_recomputes_only_cka_to_final() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("analysed 11 checkpoints"), "{stdout}");
     let others = analyzers::registry::names().len() - 1;
-    assert!(stdout.contains(&format!("({} analyzer results already present)", 10 * others)), "10 old checkpoints × {others} analyzers other than cka_time: {stdout}");
+    assert!(
+        stdout.contains(&format!("({} analyzer results already present)", 10 * others)),
+        "10 old checkpoints × {others} analyzers other than cka_time: {stdout}"
+    );
     let after = Table::read(&run.join("analysis/layer_metrics.parquet"), "layer_metrics").unwrap();
     assert!(refs(&after).iter().all(|&s| s == 20));
     let (si, ai) = (after.column_index("step").unwrap(), after.column_index("analyzer").unwrap());

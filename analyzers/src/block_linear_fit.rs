@@ -123,7 +123,14 @@ fn positions_for(g: usize, m: usize, total: usize) -> Vec<usize> {
 /// patches (channel, kernel row, kernel column order, zero padding) at the
 /// chosen output positions, gathered from the padded input in one
 /// `index_select`; Y is the output channels at those positions.
-fn design(block: &BlockGeometry, units: usize, input: &Tensor, out: &Tensor, first: usize, positions: usize) -> candle_core::Result<(Tensor, Tensor)> {
+fn design(
+    block: &BlockGeometry,
+    units: usize,
+    input: &Tensor,
+    out: &Tensor,
+    first: usize,
+    positions: usize,
+) -> candle_core::Result<(Tensor, Tensor)> {
     let b = input.dim(0)?;
     match *block {
         BlockGeometry::Dense { features } => {
@@ -162,7 +169,14 @@ fn design(block: &BlockGeometry, units: usize, input: &Tensor, out: &Tensor, fir
 }
 
 impl Fit {
-    pub(crate) fn observe(&mut self, block: &BlockGeometry, units: usize, input: &Tensor, out: &Tensor, first: usize) -> candle_core::Result<()> {
+    pub(crate) fn observe(
+        &mut self,
+        block: &BlockGeometry,
+        units: usize,
+        input: &Tensor,
+        out: &Tensor,
+        first: usize,
+    ) -> candle_core::Result<()> {
         if self.exact {
             return Ok(());
         }

@@ -104,7 +104,8 @@ impl Accumulator for ResidualAcc {
                 }
                 continue;
             }
-            let rss = ridge_rss(&g, &c, tss).map_err(|e| AnalyzerError::Shape { analyzer: NAME, message: format!("block {}: {e}", b.name) })?;
+            let rss =
+                ridge_rss(&g, &c, tss).map_err(|e| AnalyzerError::Shape { analyzer: NAME, message: format!("block {}: {e}", b.name) })?;
             out.push(row("nonlinearity", Some(rss / tss)));
             out.push(row("linearity_score", Some(1.0 - rss / tss)));
             let residual = if b.identity_shortcut { residual_score(&b.block, &g, &c, tss, rss) } else { None };

@@ -103,7 +103,11 @@ fn real_main(args: &Args) -> Result<()> {
         total
     );
 
-    println!("forward: batch {}: {:.1} images/s (evaluation mode, best of 3)", args.batch_size, forward_rate(&dir, args.batch_size, &device)?);
+    println!(
+        "forward: batch {}: {:.1} images/s (evaluation mode, best of 3)",
+        args.batch_size,
+        forward_rate(&dir, args.batch_size, &device)?
+    );
     if args.no_analysis {
         return Ok(());
     }

@@ -288,10 +288,16 @@ fn resolve(a: &Args) -> Result<TrainConfig> {
     set!(kernel_size = a.kernel_size);
     set!(batch_norm = a.batch_norm.then_some(true));
     if let Some(s) = &a.stem {
-        c.stem = Some(serde_json::from_value(serde_json::Value::String(s.clone())).map_err(|_| anyhow::anyhow!("--stem: '{s}' is neither small nor imagenet"))?);
+        c.stem = Some(
+            serde_json::from_value(serde_json::Value::String(s.clone()))
+                .map_err(|_| anyhow::anyhow!("--stem: '{s}' is neither small nor imagenet"))?,
+        );
     }
     if let Some(s) = &a.shortcut {
-        c.shortcut = Some(serde_json::from_value(serde_json::Value::String(s.to_lowercase())).map_err(|_| anyhow::anyhow!("--shortcut: '{s}' is neither a nor b"))?);
+        c.shortcut = Some(
+            serde_json::from_value(serde_json::Value::String(s.to_lowercase()))
+                .map_err(|_| anyhow::anyhow!("--shortcut: '{s}' is neither a nor b"))?,
+        );
     }
     if let Some(s) = &a.linear_taps {
         c.linear_taps = list("linear-taps", s)?;

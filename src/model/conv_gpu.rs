@@ -165,10 +165,7 @@ fn grad_weight_gemm(x: &Tensor, dy: &Tensor, w_dims: (usize, usize, usize, usize
         }
     }
     // [B, C, kh·kw, Ho, Wo] -> [B, Ho, Wo, C, kh·kw] -> [B·Ho·Wo, C·kh·kw]
-    let cols = Tensor::stack(&slices, 2)?
-        .permute((0, 3, 4, 1, 2))?
-        .contiguous()?
-        .reshape((b * ho * wo, c * kh * kw))?;
+    let cols = Tensor::stack(&slices, 2)?.permute((0, 3, 4, 1, 2))?.contiguous()?.reshape((b * ho * wo, c * kh * kw))?;
     let g = dy.transpose(0, 1)?.contiguous()?.reshape((o, b * ho * wo))?;
     g.matmul(&cols)?.reshape((o, c, kh, kw))
 }

@@ -57,7 +57,10 @@ enum ShortcutPath {
     /// Option A: keep every `stride`-th row and column, pad channels with
     /// zeros to `out_channels`, half before and half after (as the common
     /// PyTorch CIFAR ResNet, `F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, p, p))`).
-    Pad { stride: usize, out_channels: usize },
+    Pad {
+        stride: usize,
+        out_channels: usize,
+    },
     Projection(ConvBn),
 }
 

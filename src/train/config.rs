@@ -186,16 +186,14 @@ impl TrainConfig {
     pub fn model_spec(&self, input_shape: &[usize], num_classes: usize) -> Result<ModelSpec> {
         let arch = match self.model.as_str() {
             "mlp" => Arch::Mlp { hidden: vec![self.width; self.depth] },
-            "cnn" => {
-                Arch::Cnn {
-                    conv: self.conv.clone(),
-                    kernel_size: self.kernel_size,
-                    dense: self.dense.clone(),
-                    batch_norm: self.batch_norm,
-                    adaptive_pool: None,
-                    dropout: None,
-                }
-            }
+            "cnn" => Arch::Cnn {
+                conv: self.conv.clone(),
+                kernel_size: self.kernel_size,
+                dense: self.dense.clone(),
+                batch_norm: self.batch_norm,
+                adaptive_pool: None,
+                dropout: None,
+            },
             name => match Arch::preset(name) {
                 Some(vgg @ Arch::Cnn { .. }) if !self.batch_norm => vgg,
                 Some(Arch::Cnn { .. }) => bail!("--batch-norm with a VGG preset: use {name}_bn"),
@@ -207,11 +205,9 @@ impl TrainConfig {
                     stem_width,
                     shortcut: self.shortcut.unwrap_or(shortcut),
                 },
-                _ => bail!(
-                    "unknown model '{name}' (expected mlp, cnn or one of {}, {})",
-                    RESNET_PRESETS.join(", "),
-                    VGG_PRESETS.join(", ")
-                ),
+                _ => {
+                    bail!("unknown model '{name}' (expected mlp, cnn or one of {}, {})", RESNET_PRESETS.join(", "), VGG_PRESETS.join(", "))
+                }
             },
         };
         if !matches!(arch, Arch::Resnet { .. }) && (self.stem.is_some() || self.shortcut.is_some()) {
