@@ -16,13 +16,6 @@ fn spec() -> ModelSpec {
     ModelSpec::from_json(&std::fs::read_to_string(fixture("vgg/spec.json")).unwrap()).unwrap()
 }
 
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
-    let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
-    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
-
 fn model() -> lintrace::model::Model {
     let meta = CheckpointMeta { spec: spec(), run_id: "vgg".into(), step: 0, epoch: 0.0, samples_seen: 0 };
     checkpoint::load_foreign(&fixture("vgg/initial.safetensors"), Some(&meta), &[]).unwrap().model(&Device::Cpu).unwrap()

@@ -93,3 +93,46 @@ pub fn rows_of(t: &lintrace::tables::Table, analyzers: &[&str]) -> usize {
     let ai = t.column_index("analyzer").expect("analyzer column");
     t.rows.iter().filter(|r| r[ai].as_str().is_some_and(|a| analyzers.contains(&a))).count()
 }
+
+/// Largest absolute difference of two tensors of the same shape.
+pub fn max_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    let a: Vec<f32> = a.flatten_all().unwrap().to_dtype(candle_core::DType::F32).unwrap().to_vec1().unwrap();
+    let b: Vec<f32> = b.flatten_all().unwrap().to_dtype(candle_core::DType::F32).unwrap().to_vec1().unwrap();
+    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// One plain SGD step (learning rate `lr`) on the mean cross-entropy of
+/// (`x`, `y`) in training mode, from `initial` (a state dict holding every
+/// tensor of `spec`), as the PyTorch fixtures take it: the train-mode
+/// logits, and every tensor after the step (BatchNorm's running statistics
+/// as the forward pass updated them). Every trainable tensor must get a
+/// gradient.
+pub fn one_sgd_step(
+    spec: &lintrace::spec::ModelSpec,
+    initial: &std::collections::HashMap<String, candle_core::Tensor>,
+    x: &candle_core::Tensor,
+    y: &candle_core::Tensor,
+    lr: f64,
+) -> (candle_core::Tensor, std::collections::BTreeMap<String, candle_core::Tensor>) {
+    use candle_core::Var;
+    let mut vars = std::collections::BTreeMap::new();
+    let mut tensors = std::collections::BTreeMap::new();
+    for (name, _) in spec.tensor_shapes() {
+        let v = Var::from_tensor(&initial[&name]).unwrap();
+        tensors.insert(name.clone(), v.as_tensor().clone());
+        vars.insert(name, v);
+    }
+    let model = lintrace::model::Model::new(spec, lintrace::model::Weights::new(tensors)).unwrap();
+    model.set_training(true);
+    let logits = model.logits(x).unwrap();
+    let y = y.to_dtype(candle_core::DType::U32).unwrap();
+    let grads = candle_nn::loss::cross_entropy(&logits, &y).unwrap().backward().unwrap();
+    for (name, v) in &vars {
+        match grads.get(v.as_tensor()) {
+            Some(grad) => v.set(&(v.as_tensor() - (grad * lr).unwrap()).unwrap()).unwrap(),
+            None => assert!(lintrace::spec::is_buffer(name), "{name} got no gradient"),
+        }
+    }
+    (logits, vars.into_iter().map(|(k, v)| (k, v.as_tensor().clone())).collect())
+}
