@@ -4,7 +4,7 @@
 //! PyTorch: `features = nn.Sequential(Conv2d, Act, MaxPool2d, …)`,
 //! `classifier = nn.Sequential(Linear, Act, …, Linear)`.
 
-use super::{block, current, Conv2d, Dense, Start, Taps, Weights};
+use super::{batch_norm, block, current, Conv2d, Dense, Start, Taps, Weights};
 use crate::spec::{Activation, Arch, ConvItem, ModelSpec};
 use anyhow::Result;
 use candle_core::Tensor;
@@ -62,24 +62,13 @@ impl Cnn {
         let Arch::Cnn { conv, adaptive_pool, dropout, .. } = &spec.arch else { unreachable!("Cnn::new on a non-cnn spec") };
         let layers = spec.layers();
         let mut descs = layers.iter();
-        let mut norms = spec.batch_norms().into_iter();
         let mut features = Vec::new();
         for item in conv {
             features.push(match item {
                 ConvItem::Conv(_) => {
                     let d = descs.next().expect("one layer per conv entry");
                     let conv = Conv2d::new(d, w)?;
-                    // The trainer's variables go in as they are (a Var's
-                    // tensor stays that Var inside candle's BatchNorm), so the
-                    // running statistics it updates are the ones checkpointed.
-                    let bn = match norms.next().filter(|(bn, _)| bn.starts_with("features.")) {
-                        Some((bn, c)) => {
-                            let mut t = |x: &str| w.take(&format!("{bn}.{x}"), &[c]);
-                            let (weight, bias, mean, var) = (t("weight")?, t("bias")?, t("running_mean")?, t("running_var")?);
-                            Some(BatchNorm::new(c, mean, var, weight, bias, 1e-5)?)
-                        }
-                        None => None,
-                    };
+                    let bn = d.norm.as_deref().map(|bn| batch_norm(w, bn, d.weight_shape[0])).transpose()?;
                     Feature::Conv(conv, bn, spec.tap_activation(d.tap.expect("convs feed taps")))
                 }
                 ConvItem::Pool(_) => Feature::MaxPool,

@@ -4,6 +4,7 @@ use super::Weights;
 use crate::spec::{Activation, LayerDesc};
 use anyhow::Result;
 use candle_core::Tensor;
+use candle_nn::BatchNorm;
 
 /// y = x Wᵀ + b, with W [out, in] as in `torch.nn.Linear`.
 pub struct Dense {
@@ -43,6 +44,16 @@ impl Conv2d {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(super::conv_cpu::conv2d_bias(x, &self.weight, &self.bias, self.padding, 1)?)
     }
+}
+
+/// The BatchNorm `name` over `channels`, from its four tensors (PyTorch's
+/// eps 1e-5). The trainer's variables go in as they are (a Var's tensor
+/// stays that Var inside candle's BatchNorm), so the running statistics it
+/// updates in training are the ones checkpointed.
+pub fn batch_norm(w: &mut Weights, name: &str, channels: usize) -> Result<BatchNorm> {
+    let mut t = |x: &str| w.take(&format!("{name}.{x}"), &[channels]);
+    let (weight, bias, mean, var) = (t("weight")?, t("bias")?, t("running_mean")?, t("running_var")?);
+    Ok(BatchNorm::new(channels, mean, var, weight, bias, 1e-5)?)
 }
 
 /// σ(z) for one tap. GELU is the exact (erf) form, as `torch.nn.GELU()`.

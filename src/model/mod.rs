@@ -12,7 +12,7 @@ pub mod pool_cpu;
 mod resnet;
 
 pub use cnn::Cnn;
-pub use layers::{activate, Conv2d, Dense};
+pub use layers::{activate, batch_norm, Conv2d, Dense};
 pub use mlp::Mlp;
 pub use resnet::Resnet;
 

@@ -14,7 +14,7 @@
 //! A pass resumed inside a block needs the block's input for the shortcut:
 //! taps record it ([`super::TapValues::skip`]) and [`Start::Tap`] carries it.
 
-use super::{current, Dense, Start, Taps, Weights};
+use super::{batch_norm, current, Dense, Start, Taps, Weights};
 use crate::spec::{Activation, Arch, LayerDesc, ModelSpec, Shortcut, Stem};
 use anyhow::{Context, Result};
 use candle_core::Tensor;
@@ -31,19 +31,9 @@ struct ConvBn {
 
 impl ConvBn {
     fn new(desc: &LayerDesc, w: &mut Weights) -> Result<Self> {
-        let c = desc.weight_shape[0];
         let bn = desc.norm.as_deref().context("a resnet convolution has a BatchNorm")?;
-        let mut t = |x: &str| w.take(&format!("{bn}.{x}"), &[c]);
-        let (weight, bias, mean, var) = (t("weight")?, t("bias")?, t("running_mean")?, t("running_var")?);
-        Ok(ConvBn {
-            weight: w.take(&format!("{}.weight", desc.name), &desc.weight_shape)?,
-            stride: desc.stride,
-            padding: desc.padding,
-            // The trainer's variables go in as they are (a Var's tensor stays
-            // that Var inside candle's BatchNorm), so the running statistics
-            // it updates are the ones checkpointed.
-            bn: BatchNorm::new(c, mean, var, weight, bias, 1e-5)?,
-        })
+        let bn = batch_norm(w, bn, desc.weight_shape[0])?;
+        Ok(ConvBn { weight: w.take(&format!("{}.weight", desc.name), &desc.weight_shape)?, stride: desc.stride, padding: desc.padding, bn })
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
