@@ -181,6 +181,21 @@ impl Arch {
 pub const RESNET_PRESETS: &[&str] = &["resnet20", "resnet32", "resnet56", "resnet18", "resnet34", "resnet50"];
 pub const VGG_PRESETS: &[&str] = &["vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn"];
 
+/// A convolutional map from per-sample input [c, h, w] to output [c', h', w'].
+fn conv_geometry(input: &[usize], output: &[usize], kernel: usize, stride: usize, padding: usize) -> analyzers::BlockGeometry {
+    analyzers::BlockGeometry::Conv {
+        in_channels: input[0],
+        height: input[1],
+        width: input[2],
+        kernel,
+        stride,
+        padding,
+        out_channels: output[0],
+        out_height: output[1],
+        out_width: output[2],
+    }
+}
+
 /// Output size of a convolution or pool along one dimension.
 pub fn conv_out(size: usize, kernel: usize, stride: usize, padding: usize) -> usize {
     (size + 2 * padding).saturating_sub(kernel) / stride + 1
@@ -766,17 +781,7 @@ impl ModelSpec {
                 .map(|(t, l)| {
                     let input = &l.in_shape;
                     let block = match t.layer_kind {
-                        LayerKind::Conv2d => analyzers::BlockGeometry::Conv {
-                            in_channels: input[0],
-                            height: input[1],
-                            width: input[2],
-                            kernel: l.weight_shape[2],
-                            stride: l.stride,
-                            padding: l.padding,
-                            out_channels: t.shape[0],
-                            out_height: t.shape[1],
-                            out_width: t.shape[2],
-                        },
+                        LayerKind::Conv2d => conv_geometry(input, &t.shape, l.weight_shape[2], l.stride, l.padding),
                         _ => analyzers::BlockGeometry::Dense { features: input[0] },
                     };
                     analyzers::TapInfo {
@@ -795,17 +800,7 @@ impl ModelSpec {
                 .map(|b| {
                     let k = b.receptive_field;
                     analyzers::ResidualBlockInfo {
-                        block: analyzers::BlockGeometry::Conv {
-                            in_channels: b.in_shape[0],
-                            height: b.in_shape[1],
-                            width: b.in_shape[2],
-                            kernel: k,
-                            stride: b.stride,
-                            padding: k / 2,
-                            out_channels: b.out_shape[0],
-                            out_height: b.out_shape[1],
-                            out_width: b.out_shape[2],
-                        },
+                        block: conv_geometry(&b.in_shape, &b.out_shape, k, b.stride, k / 2),
                         name: b.name,
                         first_tap: b.first_tap,
                         last_tap: b.last_tap,
