@@ -2,7 +2,9 @@
 //!
 //! The data path is one-way: `data` → `train` (writes `checkpoint`s, the
 //! `probe` and the run manifest) → `analysis` (reloads checkpoints, runs the
-//! `analyzers` crate's metrics) → `tables` (tidy Parquet).
+//! `analyzers` crate's metrics) → `tables` (tidy Parquet). Queries, figures
+//! and the report over those tables are the `lintrace-query` crate
+//! (src/query), which the training and analysis binaries do not build.
 
 pub mod analysis;
 pub mod atomic;
@@ -14,10 +16,7 @@ pub mod init;
 pub mod interop;
 pub mod lock;
 pub mod model;
-pub mod plot;
 pub mod probe;
-pub mod query;
-pub mod report;
 pub mod run;
 pub mod spec;
 pub mod surrogate;
@@ -26,3 +25,6 @@ pub mod tables;
 pub mod train;
 
 pub use analyzers;
+
+/// lintrace's version, as every checkpoint and table row records it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

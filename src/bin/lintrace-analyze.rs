@@ -11,12 +11,10 @@ use std::path::PathBuf;
 #[command(
     name = "lintrace-analyze",
     version,
-    about = "Compute per-layer nonlinearity metrics for every checkpoint of one or more runs; query, plot and report them",
-    args_conflicts_with_subcommands = true
+    about = "Compute per-layer nonlinearity metrics for every checkpoint of one or more runs",
+    after_help = "lintrace-analyze query|plot|report ARGS… runs lintrace-query (SQL over the tables, figures, the HTML report; see lintrace-query --help)."
 )]
 struct Args {
-    #[command(subcommand)]
-    command: Option<Cmd>,
     /// Run folders, sweep folders, runs roots, or (with --spec/--probe)
     /// folders of checkpoints.
     paths: Vec<PathBuf>,
@@ -87,153 +85,45 @@ struct Args {
     quiet: bool,
 }
 
-#[derive(clap::Subcommand, Debug)]
-enum Cmd {
-    /// Run polars SQL over the tables of a sweep, runs root or run
-    /// (checkpoints, layer_metrics, model_metrics, runs, train_log).
-    Query {
-        dir: PathBuf,
-        sql: String,
-        /// Write the result to a .csv or .parquet file instead of printing it.
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Query tables computed on different probe batches together.
-        #[arg(long)]
-        allow_mixed_probes: bool,
-    },
-    /// Draw a figure to OUT.png and OUT.svg.
-    Plot {
-        #[command(subcommand)]
-        figure: Figure,
-    },
-    /// Write a self-contained HTML report (figures and tables) for a folder.
-    Report {
-        dir: PathBuf,
-        /// Default: DIR/report.html
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Show tables computed on different probe batches together.
-        #[arg(long)]
-        allow_mixed_probes: bool,
-    },
-}
-
-/// What every figure takes: the folder, the metric and where to write.
-#[derive(clap::Args, Debug)]
-struct FigureArgs {
-    /// A sweep folder, runs root or run folder.
-    dir: PathBuf,
-    #[arg(long)]
-    metric: String,
-    /// Needed when several analyzers write the metric.
-    #[arg(long)]
-    analyzer: Option<String>,
-    /// Output path without extension (OUT.png and OUT.svg are written).
-    #[arg(long)]
-    out: PathBuf,
-    /// Draw tables computed on different probe batches together.
-    #[arg(long)]
-    allow_mixed_probes: bool,
-}
-
-#[derive(clap::Subcommand, Debug)]
-enum Figure {
-    /// Depth × log-step heatmap of a layer metric for one run.
-    Heatmap {
-        #[command(flatten)]
-        args: FigureArgs,
-        /// The run (when DIR holds several).
-        #[arg(long)]
-        run: Option<String>,
-    },
-    /// A grid of heatmaps: one panel per run, or per value of a config key.
-    Facet {
-        #[command(flatten)]
-        args: FigureArgs,
-        /// Config key to facet by (e.g. lr); runs sharing a value are averaged.
-        #[arg(long)]
-        by: Option<String>,
-    },
-    /// A model metric over log steps: one line per run or per value of a config key.
-    Lines {
-        #[command(flatten)]
-        args: FigureArgs,
-        /// Only rows against this surrogate (default: a line per surrogate).
-        #[arg(long)]
-        surrogate: Option<String>,
-        /// Config key to group runs by (e.g. lr); runs sharing a value are averaged.
-        #[arg(long)]
-        by: Option<String>,
-    },
-}
-
-fn command_main(cmd: &Cmd) -> Result<i32> {
-    use lintrace::plot::{self, data::Tables, figures};
-    match cmd {
-        Cmd::Query { dir, sql, out, allow_mixed_probes } => {
-            let mut df = lintrace::query::run(dir, sql, *allow_mixed_probes)?;
-            match out {
-                Some(path) => {
-                    lintrace::query::write(&mut df, path)?;
-                    println!("wrote {} rows to {}", df.height(), path.display());
-                }
-                None => {
-                    // Show whole results unless the user set polars' own limits.
-                    for (k, v) in [("POLARS_FMT_MAX_ROWS", "50"), ("POLARS_FMT_MAX_COLS", "30"), ("POLARS_FMT_STR_LEN", "60")] {
-                        if std::env::var_os(k).is_none() {
-                            std::env::set_var(k, v);
-                        }
-                    }
-                    println!("{df}");
-                }
-            }
-        }
-        Cmd::Plot { figure } => {
-            let (png, svg) = match figure {
-                Figure::Heatmap { args: a, run } => plot::save(
-                    &figures::heatmap(&Tables::load(&a.dir, a.allow_mixed_probes)?, run.as_deref(), &a.metric, a.analyzer.as_deref())?,
-                    &a.out,
-                )?,
-                Figure::Facet { args: a, by } => plot::save(
-                    &figures::facet(&Tables::load(&a.dir, a.allow_mixed_probes)?, &a.metric, a.analyzer.as_deref(), by.as_deref())?,
-                    &a.out,
-                )?,
-                Figure::Lines { args: a, surrogate, by } => plot::save(
-                    &figures::lines(
-                        &Tables::load(&a.dir, a.allow_mixed_probes)?,
-                        &a.metric,
-                        a.analyzer.as_deref(),
-                        surrogate.as_deref(),
-                        by.as_deref(),
-                    )?,
-                    &a.out,
-                )?,
-            };
-            println!("wrote {} and {}", png.display(), svg.display());
-        }
-        Cmd::Report { dir, out, allow_mixed_probes } => {
-            let out = out.clone().unwrap_or_else(|| dir.join("report.html"));
-            let n = lintrace::report::write(dir, &out, *allow_mixed_probes)?;
-            println!("wrote {} ({n} figures)", out.display());
-        }
-    }
-    Ok(0)
-}
-
 fn main() {
     // CPU passes allocate and free activation-sized buffers at every layer:
     // keep freed memory for reuse instead of unmapping it (see the function).
     lintrace::model::conv_cpu::tune_malloc_for_training();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(cmd) = argv.get(1).and_then(|a| a.to_str()).filter(|a| QUERY_COMMANDS.contains(a)) {
+        std::process::exit(forward_to_query(cmd, &argv[1..]));
+    }
     let args = Args::parse();
-    let result = match &args.command {
-        Some(cmd) => command_main(cmd),
-        None => real_main(&args),
-    };
-    match result {
+    match real_main(&args) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::exit(2);
+        }
+    }
+}
+
+/// Subcommands that belong to `lintrace-query`.
+const QUERY_COMMANDS: [&str; 3] = ["query", "plot", "report"];
+
+/// Runs `lintrace-query ARGS…` (next to this binary, else on PATH) and
+/// returns its exit code; says in one line how to build it when it is not
+/// there.
+fn forward_to_query(cmd: &str, args: &[std::ffi::OsString]) -> i32 {
+    let beside =
+        std::env::current_exe().ok().and_then(|exe| Some(exe.parent()?.join(format!("lintrace-query{}", std::env::consts::EXE_SUFFIX))));
+    let program = beside.filter(|p| p.is_file()).map(std::ffi::OsString::from).unwrap_or_else(|| "lintrace-query".into());
+    match std::process::Command::new(&program).args(args).status() {
+        Ok(status) => status.code().unwrap_or(2),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!(
+                "error: `lintrace-analyze {cmd}` runs lintrace-query, which is not built here: build it with `cargo build --release -p lintrace-query` (or run `cargo run --release -p lintrace-query -- {cmd} …`)"
+            );
+            2
+        }
+        Err(e) => {
+            eprintln!("error: could not run {}: {e}", std::path::Path::new(&program).display());
+            2
         }
     }
 }

@@ -4,9 +4,9 @@
 
 use crate::plot::data::Tables;
 use crate::plot::{self, figures};
-use crate::sweep::Sweep;
-use crate::tables::Value;
 use anyhow::{Context, Result};
+use lintrace::sweep::Sweep;
+use lintrace::tables::Value;
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -135,8 +135,8 @@ svg {{ max-width: 100%; height: auto; }}
         t = esc(&title),
         n = runs.len(),
         dir = esc(&root.display().to_string()),
-        v = env!("CARGO_PKG_VERSION"),
+        v = lintrace::VERSION,
     );
-    crate::atomic::write_atomic(out, html.as_bytes())?;
+    lintrace::atomic::write_atomic(out, html.as_bytes())?;
     Ok(figures_written)
 }

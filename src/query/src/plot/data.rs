@@ -2,8 +2,8 @@
 //! root or run folder (the same files `query` registers).
 
 use crate::query::find_tables;
-use crate::tables::Table;
 use anyhow::{bail, Result};
+use lintrace::tables::Table;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 

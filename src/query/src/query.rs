@@ -5,8 +5,8 @@
 //! columns); `runs` is the sweep's own `runs.parquet` when there is one, so
 //! pending runs are in it too.
 
-use crate::run;
 use anyhow::{bail, Context, Result};
+use lintrace::run;
 use polars::prelude::*;
 use polars::sql::SQLContext;
 // Eager Parquet/CSV I/O from polars-io: polars' own `parquet` feature routes
@@ -146,5 +146,5 @@ pub fn write(df: &mut DataFrame, path: &Path) -> Result<()> {
         }
         _ => bail!("{}: --out must end in .csv or .parquet", path.display()),
     }
-    crate::atomic::write_atomic(path, &buf)
+    lintrace::atomic::write_atomic(path, &buf)
 }

@@ -2,12 +2,26 @@
 //! fixtures/tables/grid (written by fixtures/make_tables.sh): files exist,
 //! have the expected dimensions, and their plotting areas are not blank.
 
-mod common;
-
-use common::*;
-use lintrace::plot::data::Tables;
-use lintrace::plot::{self, figures, Figure};
+use lintrace_query::plot::data::Tables;
+use lintrace_query::plot::{self, figures, Figure};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+// This file is a test of the lintrace-query crate (src/query/Cargo.toml),
+// so it has its own paths rather than tests/common's.
+fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures").join(rel)
+}
+
+fn query_bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_lintrace-query"))
+}
+
+fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("binary runs");
+    assert!(out.status.success(), "command failed: {cmd:?}\nstderr: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
 
 fn grid_dir() -> PathBuf {
     fixture("tables/grid")
@@ -130,7 +144,7 @@ fn plot_and_report_commands_write_their_files() {
     let tmp = tempfile::tempdir().unwrap();
     let stem = tmp.path().join("h");
     run_ok(
-        analyze_bin()
+        query_bin()
             .args(["plot", "heatmap"])
             .arg(grid_dir())
             .args(["--metric", "frac_active", "--run", "grid__lr-0.05__seed-1", "--out"])
@@ -138,7 +152,7 @@ fn plot_and_report_commands_write_their_files() {
     );
     assert!(stem.with_extension("png").is_file() && stem.with_extension("svg").is_file());
     let html = tmp.path().join("report.html");
-    let o = run_ok(analyze_bin().arg("report").arg(grid_dir()).arg("--out").arg(&html));
+    let o = run_ok(query_bin().arg("report").arg(grid_dir()).arg("--out").arg(&html));
     assert!(String::from_utf8_lossy(&o.stdout).contains("figures"));
     let text = std::fs::read_to_string(&html).unwrap();
     assert!(text.starts_with("<!DOCTYPE html>"));
