@@ -2,7 +2,7 @@
 //! ChaCha stream in the spec's tensor order, so a (spec, scheme, seed)
 //! triple always gives the same step-0 checkpoint, on any device.
 
-use crate::spec::ModelSpec;
+use crate::spec::{ExtraInit, ModelSpec};
 use anyhow::{bail, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -20,6 +20,11 @@ pub enum InitScheme {
     Xavier,
     /// Saxe et al.: a random orthogonal `out × fan_in` matrix, zero bias.
     Orthogonal,
+    /// GPT-2 (as nanoGPT's `_init_weights`): weights and embeddings
+    /// N(0, 0.02²), zero bias, and the projections back into a
+    /// transformer's residual stream (`attn.c_proj`/`attn.proj`,
+    /// `mlp.c_proj`/`mlp.fc2`) N(0, (0.02/√(2·blocks))²).
+    Gpt2,
 }
 
 impl InitScheme {
@@ -27,7 +32,7 @@ impl InitScheme {
         match serde_json::from_value(serde_json::Value::String(s.replace('_', "-"))) {
             Ok(v) => Ok(v),
             Err(_) => {
-                bail!("unknown init '{s}' (expected pytorch, kaiming-normal, xavier or orthogonal)")
+                bail!("unknown init '{s}' (expected pytorch, kaiming-normal, xavier, orthogonal or gpt2)")
             }
         }
     }
@@ -57,6 +62,11 @@ pub fn init_params(spec: &ModelSpec, scheme: InitScheme, scale: f64, seed: u64) 
             }
             InitScheme::Xavier => (uniform(&mut rng, (6.0 / (fan_in + fan_out)).sqrt(), numel), vec![0.0; rows]),
             InitScheme::Orthogonal => (orthogonal(&mut rng, rows, layer.fan_in()), vec![0.0; rows]),
+            InitScheme::Gpt2 => {
+                let residual = [".attn.c_proj", ".mlp.c_proj", ".attn.proj", ".mlp.fc2"].iter().any(|s| layer.name.ends_with(s));
+                let std = if residual { 0.02 / (2.0 * spec.num_taps().max(1) as f64).sqrt() } else { 0.02 };
+                (normal(&mut rng, std, numel), vec![0.0; rows])
+            }
         };
         out.push((format!("{}.weight", layer.name), layer.weight_shape.clone(), weight.iter().map(|v| (v * scale) as f32).collect()));
         if layer.bias {
@@ -70,7 +80,23 @@ pub fn init_params(spec: &ModelSpec, scheme: InitScheme, scale: f64, seed: u64) 
             out.push((format!("{bn}.{t}"), vec![c], vec![v; c]));
         }
     }
+    // Embeddings, class token and LayerNorms (transformers), after the layers.
+    for e in spec.extra_tensors() {
+        let n: usize = e.shape.iter().product();
+        let values: Vec<f64> = match e.init {
+            ExtraInit::Ones => vec![1.0; n],
+            ExtraInit::Zeros => vec![0.0; n],
+            // nn.Embedding's N(0, 1); GPT-2's N(0, 0.02²).
+            ExtraInit::Embedding => normal(&mut rng, if scheme == InitScheme::Gpt2 { 0.02 } else { 1.0 } * scale, n),
+            ExtraInit::Normal(std) => normal(&mut rng, std * scale, n),
+        };
+        out.push((e.name, e.shape, values.into_iter().map(|v| v as f32).collect()));
+    }
     out
+}
+
+fn normal(rng: &mut ChaCha8Rng, std: f64, n: usize) -> Vec<f64> {
+    (0..n).map(|_| std * Distribution::<f64>::sample(&StandardNormal, rng)).collect()
 }
 
 /// A `rows × cols` matrix with orthonormal rows (rows ≤ cols) or columns,

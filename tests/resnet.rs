@@ -147,7 +147,7 @@ fn a_resnet_trains_resumes_to_the_same_bytes_and_is_analysed() {
     assert_eq!(files_under(&a.join("checkpoints"), &[]), files_under(&b.join("checkpoints"), &[]));
     run_ok(analyze_bin().arg(&a).args(["--quiet", "--device", "cpu"]));
     let layer = lintrace::tables::Table::read(&a.join("analysis/layer_metrics.parquet"), "layer_metrics").unwrap();
-    for name in analyzers::registry::names().into_iter().filter(|n| !["performance", "mu"].contains(n)) {
+    for name in analyzers::registry::names().into_iter().filter(|n| !["performance", "mu", "attention"].contains(n)) {
         assert!(rows_of(&layer, &[name]) > 0, "no {name} rows for a resnet");
     }
 }

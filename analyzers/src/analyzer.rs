@@ -44,11 +44,23 @@ pub struct MetricValue {
     /// The residual block (index into `ModelInfo::residual_blocks`) a row
     /// describes; its `tap` is then the block's last (output) tap.
     pub block: Option<usize>,
+    /// (attention layer, head) a row describes (index into
+    /// `ModelInfo::attention`); its `tap` is the layer's block's MLP tap.
+    pub head: Option<(usize, usize)>,
 }
 
 impl MetricValue {
     fn new(tap: Option<usize>, metric: &'static str, value: Option<f64>) -> Self {
-        MetricValue { tap, metric, value: value.filter(|v| v.is_finite()), surrogate: None, ref_step: None, samples: None, block: None }
+        MetricValue {
+            tap,
+            metric,
+            value: value.filter(|v| v.is_finite()),
+            surrogate: None,
+            ref_step: None,
+            samples: None,
+            block: None,
+            head: None,
+        }
     }
     pub fn layer(tap: usize, metric: &'static str, value: Option<f64>) -> Self {
         Self::new(Some(tap), metric, value)
@@ -56,6 +68,10 @@ impl MetricValue {
     /// A row of residual block `block` (whose output tap is `tap`).
     pub fn residual_block(block: usize, tap: usize, metric: &'static str, value: Option<f64>) -> Self {
         MetricValue { block: Some(block), ..Self::new(Some(tap), metric, value) }
+    }
+    /// A row of head `head` of attention layer `layer` (whose block's tap is `tap`).
+    pub fn attention_head(layer: usize, head: usize, tap: usize, metric: &'static str, value: Option<f64>) -> Self {
+        MetricValue { head: Some((layer, head)), ..Self::new(Some(tap), metric, value) }
     }
     pub fn model(metric: &'static str, value: Option<f64>) -> Self {
         Self::new(None, metric, value)
@@ -113,6 +129,10 @@ pub struct Needs {
     pub variants: bool,
     /// Predictions of the network and of each surrogate on held-out data.
     pub surrogates: bool,
+    /// Per-chunk residual streams (transformers).
+    pub streams: bool,
+    /// Per-chunk attention weights (transformers).
+    pub attention: bool,
 }
 
 impl Needs {
@@ -127,6 +147,8 @@ impl Needs {
             weights: self.weights || o.weights,
             variants: self.variants || o.variants,
             surrogates: self.surrogates || o.surrogates,
+            streams: self.streams || o.streams,
+            attention: self.attention || o.attention,
         }
     }
 }

@@ -10,6 +10,7 @@
 
 use crate::analyzer::{check_taps, Accumulator, Analyzer, AnalyzerError, Extras, Finished, MetricValue, Needs};
 use crate::capture::{BlockGeometry, Chunk, ModelInfo};
+use crate::residual_linear_fit::BlockFits;
 use candle_core::{DType, Tensor};
 use faer::linalg::solvers::Solve;
 use faer::{Mat, Side};
@@ -34,20 +35,24 @@ impl Analyzer for BlockLinearFit {
         "ridge least-squares affine map of the block's kind (dense or conv patch) from block input to output"
     }
     fn metrics(&self) -> &'static [&'static str] {
-        &["nonlinearity", "linearity_score", "n_rows", "n_features"]
+        &["nonlinearity", "linearity_score", "linearity_score_residual", "n_rows", "n_features"]
     }
     fn needs(&self) -> Needs {
-        Needs { taps: true, block_inputs: true, ..Needs::default() }
+        Needs { taps: true, block_inputs: true, streams: true, ..Needs::default() }
     }
     fn start(&self, model: &ModelInfo) -> Box<dyn Accumulator> {
         let fits = model.taps.iter().map(|t| Fit::new(&t.block, t.units, model.n_probe)).collect();
-        Box::new(BlockAcc { model: model.clone(), fits })
+        // A transformer's sublayers and blocks (x → x + f(LN(x))), fitted on
+        // the residual stream as METRICS.md's "Sequence models" asks.
+        let sublayers = BlockFits::new(model, |b| b.streams.is_some());
+        Box::new(BlockAcc { model: model.clone(), fits, sublayers })
     }
 }
 
 struct BlockAcc {
     model: ModelInfo,
     fits: Vec<Fit>,
+    sublayers: BlockFits,
 }
 
 /// Running sums for one fitted map (a tap's block, or a residual block),
@@ -92,6 +97,9 @@ impl Fit {
             BlockGeometry::Conv { in_channels, kernel, out_channels, out_height, out_width, .. } => {
                 let all = out_height * out_width;
                 (in_channels * kernel * kernel, out_channels, all.min((MAX_ROWS / n_probe.max(1)).max(1)))
+            }
+            BlockGeometry::Tokens { positions, in_features, out_features } => {
+                (in_features, out_features, positions.min((MAX_ROWS / n_probe.max(1)).max(1)))
             }
         };
         let exact = n_probe > 0 && n_probe * positions <= p;
@@ -163,6 +171,17 @@ fn design(
             let dev = input.device();
             let x = padded.flatten_all()?.index_select(&Tensor::from_vec(ix, rows * p, dev)?, 0)?.reshape((rows, p))?;
             let y = out.flatten_all()?.index_select(&Tensor::from_vec(iy, rows * out_channels, dev)?, 0)?.reshape((rows, out_channels))?;
+            Ok((x.to_dtype(DType::F64)?, y.to_dtype(DType::F64)?))
+        }
+        BlockGeometry::Tokens { positions: t, in_features, out_features } => {
+            // Rows (sample i, position) of the [b·t, features] views.
+            let mut rows: Vec<u32> = Vec::with_capacity(b * positions);
+            for i in 0..b {
+                rows.extend(positions_for(first + i, positions, t).into_iter().map(|pos| (i * t + pos) as u32));
+            }
+            let idx = Tensor::from_vec(rows, b * positions, input.device())?;
+            let x = input.reshape((b * t, in_features))?.index_select(&idx, 0)?;
+            let y = out.reshape((b * t, out_features))?.index_select(&idx, 0)?;
             Ok((x.to_dtype(DType::F64)?, y.to_dtype(DType::F64)?))
         }
     }
@@ -278,6 +297,9 @@ impl Accumulator for BlockAcc {
             }
             fit.observe(&t.block, t.units, input, tap.a, chunk.first).map_err(AnalyzerError::compute(NAME))?;
         }
+        if !self.sublayers.is_empty() {
+            self.sublayers.observe(NAME, chunk)?;
+        }
         Ok(())
     }
 
@@ -310,6 +332,7 @@ impl Accumulator for BlockAcc {
             // relative ridge is scale-free, so ‖X̃A − Ỹ‖² = RSS / TSS exactly.
             out.push(MetricValue::layer(l, "linearity_score", Some(1.0 - nl)));
         }
+        self.sublayers.finish(NAME, &mut out, &mut notes)?;
         Ok(Finished { values: out, notes })
     }
 }

@@ -57,6 +57,26 @@ pub enum BlockGeometry {
         out_height: usize,
         out_width: usize,
     },
+    /// The same dense map at every position of a sequence (a transformer's
+    /// MLP layer, or a sublayer's map of the residual stream): values are
+    /// laid out `[positions, features]` per sample and each (sample,
+    /// position) pair is one regression row.
+    Tokens {
+        positions: usize,
+        in_features: usize,
+        out_features: usize,
+    },
+}
+
+impl BlockGeometry {
+    /// Values per sample of the map's input.
+    pub fn input_units(&self) -> usize {
+        match *self {
+            BlockGeometry::Dense { features } => features,
+            BlockGeometry::Conv { in_channels, height, width, .. } => in_channels * height * width,
+            BlockGeometry::Tokens { positions, in_features, .. } => positions * in_features,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -77,6 +97,9 @@ pub struct TapInfo {
 #[derive(Debug, Clone)]
 pub struct ResidualBlockInfo {
     pub name: String,
+    /// The rows' `layer_kind`: `residual_block`, or for a transformer
+    /// `attention_sublayer`, `mlp_sublayer`, `transformer_block`.
+    pub kind: &'static str,
     pub first_tap: usize,
     pub last_tap: usize,
     /// The map fitted by `residual_linear_fit`: a convolution whose kernel
@@ -84,6 +107,23 @@ pub struct ResidualBlockInfo {
     pub block: BlockGeometry,
     /// The shortcut is the identity: input and output have the same shape.
     pub identity_shortcut: bool,
+    /// A transformer's sublayer maps residual stream `from` to stream `to`
+    /// ([`Chunk::streams`]) instead of tap inputs to tap outputs.
+    pub streams: Option<(usize, usize)>,
+}
+
+/// One multi-head self-attention layer.
+#[derive(Debug, Clone)]
+pub struct AttentionInfo {
+    /// e.g. `blocks.0.attn`.
+    pub name: String,
+    pub heads: usize,
+    /// Queries = keys per sample.
+    pub positions: usize,
+    /// Query i attends to keys 0..=i only.
+    pub causal: bool,
+    /// The block's MLP tap (where its rows sit in depth).
+    pub tap: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -91,6 +131,8 @@ pub struct ModelInfo {
     pub taps: Vec<TapInfo>,
     /// Residual blocks, in forward order (empty for plain networks).
     pub residual_blocks: Vec<ResidualBlockInfo>,
+    /// Self-attention layers, in forward order (transformers only).
+    pub attention: Vec<AttentionInfo>,
     pub num_classes: usize,
     /// Probe samples that will be observed.
     pub n_probe: usize,
@@ -149,4 +191,11 @@ pub struct Chunk<'a> {
     pub labels: &'a [i64],
     /// Index of the chunk's first sample in the probe.
     pub first: usize,
+    /// A transformer's residual streams `[samples, positions, dim]`: stream
+    /// 2i enters block i, 2i + 1 leaves its attention, 2i + 2 its MLP. Empty
+    /// unless a selected analyzer asked for them.
+    pub streams: &'a [Tensor],
+    /// Per attention layer, the attention weights `[samples, heads,
+    /// queries, keys]` (rows sum to 1). Empty unless asked for.
+    pub attention: &'a [Tensor],
 }

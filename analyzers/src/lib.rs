@@ -11,6 +11,7 @@
 
 pub mod activation_regime;
 pub mod analyzer;
+pub mod attention;
 pub mod block_linear_fit;
 pub mod capture;
 pub mod cka_time;
@@ -27,7 +28,9 @@ pub mod unit_linear_fit;
 pub mod weights;
 
 pub use analyzer::{Accumulator, Analyzer, AnalyzerError, Extras, Finished, MetricValue, Needs};
-pub use capture::{ActivationKind, BlockGeometry, Chunk, LayerKind, LayerWeights, Matrix, ModelInfo, ResidualBlockInfo, TapChunk, TapInfo};
+pub use capture::{
+    ActivationKind, AttentionInfo, BlockGeometry, Chunk, LayerKind, LayerWeights, Matrix, ModelInfo, ResidualBlockInfo, TapChunk, TapInfo,
+};
 pub use registry::{all as all_analyzers, by_name, names};
 
 /// The degree of parallelism of every faer routine the analyzers call

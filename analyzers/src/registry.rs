@@ -2,6 +2,7 @@
 
 use crate::activation_regime::ActivationRegime;
 use crate::analyzer::Analyzer;
+use crate::attention::Attention;
 use crate::block_linear_fit::BlockLinearFit;
 use crate::cka_time::CkaTime;
 use crate::linearized_agreement::LinearizedAgreement;
@@ -24,6 +25,7 @@ pub fn all() -> Vec<Box<dyn Analyzer>> {
         Box::new(CkaTime),
         Box::new(Weights),
         Box::new(Representation),
+        Box::new(Attention),
         Box::new(Mu),
     ]
 }

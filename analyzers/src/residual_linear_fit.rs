@@ -19,7 +19,7 @@
 
 use crate::analyzer::{check_taps, Accumulator, Analyzer, AnalyzerError, Extras, Finished, MetricValue, Needs};
 use crate::block_linear_fit::{ridge_rss, Fit, Moments};
-use crate::capture::{BlockGeometry, Chunk, ModelInfo};
+use crate::capture::{BlockGeometry, Chunk, ModelInfo, ResidualBlockInfo};
 
 pub struct ResidualLinearFit;
 
@@ -42,8 +42,8 @@ impl Analyzer for ResidualLinearFit {
         Needs { taps: true, block_inputs: true, ..Needs::default() }
     }
     fn start(&self, model: &ModelInfo) -> Box<dyn Accumulator> {
-        let fits = model.residual_blocks.iter().map(|b| Fit::new(&b.block, units(&b.block), model.n_probe)).collect();
-        Box::new(ResidualAcc { model: model.clone(), fits })
+        // A transformer's sublayers are `block_linear_fit`'s (METRICS.md).
+        Box::new(ResidualAcc { model: model.clone(), fits: BlockFits::new(model, |b| b.streams.is_none()) })
     }
 }
 
@@ -51,42 +51,71 @@ fn units(g: &BlockGeometry) -> usize {
     match *g {
         BlockGeometry::Dense { features } => features,
         BlockGeometry::Conv { out_channels, out_height, out_width, .. } => out_channels * out_height * out_width,
+        BlockGeometry::Tokens { positions, out_features, .. } => positions * out_features,
     }
 }
 
-struct ResidualAcc {
-    model: ModelInfo,
-    fits: Vec<Fit>,
+/// Fits of the residual blocks (or transformer sublayers) a filter picks,
+/// from block input (or residual stream) X to block output Y.
+pub(crate) struct BlockFits {
+    /// (index into `ModelInfo::residual_blocks`, the block, its fit)
+    fits: Vec<(usize, ResidualBlockInfo, Fit)>,
 }
 
-impl Accumulator for ResidualAcc {
-    fn observe(&mut self, chunk: &Chunk<'_>) -> Result<(), AnalyzerError> {
-        check_taps(NAME, &self.model, chunk)?;
-        for (b, fit) in self.model.residual_blocks.iter().zip(&mut self.fits) {
-            let input = chunk.taps[b.first_tap]
-                .input
-                .ok_or_else(|| AnalyzerError::Shape { analyzer: NAME, message: "no block inputs were captured".into() })?;
-            let in_units = match b.block {
-                BlockGeometry::Dense { features } => features,
-                BlockGeometry::Conv { in_channels, height, width, .. } => in_channels * height * width,
+impl BlockFits {
+    pub(crate) fn new(model: &ModelInfo, pick: impl Fn(&ResidualBlockInfo) -> bool) -> Self {
+        let fits = model
+            .residual_blocks
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| pick(b))
+            .map(|(i, b)| (i, b.clone(), Fit::new(&b.block, units(&b.block), model.n_probe)))
+            .collect();
+        BlockFits { fits }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.fits.is_empty()
+    }
+
+    pub(crate) fn observe(&mut self, analyzer: &'static str, chunk: &Chunk<'_>) -> Result<(), AnalyzerError> {
+        for (_, b, fit) in &mut self.fits {
+            let (input, out) = match b.streams {
+                Some((from, to)) => match (chunk.streams.get(from), chunk.streams.get(to)) {
+                    (Some(x), Some(y)) => (x, y),
+                    _ => {
+                        return Err(AnalyzerError::Shape {
+                            analyzer,
+                            message: format!(
+                                "{}: residual streams {from} and {to} were not captured ({} streams)",
+                                b.name,
+                                chunk.streams.len()
+                            ),
+                        })
+                    }
+                },
+                None => (
+                    chunk.taps[b.first_tap]
+                        .input
+                        .ok_or_else(|| AnalyzerError::Shape { analyzer, message: "no block inputs were captured".into() })?,
+                    chunk.taps[b.last_tap].a,
+                ),
             };
+            let in_units = b.block.input_units();
             let dims = input.dims();
             if dims.iter().skip(1).product::<usize>() != in_units {
                 return Err(AnalyzerError::Shape {
-                    analyzer: NAME,
+                    analyzer,
                     message: format!("block {}: expected {in_units} input values per sample, got shape {dims:?}", b.name),
                 });
             }
-            let out = chunk.taps[b.last_tap].a;
-            fit.observe(&b.block, units(&b.block), input, out, chunk.first).map_err(AnalyzerError::compute(NAME))?;
+            fit.observe(&b.block, units(&b.block), input, out, chunk.first).map_err(AnalyzerError::compute(analyzer))?;
         }
         Ok(())
     }
 
-    fn finish(self: Box<Self>, _extras: &Extras<'_>) -> Result<Finished, AnalyzerError> {
-        let mut out = Vec::new();
-        let mut notes = Vec::new();
-        for (i, (b, fit)) in self.model.residual_blocks.iter().zip(&self.fits).enumerate() {
+    pub(crate) fn finish(&self, analyzer: &'static str, out: &mut Vec<MetricValue>, notes: &mut Vec<String>) -> Result<(), AnalyzerError> {
+        for (i, b, fit) in &self.fits {
             let Some(s) = fit.sums_if_overdetermined() else {
                 notes.push(format!(
                     "block {}: {} input features but too few regression rows; an affine fit would be exact, so no rows are written",
@@ -94,8 +123,8 @@ impl Accumulator for ResidualAcc {
                 ));
                 continue;
             };
-            let Moments { g, c, tss, n } = fit.moments(s).map_err(AnalyzerError::compute(NAME))?;
-            let row = |metric, value| MetricValue::residual_block(i, b.last_tap, metric, value);
+            let Moments { g, c, tss, n } = fit.moments(s).map_err(AnalyzerError::compute(analyzer))?;
+            let row = |metric, value| MetricValue::residual_block(*i, b.last_tap, metric, value);
             out.push(row("n_rows", Some(n)));
             out.push(row("n_features", Some(fit.p as f64)));
             if !(tss > 0.0) {
@@ -104,14 +133,31 @@ impl Accumulator for ResidualAcc {
                 }
                 continue;
             }
-            let rss =
-                ridge_rss(&g, &c, tss).map_err(|e| AnalyzerError::Shape { analyzer: NAME, message: format!("block {}: {e}", b.name) })?;
+            let rss = ridge_rss(&g, &c, tss).map_err(|e| AnalyzerError::Shape { analyzer, message: format!("block {}: {e}", b.name) })?;
             out.push(row("nonlinearity", Some(rss / tss)));
             out.push(row("linearity_score", Some(1.0 - rss / tss)));
             let residual = if b.identity_shortcut { residual_score(&b.block, &g, &c, tss, rss) } else { None };
             out.push(row("linearity_score_residual", residual));
         }
-        Ok(Finished { values: out, notes })
+        Ok(())
+    }
+}
+
+struct ResidualAcc {
+    model: ModelInfo,
+    fits: BlockFits,
+}
+
+impl Accumulator for ResidualAcc {
+    fn observe(&mut self, chunk: &Chunk<'_>) -> Result<(), AnalyzerError> {
+        check_taps(NAME, &self.model, chunk)?;
+        self.fits.observe(NAME, chunk)
+    }
+
+    fn finish(self: Box<Self>, _extras: &Extras<'_>) -> Result<Finished, AnalyzerError> {
+        let (mut values, mut notes) = (Vec::new(), Vec::new());
+        self.fits.finish(NAME, &mut values, &mut notes)?;
+        Ok(Finished { values, notes })
     }
 }
 
@@ -121,7 +167,7 @@ fn residual_score(block: &BlockGeometry, g: &faer::Mat<f64>, c: &faer::Mat<f64>,
     // The design column holding channel ch's value at the output position.
     let centre = |ch: usize| -> usize {
         match *block {
-            BlockGeometry::Dense { .. } => ch,
+            BlockGeometry::Dense { .. } | BlockGeometry::Tokens { .. } => ch,
             BlockGeometry::Conv { kernel, padding, .. } => (ch * kernel + padding) * kernel + padding,
         }
     };

@@ -18,6 +18,7 @@ impl Lcg {
 fn info(units: usize, act: ActivationKind) -> ModelInfo {
     ModelInfo {
         residual_blocks: Vec::new(),
+        attention: Vec::new(),
         taps: vec![TapInfo {
             index: 0,
             activation: act,
@@ -48,7 +49,15 @@ fn run(name: &str, act: ActivationKind, n: usize, units: usize, z: &[f32], a: &[
         let t = |v: &[f32]| Tensor::from_slice(&v[s * units..e * units], (e - s, units), &Device::Cpu).unwrap();
         let (zt, at) = (t(z), t(a));
         let taps = [TapChunk { input: Some(&zt), z: &zt, a: &at }];
-        acc.observe(&Chunk { taps: &taps, logits: Matrix::new(e - s, 3, &logits[s * 3..e * 3]), labels: &labels[s..e], first: s }).unwrap();
+        acc.observe(&Chunk {
+            taps: &taps,
+            logits: Matrix::new(e - s, 3, &logits[s * 3..e * 3]),
+            labels: &labels[s..e],
+            first: s,
+            streams: &[],
+            attention: &[],
+        })
+        .unwrap();
         host.observe(&zt, &at).unwrap();
         device.observe(&zt, &at).unwrap();
         s = e;

@@ -156,6 +156,11 @@ want() { [[ " $STEPS " == *" $1 "* ]]; }
 REQUIRED_BINS=(lintrace-train lintrace-analyze)
 ALL_BINS=()
 for f in "$ROOT"/src/bin/*.rs; do f=${f##*/}; ALL_BINS+=("${f%.rs}"); done
+# lintrace-query (queries, figures, report; its own crate, no GPU code) is
+# built with them: the GPU check compares tables through `lintrace-analyze query`.
+ALL_BINS+=(lintrace-query)
+# Cargo arguments that select binary $1 with its package's features.
+bin_args() { if [[ $1 == lintrace-query ]]; then echo "-p lintrace-query --bin $1"; else echo "-p lintrace --features $FEATURES --bin $1"; fi; }
 
 # CUDA 13.0.x only: PTX from a newer nvcc may be refused by driver 580 (CUDA 13.0).
 WHEEL_SPECS=(
@@ -370,6 +375,10 @@ step_build() {
   info "cargo ${args[*]}"
   local t0=$SECONDS
   (cd "$ROOT" && nice -n "$NICE" cargo "${args[@]}")
+  local qargs=(build --release "${LOCKED[@]}" -p lintrace-query)
+  [[ -n $JOBS ]] && qargs+=(-j "$JOBS")
+  info "cargo ${qargs[*]} ${EXTRA_CARGO[*]}"
+  (cd "$ROOT" && nice -n "$NICE" cargo "${qargs[@]}" "${EXTRA_CARGO[@]}")
   info "build took $((SECONDS - t0)) s"
   mkdir -p "$TARGET_DIR"
   echo "$((SECONDS - t0))" >> "$TARGET_DIR/cuda-build-seconds"
@@ -395,7 +404,8 @@ C
   local b t0=$SECONDS
   for b in "${ALL_BINS[@]}"; do
     info "cargo rustc --bin $b"
-    (cd "$ROOT" && nice -n "$NICE" cargo rustc --release "${LOCKED[@]}" --features "$FEATURES" --bin "$b" "${EXTRA_CARGO[@]}" \
+    # shellcheck disable=SC2046 # bin_args is meant to split into words
+    (cd "$ROOT" && nice -n "$NICE" cargo rustc --release "${LOCKED[@]}" $(bin_args "$b") "${EXTRA_CARGO[@]}" \
       -- -C link-arg="$d/hypot-compat.o")
   done
   info "relink took $((SECONDS - t0)) s"

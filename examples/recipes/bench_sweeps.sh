@@ -5,7 +5,7 @@
 # plotted and reported.
 #
 # Usage: examples/recipes/bench_sweeps.sh [BIN_DIR] [OUT]
-#   BIN_DIR  release binaries (default target/release; cargo build --release)
+#   BIN_DIR  release binaries (default target/release; cargo build --release --workspace)
 #   OUT      scratch folder (default target/bench-sweeps; removed first)
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)

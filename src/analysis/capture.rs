@@ -91,7 +91,7 @@ fn pass(
     accs: &mut [Option<Box<dyn Accumulator>>],
     failures: &mut [Option<AnalyzerError>],
 ) -> Result<Pass> {
-    let want_taps = needs.taps || needs.block_inputs || needs.moments || needs.grams;
+    let want_taps = needs.taps || needs.block_inputs || needs.moments || needs.grams || needs.streams || needs.attention;
     let mut out = Pass {
         moments: if needs.moments { info.taps.iter().map(|t| PairedMoments::new(t.units)).collect() } else { Vec::new() },
         activations: if needs.grams { vec![Vec::new(); info.taps.len()] } else { Vec::new() },
@@ -100,15 +100,22 @@ fn pass(
     for item in batches.iter() {
         let (first, x) = item?;
         let b = x.dims()[0];
-        let (logits, taps) = if want_taps { model.forward_with_taps(&x)? } else { (model.logits(&x)?, Vec::new()) };
+        let (logits, recorded) = if want_taps { model.forward_recorded(&x)? } else { (model.logits(&x)?, Default::default()) };
+        let taps = &recorded.taps;
         let logits = host(&logits)?;
         let tap_chunks: Vec<TapChunk<'_>> = if needs.taps || needs.block_inputs {
             taps.iter().map(|t| TapChunk { input: t.input.as_ref().filter(|_| needs.block_inputs), z: &t.z, a: &t.a }).collect()
         } else {
             Vec::new()
         };
-        let chunk =
-            Chunk { taps: &tap_chunks, logits: Matrix::new(b, info.num_classes, &logits), labels: &labels[first..first + b], first };
+        let chunk = Chunk {
+            taps: &tap_chunks,
+            logits: Matrix::new(b, info.num_classes, &logits),
+            labels: &labels[first..first + b],
+            first,
+            streams: if needs.streams { &recorded.streams } else { &[] },
+            attention: if needs.attention { &recorded.attention } else { &[] },
+        };
         for (slot, fail) in accs.iter_mut().zip(failures.iter_mut()) {
             if let Some(acc) = slot {
                 if let Err(e) = acc.observe(&chunk) {
@@ -117,10 +124,10 @@ fn pass(
                 }
             }
         }
-        for (m, t) in out.moments.iter_mut().zip(&taps) {
+        for (m, t) in out.moments.iter_mut().zip(taps) {
             m.observe(&t.z, &t.a)?;
         }
-        for (a, t) in out.activations.iter_mut().zip(&taps) {
+        for (a, t) in out.activations.iter_mut().zip(taps) {
             a.push(t.a.clone());
         }
         out.logits.extend_from_slice(&logits);
@@ -146,7 +153,14 @@ pub fn run(
     let mut failures: Vec<Option<AnalyzerError>> = vec![None; selected.len()];
     let batches = Batches::probe(probe, chunk_size, device)?;
     // Analyzers that need only weights or held-out predictions cause no pass.
-    let wants_pass = needs.logits || needs.taps || needs.block_inputs || needs.moments || own_grams || needs.variants;
+    let wants_pass = needs.logits
+        || needs.taps
+        || needs.block_inputs
+        || needs.moments
+        || own_grams
+        || needs.variants
+        || needs.streams
+        || needs.attention;
     let collected = if wants_pass { Some(pass(model, info, &batches, &probe.labels, pass_needs, &mut accs, &mut failures)?) } else { None };
 
     let (moments, computed_grams, base_logits) = match collected {

@@ -136,10 +136,11 @@ impl TargetContext {
                     let cache_dir = target.data_config().and_then(|c| c.cache_dir).unwrap_or_else(data::cache_dir);
                     let m = linear::get(d, &cache_dir, opts.quiet)?;
                     let d_len: usize = eval.sample_shape.iter().product();
-                    if d_len != m.dim {
+                    if d_len != m.input_len() {
                         notes.push(format!(
                             "{}: mu: linear surrogate input size {} does not match the data ({d_len})",
-                            target.run_id, m.dim
+                            target.run_id,
+                            m.input_len()
                         ));
                         continue;
                     }

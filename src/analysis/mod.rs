@@ -331,6 +331,9 @@ fn run_job(
     if let Some(&bad) = target.probe.labels.iter().find(|&&y| y < 0 || y as usize >= spec.num_classes) {
         bail!("{}: probe label {bad} is outside the model's {} classes", job.path.display(), spec.num_classes);
     }
+    if let Err(e) = spec.check_inputs(&target.probe.inputs) {
+        bail!("{}: the probe does not fit the model: {e}", job.path.display());
+    }
     if let Some((name, bad)) = loaded.non_finite()? {
         bail!("{}: tensor '{name}' holds {bad} NaN or infinite values (a diverged run?): not analysed", job.path.display());
     }

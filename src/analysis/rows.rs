@@ -70,6 +70,7 @@ impl Existing {
         }
         let taps = target.spec.taps();
         let blocks = target.spec.residual_blocks();
+        let attention = target.spec.attention_layers();
         let n_taps = taps.len().max(1) as f64;
         let n = target.probe.len() as i64;
         for v in values {
@@ -78,9 +79,11 @@ impl Existing {
                     let tap = &taps[l];
                     // A residual block's row is named after the block; its
                     // layer is the block's output tap.
-                    let (name, kind) = match v.block.and_then(|b| blocks.get(b)) {
-                        Some(b) => (b.name.clone(), "residual_block"),
-                        None => (tap.layer_name.clone(), tap.layer_kind.as_str()),
+                    let (name, kind) = match (v.block.and_then(|b| blocks.get(b)), v.head.and_then(|(a, h)| Some((attention.get(a)?, h)))) {
+                        (Some(b), _) => (b.name.clone(), b.kind),
+                        // METRICS.md: `<block>.attn.head<h>`.
+                        (None, Some((att, h))) => (format!("{}.head{h}", att.name), "attention_head"),
+                        (None, None) => (tap.layer_name.clone(), tap.layer_kind.as_str()),
                     };
                     let mut row = vec![
                         Value::Str(target.run_id.clone()),

@@ -94,7 +94,7 @@ impl External {
         };
         let stem = small.then_some(crate::spec::Stem::Small);
         let cfg = crate::train::TrainConfig { model: name.to_string(), stem, ..Default::default() };
-        cfg.model_spec(input, classes).with_context(|| format!("--spec {}", self.spec))
+        cfg.model_spec(input, classes, None).with_context(|| format!("--spec {}", self.spec))
     }
 }
 
@@ -293,6 +293,7 @@ impl Target {
                 .map(|t| match t.block {
                     analyzers::BlockGeometry::Dense { features } => features as u64,
                     analyzers::BlockGeometry::Conv { in_channels, kernel, .. } => (in_channels * kernel * kernel) as u64,
+                    analyzers::BlockGeometry::Tokens { in_features, .. } => in_features as u64,
                 })
                 .map(|p| p * p * 8 * 3)
                 .sum();
@@ -300,7 +301,23 @@ impl Target {
         } else {
             0
         };
-        params + activations + state + grams + blocks + (self.probe.inputs.len() as u64 * 4)
+        // A transformer's attention weights (f32, and the analyzer's f64
+        // copy of one layer) and residual streams, per chunk.
+        let attention: u64 = self.spec.attention_layers().iter().map(|a| (a.heads * a.positions * a.positions) as u64).sum();
+        let attention = if needs.attention { chunk as u64 * attention * 4 * 3 } else { 0 };
+        let streams = if needs.streams {
+            self.spec
+                .residual_blocks()
+                .iter()
+                .filter(|b| b.streams.is_some())
+                .map(|b| b.in_shape.iter().product::<usize>() as u64)
+                .sum::<u64>()
+                * chunk as u64
+                * 4
+        } else {
+            0
+        };
+        params + activations + state + grams + blocks + attention + streams + (self.probe.inputs.len() as u64 * 4)
     }
 
     /// Writes this run's row of the `runs` table, with its final model

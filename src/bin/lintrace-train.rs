@@ -24,9 +24,28 @@ struct Args {
     /// TOML file with any of the config keys (flags override it).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// mlp | cnn | resnet20 | resnet32 | resnet56 | resnet18 | resnet34 | resnet50
+    /// mlp | cnn | resnet20 | resnet32 | resnet56 | resnet18 | resnet34 |
+    /// resnet50 | vgg11[_bn] | vgg13[_bn] | vgg16[_bn] | vit-tiny | vit-mini | modadd
     #[arg(long)]
     model: Option<String>,
+    /// Transformers: model width (default: the preset's).
+    #[arg(long)]
+    dim: Option<usize>,
+    /// Transformers: number of blocks.
+    #[arg(long)]
+    blocks: Option<usize>,
+    /// Transformers: attention heads.
+    #[arg(long)]
+    heads: Option<usize>,
+    /// Transformers: MLP hidden width.
+    #[arg(long)]
+    mlp_hidden: Option<usize>,
+    /// ViT: patch side.
+    #[arg(long)]
+    patch: Option<usize>,
+    /// Transformers: dropout on embeddings, attention weights and sublayer outputs.
+    #[arg(long)]
+    dropout: Option<f64>,
     /// relu | leaky_relu | gelu | tanh | identity
     #[arg(long)]
     activation: Option<String>,
@@ -60,9 +79,15 @@ struct Args {
     /// Taps made linear (identity), e.g. "0,1".
     #[arg(long)]
     linear_taps: Option<String>,
-    /// cifar10 | image-folder | idx | digits | gaussian-mixture | sinusoid-2d
+    /// cifar10 | image-folder | idx | digits | gaussian-mixture | sinusoid-2d | modular-addition
     #[arg(long)]
     dataset: Option<String>,
+    /// modular-addition: the modulus p (default 113).
+    #[arg(long)]
+    modulus: Option<usize>,
+    /// modular-addition: share of the p² pairs used for training (default 0.3).
+    #[arg(long)]
+    train_fraction: Option<f64>,
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Keep only these classes, e.g. "0,1,2".
@@ -108,7 +133,19 @@ struct Args {
     lr_schedule: Option<String>,
     #[arg(long)]
     warmup_steps: Option<u64>,
-    /// pytorch | kaiming-normal | xavier | orthogonal
+    /// Adam/AdamW β₁ (default 0.9).
+    #[arg(long)]
+    adam_beta1: Option<f64>,
+    /// Adam/AdamW β₂ (default 0.999).
+    #[arg(long)]
+    adam_beta2: Option<f64>,
+    /// Clip the global gradient norm (0: off).
+    #[arg(long)]
+    grad_clip: Option<f64>,
+    /// Label smoothing of the training loss (0: off).
+    #[arg(long)]
+    label_smoothing: Option<f64>,
+    /// pytorch | kaiming-normal | xavier | orthogonal | gpt2
     #[arg(long)]
     init: Option<String>,
     #[arg(long)]
@@ -302,6 +339,24 @@ fn resolve(a: &Args) -> Result<TrainConfig> {
     if let Some(s) = &a.linear_taps {
         c.linear_taps = list("linear-taps", s)?;
     }
+    for (field, value) in [
+        (&mut c.dim, a.dim),
+        (&mut c.blocks, a.blocks),
+        (&mut c.heads, a.heads),
+        (&mut c.mlp_hidden, a.mlp_hidden),
+        (&mut c.patch, a.patch),
+    ] {
+        if value.is_some() {
+            *field = value;
+        }
+    }
+    set!(dropout = a.dropout);
+    if a.modulus.is_some() {
+        c.data.modulus = a.modulus;
+    }
+    if a.train_fraction.is_some() {
+        c.data.train_fraction = a.train_fraction;
+    }
     set!(data.dataset = a.dataset.clone());
     if a.data_dir.is_some() {
         c.data.data_dir = a.data_dir.clone();
@@ -341,6 +396,14 @@ fn resolve(a: &Args) -> Result<TrainConfig> {
         c.lr_schedule = Schedule::parse(s)?;
     }
     set!(warmup_steps = a.warmup_steps);
+    if a.adam_beta1.is_some() {
+        c.adam_beta1 = a.adam_beta1;
+    }
+    if a.adam_beta2.is_some() {
+        c.adam_beta2 = a.adam_beta2;
+    }
+    set!(grad_clip = a.grad_clip);
+    set!(label_smoothing = a.label_smoothing);
     if let Some(s) = &a.init {
         c.init = InitScheme::parse(s)?;
     }

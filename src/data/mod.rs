@@ -49,6 +49,9 @@ pub struct Dataset {
     pub normalisation: Option<Normalisation>,
     /// Content hash of the final data (after subsets and normalisation).
     pub fingerprint: String,
+    /// Token datasets: inputs are token ids in `0..vocab` (never
+    /// normalised or augmented).
+    pub vocab: Option<usize>,
 }
 
 impl Dataset {
@@ -82,6 +85,13 @@ pub struct DataConfig {
     pub n_test: usize,
     pub synthetic_dim: usize,
     pub synthetic_classes: usize,
+    /// modular-addition: the modulus p (default 113) and the share of the
+    /// p² pairs used for training (default 0.3). Left out of the config's
+    /// JSON when unset, so existing run ids do not change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modulus: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_fraction: Option<f64>,
 }
 
 impl Default for DataConfig {
@@ -98,6 +108,8 @@ impl Default for DataConfig {
             n_test: 2048,
             synthetic_dim: 16,
             synthetic_classes: 4,
+            modulus: None,
+            train_fraction: None,
         }
     }
 }
@@ -110,7 +122,7 @@ pub(crate) struct RawData {
     pub test: Split,
 }
 
-pub const DATASETS: &[&str] = &["cifar10", "image-folder", "idx", "digits", "gaussian-mixture", "sinusoid-2d"];
+pub const DATASETS: &[&str] = &["cifar10", "image-folder", "idx", "digits", "gaussian-mixture", "sinusoid-2d", "modular-addition"];
 
 pub fn load(cfg: &DataConfig) -> Result<Dataset> {
     let need_dir = || -> Result<PathBuf> {
@@ -126,6 +138,7 @@ pub fn load(cfg: &DataConfig) -> Result<Dataset> {
         "digits" => idx::load_digits()?,
         "gaussian-mixture" => synthetic::gaussian_mixture(cfg),
         "sinusoid-2d" => synthetic::sinusoid_2d(cfg),
+        "modular-addition" => synthetic::modular_addition(cfg)?,
         other => bail!("unknown dataset '{other}' (expected one of: {})", DATASETS.join(", ")),
     };
     let raw = transform::select_classes(raw, cfg.classes.as_deref(), cfg.groups.as_deref())?;
@@ -133,13 +146,18 @@ pub fn load(cfg: &DataConfig) -> Result<Dataset> {
     if train.is_empty() || test.is_empty() {
         bail!("dataset '{}' has an empty split (train {}, test {})", cfg.dataset, train.len(), test.len());
     }
-    let normalisation = cfg.normalize.then(|| Normalisation::fit(&train, &sample_shape));
+    if (cfg.modulus.is_some() || cfg.train_fraction.is_some()) && cfg.dataset != "modular-addition" {
+        bail!("modulus and train_fraction apply to the modular-addition dataset only");
+    }
+    // Token ids are categories: never normalised.
+    let vocab = (cfg.dataset == "modular-addition").then(|| cfg.modulus.unwrap_or(synthetic::DEFAULT_MODULUS) + 1);
+    let normalisation = (cfg.normalize && vocab.is_none()).then(|| Normalisation::fit(&train, &sample_shape));
     if let Some(n) = &normalisation {
         n.apply(&mut train);
         n.apply(&mut test);
     }
     let fingerprint = fingerprint(&cfg.dataset, &classes, &train, &test);
-    Ok(Dataset { name: cfg.dataset.clone(), sample_shape, classes, train, test, normalisation, fingerprint })
+    Ok(Dataset { name: cfg.dataset.clone(), sample_shape, classes, train, test, normalisation, fingerprint, vocab })
 }
 
 fn fingerprint(name: &str, classes: &[String], train: &Split, test: &Split) -> String {

@@ -51,3 +51,41 @@ pub fn sinusoid_2d(cfg: &DataConfig) -> RawData {
     let test = draw(cfg.n_test);
     RawData { sample_shape: vec![2], classes: vec!["below".into(), "above".into()], train, test }
 }
+
+/// Modular addition (Power et al., 2022; Nanda et al., 2023): every pair
+/// (a, b) in 0..p as the token sequence [a, b, =] (`=` is token p), labelled
+/// (a + b) mod p. A seeded shuffle of all p² pairs puts `train_fraction`
+/// of them in the training split and the rest in the test split. Inputs are
+/// token ids (stored as f32, exact below 2^24).
+pub fn modular_addition(cfg: &DataConfig) -> anyhow::Result<RawData> {
+    use rand::seq::SliceRandom;
+    let p = cfg.modulus.unwrap_or(DEFAULT_MODULUS);
+    let frac = cfg.train_fraction.unwrap_or(DEFAULT_TRAIN_FRACTION);
+    if !(2..=4096).contains(&p) {
+        anyhow::bail!("modulus must be between 2 and 4096, got {p}");
+    }
+    if !(frac > 0.0 && frac < 1.0) {
+        anyhow::bail!("train_fraction must be in (0, 1), got {frac}");
+    }
+    let mut pairs: Vec<(usize, usize)> = (0..p).flat_map(|a| (0..p).map(move |b| (a, b))).collect();
+    pairs.shuffle(&mut ChaCha8Rng::seed_from_u64(cfg.data_seed));
+    let n_train = ((pairs.len() as f64 * frac).round() as usize).clamp(1, pairs.len() - 1);
+    let split = |pairs: &[(usize, usize)]| {
+        let mut s = Split { x: Vec::with_capacity(3 * pairs.len()), y: Vec::with_capacity(pairs.len()), sample_len: 3 };
+        for &(a, b) in pairs {
+            s.x.extend_from_slice(&[a as f32, b as f32, p as f32]);
+            s.y.push(((a + b) % p) as u32);
+        }
+        s
+    };
+    Ok(RawData {
+        sample_shape: vec![3],
+        classes: (0..p).map(|c| c.to_string()).collect(),
+        train: split(&pairs[..n_train]),
+        test: split(&pairs[n_train..]),
+    })
+}
+
+/// Nanda et al.'s modulus and training fraction.
+pub const DEFAULT_MODULUS: usize = 113;
+pub const DEFAULT_TRAIN_FRACTION: f64 = 0.3;

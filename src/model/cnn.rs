@@ -102,13 +102,10 @@ impl Cnn {
     /// Inverted dropout of classifier layer `i`'s activation: a Bernoulli
     /// mask drawn on the CPU from (key, layer), scaled by 1/(1 − p).
     fn drop(&self, i: usize, a: Tensor) -> Result<Tensor> {
-        let Some(p) = self.dropout.filter(|_| self.training.load(Ordering::Relaxed)) else { return Ok(a) };
-        use rand::{Rng, SeedableRng};
-        let key = self.dropout_key.load(Ordering::Relaxed);
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(key ^ ((i as u64 + 1) << 56));
-        let keep = 1.0 / (1.0 - p);
-        let mask: Vec<f32> = (0..a.elem_count()).map(|_| if rng.gen::<f64>() < p { 0.0 } else { keep as f32 }).collect();
-        Ok((a.clone() * Tensor::from_vec(mask, a.dims(), a.device())?)?)
+        match self.dropout.filter(|_| self.training.load(Ordering::Relaxed)) {
+            Some(p) => super::dropout(&a, p, self.dropout_key.load(Ordering::Relaxed), i),
+            None => Ok(a),
+        }
     }
 
     pub fn forward(&self, start: Start<'_>, taps: &mut Taps) -> Result<Tensor> {

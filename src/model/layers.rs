@@ -66,3 +66,15 @@ pub fn activate(act: Activation, leaky_slope: f64, z: &Tensor) -> Result<Tensor>
         Activation::Identity => z.clone(),
     })
 }
+
+/// Inverted dropout: a Bernoulli(1 − p) mask drawn on the CPU from (key,
+/// slot), scaled by 1/(1 − p). The trainer sets the key from (seed, step), so
+/// a resumed run draws the same masks; `slot` tells a model's dropout sites
+/// apart.
+pub fn dropout(a: &Tensor, p: f64, key: u64, slot: usize) -> Result<Tensor> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(key ^ ((slot as u64 + 1) << 56));
+    let keep = (1.0 / (1.0 - p)) as f32;
+    let mask: Vec<f32> = (0..a.elem_count()).map(|_| if rng.gen::<f64>() < p { 0.0 } else { keep }).collect();
+    Ok((a * Tensor::from_vec(mask, a.dims(), a.device())?)?)
+}

@@ -10,11 +10,13 @@ mod layers;
 mod mlp;
 pub mod pool_cpu;
 mod resnet;
+mod transformer;
 
 pub use cnn::Cnn;
-pub use layers::{activate, batch_norm, Conv2d, Dense};
+pub use layers::{activate, batch_norm, dropout, Conv2d, Dense};
 pub use mlp::Mlp;
 pub use resnet::Resnet;
+pub use transformer::Transformer;
 
 use crate::spec::{Activation, Arch, ModelSpec};
 use anyhow::{bail, Result};
@@ -118,11 +120,25 @@ pub struct Taps {
     replace: Vec<Option<Affine>>,
     /// The input of the residual block being run, recorded with its taps.
     skip: Option<Tensor>,
+    /// A transformer's residual streams and attention weights, in order.
+    streams: Vec<Tensor>,
+    attention: Vec<Tensor>,
+}
+
+/// What a recording pass kept: every tap's values and, for a transformer,
+/// its residual streams (`[batch, positions, dim]`; 2i enters block i,
+/// 2i + 1 leaves its attention, 2i + 2 its MLP) and attention weights
+/// (`[batch, heads, queries, keys]` per block).
+#[derive(Debug, Clone, Default)]
+pub struct Recorded {
+    pub taps: Vec<TapValues>,
+    pub streams: Vec<Tensor>,
+    pub attention: Vec<Tensor>,
 }
 
 impl Taps {
     pub fn off() -> Self {
-        Taps { record: false, values: Vec::new(), replace: Vec::new(), skip: None }
+        Taps { record: false, values: Vec::new(), replace: Vec::new(), skip: None, streams: Vec::new(), attention: Vec::new() }
     }
     pub fn record() -> Self {
         Taps { record: true, ..Self::off() }
@@ -153,8 +169,26 @@ impl Taps {
         self.skip = skip;
     }
 
+    /// Records a residual stream (transformers).
+    pub fn stream(&mut self, x: &Tensor) {
+        if self.record {
+            self.streams.push(x.clone());
+        }
+    }
+
+    /// Records attention weights (transformers).
+    pub fn attention(&mut self, att: &Tensor) {
+        if self.record {
+            self.attention.push(att.clone());
+        }
+    }
+
     pub fn into_vec(self) -> Vec<TapValues> {
         self.values
+    }
+
+    pub fn into_recorded(self) -> Recorded {
+        Recorded { taps: self.values, streams: self.streams, attention: self.attention }
     }
 }
 
@@ -194,6 +228,7 @@ pub enum Model {
     Mlp(Mlp),
     Cnn(Cnn),
     Resnet(Resnet),
+    Transformer(Transformer),
 }
 
 impl Model {
@@ -203,6 +238,7 @@ impl Model {
             Arch::Mlp { .. } => Model::Mlp(Mlp::new(spec, &mut weights)?),
             Arch::Cnn { .. } => Model::Cnn(Cnn::new(spec, &mut weights)?),
             Arch::Resnet { .. } => Model::Resnet(Resnet::new(spec, &mut weights)?),
+            Arch::Vit { .. } | Arch::Gpt { .. } => Model::Transformer(Transformer::new(spec, &mut weights)?),
         };
         weights.finish()?;
         Ok(model)
@@ -226,6 +262,7 @@ impl Model {
             Model::Mlp(m) => m.forward(start, taps),
             Model::Cnn(m) => m.forward(start, taps),
             Model::Resnet(m) => m.forward(start, taps),
+            Model::Transformer(m) => m.forward(start, taps),
         }
     }
 
@@ -235,14 +272,17 @@ impl Model {
         match self {
             Model::Cnn(m) => m.set_training(on),
             Model::Resnet(m) => m.set_training(on),
+            Model::Transformer(m) => m.set_training(on),
             Model::Mlp(_) => {}
         }
     }
 
     /// Keys this training step's random choices (dropout masks).
     pub fn set_dropout_key(&self, key: u64) {
-        if let Model::Cnn(m) = self {
-            m.set_dropout_key(key);
+        match self {
+            Model::Cnn(m) => m.set_dropout_key(key),
+            Model::Transformer(m) => m.set_dropout_key(key),
+            _ => {}
         }
     }
 
@@ -254,6 +294,14 @@ impl Model {
         let mut taps = Taps::record();
         let logits = self.forward(x, &mut taps)?;
         Ok((logits, taps.into_vec()))
+    }
+
+    /// Logits and everything a recording pass keeps (taps, and a
+    /// transformer's residual streams and attention weights).
+    pub fn forward_recorded(&self, x: &Tensor) -> Result<(Tensor, Recorded)> {
+        let mut taps = Taps::record();
+        let logits = self.forward(x, &mut taps)?;
+        Ok((logits, taps.into_recorded()))
     }
 }
 

@@ -1,7 +1,8 @@
 //! The `linear` surrogate of Kalimeris et al. (2019): multinomial logistic
 //! regression on the normalised raw inputs, trained on the training split's
 //! labels by full-batch L-BFGS, cached per dataset fingerprint so every run
-//! on that dataset reuses it.
+//! on that dataset reuses it. On token data the inputs are the one-hot
+//! tokens of every position (a linear model of the token sequence).
 
 use crate::atomic::write_atomic;
 use crate::data::{Dataset, Split};
@@ -27,10 +28,21 @@ pub struct LinearModel {
     pub bias: Vec<f32>,
     pub train_accuracy: f64,
     pub iterations: usize,
+    /// Token data: inputs are token ids in `0..vocab`, one-hot encoded
+    /// position by position (`dim` = positions · vocab).
+    pub vocab: Option<usize>,
 }
 
 impl LinearModel {
+    /// Values per sample the model takes (token ids per sample on token data).
+    pub fn input_len(&self) -> usize {
+        self.vocab.map_or(self.dim, |v| self.dim / v)
+    }
+
     pub fn predict(&self, x: &[f32], n: usize) -> Vec<usize> {
+        if let Some(v) = self.vocab {
+            return self.predict_tokens(x, n, v);
+        }
         (0..n)
             .map(|i| {
                 let row = &x[i * self.dim..(i + 1) * self.dim];
@@ -48,6 +60,40 @@ impl LinearModel {
     }
 }
 
+impl LinearModel {
+    /// W·onehot(x) + b = b + Σ_t W[:, t·vocab + x_t].
+    fn predict_tokens(&self, x: &[f32], n: usize, vocab: usize) -> Vec<usize> {
+        let t = self.dim / vocab;
+        (0..n)
+            .map(|i| {
+                let row = &x[i * t..(i + 1) * t];
+                let mut best = (0, f32::NEG_INFINITY);
+                for c in 0..self.classes {
+                    let w = &self.weight[c * self.dim..(c + 1) * self.dim];
+                    let v =
+                        self.bias[c] + row.iter().enumerate().map(|(p, &tok)| w[p * vocab + (tok as usize).min(vocab - 1)]).sum::<f32>();
+                    if v > best.1 {
+                        best = (c, v);
+                    }
+                }
+                best.0
+            })
+            .collect()
+    }
+}
+
+/// One-hot features of a token split: `positions · vocab` per sample.
+fn one_hot(split: &Split, vocab: usize) -> Split {
+    let t = split.sample_len;
+    let mut x = vec![0f32; split.len() * t * vocab];
+    for (i, row) in x.chunks_exact_mut(t * vocab).enumerate() {
+        for (p, &tok) in split.sample(i).iter().enumerate() {
+            row[p * vocab + (tok as usize).min(vocab - 1)] = 1.0;
+        }
+    }
+    Split { x, y: split.y.clone(), sample_len: t * vocab }
+}
+
 fn cache_path(dir: &Path, fingerprint: &str) -> PathBuf {
     dir.join(format!("linear-{fingerprint}-l2_{L2:e}.safetensors"))
 }
@@ -56,12 +102,16 @@ fn cache_path(dir: &Path, fingerprint: &str) -> PathBuf {
 pub fn get(data: &Dataset, cache_dir: &Path, quiet: bool) -> Result<LinearModel> {
     let path = cache_path(cache_dir, &data.fingerprint);
     if let Some(m) = read(&path) {
-        return Ok(m);
+        return Ok(LinearModel { vocab: data.vocab, ..m });
     }
     if !quiet {
         eprintln!("training the linear surrogate (logistic regression, L-BFGS) on {} samples…", data.train.len());
     }
-    let m = fit(&data.train, data.classes.len())?;
+    let mut m = match data.vocab {
+        Some(v) => fit(&one_hot(&data.train, v), data.classes.len())?,
+        None => fit(&data.train, data.classes.len())?,
+    };
+    m.vocab = data.vocab;
     write(&path, &m).with_context(|| format!("{}", path.display()))?;
     Ok(m)
 }
@@ -182,6 +232,7 @@ pub fn fit(train: &Split, classes: usize) -> Result<LinearModel> {
         bias: theta[k * d..].iter().map(|&v| v as f32).collect(),
         train_accuracy: 0.0,
         iterations,
+        vocab: None,
     };
     let pred = m.predict(&train.x, n);
     m.train_accuracy = pred.iter().zip(&train.y).filter(|(p, y)| **p == **y as usize).count() as f64 / n as f64;
@@ -206,6 +257,7 @@ fn read(path: &Path) -> Option<LinearModel> {
         bias,
         train_accuracy: md.get("train_accuracy")?.parse().ok()?,
         iterations: md.get("iterations")?.parse().ok()?,
+        vocab: None,
     })
 }
 

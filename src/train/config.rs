@@ -5,6 +5,13 @@
 use crate::data::DataConfig;
 use crate::init::InitScheme;
 use crate::spec::{Activation, Arch, ConvItem, ModelSpec, Shortcut, Stem, RESNET_PRESETS, SPEC_VERSION, VGG_PRESETS};
+
+/// The transformer presets `TrainConfig::model` knows.
+pub const TRANSFORMER_PRESETS: &[&str] = &["vit-tiny", "vit-mini", "modadd"];
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
+}
 use crate::train::optim::OptimizerKind;
 use crate::train::schedule::Schedule;
 use crate::train::steps::Spacing;
@@ -40,6 +47,22 @@ pub struct TrainConfig {
     pub stem: Option<Stem>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shortcut: Option<Shortcut>,
+    /// Transformers (`vit-tiny`, `vit-mini`, `modadd`): model width, blocks,
+    /// heads, MLP hidden width and (ViT) patch side; unset: the preset's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dim: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocks: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heads: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mlp_hidden: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch: Option<usize>,
+    /// Transformers: dropout on embeddings, attention weights and sublayer
+    /// outputs (0: none, the default).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropout: f64,
     /// Taps whose nonlinearity is the identity (partly linear models).
     pub linear_taps: Vec<usize>,
     #[serde(flatten)]
@@ -55,6 +78,18 @@ pub struct TrainConfig {
     pub weight_decay: f64,
     pub lr_schedule: Schedule,
     pub warmup_steps: u64,
+    /// Adam/AdamW β₁ and β₂ (PyTorch's 0.9 and 0.999 when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adam_beta1: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adam_beta2: Option<f64>,
+    /// Clip the global gradient norm to this (0: off, the default).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub grad_clip: f64,
+    /// Label smoothing ε of the training loss, as
+    /// `torch.nn.CrossEntropyLoss(label_smoothing=ε)` (0: off).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub label_smoothing: f64,
     pub init: InitScheme,
     pub init_scale: f64,
     /// Random crops (padding H/8) and horizontal flips, for image data.
@@ -104,6 +139,12 @@ impl Default for TrainConfig {
             stem: None,
             shortcut: None,
             dense: vec![128],
+            dim: None,
+            blocks: None,
+            heads: None,
+            mlp_hidden: None,
+            patch: None,
+            dropout: 0.0,
             linear_taps: Vec::new(),
             data: DataConfig::default(),
             steps: 0,
@@ -115,6 +156,10 @@ impl Default for TrainConfig {
             weight_decay: 0.0,
             lr_schedule: Schedule::Constant,
             warmup_steps: 0,
+            adam_beta1: None,
+            adam_beta2: None,
+            grad_clip: 0.0,
+            label_smoothing: 0.0,
             init: InitScheme::Pytorch,
             init_scale: 1.0,
             augment: false,
@@ -182,11 +227,25 @@ impl TrainConfig {
         }
     }
 
-    /// The model spec for data of `input_shape` with `num_classes` classes.
-    pub fn model_spec(&self, input_shape: &[usize], num_classes: usize) -> Result<ModelSpec> {
-        let arch = match self.model.as_str() {
-            "mlp" => Arch::Mlp { hidden: vec![self.width; self.depth] },
-            "cnn" => Arch::Cnn {
+    /// The model spec for data of `input_shape` with `num_classes` classes
+    /// (and, for token data, a vocabulary of `vocab`).
+    pub fn model_spec(&self, input_shape: &[usize], num_classes: usize, vocab: Option<usize>) -> Result<ModelSpec> {
+        let transformer = self.transformer_arch(vocab)?;
+        if transformer.is_none()
+            && (self.dim.is_some() || self.blocks.is_some() || self.heads.is_some() || self.mlp_hidden.is_some() || self.patch.is_some())
+        {
+            bail!("dim, blocks, heads, mlp_hidden and patch apply to transformers only (model '{}')", self.model);
+        }
+        if transformer.is_none() && self.dropout != 0.0 {
+            bail!("dropout applies to transformers only (model '{}'; the VGG presets have their own)", self.model);
+        }
+        if vocab.is_some() && !matches!(transformer, Some(Arch::Gpt { .. })) {
+            bail!("token data (dataset '{}') needs a token model (modadd), not '{}'", self.data.dataset, self.model);
+        }
+        let arch = match (transformer, self.model.as_str()) {
+            (Some(arch), _) => arch,
+            (None, "mlp") => Arch::Mlp { hidden: vec![self.width; self.depth] },
+            (None, "cnn") => Arch::Cnn {
                 conv: self.conv.clone(),
                 kernel_size: self.kernel_size,
                 dense: self.dense.clone(),
@@ -194,7 +253,7 @@ impl TrainConfig {
                 adaptive_pool: None,
                 dropout: None,
             },
-            name => match Arch::preset(name) {
+            (None, name) => match Arch::preset(name) {
                 Some(vgg @ Arch::Cnn { .. }) if !self.batch_norm => vgg,
                 Some(Arch::Cnn { .. }) => bail!("--batch-norm with a VGG preset: use {name}_bn"),
                 Some(Arch::Resnet { block, stages, widths, stem, stem_width, shortcut }) => Arch::Resnet {
@@ -206,7 +265,12 @@ impl TrainConfig {
                     shortcut: self.shortcut.unwrap_or(shortcut),
                 },
                 _ => {
-                    bail!("unknown model '{name}' (expected mlp, cnn or one of {}, {})", RESNET_PRESETS.join(", "), VGG_PRESETS.join(", "))
+                    bail!(
+                        "unknown model '{name}' (expected mlp, cnn or one of {}, {}, {})",
+                        RESNET_PRESETS.join(", "),
+                        VGG_PRESETS.join(", "),
+                        TRANSFORMER_PRESETS.join(", ")
+                    )
                 }
             },
         };
@@ -229,6 +293,50 @@ impl TrainConfig {
         };
         spec.validate().map_err(anyhow::Error::msg)?;
         Ok(spec)
+    }
+
+    /// The transformer presets, with any size the config overrides; `None`
+    /// for other models.
+    ///
+    /// - `vit-tiny`: patch 4, dim 192, 6 blocks, 3 heads, MLP 384 (the
+    ///   issue's CIFAR ViT); `vit-mini`: patch 4, dim 64, 4 blocks, 2 heads,
+    ///   MLP 128 (CPU-sized).
+    /// - `modadd`: Nanda et al.'s (2023) modular-addition model: one block,
+    ///   dim 128, 4 heads, MLP 512, no LayerNorm, untied unembedding; vocab
+    ///   from the data (p + 1).
+    fn transformer_arch(&self, vocab: Option<usize>) -> Result<Option<Arch>> {
+        let dropout = (self.dropout != 0.0).then_some(self.dropout);
+        let pick = |v: Option<usize>, d: usize| v.unwrap_or(d);
+        let vit = |patch, dim, depth, heads, mlp| Arch::Vit {
+            patch: pick(self.patch, patch),
+            dim: pick(self.dim, dim),
+            depth: pick(self.blocks, depth),
+            heads: pick(self.heads, heads),
+            mlp_hidden: pick(self.mlp_hidden, mlp),
+            dropout,
+        };
+        Ok(Some(match self.model.as_str() {
+            "vit-tiny" => vit(4, 192, 6, 3, 384),
+            "vit-mini" => vit(4, 64, 4, 2, 128),
+            "modadd" => {
+                if self.patch.is_some() {
+                    bail!("patch applies to ViTs only");
+                }
+                let Some(vocab) = vocab else { bail!("model 'modadd' needs token data (--dataset modular-addition)") };
+                Arch::Gpt {
+                    vocab,
+                    dim: pick(self.dim, 128),
+                    depth: pick(self.blocks, 1),
+                    heads: pick(self.heads, 4),
+                    mlp_hidden: pick(self.mlp_hidden, 512),
+                    layer_norm: false,
+                    bias: true,
+                    tied: false,
+                    dropout,
+                }
+            }
+            _ => return Ok(None),
+        }))
     }
 
     /// The run id: `name` if given, else `<model>-<dataset>-<activation>-s<seed>-<hash>`
@@ -259,6 +367,20 @@ impl TrainConfig {
         }
         if self.probe_size == 0 {
             bail!("probe_size must be positive");
+        }
+        if !(self.grad_clip >= 0.0 && self.grad_clip.is_finite()) {
+            bail!("grad_clip must be a non-negative number, got {}", self.grad_clip);
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            bail!("label_smoothing must be in [0, 1), got {}", self.label_smoothing);
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            bail!("dropout must be in [0, 1), got {}", self.dropout);
+        }
+        for (name, b) in [("adam_beta1", self.adam_beta1), ("adam_beta2", self.adam_beta2)] {
+            if matches!(b, Some(b) if !(0.0..1.0).contains(&b)) {
+                bail!("{name} must be in [0, 1)");
+            }
         }
         if !self.name.is_empty() && (self.name.contains('/') || self.name.starts_with('.')) {
             bail!("run name '{}' must be a plain folder name", self.name);

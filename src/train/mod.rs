@@ -8,4 +8,4 @@ pub mod steps;
 mod trainer;
 
 pub use config::TrainConfig;
-pub use trainer::{train, Diverged, TrainOptions};
+pub use trainer::{loss, train, Diverged, TrainOptions};

@@ -32,6 +32,10 @@ pub struct Optimizer {
     kind: OptimizerKind,
     vars: Vec<Var>,
     weight_decay: f64,
+    /// AdamW: whether each variable is decayed (not biases, norms or
+    /// embeddings; the other optimizers decay every variable, as PyTorch
+    /// does when given one parameter group).
+    decay: Vec<bool>,
     momentum: f64,
     betas: (f64, f64),
     eps: f64,
@@ -45,7 +49,31 @@ pub struct Optimizer {
 impl Optimizer {
     pub fn new(kind: OptimizerKind, vars: Vec<Var>, weight_decay: f64, momentum: f64) -> Self {
         let n = vars.len();
-        Optimizer { kind, vars, weight_decay, momentum, betas: (0.9, 0.999), eps: 1e-8, m: vec![None; n], v: vec![None; n], t: 0 }
+        Optimizer {
+            kind,
+            vars,
+            weight_decay,
+            decay: vec![true; n],
+            momentum,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            m: vec![None; n],
+            v: vec![None; n],
+            t: 0,
+        }
+    }
+
+    /// Adam's β₁, β₂.
+    pub fn with_betas(mut self, b1: f64, b2: f64) -> Self {
+        self.betas = (b1, b2);
+        self
+    }
+
+    /// Which variables AdamW decays (`decay[i]` for `vars[i]`).
+    pub fn with_decay_mask(mut self, decay: Vec<bool>) -> Self {
+        assert_eq!(decay.len(), self.vars.len(), "one decay flag per variable");
+        self.decay = decay;
+        self
     }
 
     /// The buffers by parameter name (`names[i]` is `vars[i]`'s), for the
@@ -76,15 +104,29 @@ impl Optimizer {
         self.t = t;
     }
 
-    pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+    /// The global L2 norm of the gradients of every variable.
+    pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
+        let mut sq = 0.0;
+        for var in &self.vars {
+            if let Some(g) = grads.get(var) {
+                sq += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            }
+        }
+        Ok(sq.sqrt())
+    }
+
+    /// One update with learning rate `lr`; every gradient is multiplied by
+    /// `grad_scale` first (gradient clipping).
+    pub fn step(&mut self, grads: &GradStore, lr: f64, grad_scale: f64) -> Result<()> {
         self.t += 1;
         let (b1, b2) = self.betas;
         for (i, var) in self.vars.iter().enumerate() {
             // Detached, so that momentum and Adam buffers built from it do not
             // chain every step's autograd graph (and its activations) together.
             let Some(g) = grads.get(var).map(|g| g.detach()) else { continue };
+            let g = if grad_scale != 1.0 { (g * grad_scale)? } else { g };
             let p = var.as_tensor().detach();
-            let wd = self.weight_decay;
+            let wd = if self.kind == OptimizerKind::Adamw && !self.decay[i] { 0.0 } else { self.weight_decay };
             // L2 decay enters the gradient for all but AdamW.
             let g = if wd != 0.0 && self.kind != OptimizerKind::Adamw { (g + (&p * wd)?)? } else { g };
             let new = match self.kind {

@@ -131,7 +131,7 @@ fn train_locked(cfg: &TrainConfig, opts: &TrainOptions, run_dir: &Path, run_id: 
             data.test.len()
         );
     }
-    let spec = cfg.model_spec(&data.sample_shape, data.classes.len())?;
+    let spec = cfg.model_spec(&data.sample_shape, data.classes.len(), data.vocab)?;
     std::fs::create_dir_all(run::checkpoint_dir(&run_dir)).with_context(|| format!("{}: cannot create", run_dir.display()))?;
 
     let n_train = data.train.len();
@@ -306,7 +306,10 @@ impl<'a> Loop<'a> {
     ) -> Result<()> {
         let cfg = self.cfg;
         let n = self.data.train.len();
-        let mut opt = Optimizer::new(cfg.optimizer, self.vars.clone(), cfg.weight_decay, cfg.momentum);
+        let decay = self.names.iter().map(|n| !self.spec.no_decay(n)).collect();
+        let mut opt = Optimizer::new(cfg.optimizer, self.vars.clone(), cfg.weight_decay, cfg.momentum)
+            .with_betas(cfg.adam_beta1.unwrap_or(0.9), cfg.adam_beta2.unwrap_or(0.999))
+            .with_decay_mask(decay);
         let mut aug_rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed_a06e);
         let mut pos =
             Position { step: 0, samples_seen: 0, epoch: 0, cursor: 0, aug_word_pos: String::new(), optimizer_t: 0, wall_seconds: 0.0 };
@@ -358,7 +361,7 @@ impl<'a> Loop<'a> {
             // Dropout masks from (seed, step): the same after a resume.
             self.model.set_dropout_key(cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step);
             let logits = self.model.logits(&x)?;
-            let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+            let loss = loss(&logits, &y, cfg.label_smoothing)?;
             // Checked before the update, so that no non-finite value reaches
             // the weights or the optimizer state.
             let loss_v = loss.to_scalar::<f32>()? as f64;
@@ -372,7 +375,18 @@ impl<'a> Loop<'a> {
                 crate::fault::point(&format!("step:{step}"));
             }
             let lr = cfg.lr_schedule.lr(cfg.lr, step, total, cfg.warmup_steps);
-            opt.step(&grads, lr)?;
+            // torch.nn.utils.clip_grad_norm_: scale by clip / (norm + 1e-6) when the norm exceeds it.
+            let scale = if cfg.grad_clip > 0.0 {
+                let norm = opt.grad_norm(&grads)?;
+                if norm > cfg.grad_clip {
+                    cfg.grad_clip / (norm + 1e-6)
+                } else {
+                    1.0
+                }
+            } else {
+                1.0
+            };
+            opt.step(&grads, lr, scale)?;
             pos.samples_seen += idx.len() as u64;
             pos.step = step;
             pos.wall_seconds = wall0 + start.elapsed().as_secs_f64();
@@ -443,7 +457,7 @@ impl<'a> Loop<'a> {
         let mut x = Vec::with_capacity(idx.len() * d);
         for &i in idx {
             let s = self.data.train.sample(i);
-            if self.cfg.augment && self.data.is_image() {
+            if self.cfg.augment && self.data.is_image() && self.data.vocab.is_none() {
                 x.extend(augment(s, &self.data.sample_shape, rng));
             } else {
                 x.extend_from_slice(s);
@@ -454,6 +468,18 @@ impl<'a> Loop<'a> {
         let y: Vec<u32> = idx.iter().map(|&i| self.data.train.y[i]).collect();
         Ok((Tensor::from_vec(x, shape, &self.device)?, Tensor::from_vec(y, idx.len(), &self.device)?))
     }
+}
+
+/// Mean cross-entropy of `logits` [batch, classes] against `y`, with label
+/// smoothing ε as PyTorch defines it: (1 − ε)·CE + ε·mean over classes of
+/// −log p_k.
+pub fn loss(logits: &Tensor, y: &Tensor, smoothing: f64) -> Result<Tensor> {
+    let ce = candle_nn::loss::cross_entropy(logits, y)?;
+    if smoothing == 0.0 {
+        return Ok(ce);
+    }
+    let uniform = candle_nn::ops::log_softmax(logits, 1)?.mean_all()?.neg()?;
+    Ok(((ce * (1.0 - smoothing))? + (uniform * smoothing)?)?)
 }
 
 /// Replaces the training labels by a teacher network's predictions

@@ -2,6 +2,10 @@
 //! that a checkpoint (which carries it in its metadata) is enough to rebuild
 //! its model. See the README ("Model spec") for the format and the PyTorch mapping.
 
+mod transformer;
+
+pub use transformer::{block_names, AttentionDesc, BlockNames, ExtraInit, ExtraTensor};
+
 use analyzers::{ActivationKind, LayerKind};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -123,6 +127,53 @@ pub enum Arch {
     /// has `stages[S]` blocks of width `widths[S]`; its first block has
     /// stride 2 except in the first stage. Global average pool, then `fc`.
     Resnet { block: ResBlock, stages: Vec<usize>, widths: Vec<usize>, stem: Stem, stem_width: usize, shortcut: Shortcut },
+    /// A vision transformer (Dosovitskiy et al., 2021) in timm's
+    /// `VisionTransformer` layout and names: a `patch`×`patch` convolution
+    /// with that stride (`patch_embed.proj`), a class token, a learned
+    /// position embedding, `depth` pre-LayerNorm blocks (multi-head
+    /// self-attention, then an MLP whose nonlinearity is the block's tap),
+    /// a final LayerNorm (`norm`) and a linear `head` on the class token.
+    /// LayerNorm eps 1e-6 (timm's), biases everywhere.
+    Vit {
+        patch: usize,
+        dim: usize,
+        depth: usize,
+        heads: usize,
+        mlp_hidden: usize,
+        /// Dropout on attention weights and sublayer outputs (training only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dropout: Option<f64>,
+    },
+    /// A decoder-only transformer in nanoGPT's layout and names: token and
+    /// position embeddings (`transformer.wte`, `.wpe`), `depth` pre-LayerNorm
+    /// blocks with causal self-attention (`transformer.h.N`), a final
+    /// LayerNorm (`transformer.ln_f`) and `lm_head` (or the token embedding,
+    /// `tied`). The input is a window of token ids (`input_shape` [T]). With
+    /// `layer_norm: false` the LayerNorms are left out (the one-layer
+    /// modular-addition model of Nanda et al., 2023). LayerNorm eps 1e-5.
+    Gpt {
+        vocab: usize,
+        dim: usize,
+        depth: usize,
+        heads: usize,
+        mlp_hidden: usize,
+        #[serde(default = "yes")]
+        layer_norm: bool,
+        /// Biases in the linear layers and LayerNorms (nanoGPT's `bias`).
+        #[serde(default = "yes")]
+        bias: bool,
+        /// `lm_head` shares the token embedding's weights (GPT-2).
+        #[serde(default)]
+        tied: bool,
+        /// Dropout on embeddings, attention weights and sublayer outputs
+        /// (training only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dropout: Option<f64>,
+    },
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Arch {
@@ -219,6 +270,13 @@ pub struct ResidualBlockDesc {
     pub receptive_field: usize,
     /// The shortcut is the identity (same shape, no projection or padding).
     pub identity_shortcut: bool,
+    /// `residual_block`, or for a transformer `attention_sublayer`,
+    /// `mlp_sublayer` or `transformer_block` (the `layer_kind` column).
+    pub kind: &'static str,
+    /// A transformer's sublayer maps residual stream `from` to stream `to`
+    /// (the model records the streams); a ResNet block maps its first tap's
+    /// block input to its last tap's activation.
+    pub streams: Option<(usize, usize)>,
 }
 
 // No deny_unknown_fields: serde does not support it together with flatten.
@@ -399,6 +457,7 @@ impl ModelSpec {
                     }
                 }
             }
+            Arch::Vit { .. } | Arch::Gpt { .. } => self.validate_transformer()?,
         }
         let taps = self.num_taps();
         if let Some(list) = &self.tap_activations {
@@ -461,11 +520,14 @@ impl ModelSpec {
                 let flat = mul(c, h).and_then(|n| mul(n, w)).ok_or_else(|| too_big("the flattened features"))?;
                 dense(&mut add, flat, widths)?;
             }
-            Arch::Resnet { .. } => {
+            Arch::Resnet { .. } | Arch::Vit { .. } | Arch::Gpt { .. } => {
                 // validate() bounded widths and depths, so the walk's own
                 // arithmetic cannot overflow; its sizes are checked here.
                 for l in self.layers() {
                     add(l.weight_shape.iter().try_fold(1u64, |a, &d| mul(a, d)), "a layer")?;
+                }
+                for e in self.extra_tensors() {
+                    add(e.shape.iter().try_fold(1u64, |a, &d| mul(a, d)), "an embedding")?;
                 }
                 for t in self.taps() {
                     t.shape.iter().try_fold(1u64, |a, &d| mul(a, d)).ok_or_else(|| too_big("a feature map"))?;
@@ -486,6 +548,7 @@ impl ModelSpec {
                 };
                 1 + stages.iter().fold(0usize, |a, &n| a.saturating_add(n)).saturating_mul(per_block)
             }
+            Arch::Vit { depth, .. } | Arch::Gpt { depth, .. } => *depth,
         }
     }
 
@@ -610,16 +673,40 @@ impl ModelSpec {
                 }
                 layers.push(dense("fc".into(), classes, out[0]));
             }
+            Arch::Vit { .. } | Arch::Gpt { .. } => {
+                let l = self.transformer_layout();
+                return (l.layers, l.taps);
+            }
         }
         (layers, taps)
     }
 
     /// The residual blocks, in forward order (empty for other architectures).
+    /// Residual blocks (ResNets), or a transformer's sublayers and blocks.
     pub fn residual_blocks(&self) -> Vec<ResidualBlockDesc> {
         match self.arch {
             Arch::Resnet { .. } => self.resnet_layout().1,
+            Arch::Vit { .. } | Arch::Gpt { .. } => self.transformer_layout().sublayers,
             _ => Vec::new(),
         }
+    }
+
+    /// Tensors other than affine layers' weights and biases: embeddings,
+    /// class token and LayerNorms (transformers only).
+    pub fn extra_tensors(&self) -> Vec<ExtraTensor> {
+        self.transformer_layout().extras
+    }
+
+    /// The self-attention layers (transformers only).
+    pub fn attention_layers(&self) -> Vec<AttentionDesc> {
+        self.transformer_layout().attention
+    }
+
+    /// Names of tensors AdamW does not decay: biases, norms and embeddings.
+    pub fn no_decay(&self, name: &str) -> bool {
+        name.ends_with(".bias")
+            || self.batch_norms().iter().any(|(bn, _)| name.starts_with(&format!("{bn}.")))
+            || self.extra_tensors().iter().any(|e| e.name == name)
     }
 
     /// A ResNet's convolutions in forward order (torchvision's order within a
@@ -732,6 +819,8 @@ impl ModelSpec {
                         ResBlock::Bottleneck => 3,
                     },
                     identity_shortcut: !changes,
+                    kind: "residual_block",
+                    streams: None,
                 });
                 x = h;
             }
@@ -752,6 +841,7 @@ impl ModelSpec {
         for (bn, c) in self.batch_norms() {
             out.extend(["weight", "bias", "running_mean", "running_var"].map(|t| (format!("{bn}.{t}"), vec![c])));
         }
+        out.extend(self.extra_tensors().into_iter().map(|e| (e.name, e.shape)));
         out
     }
 
@@ -782,6 +872,10 @@ impl ModelSpec {
                     let input = &l.in_shape;
                     let block = match t.layer_kind {
                         LayerKind::Conv2d => conv_geometry(input, &t.shape, l.weight_shape[2], l.stride, l.padding),
+                        // A transformer's MLP: the same dense map at every position.
+                        _ if input.len() == 2 => {
+                            analyzers::BlockGeometry::Tokens { positions: input[0], in_features: input[1], out_features: t.shape[1] }
+                        }
                         _ => analyzers::BlockGeometry::Dense { features: input[0] },
                     };
                     analyzers::TapInfo {
@@ -799,14 +893,29 @@ impl ModelSpec {
                 .into_iter()
                 .map(|b| {
                     let k = b.receptive_field;
+                    let block = match b.in_shape.len() {
+                        2 => analyzers::BlockGeometry::Tokens {
+                            positions: b.in_shape[0],
+                            in_features: b.in_shape[1],
+                            out_features: b.out_shape[1],
+                        },
+                        _ => conv_geometry(&b.in_shape, &b.out_shape, k, b.stride, k / 2),
+                    };
                     analyzers::ResidualBlockInfo {
-                        block: conv_geometry(&b.in_shape, &b.out_shape, k, b.stride, k / 2),
+                        block,
                         name: b.name,
+                        kind: b.kind,
                         first_tap: b.first_tap,
                         last_tap: b.last_tap,
                         identity_shortcut: b.identity_shortcut,
+                        streams: b.streams,
                     }
                 })
+                .collect(),
+            attention: self
+                .attention_layers()
+                .into_iter()
+                .map(|a| analyzers::AttentionInfo { name: a.name, heads: a.heads, positions: a.positions, causal: a.causal, tap: a.tap })
                 .collect(),
             num_classes: self.num_classes,
             n_probe,

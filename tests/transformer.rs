@@ -1,0 +1,349 @@
+//! Transformers against PyTorch (fixtures/make_transformer.py: timm's own
+//! `VisionTransformer` and nanoGPT's `GPT`, copied verbatim): their state
+//! dicts load by name; eval logits, every MLP tap's z and every attention
+//! layer's weights match; one AdamW step (label smoothing, gradient
+//! clipping, no decay on biases, norms and embeddings) leaves the same
+//! weights; gradients match finite differences; a pass resumed at any tap
+//! gives the same logits; and the modular-addition transformer and a ViT
+//! train, resume and are analysed from the command line.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor, Var};
+use common::*;
+use lintrace::checkpoint::{self, CheckpointMeta};
+use lintrace::model::{Model, Taps, Weights};
+use lintrace::spec::ModelSpec;
+use lintrace::train::optim::{Optimizer, OptimizerKind};
+use std::collections::{BTreeMap, HashMap};
+
+const NETS: [&str; 3] = ["vit", "gpt_tied", "gpt_nonorm_relu"];
+
+fn golden(net: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixture(&format!("transformer/{net}/golden.safetensors")), &Device::Cpu).unwrap()
+}
+
+fn spec(net: &str) -> ModelSpec {
+    ModelSpec::from_json(&std::fs::read_to_string(fixture(&format!("transformer/{net}/spec.json"))).unwrap()).unwrap()
+}
+
+fn initial(net: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixture(&format!("transformer/{net}/initial.safetensors")), &Device::Cpu).unwrap()
+}
+
+fn model(net: &str) -> Model {
+    let meta = CheckpointMeta { spec: spec(net), run_id: net.into(), step: 0, epoch: 0.0, samples_seen: 0 };
+    let l = checkpoint::load_foreign(&fixture(&format!("transformer/{net}/initial.safetensors")), Some(&meta), &[]).unwrap();
+    l.model(&Device::Cpu).unwrap()
+}
+
+#[test]
+fn timm_and_nanogpt_state_dicts_evaluate_as_in_pytorch() {
+    for net in NETS {
+        let g = golden(net);
+        let m = model(net);
+        let (logits, rec) = m.forward_recorded(&g["x"]).unwrap();
+        let d = max_diff(&logits, &g["logits"]);
+        assert!(d < 1e-4, "{net}: logits off by {d}");
+        let depth = spec(net).num_taps();
+        assert_eq!(rec.taps.len(), depth);
+        assert_eq!(rec.attention.len(), depth);
+        assert_eq!(rec.streams.len(), 2 * depth + 1);
+        for i in 0..depth {
+            let d = max_diff(&rec.taps[i].z, &g[&format!("z{i}")]);
+            assert!(d < 1e-4, "{net}: tap {i} z off by {d}");
+            let d = max_diff(&rec.attention[i], &g[&format!("att{i}")]);
+            assert!(d < 1e-5, "{net}: attention {i} off by {d}");
+        }
+    }
+}
+
+#[test]
+fn the_specs_name_every_tensor_as_pytorch_does() {
+    for net in NETS {
+        let mut want: Vec<(String, Vec<usize>)> = initial(net).into_iter().map(|(k, v)| (k, v.dims().to_vec())).collect();
+        let mut got = spec(net).tensor_shapes();
+        want.sort();
+        got.sort();
+        assert_eq!(got, want, "{net}");
+    }
+}
+
+/// One AdamW step as the fixture takes it, with lintrace's trainer pieces:
+/// its loss (label smoothing), gradient-norm clipping and AdamW with the
+/// spec's no-decay set. Returns the loss, the pre-clip gradient norm, the
+/// gradients and every tensor after the step.
+fn one_adamw_step(net: &str) -> (f64, f64, BTreeMap<String, Tensor>, BTreeMap<String, Tensor>) {
+    let spec = spec(net);
+    let init = initial(net);
+    let g = golden(net);
+    let mut names = Vec::new();
+    let mut vars = Vec::new();
+    let mut tensors = BTreeMap::new();
+    for (name, _) in spec.tensor_shapes() {
+        let v = Var::from_tensor(&init[&name]).unwrap();
+        tensors.insert(name.clone(), v.as_tensor().clone());
+        names.push(name);
+        vars.push(v);
+    }
+    let model = Model::new(&spec, Weights::new(tensors)).unwrap();
+    model.set_training(true);
+    let logits = model.logits(&g["x"]).unwrap();
+    let y = g["y"].to_dtype(DType::U32).unwrap();
+    let loss = lintrace::train::loss(&logits, &y, 0.1).unwrap();
+    let grads = loss.backward().unwrap();
+    let grad_map = names.iter().zip(&vars).map(|(n, v)| (n.clone(), grads.get(v.as_tensor()).unwrap().clone())).collect();
+    let decay = names.iter().map(|n| !spec.no_decay(n)).collect();
+    let mut opt = Optimizer::new(OptimizerKind::Adamw, vars.clone(), 1.0, 0.0).with_betas(0.9, 0.98).with_decay_mask(decay);
+    let norm = opt.grad_norm(&grads).unwrap();
+    let scale = if norm > 0.5 { 0.5 / (norm + 1e-6) } else { 1.0 };
+    opt.step(&grads, 0.01, scale).unwrap();
+    let after = names.into_iter().zip(vars).map(|(n, v)| (n, v.as_tensor().clone())).collect();
+    (loss.to_scalar::<f32>().unwrap() as f64, norm, grad_map, after)
+}
+
+/// `t` without the key rows of a fused q, k, v bias. The key bias's true
+/// gradient is exactly 0 (it shifts all of a query's scores alike, which
+/// softmax ignores), so f32 rounding noise there becomes a ±lr first AdamW
+/// step; those rows are checked through the gradient instead.
+fn without_key_bias(name: &str, t: &Tensor) -> Tensor {
+    if !(name.ends_with("attn.qkv.bias") || name.ends_with("attn.c_attn.bias")) {
+        return t.clone();
+    }
+    let d = t.dims()[0] / 3;
+    Tensor::cat(&[t.narrow(0, 0, d).unwrap(), t.narrow(0, 2 * d, d).unwrap()], 0).unwrap()
+}
+
+#[test]
+fn one_adamw_step_matches_pytorch() {
+    for net in NETS {
+        let g = golden(net);
+        let (loss, norm, grads, after) = one_adamw_step(net);
+        let scalar = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0] as f64;
+        assert_close(loss, scalar(&g["loss"]), 1e-5, &format!("{net} loss"));
+        assert_close(norm, scalar(&g["grad_norm"]), 1e-4 * scalar(&g["grad_norm"]), &format!("{net} gradient norm"));
+        let init = initial(net);
+        for (name, grad) in &grads {
+            let want = &g[&format!("grad.{name}")];
+            let scale = want.abs().unwrap().max_keepdim(0).unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            let d = max_diff(grad, want);
+            assert!(d <= 1e-4 * scale.max(1e-3), "{net}: gradient of {name} off by {d} (largest {scale})");
+        }
+        for (name, t) in &after {
+            let (t, want, start) =
+                (without_key_bias(name, t), without_key_bias(name, &g[&format!("after.{name}")]), without_key_bias(name, &init[name]));
+            // Relative to the step's size (lr 0.01 plus decay), so a wrong
+            // gradient sign or a wrong decay shows.
+            let step = max_diff(&want, &start);
+            let d = max_diff(&t, &want);
+            assert!(d <= 1e-3 * step.max(1e-2), "{net}: {name} off by {d} after a step of {step}");
+        }
+    }
+}
+
+/// Mean cross-entropy of the model with tensor `name` set to `value`.
+fn loss_with(spec: &ModelSpec, tensors: &BTreeMap<String, Tensor>, x: &Tensor, y: &Tensor) -> f64 {
+    let model = Model::new(spec, Weights::new(tensors.clone())).unwrap();
+    let logits = model.logits(x).unwrap().to_dtype(DType::F64).unwrap();
+    candle_nn::loss::cross_entropy(&logits, y).unwrap().to_scalar::<f64>().unwrap()
+}
+
+/// Autograd against central differences of the loss, on a few coordinates
+/// of every tensor (f32 model, so h = 1e-2 and a loose relative tolerance:
+/// what this catches is a gradient that is zero, of the wrong sign or
+/// scaled, as candle's fused softmax and LayerNorm would give).
+#[test]
+fn gradients_match_finite_differences() {
+    for net in NETS {
+        let spec = spec(net);
+        let init = initial(net);
+        let g = golden(net);
+        let y = g["y"].to_dtype(DType::U32).unwrap();
+        let mut vars = BTreeMap::new();
+        let tensors: BTreeMap<String, Tensor> = spec
+            .tensor_shapes()
+            .into_iter()
+            .map(|(n, _)| {
+                let v = Var::from_tensor(&init[&n]).unwrap();
+                vars.insert(n.clone(), v.clone());
+                (n, v.as_tensor().clone())
+            })
+            .collect();
+        let model = Model::new(&spec, Weights::new(tensors.clone())).unwrap();
+        let logits = model.logits(&g["x"]).unwrap();
+        let grads = candle_nn::loss::cross_entropy(&logits, &y).unwrap().backward().unwrap();
+        for (name, var) in &vars {
+            let grad: Vec<f32> = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("{net}: {name} got no gradient"))
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let base: Vec<f32> = init[name].flatten_all().unwrap().to_vec1().unwrap();
+            // The coordinates with the largest gradients, where h = 1e-2 is
+            // far above f32 noise.
+            let mut order: Vec<usize> = (0..grad.len()).collect();
+            order.sort_by(|&a, &b| grad[b].abs().total_cmp(&grad[a].abs()));
+            for &k in order.iter().take(2) {
+                let h = 1e-2f32;
+                let at = |delta: f32| {
+                    let mut v = base.clone();
+                    v[k] += delta;
+                    let mut t = tensors.clone();
+                    t.insert(name.clone(), Tensor::from_vec(v, init[name].dims(), &Device::Cpu).unwrap());
+                    loss_with(&spec, &t, &g["x"], &y)
+                };
+                let fd = (at(h) - at(-h)) / (2.0 * h as f64);
+                let ad = grad[k] as f64;
+                assert!((fd - ad).abs() <= 0.02 * ad.abs() + 1e-4, "{net}: d loss / d {name}[{k}]: autograd {ad}, finite difference {fd}");
+            }
+        }
+    }
+}
+
+#[test]
+fn passes_resume_at_every_tap() {
+    for net in NETS {
+        let g = golden(net);
+        let m = model(net);
+        let (logits, taps) = m.forward_with_taps(&g["x"]).unwrap();
+        for (k, t) in taps.iter().enumerate() {
+            let resumed = m.forward_from(k, t, &mut Taps::off()).unwrap();
+            let d = max_diff(&resumed, &logits);
+            assert!(d < 1e-5, "{net}: resumed at tap {k}: off by {d}");
+        }
+    }
+}
+
+/// Layer rows of `analyzer` with `layer_kind` = `kind`: their layer names.
+fn names_of(t: &lintrace::tables::Table, analyzer: &str, kind: &str) -> std::collections::BTreeSet<String> {
+    let (ai, ki, ni) = (t.column_index("analyzer").unwrap(), t.column_index("layer_kind").unwrap(), t.column_index("layer_name").unwrap());
+    t.rows
+        .iter()
+        .filter(|r| r[ai].as_str() == Some(analyzer) && r[ki].as_str() == Some(kind))
+        .map(|r| r[ni].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn the_modular_addition_transformer_trains_resumes_and_is_analysed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let args = [
+        "--model",
+        "modadd",
+        "--dataset",
+        "modular-addition",
+        "--modulus",
+        "23",
+        "--dim",
+        "32",
+        "--mlp-hidden",
+        "64",
+        "--optimizer",
+        "adamw",
+        "--lr",
+        "0.003",
+        "--weight-decay",
+        "1",
+        "--adam-beta2",
+        "0.98",
+        "--grad-clip",
+        "1",
+        "--label-smoothing",
+        "0.1",
+        "--init",
+        "gpt2",
+        "--steps",
+        "12",
+        "--batch-size",
+        "64",
+        "--probe-size",
+        "64",
+    ];
+    let train = |root: &std::path::Path, extra: &[&str]| {
+        let mut c = train_bin();
+        c.args(args).args(["--quiet", "--name", "m", "--out"]).arg(root).args(extra);
+        c
+    };
+    run_ok(&mut train(&tmp.path().join("a"), &[]));
+    let out = train(&tmp.path().join("b"), &[]).env("LINTRACE_ABORT_AFTER_STEP", "5").output().unwrap();
+    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    run_ok(&mut train(&tmp.path().join("b"), &["--resume"]));
+    let (a, b) = (tmp.path().join("a/m"), tmp.path().join("b/m"));
+    assert_eq!(files_under(&a.join("checkpoints"), &[]), files_under(&b.join("checkpoints"), &[]));
+
+    run_ok(analyze_bin().arg(&a).args(["--quiet", "--device", "cpu"]));
+    let layer = lintrace::tables::Table::read(&a.join("analysis/layer_metrics.parquet"), "layer_metrics").unwrap();
+    for name in analyzers::registry::names().into_iter().filter(|n| !["performance", "mu"].contains(n)) {
+        // residual_linear_fit is for ResNets: a transformer's sublayers are block_linear_fit's.
+        if name != "residual_linear_fit" {
+            assert!(rows_of(&layer, &[name]) > 0, "no {name} rows for the modular-addition transformer");
+        }
+    }
+    let heads: Vec<String> = (0..4).map(|h| format!("transformer.h.0.attn.head{h}")).collect();
+    assert_eq!(names_of(&layer, "attention", "attention_head"), heads.into_iter().collect());
+    for (kind, name) in
+        [("attention_sublayer", "transformer.h.0.attn"), ("mlp_sublayer", "transformer.h.0.mlp"), ("transformer_block", "transformer.h.0")]
+    {
+        assert_eq!(names_of(&layer, "block_linear_fit", kind), [name.to_string()].into_iter().collect(), "{kind}");
+    }
+    let model = lintrace::tables::Table::read(&a.join("analysis/model_metrics.parquet"), "model_metrics").unwrap();
+    let (si, mi) = (model.column_index("surrogate").unwrap(), model.column_index("metric").unwrap());
+    assert!(
+        model.rows.iter().any(|r| r[si].as_str() == Some("linear") && r[mi].as_str() == Some("mu")),
+        "no mu against the one-hot linear surrogate"
+    );
+}
+
+#[test]
+fn a_vit_trains_on_images_and_is_analysed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = train_bin();
+    c.args(["--model", "vit-mini", "--dataset", "digits", "--dim", "16", "--heads", "2", "--mlp-hidden", "32", "--blocks", "2"])
+        .args(["--activation", "gelu", "--optimizer", "adamw", "--lr", "0.003", "--steps", "6", "--batch-size", "32", "--probe-size", "32"])
+        .args(["--quiet", "--name", "v", "--out"])
+        .arg(tmp.path());
+    run_ok(&mut c);
+    let dir = tmp.path().join("v");
+    run_ok(analyze_bin().arg(&dir).args([
+        "--quiet",
+        "--device",
+        "cpu",
+        "--analyzers",
+        "unit_linear_fit,block_linear_fit,attention,linearized_agreement",
+    ]));
+    let layer = lintrace::tables::Table::read(&dir.join("analysis/layer_metrics.parquet"), "layer_metrics").unwrap();
+    assert_eq!(
+        names_of(&layer, "unit_linear_fit", "dense"),
+        ["blocks.0.mlp.fc1", "blocks.1.mlp.fc1"].map(String::from).into_iter().collect()
+    );
+    assert_eq!(names_of(&layer, "attention", "attention_head").len(), 4);
+    assert_eq!(names_of(&layer, "block_linear_fit", "transformer_block"), ["blocks.0", "blocks.1"].map(String::from).into_iter().collect());
+}
+
+#[test]
+fn bad_transformer_specs_and_probes_are_refused_in_one_line() {
+    let gpt = |extra: &str| {
+        format!(
+            r#"{{"spec_version":1,"kind":"gpt","input_shape":[4],"num_classes":5,"activation":"relu","depth":1,"mlp_hidden":8{extra}}}"#
+        )
+    };
+    for (extra, words) in [
+        (r#","vocab":5,"dim":10,"heads":3"#, "not divisible"),
+        (r#","vocab":5,"dim":8,"heads":0"#, "must be positive"),
+        (r#","vocab":6,"dim":8,"heads":2,"tied":true"#, "num_classes = vocab"),
+        (r#","vocab":5,"dim":8,"heads":2,"dropout":1.5"#, "dropout"),
+    ] {
+        let text = gpt(extra);
+        let err = ModelSpec::from_json(&text).err().unwrap_or_else(|| panic!("accepted {text}"));
+        assert!(err.contains(words) && !err.contains('\n'), "{text}: {err}");
+    }
+    let vit = r#"{"spec_version":1,"kind":"vit","input_shape":[3,10,10],"num_classes":5,"activation":"gelu","patch":4,"dim":8,"depth":1,"heads":2,"mlp_hidden":8}"#;
+    assert!(ModelSpec::from_json(vit).unwrap_err().contains("must divide"));
+    let ok = ModelSpec::from_json(&gpt(r#","vocab":5,"dim":8,"heads":2"#)).unwrap();
+    assert!(ok.check_inputs(&[0.0, 4.0, 1.0]).is_ok());
+    for bad in [5.0, -1.0, 1.5, f32::NAN] {
+        assert!(ok.check_inputs(&[0.0, bad]).unwrap_err().contains("not a token id"), "{bad}");
+    }
+}
