@@ -162,12 +162,59 @@ class ResNet(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+class Vit(nn.Module):
+    """timm's VisionTransformer layout (names included), written plainly:
+    patch_embed.proj, cls_token, pos_embed, pre-LayerNorm blocks (eps 1e-6)
+    with F.scaled_dot_product_attention (what timm uses), GELU MLP, norm,
+    head on the class token. lintrace-bench --model vit-mini --activation gelu."""
+
+    class Block(nn.Module):
+        def __init__(self, dim, heads, hidden):
+            super().__init__()
+            self.heads = heads
+            self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+            self.attn = nn.Module()
+            self.attn.qkv = nn.Linear(dim, 3 * dim)
+            self.attn.proj = nn.Linear(dim, dim)
+            self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+            self.mlp = nn.Module()
+            self.mlp.fc1 = nn.Linear(dim, hidden)
+            self.mlp.act = nn.GELU()
+            self.mlp.fc2 = nn.Linear(hidden, dim)
+
+        def forward(self, x):
+            b, t, d = x.shape
+            qkv = self.attn.qkv(self.norm1(x)).reshape(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+            y = torch.nn.functional.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+            x = x + self.attn.proj(y.transpose(1, 2).reshape(b, t, d))
+            return x + self.mlp.fc2(self.mlp.act(self.mlp.fc1(self.norm2(x))))
+
+    def __init__(self, patch, dim, depth, heads, hidden, num_classes=10, img=32):
+        super().__init__()
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(3, dim, patch, stride=patch)
+        n = (img // patch) ** 2 + 1
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.randn(1, n, dim) * 0.02)
+        self.blocks = nn.Sequential(*[Vit.Block(dim, heads, hidden) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        x = self.patch_embed.proj(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1) + self.pos_embed
+        return self.head(self.norm(self.blocks(x))[:, 0])
+
+
 MODELS = {
     "default-cnn": lambda: cnn([32, 64, "M", 64, "M"], [128]),
     "seed-cnn": lambda: cnn([16, 32, "M", 32, "M"], [64]),
     # lintrace-bench --model resnet20; --model resnet18 --stem small
     "resnet20": lambda: (ResNet([3, 3, 3], [16, 32, 64], 16, "a"), (3, 32, 32), 10),
     "resnet18-small": lambda: (ResNet([2, 2, 2, 2], [64, 128, 256, 512], 64, "b"), (3, 32, 32), 10),
+    # lintrace-bench --model vit-mini|vit-tiny --activation gelu
+    "vit-mini": lambda: (Vit(4, 64, 4, 2, 128), (3, 32, 32), 10),
+    "vit-tiny": lambda: (Vit(4, 192, 6, 3, 384), (3, 32, 32), 10),
 }
 
 

@@ -80,8 +80,12 @@ impl External {
         let mut presets = vec!["mlp", "cnn"];
         presets.extend(crate::spec::RESNET_PRESETS);
         presets.extend(crate::spec::VGG_PRESETS);
+        // timm's ViT layout at the presets' sizes (GELU, as timm's).
+        let vits = ["vit-tiny", "vit-mini"];
+        presets.extend(vits);
         let vgg = crate::spec::VGG_PRESETS.contains(&name) && !small;
-        let known = crate::spec::RESNET_PRESETS.contains(&name) || vgg || (presets.contains(&name) && name == self.spec);
+        let vit = vits.contains(&name) && name == self.spec;
+        let known = crate::spec::RESNET_PRESETS.contains(&name) || vgg || vit || (presets.contains(&name) && name == self.spec);
         if !known {
             bail!(
                 "--spec {}: neither a spec file, a run folder, nor a preset ({}; torchvision:resnetN, resnetN-small)",
@@ -93,7 +97,8 @@ impl External {
             bail!("--spec {}: a preset needs --num-classes and --input (e.g. --input 3,32,32)", self.spec);
         };
         let stem = small.then_some(crate::spec::Stem::Small);
-        let cfg = crate::train::TrainConfig { model: name.to_string(), stem, ..Default::default() };
+        let activation = if vit { "gelu" } else { "relu" }.to_string();
+        let cfg = crate::train::TrainConfig { model: name.to_string(), stem, activation, ..Default::default() };
         cfg.model_spec(input, classes, None).with_context(|| format!("--spec {}", self.spec))
     }
 }

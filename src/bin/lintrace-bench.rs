@@ -33,10 +33,13 @@ struct Args {
     /// cpu | cuda | auto: where training and analysis run.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// The model: cnn (lintrace's default CNN) or a ResNet preset
-    /// (resnet20, resnet18, ...).
+    /// The model: cnn (lintrace's default CNN), a ResNet preset (resnet20,
+    /// resnet18, ...) or a ViT preset (vit-mini, vit-tiny).
     #[arg(long, default_value = "cnn")]
     model: String,
+    /// The taps' nonlinearity (a ViT's MLP: gelu).
+    #[arg(long, default_value = "relu")]
+    activation: String,
     /// ResNet stem: small | imagenet (default: the preset's).
     #[arg(long)]
     stem: Option<String>,
@@ -81,6 +84,7 @@ fn real_main(args: &Args) -> Result<()> {
     cfg.name = "bench".into();
     cfg.tf32 = args.tf32;
     cfg.model = args.model.clone();
+    cfg.activation = args.activation.clone();
     if let Some(stem) = &args.stem {
         cfg.stem = Some(serde_json::from_value(serde_json::Value::String(stem.clone())).context("--stem: small or imagenet")?);
     }

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Do transformers become nonlinear like CNNs (Pinson et al., 2024)? Issue 10,
+# README "Transformers: what we observed". Two CPU-sized runs, each with
+# log-spaced checkpoints and every analyzer, then a summary:
+#
+#  1. modadd: Nanda et al.'s (2023) one-block ReLU transformer on a + b mod P,
+#     full-batch AdamW (lr 1e-3, weight decay 1, betas 0.9/0.98), through its
+#     train/test transition (grokking);
+#  2. vit: a ViT (vit-mini, GELU) on CIFAR-10, AdamW, warmup + cosine.
+#
+#   examples/recipes/transformer_experiment.sh [ROOT] [DATA] [DEVICE]
+#
+# Env: P (modulus, default 113), FRAC (train fraction, 0.3), MOD_STEPS
+# (default 10000), MOD_BLOCKS (1), VIT_STEPS (2000), VIT_MODEL (vit-mini),
+# PROBE (1024), BIN (target/release, with lintrace-train, lintrace-analyze
+# and lintrace-query: cargo build --release --workspace), SKIP ("modadd" or
+# "vit" to leave one out). GPU-sized: VIT_MODEL=vit-tiny VIT_STEPS=20000
+# DEVICE=cuda, and P=113 MOD_STEPS=40000.
+set -euo pipefail
+ROOT=${1:-runs/transformers}
+DATA=${2:-../shared/data/cifar10-jpeg.tar.gz}
+DEVICE=${3:-cpu}
+BIN=${BIN:-target/release}
+P=${P:-113}
+FRAC=${FRAC:-0.3}
+PROBE=${PROBE:-1024}
+SKIP=${SKIP:-}
+mkdir -p "$ROOT"
+if [[ $SKIP != *modadd* ]]; then
+  echo "== modadd: a + b mod $P, ${MOD_STEPS:-10000} full-batch AdamW steps"
+  "$BIN/lintrace-train" --model modadd --blocks "${MOD_BLOCKS:-1}" --dataset modular-addition --modulus "$P" \
+    --train-fraction "$FRAC" --optimizer adamw --lr 0.001 --weight-decay 1 --adam-beta2 0.98 --init gpt2 \
+    --batch-size 100000 --steps "${MOD_STEPS:-10000}" --ckpt-per-decade 12 --probe-size "$PROBE" \
+    --device "$DEVICE" --out "$ROOT" --name modadd --overwrite --quiet
+  "$BIN/lintrace-analyze" "$ROOT/modadd" --device "$DEVICE" --quiet
+fi
+if [[ $SKIP != *vit* ]]; then
+  echo "== ${VIT_MODEL:-vit-mini}: CIFAR-10, ${VIT_STEPS:-2000} steps of batch 128"
+  "$BIN/lintrace-train" --model "${VIT_MODEL:-vit-mini}" --activation gelu --dataset image-folder --data-dir "$DATA" \
+    --optimizer adamw --lr 0.001 --weight-decay 0.05 --lr-schedule warmup-cosine --warmup-steps 200 \
+    --grad-clip 1 --label-smoothing 0.1 --init gpt2 --augment --batch-size 128 --steps "${VIT_STEPS:-2000}" \
+    --probe-size "$PROBE" --device "$DEVICE" --out "$ROOT" --name vit --overwrite --quiet
+  "$BIN/lintrace-analyze" "$ROOT/vit" --device "$DEVICE" --quiet
+fi
+Q=$BIN/lintrace-query
+for run in modadd vit; do
+  [[ -d $ROOT/$run/analysis ]] || continue
+  echo "== $run: train/test accuracy over steps"
+  "$Q" query "$ROOT/$run" "SELECT step, metric, surrogate, ROUND(value, 4) AS v FROM model_metrics
+      WHERE (analyzer = 'performance' AND metric = 'accuracy') OR (analyzer = 'mu' AND metric IN ('mu', 'network_accuracy', 'surrogate_accuracy'))
+      ORDER BY step, metric"
+  echo "== $run: nonlinearity of each tap, linearity score of each sublayer, attention entropy"
+  "$Q" query "$ROOT/$run" "SELECT step, layer_kind, layer_name, metric, ROUND(value, 4) AS v FROM layer_metrics
+      WHERE (analyzer = 'unit_linear_fit' AND metric = 'nonlinearity')
+         OR (analyzer = 'block_linear_fit' AND metric IN ('linearity_score', 'linearity_score_residual') AND layer_kind <> 'dense')
+         OR (analyzer = 'attention' AND metric = 'attention_entropy')
+         OR (analyzer = 'linearized_agreement' AND metric = 'agreement')
+      ORDER BY layer_kind, layer_name, metric, step"
+  mkdir -p "$ROOT/fig"
+  "$Q" plot heatmap "$ROOT/$run" --metric nonlinearity --analyzer unit_linear_fit --out "$ROOT/fig/$run-nonlinearity"
+  "$Q" plot lines "$ROOT/$run" --metric mu --surrogate linear --out "$ROOT/fig/$run-mu"
+done
