@@ -159,6 +159,8 @@ fn mu_matches_numpy_and_interaction_information_is_symmetric() {
             ("i_f_s_given_y", r.i_f_s_given_y),
             ("agreement", r.agreement),
             ("surrogate_accuracy", r.surrogate_accuracy),
+            ("mu_mm", r.mu_mm),
+            ("n_cells_nonempty", r.n_cells_nonempty as f64),
         ] {
             assert_close(got, want[name].as_f64().unwrap(), 1e-12, &format!("{} {name}", case["name"]));
         }

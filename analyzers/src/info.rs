@@ -15,6 +15,12 @@ pub struct MuResult {
     /// P(s = y)
     pub surrogate_accuracy: f64,
     pub n: usize,
+    /// μ with every entropy in its entropy form, H(F) + H(Y) + H(S) −
+    /// H(F,Y) − H(F,S) − H(Y,S) + H(F,Y,S), Miller–Madow corrected: each
+    /// plug-in entropy gains (m − 1)/(2n ln 2) bits, m its non-empty cells.
+    pub mu_mm: f64,
+    /// Non-empty cells of the K×K×K table of (f, s, y).
+    pub n_cells_nonempty: usize,
 }
 
 /// A K×K×K table of counts, indexed (a, b, c).
@@ -85,6 +91,12 @@ pub fn mu(f: &[usize], s: &[usize], y: &[usize], k: usize) -> Option<MuResult> {
     let i_f_y_given_s = Counts::new(f, y, s, k).cmi_ab_given_c();
     let i_f_s_given_y = Counts::new(f, s, y, k).cmi_ab_given_c();
     let frac = |a: &[usize], b: &[usize]| a.iter().zip(b).filter(|(x, y)| x == y).count() as f64 / n as f64;
+    // Non-empty cells of each marginal the entropy form of μ uses.
+    let cells = |keys: &dyn Fn(usize) -> (usize, usize, usize)| (0..n).map(keys).collect::<std::collections::HashSet<_>>().len() as f64;
+    let (m_f, m_y, m_s) = (cells(&|i| (f[i], 0, 0)), cells(&|i| (y[i], 0, 0)), cells(&|i| (s[i], 0, 0)));
+    let (m_fy, m_fs, m_ys) = (cells(&|i| (f[i], y[i], 0)), cells(&|i| (f[i], s[i], 0)), cells(&|i| (y[i], s[i], 0)));
+    let m_fys = cells(&|i| (f[i], y[i], s[i]));
+    let correction = (m_f + m_y + m_s - m_fy - m_fs - m_ys + m_fys - 1.0) / (2.0 * n as f64 * std::f64::consts::LN_2);
     Some(MuResult {
         mu: i_f_y - i_f_y_given_s,
         i_f_y,
@@ -94,5 +106,7 @@ pub fn mu(f: &[usize], s: &[usize], y: &[usize], k: usize) -> Option<MuResult> {
         agreement: frac(f, s),
         surrogate_accuracy: frac(s, y),
         n,
+        mu_mm: i_f_y - i_f_y_given_s + correction,
+        n_cells_nonempty: m_fys as usize,
     })
 }

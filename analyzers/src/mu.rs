@@ -31,7 +31,7 @@ impl Analyzer for Mu {
         NAME
     }
     fn version(&self) -> u32 {
-        1
+        2
     }
     fn description(&self) -> &'static str {
         "plug-in μ_Y(F;S) = I(F;Y) − I(F;Y|S) in bits against each surrogate, on the held-out split"
@@ -39,6 +39,8 @@ impl Analyzer for Mu {
     fn metrics(&self) -> &'static [&'static str] {
         &[
             "mu",
+            "mu_mm",
+            "n_cells_nonempty",
             "i_f_y",
             "i_f_y_given_s",
             "agreement",
@@ -70,6 +72,11 @@ impl Accumulator for MuAcc {
             let r = info::mu(&sp.f, &sp.s, &sp.y, self.classes);
             let tag = |m: MetricValue| m.with_surrogate(&sp.name).with_samples(sp.f.len() as u64, &sp.split);
             out.push(tag(MetricValue::model("mu", r.map(|r| r.mu))));
+            // The K×K×K table is sparse when K is large (a vocabulary, or
+            // the 113 residues of modular addition): the bias-corrected μ
+            // and the number of filled cells say how far to trust `mu`.
+            out.push(tag(MetricValue::model("mu_mm", r.map(|r| r.mu_mm))));
+            out.push(tag(MetricValue::model("n_cells_nonempty", r.map(|r| r.n_cells_nonempty as f64))));
             out.push(tag(MetricValue::model("i_f_y", r.map(|r| r.i_f_y))));
             out.push(tag(MetricValue::model("i_f_y_given_s", r.map(|r| r.i_f_y_given_s))));
             out.push(tag(MetricValue::model("agreement", r.map(|r| r.agreement))));
