@@ -10,7 +10,7 @@
 #
 #   examples/recipes/transformer_experiment.sh [ROOT] [DATA] [DEVICE]
 #
-# Env: P (modulus, default 113), FRAC (train fraction, 0.3), MOD_STEPS
+# Env: P (modulus, default 113), FRAC (train fraction, 0.3), MOD_LR (0.001), MOD_STEPS
 # (default 10000), MOD_BLOCKS (1), VIT_STEPS (2000), VIT_MODEL (vit-mini),
 # PROBE (1024), BIN (target/release, with lintrace-train, lintrace-analyze
 # and lintrace-query: cargo build --release --workspace), SKIP ("modadd" or
@@ -29,7 +29,7 @@ mkdir -p "$ROOT"
 if [[ $SKIP != *modadd* ]]; then
   echo "== modadd: a + b mod $P, ${MOD_STEPS:-10000} full-batch AdamW steps"
   "$BIN/lintrace-train" --model modadd --blocks "${MOD_BLOCKS:-1}" --dataset modular-addition --modulus "$P" \
-    --train-fraction "$FRAC" --optimizer adamw --lr 0.001 --weight-decay 1 --adam-beta2 0.98 --init gpt2 \
+    --train-fraction "$FRAC" --optimizer adamw --lr "${MOD_LR:-0.001}" --weight-decay 1 --adam-beta2 0.98 --init gpt2 \
     --batch-size 100000 --steps "${MOD_STEPS:-10000}" --ckpt-per-decade 12 --probe-size "$PROBE" \
     --device "$DEVICE" --out "$ROOT" --name modadd --overwrite --quiet
   "$BIN/lintrace-analyze" "$ROOT/modadd" --device "$DEVICE" --quiet
