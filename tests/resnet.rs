@@ -134,17 +134,7 @@ fn passes_resume_at_every_tap() {
 fn a_resnet_trains_resumes_to_the_same_bytes_and_is_analysed() {
     let tmp = tempfile::tempdir().unwrap();
     let args = ["--model", "resnet20", "--dataset", "digits", "--steps", "12", "--batch-size", "16", "--probe-size", "32"];
-    let train = |root: &std::path::Path, extra: &[&str]| {
-        let mut c = train_bin();
-        c.args(args).args(["--quiet", "--name", "r", "--out"]).arg(root).args(extra);
-        c
-    };
-    run_ok(&mut train(&tmp.path().join("a"), &[]));
-    let out = train(&tmp.path().join("b"), &[]).env("LINTRACE_ABORT_AFTER_STEP", "5").output().unwrap();
-    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
-    run_ok(&mut train(&tmp.path().join("b"), &["--resume"]));
-    let (a, b) = (tmp.path().join("a/r"), tmp.path().join("b/r"));
-    assert_eq!(files_under(&a.join("checkpoints"), &[]), files_under(&b.join("checkpoints"), &[]));
+    let a = train_interrupted_and_resumed(tmp.path(), &args);
     run_ok(analyze_bin().arg(&a).args(["--quiet", "--device", "cpu"]));
     let layer = lintrace::tables::Table::read(&a.join("analysis/layer_metrics.parquet"), "layer_metrics").unwrap();
     for name in analyzers::registry::names().into_iter().filter(|n| !["performance", "mu", "attention"].contains(n)) {

@@ -261,17 +261,7 @@ fn the_modular_addition_transformer_trains_resumes_and_is_analysed() {
         "--probe-size",
         "64",
     ];
-    let train = |root: &std::path::Path, extra: &[&str]| {
-        let mut c = train_bin();
-        c.args(args).args(["--quiet", "--name", "m", "--out"]).arg(root).args(extra);
-        c
-    };
-    run_ok(&mut train(&tmp.path().join("a"), &[]));
-    let out = train(&tmp.path().join("b"), &[]).env("LINTRACE_ABORT_AFTER_STEP", "5").output().unwrap();
-    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
-    run_ok(&mut train(&tmp.path().join("b"), &["--resume"]));
-    let (a, b) = (tmp.path().join("a/m"), tmp.path().join("b/m"));
-    assert_eq!(files_under(&a.join("checkpoints"), &[]), files_under(&b.join("checkpoints"), &[]));
+    let a = train_interrupted_and_resumed(tmp.path(), &args);
 
     run_ok(analyze_bin().arg(&a).args(["--quiet", "--device", "cpu"]));
     let layer = lintrace::tables::Table::read(&a.join("analysis/layer_metrics.parquet"), "layer_metrics").unwrap();

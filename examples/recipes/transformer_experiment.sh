@@ -14,8 +14,9 @@
 # (default 10000), MOD_BLOCKS (1), VIT_STEPS (2000), VIT_MODEL (vit-mini),
 # PROBE (1024), BIN (target/release, with lintrace-train, lintrace-analyze
 # and lintrace-query: cargo build --release --workspace), SKIP ("modadd" or
-# "vit" to leave one out). GPU-sized: VIT_MODEL=vit-tiny VIT_STEPS=20000
-# DEVICE=cuda, and P=113 MOD_STEPS=40000.
+# "vit" to leave one out). GPU-sized: P=113 MOD_STEPS=40000
+# VIT_MODEL=vit-tiny VIT_STEPS=20000, with cuda as the third argument. The
+# README's CPU numbers: P=59 FRAC=0.3 MOD_LR=0.003 MOD_STEPS=4000 VIT_STEPS=1500.
 set -euo pipefail
 ROOT=${1:-runs/transformers}
 DATA=${2:-../shared/data/cifar10-jpeg.tar.gz}

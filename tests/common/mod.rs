@@ -136,3 +136,21 @@ pub fn one_sgd_step(
     }
     (logits, vars.into_iter().map(|(k, v)| (k, v.as_tensor().clone())).collect())
 }
+
+/// Trains `args` (a run named `r`) into ROOT/a, and into ROOT/b killed after
+/// step 5 and then resumed; asserts that both runs' checkpoints are the
+/// same bytes and returns the uninterrupted run's folder.
+pub fn train_interrupted_and_resumed(root: &Path, args: &[&str]) -> PathBuf {
+    let train = |dir: &Path, extra: &[&str]| {
+        let mut c = train_bin();
+        c.args(args).args(["--quiet", "--name", "r", "--out"]).arg(dir).args(extra);
+        c
+    };
+    run_ok(&mut train(&root.join("a"), &[]));
+    let out = train(&root.join("b"), &[]).env("LINTRACE_ABORT_AFTER_STEP", "5").output().unwrap();
+    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    run_ok(&mut train(&root.join("b"), &["--resume"]));
+    let (a, b) = (root.join("a/r"), root.join("b/r"));
+    assert_eq!(files_under(&a.join("checkpoints"), &[]), files_under(&b.join("checkpoints"), &[]));
+    a
+}
