@@ -10,25 +10,26 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use common::*;
-use lintrace::checkpoint::{self, CheckpointMeta};
 use lintrace::model::{Model, Taps, Weights};
 use lintrace::spec::{Arch, ModelSpec};
 use std::collections::{BTreeMap, HashMap};
 
 const NETS: [&str; 3] = ["tv_basic", "tv_bottleneck", "cifar_a"];
 
-fn golden(net: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture(&format!("resnet/{net}/golden.safetensors")), &Device::Cpu).unwrap()
+fn net(name: &str) -> FixtureNet {
+    FixtureNet::new(&format!("resnet/{name}"))
 }
 
-fn spec(net: &str) -> ModelSpec {
-    ModelSpec::from_json(&std::fs::read_to_string(fixture(&format!("resnet/{net}/spec.json"))).unwrap()).unwrap()
+fn golden(name: &str) -> HashMap<String, Tensor> {
+    net(name).golden()
 }
 
-fn model(net: &str) -> Model {
-    let meta = CheckpointMeta { spec: spec(net), run_id: net.into(), step: 0, epoch: 0.0, samples_seen: 0 };
-    let l = checkpoint::load_foreign(&fixture(&format!("resnet/{net}/initial.safetensors")), Some(&meta), &[]).unwrap();
-    l.model(&Device::Cpu).unwrap()
+fn spec(name: &str) -> ModelSpec {
+    net(name).spec()
+}
+
+fn model(name: &str) -> Model {
+    net(name).model()
 }
 
 #[test]

@@ -11,7 +11,6 @@ mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
 use common::*;
-use lintrace::checkpoint::{self, CheckpointMeta};
 use lintrace::model::{Model, Taps, Weights};
 use lintrace::spec::ModelSpec;
 use lintrace::train::optim::{Optimizer, OptimizerKind};
@@ -19,22 +18,24 @@ use std::collections::{BTreeMap, HashMap};
 
 const NETS: [&str; 3] = ["vit", "gpt_tied", "gpt_nonorm_relu"];
 
-fn golden(net: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture(&format!("transformer/{net}/golden.safetensors")), &Device::Cpu).unwrap()
+fn net(name: &str) -> FixtureNet {
+    FixtureNet::new(&format!("transformer/{name}"))
 }
 
-fn spec(net: &str) -> ModelSpec {
-    ModelSpec::from_json(&std::fs::read_to_string(fixture(&format!("transformer/{net}/spec.json"))).unwrap()).unwrap()
+fn golden(name: &str) -> HashMap<String, Tensor> {
+    net(name).golden()
 }
 
-fn initial(net: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture(&format!("transformer/{net}/initial.safetensors")), &Device::Cpu).unwrap()
+fn spec(name: &str) -> ModelSpec {
+    net(name).spec()
 }
 
-fn model(net: &str) -> Model {
-    let meta = CheckpointMeta { spec: spec(net), run_id: net.into(), step: 0, epoch: 0.0, samples_seen: 0 };
-    let l = checkpoint::load_foreign(&fixture(&format!("transformer/{net}/initial.safetensors")), Some(&meta), &[]).unwrap();
-    l.model(&Device::Cpu).unwrap()
+fn model(name: &str) -> Model {
+    net(name).model()
+}
+
+fn initial(name: &str) -> HashMap<String, Tensor> {
+    net(name).initial()
 }
 
 #[test]

@@ -154,3 +154,32 @@ pub fn train_interrupted_and_resumed(root: &Path, args: &[&str]) -> PathBuf {
     assert_eq!(files_under(&a.join("checkpoints"), &[]), files_under(&b.join("checkpoints"), &[]));
     a
 }
+
+/// A fixture net written by a PyTorch script: `fixtures/DIR/` holds
+/// `spec.json`, `initial.safetensors` (the state dict) and
+/// `golden.safetensors` (its reference values).
+pub struct FixtureNet(pub String);
+
+impl FixtureNet {
+    pub fn new(dir: &str) -> Self {
+        FixtureNet(dir.to_string())
+    }
+    fn tensors(&self, file: &str) -> std::collections::HashMap<String, candle_core::Tensor> {
+        candle_core::safetensors::load(fixture(&format!("{}/{file}", self.0)), &candle_core::Device::Cpu).unwrap()
+    }
+    pub fn golden(&self) -> std::collections::HashMap<String, candle_core::Tensor> {
+        self.tensors("golden.safetensors")
+    }
+    pub fn initial(&self) -> std::collections::HashMap<String, candle_core::Tensor> {
+        self.tensors("initial.safetensors")
+    }
+    pub fn spec(&self) -> lintrace::spec::ModelSpec {
+        lintrace::spec::ModelSpec::from_json(&std::fs::read_to_string(fixture(&format!("{}/spec.json", self.0))).unwrap()).unwrap()
+    }
+    /// The state dict loaded as a checkpoint from elsewhere would be.
+    pub fn model(&self) -> lintrace::model::Model {
+        let meta = lintrace::checkpoint::CheckpointMeta { spec: self.spec(), run_id: self.0.clone(), step: 0, epoch: 0.0, samples_seen: 0 };
+        let path = fixture(&format!("{}/initial.safetensors", self.0));
+        lintrace::checkpoint::load_foreign(&path, Some(&meta), &[]).unwrap().model(&candle_core::Device::Cpu).unwrap()
+    }
+}
