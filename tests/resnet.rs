@@ -16,30 +16,18 @@ use std::collections::{BTreeMap, HashMap};
 
 const NETS: [&str; 3] = ["tv_basic", "tv_bottleneck", "cifar_a"];
 
-fn net(name: &str) -> FixtureNet {
+fn fixture_net(name: &str) -> FixtureNet {
     FixtureNet::new(&format!("resnet/{name}"))
-}
-
-fn golden(name: &str) -> HashMap<String, Tensor> {
-    net(name).golden()
-}
-
-fn spec(name: &str) -> ModelSpec {
-    net(name).spec()
-}
-
-fn model(name: &str) -> Model {
-    net(name).model()
 }
 
 #[test]
 fn torchvision_state_dicts_evaluate_as_in_pytorch() {
     for net in NETS {
-        let g = golden(net);
-        let (logits, taps) = model(net).forward_with_taps(&g["x"]).unwrap();
+        let g = fixture_net(net).golden();
+        let (logits, taps) = fixture_net(net).model().forward_with_taps(&g["x"]).unwrap();
         let d = max_diff(&logits, &g["eval_logits"]);
         assert!(d < 1e-4, "{net}: eval logits off by {d}");
-        assert_eq!(taps.len(), spec(net).num_taps());
+        assert_eq!(taps.len(), fixture_net(net).spec().num_taps());
         assert_eq!(taps.len(), g.keys().filter(|k| k.starts_with('z')).count(), "{net}: one tap per ReLU call");
         for (i, t) in taps.iter().enumerate() {
             let d = max_diff(&t.z, &g[&format!("z{i}")]);
@@ -50,22 +38,22 @@ fn torchvision_state_dicts_evaluate_as_in_pytorch() {
 
 #[test]
 fn taps_are_named_after_the_module_that_produces_z() {
-    let names: Vec<String> = spec("tv_basic").taps().iter().map(|t| t.layer_name.clone()).collect();
+    let names: Vec<String> = fixture_net("tv_basic").spec().taps().iter().map(|t| t.layer_name.clone()).collect();
     assert_eq!(&names[..5], ["bn1", "layer1.0.bn1", "layer1.0.bn2", "layer1.1.bn1", "layer1.1.bn2"]);
-    let blocks = spec("tv_basic").residual_blocks();
+    let blocks = fixture_net("tv_basic").spec().residual_blocks();
     assert_eq!(blocks.len(), 5);
     assert_eq!((blocks[0].first_tap, blocks[0].last_tap, blocks[0].identity_shortcut), (1, 2, true));
     assert_eq!((blocks[2].name.as_str(), blocks[2].stride, blocks[2].identity_shortcut), ("layer2.0", 2, false));
-    let b = spec("tv_bottleneck").residual_blocks();
+    let b = fixture_net("tv_bottleneck").spec().residual_blocks();
     assert_eq!((b[0].first_tap, b[0].last_tap, b[0].receptive_field), (1, 3, 3));
 }
 
 #[test]
 fn one_training_step_matches_pytorch() {
     for net in NETS {
-        let g = golden(net);
+        let g = fixture_net(net).golden();
         let initial = candle_core::safetensors::load(fixture(&format!("resnet/{net}/initial.safetensors")), &Device::Cpu).unwrap();
-        let (logits, after) = one_sgd_step(&spec(net), &initial, &g["x"], &g["y"], 0.1);
+        let (logits, after) = one_sgd_step(&fixture_net(net).spec(), &initial, &g["x"], &g["y"], 0.1);
         let d = max_diff(&logits, &g["train_logits"]);
         assert!(d < 1e-4, "{net}: train logits off by {d}");
         for (name, t) in &after {
@@ -103,7 +91,7 @@ fn presets_name_every_tensor_as_torchvision() {
         let last = spec.taps().last().unwrap().shape.clone();
         assert_eq!(last, [if arch == "resnet50" { 2048 } else { 512 }, 7, 7], "{arch}: 224 → 7×7 at the last stage");
     }
-    let r20 = ModelSpec { arch: Arch::preset("resnet20").unwrap(), input_shape: vec![3, 32, 32], ..spec("cifar_a") };
+    let r20 = ModelSpec { arch: Arch::preset("resnet20").unwrap(), input_shape: vec![3, 32, 32], ..fixture_net("cifar_a").spec() };
     assert_eq!(r20.num_taps(), 19, "resnet20: 1 + 3·3·2 taps");
     // conv1 432 + bn1 32; stage 1: 6·2304 + 6·32; stage 2: 4608 + 5·9216 +
     // 6·64; stage 3: 18432 + 5·36864 + 6·128; fc 64·3 + 3 (He et al.: 0.27M).
@@ -116,14 +104,7 @@ fn presets_name_every_tensor_as_torchvision() {
 #[test]
 fn passes_resume_at_every_tap() {
     for net in NETS {
-        let g = golden(net);
-        let m = model(net);
-        let (logits, taps) = m.forward_with_taps(&g["x"]).unwrap();
-        for (k, t) in taps.iter().enumerate() {
-            let resumed = m.forward_from(k, t, &mut Taps::off()).unwrap();
-            let d = max_diff(&resumed, &logits);
-            assert!(d < 1e-5, "{net}: resumed at tap {k}: off by {d}");
-        }
+        let (m, taps) = fixture_net(net).assert_resumes_at_every_tap();
         let mut no_skip = taps[1].clone();
         no_skip.skip = None;
         let err = m.forward_from(1, &no_skip, &mut Taps::off()).err().expect("a mid-block resume needs the block input").to_string();
@@ -176,8 +157,8 @@ fn residual_linear_fit_matches_numpy() {
     let p = candle_core::safetensors::load(fixture("resnet/cifar_a/residual_probe.safetensors"), &Device::Cpu).unwrap();
     let golden: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("resnet/cifar_a/residual_golden.json")).unwrap()).unwrap();
-    let spec = spec("cifar_a");
-    let rows = analyse(&spec, &model("cifar_a"), &p["x"], &p["y"], &["residual_linear_fit"]);
+    let spec = fixture_net("cifar_a").spec();
+    let rows = analyse(&spec, &fixture_net("cifar_a").model(), &p["x"], &p["y"], &["residual_linear_fit"]);
     let blocks = spec.residual_blocks();
     assert_eq!(blocks.len(), 3);
     for (i, b) in blocks.iter().enumerate() {
@@ -214,7 +195,7 @@ fn a_block_with_a_zero_branch_is_linear() {
         let zero = tensors[&name].zeros_like().unwrap();
         tensors.insert(name, zero);
     }
-    let spec = spec(net);
+    let spec = fixture_net(net).spec();
     let model = Model::new(&spec, Weights::new(tensors)).unwrap();
     let p = candle_core::safetensors::load(fixture("resnet/cifar_a/residual_probe.safetensors"), &Device::Cpu).unwrap();
     let rows = analyse(&spec, &model, &p["x"], &p["y"], &["residual_linear_fit"]);

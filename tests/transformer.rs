@@ -11,42 +11,26 @@ mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
 use common::*;
-use lintrace::model::{Model, Taps, Weights};
+use lintrace::model::{Model, Weights};
 use lintrace::spec::ModelSpec;
 use lintrace::train::optim::{Optimizer, OptimizerKind};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 const NETS: [&str; 3] = ["vit", "gpt_tied", "gpt_nonorm_relu"];
 
-fn net(name: &str) -> FixtureNet {
+fn fixture_net(name: &str) -> FixtureNet {
     FixtureNet::new(&format!("transformer/{name}"))
-}
-
-fn golden(name: &str) -> HashMap<String, Tensor> {
-    net(name).golden()
-}
-
-fn spec(name: &str) -> ModelSpec {
-    net(name).spec()
-}
-
-fn model(name: &str) -> Model {
-    net(name).model()
-}
-
-fn initial(name: &str) -> HashMap<String, Tensor> {
-    net(name).initial()
 }
 
 #[test]
 fn timm_and_nanogpt_state_dicts_evaluate_as_in_pytorch() {
     for net in NETS {
-        let g = golden(net);
-        let m = model(net);
+        let g = fixture_net(net).golden();
+        let m = fixture_net(net).model();
         let (logits, rec) = m.forward_recorded(&g["x"]).unwrap();
         let d = max_diff(&logits, &g["logits"]);
         assert!(d < 1e-4, "{net}: logits off by {d}");
-        let depth = spec(net).num_taps();
+        let depth = fixture_net(net).spec().num_taps();
         assert_eq!(rec.taps.len(), depth);
         assert_eq!(rec.attention.len(), depth);
         assert_eq!(rec.streams.len(), 2 * depth + 1);
@@ -62,8 +46,8 @@ fn timm_and_nanogpt_state_dicts_evaluate_as_in_pytorch() {
 #[test]
 fn the_specs_name_every_tensor_as_pytorch_does() {
     for net in NETS {
-        let mut want: Vec<(String, Vec<usize>)> = initial(net).into_iter().map(|(k, v)| (k, v.dims().to_vec())).collect();
-        let mut got = spec(net).tensor_shapes();
+        let mut want: Vec<(String, Vec<usize>)> = fixture_net(net).initial().into_iter().map(|(k, v)| (k, v.dims().to_vec())).collect();
+        let mut got = fixture_net(net).spec().tensor_shapes();
         want.sort();
         got.sort();
         assert_eq!(got, want, "{net}");
@@ -75,9 +59,9 @@ fn the_specs_name_every_tensor_as_pytorch_does() {
 /// spec's no-decay set. Returns the loss, the pre-clip gradient norm, the
 /// gradients and every tensor after the step.
 fn one_adamw_step(net: &str) -> (f64, f64, BTreeMap<String, Tensor>, BTreeMap<String, Tensor>) {
-    let spec = spec(net);
-    let init = initial(net);
-    let g = golden(net);
+    let spec = fixture_net(net).spec();
+    let init = fixture_net(net).initial();
+    let g = fixture_net(net).golden();
     let mut names = Vec::new();
     let mut vars = Vec::new();
     let mut tensors = BTreeMap::new();
@@ -118,12 +102,12 @@ fn without_key_bias(name: &str, t: &Tensor) -> Tensor {
 #[test]
 fn one_adamw_step_matches_pytorch() {
     for net in NETS {
-        let g = golden(net);
+        let g = fixture_net(net).golden();
         let (loss, norm, grads, after) = one_adamw_step(net);
         let scalar = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0] as f64;
         assert_close(loss, scalar(&g["loss"]), 1e-5, &format!("{net} loss"));
         assert_close(norm, scalar(&g["grad_norm"]), 1e-4 * scalar(&g["grad_norm"]), &format!("{net} gradient norm"));
-        let init = initial(net);
+        let init = fixture_net(net).initial();
         for (name, grad) in &grads {
             let want = &g[&format!("grad.{name}")];
             let scale = want.abs().unwrap().max_keepdim(0).unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
@@ -156,9 +140,9 @@ fn loss_with(spec: &ModelSpec, tensors: &BTreeMap<String, Tensor>, x: &Tensor, y
 #[test]
 fn gradients_match_finite_differences() {
     for net in NETS {
-        let spec = spec(net);
-        let init = initial(net);
-        let g = golden(net);
+        let spec = fixture_net(net).spec();
+        let init = fixture_net(net).initial();
+        let g = fixture_net(net).golden();
         let y = g["y"].to_dtype(DType::U32).unwrap();
         let mut vars = BTreeMap::new();
         let tensors: BTreeMap<String, Tensor> = spec
@@ -206,14 +190,7 @@ fn gradients_match_finite_differences() {
 #[test]
 fn passes_resume_at_every_tap() {
     for net in NETS {
-        let g = golden(net);
-        let m = model(net);
-        let (logits, taps) = m.forward_with_taps(&g["x"]).unwrap();
-        for (k, t) in taps.iter().enumerate() {
-            let resumed = m.forward_from(k, t, &mut Taps::off()).unwrap();
-            let d = max_diff(&resumed, &logits);
-            assert!(d < 1e-5, "{net}: resumed at tap {k}: off by {d}");
-        }
+        fixture_net(net).assert_resumes_at_every_tap();
     }
 }
 

@@ -176,6 +176,19 @@ impl FixtureNet {
     pub fn spec(&self) -> lintrace::spec::ModelSpec {
         lintrace::spec::ModelSpec::from_json(&std::fs::read_to_string(fixture(&format!("{}/spec.json", self.0))).unwrap()).unwrap()
     }
+    /// Asserts that a pass resumed at every tap from the recorded values
+    /// gives the full pass's logits on the golden `x`; returns the taps.
+    pub fn assert_resumes_at_every_tap(&self) -> (lintrace::model::Model, Vec<lintrace::model::TapValues>) {
+        let (m, x) = (self.model(), self.golden()["x"].clone());
+        let (logits, taps) = m.forward_with_taps(&x).unwrap();
+        for (k, t) in taps.iter().enumerate() {
+            let resumed = m.forward_from(k, t, &mut lintrace::model::Taps::off()).unwrap();
+            let d = max_diff(&resumed, &logits);
+            assert!(d < 1e-5, "{}: resumed at tap {k}: off by {d}", self.0);
+        }
+        (m, taps)
+    }
+
     /// The state dict loaded as a checkpoint from elsewhere would be.
     pub fn model(&self) -> lintrace::model::Model {
         let meta = lintrace::checkpoint::CheckpointMeta { spec: self.spec(), run_id: self.0.clone(), step: 0, epoch: 0.0, samples_seen: 0 };
