@@ -53,23 +53,23 @@ pub(super) struct Layout {
     pub attention: Vec<AttentionDesc>,
 }
 
-/// The module names of one block in either naming.
-struct Names {
-    ln_1: String,
-    qkv: String,
-    proj: String,
-    ln_2: String,
-    fc: String,
-    act: String,
-    fc_proj: String,
-    attn: String,
-    mlp: String,
-    block: String,
+/// The module names of block `i` in either naming.
+pub struct BlockNames {
+    pub ln_1: String,
+    pub qkv: String,
+    pub proj: String,
+    pub ln_2: String,
+    pub fc: String,
+    pub act: String,
+    pub fc_proj: String,
+    pub attn: String,
+    pub mlp: String,
+    pub block: String,
 }
 
-fn names(arch: &Arch, i: usize) -> Names {
+pub fn block_names(arch: &Arch, i: usize) -> BlockNames {
     match arch {
-        Arch::Vit { .. } => Names {
+        Arch::Vit { .. } => BlockNames {
             ln_1: format!("blocks.{i}.norm1"),
             qkv: format!("blocks.{i}.attn.qkv"),
             proj: format!("blocks.{i}.attn.proj"),
@@ -81,7 +81,7 @@ fn names(arch: &Arch, i: usize) -> Names {
             mlp: format!("blocks.{i}.mlp"),
             block: format!("blocks.{i}"),
         },
-        _ => Names {
+        _ => BlockNames {
             ln_1: format!("transformer.h.{i}.ln_1"),
             qkv: format!("transformer.h.{i}.attn.c_attn"),
             proj: format!("transformer.h.{i}.attn.c_proj"),
@@ -94,21 +94,6 @@ fn names(arch: &Arch, i: usize) -> Names {
             block: format!("transformer.h.{i}"),
         },
     }
-}
-
-/// Module names of block `i`'s parts, as the model needs them.
-pub struct BlockNames {
-    pub ln_1: String,
-    pub qkv: String,
-    pub proj: String,
-    pub ln_2: String,
-    pub fc: String,
-    pub fc_proj: String,
-}
-
-pub fn block_names(arch: &Arch, i: usize) -> BlockNames {
-    let n = names(arch, i);
-    BlockNames { ln_1: n.ln_1, qkv: n.qkv, proj: n.proj, ln_2: n.ln_2, fc: n.fc, fc_proj: n.fc_proj }
 }
 
 impl ModelSpec {
@@ -260,7 +245,7 @@ impl ModelSpec {
         }
         let causal = matches!(self.arch, Arch::Gpt { .. });
         for i in 0..depth {
-            let n = names(&self.arch, i);
+            let n = block_names(&self.arch, i);
             norm(&mut l.extras, &n.ln_1);
             l.layers.push(dense(n.qkv.clone(), 3 * dim, dim));
             l.layers.push(dense(n.proj.clone(), dim, dim));

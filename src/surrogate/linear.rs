@@ -40,38 +40,22 @@ impl LinearModel {
     }
 
     pub fn predict(&self, x: &[f32], n: usize) -> Vec<usize> {
-        if let Some(v) = self.vocab {
-            return self.predict_tokens(x, n, v);
-        }
+        let per = self.input_len();
         (0..n)
             .map(|i| {
-                let row = &x[i * self.dim..(i + 1) * self.dim];
+                let row = &x[i * per..(i + 1) * per];
+                let score = |c: usize| {
+                    let w = &self.weight[c * self.dim..(c + 1) * self.dim];
+                    self.bias[c]
+                        + match self.vocab {
+                            // W·onehot(x) = Σ_t W[:, t·vocab + x_t].
+                            Some(v) => row.iter().enumerate().map(|(p, &tok)| w[p * v + (tok as usize).min(v - 1)]).sum::<f32>(),
+                            None => w.iter().zip(row).map(|(a, b)| a * b).sum::<f32>(),
+                        }
+                };
                 let mut best = (0, f32::NEG_INFINITY);
                 for c in 0..self.classes {
-                    let w = &self.weight[c * self.dim..(c + 1) * self.dim];
-                    let v = self.bias[c] + w.iter().zip(row).map(|(a, b)| a * b).sum::<f32>();
-                    if v > best.1 {
-                        best = (c, v);
-                    }
-                }
-                best.0
-            })
-            .collect()
-    }
-}
-
-impl LinearModel {
-    /// W·onehot(x) + b = b + Σ_t W[:, t·vocab + x_t].
-    fn predict_tokens(&self, x: &[f32], n: usize, vocab: usize) -> Vec<usize> {
-        let t = self.dim / vocab;
-        (0..n)
-            .map(|i| {
-                let row = &x[i * t..(i + 1) * t];
-                let mut best = (0, f32::NEG_INFINITY);
-                for c in 0..self.classes {
-                    let w = &self.weight[c * self.dim..(c + 1) * self.dim];
-                    let v =
-                        self.bias[c] + row.iter().enumerate().map(|(p, &tok)| w[p * vocab + (tok as usize).min(vocab - 1)]).sum::<f32>();
+                    let v = score(c);
                     if v > best.1 {
                         best = (c, v);
                     }
