@@ -31,11 +31,16 @@ pub struct Probe {
 }
 
 impl Probe {
+    /// Samples (windows, for a language model).
     pub fn len(&self) -> usize {
-        self.labels.len()
+        self.indices.len()
     }
     pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
+        self.indices.is_empty()
+    }
+    /// Labels per sample: 1, or a language model's one per position.
+    pub fn targets(&self) -> usize {
+        self.labels.len() / self.len().max(1)
     }
     pub fn sample_len(&self) -> usize {
         self.sample_shape.iter().product()
@@ -57,9 +62,38 @@ pub fn content_hash(inputs: &[f32], labels: &[i64]) -> String {
 /// Draws `n` samples of `split`, stratified by class: each class gets its
 /// share of `n` (largest remainders break ties), chosen uniformly with a
 /// ChaCha stream seeded by `seed`; the result is in dataset-index order.
+/// A language-modelling split (a label per position) has no class per
+/// sample: its `n` windows are drawn uniformly.
 pub fn draw(split: &Split, sample_shape: &[usize], n: usize, seed: u64, dataset: &str, split_name: &str) -> Probe {
+    let n = n.min(split.len());
+    let chosen = if split.targets > 1 { uniform(split.len(), n, seed) } else { stratified(split, n, seed) };
+    let d = split.sample_len;
+    let mut inputs = Vec::with_capacity(chosen.len() * d);
+    for &i in &chosen {
+        inputs.extend_from_slice(&split.x[i * d..(i + 1) * d]);
+    }
+    let labels: Vec<i64> = chosen.iter().flat_map(|&i| split.labels(i).iter().map(|&y| y as i64)).collect();
+    Probe {
+        hash: content_hash(&inputs, &labels),
+        inputs,
+        sample_shape: sample_shape.to_vec(),
+        labels,
+        indices: chosen.iter().map(|&i| i as i64).collect(),
+        dataset: dataset.to_string(),
+        split: split_name.to_string(),
+    }
+}
+
+fn uniform(total: usize, n: usize, seed: u64) -> Vec<usize> {
+    let mut all: Vec<usize> = (0..total).collect();
+    all.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+    all.truncate(n);
+    all.sort_unstable();
+    all
+}
+
+fn stratified(split: &Split, n: usize, seed: u64) -> Vec<usize> {
     let total = split.len();
-    let n = n.min(total);
     let mut by_class: Vec<Vec<usize>> = Vec::new();
     for (i, &y) in split.y.iter().enumerate() {
         let y = y as usize;
@@ -90,21 +124,7 @@ pub fn draw(split: &Split, sample_shape: &[usize], n: usize, seed: u64, dataset:
         chosen.extend_from_slice(&m[..q]);
     }
     chosen.sort_unstable();
-    let d = split.sample_len;
-    let mut inputs = Vec::with_capacity(chosen.len() * d);
-    for &i in &chosen {
-        inputs.extend_from_slice(&split.x[i * d..(i + 1) * d]);
-    }
-    let labels: Vec<i64> = chosen.iter().map(|&i| split.y[i] as i64).collect();
-    Probe {
-        hash: content_hash(&inputs, &labels),
-        inputs,
-        sample_shape: sample_shape.to_vec(),
-        labels,
-        indices: chosen.iter().map(|&i| i as i64).collect(),
-        dataset: dataset.to_string(),
-        split: split_name.to_string(),
-    }
+    chosen
 }
 
 pub fn save(path: &Path, probe: &Probe) -> Result<()> {
@@ -116,7 +136,7 @@ pub fn save(path: &Path, probe: &Probe) -> Result<()> {
     let idx: Vec<u8> = probe.indices.iter().flat_map(|v| v.to_le_bytes()).collect();
     let views = vec![
         ("inputs", TensorView::new(Dtype::F32, shape, &x)?),
-        ("labels", TensorView::new(Dtype::I64, vec![n], &y)?),
+        ("labels", TensorView::new(Dtype::I64, if probe.targets() > 1 { vec![n, probe.targets()] } else { vec![n] }, &y)?),
         ("indices", TensorView::new(Dtype::I64, vec![n], &idx)?),
     ];
     let md = HashMap::from([
@@ -153,8 +173,12 @@ fn load_inner(path: &Path) -> Result<Probe> {
     }
     let labels = read_ints(&y, "labels")?;
     let n = x.shape().first().copied().unwrap_or(0);
-    if labels.len() != n {
-        bail!("probe has {n} inputs but {} labels", labels.len());
+    // [n] labels, or a language model's [n, positions].
+    if y.shape().first() != Some(&n) {
+        bail!("probe has {n} inputs but {} labels", y.shape().first().copied().unwrap_or(0));
+    }
+    if y.shape().len() > 2 {
+        bail!("probe labels must be [n] or a language model's [n, positions], got shape {:?}", y.shape());
     }
     let indices = match st.tensor("indices") {
         Ok(v) => read_ints(&v, "indices")?,

@@ -33,7 +33,7 @@ fn seeds() -> &'static (Vec<u8>, Vec<u8>) {
         let counters: Vec<(String, i64)> =
             meta.spec.batch_norms().into_iter().map(|(bn, _)| (format!("{bn}.num_batches_tracked"), 3)).collect();
         checkpoint::save_with_counters(&dir.path().join("c"), &meta, &tensors, &counters).unwrap();
-        let split = lintrace::data::Split { x: vec![0.5; 6 * 16], y: vec![0, 1, 2, 0, 1, 2], sample_len: 16 };
+        let split = lintrace::data::Split { x: vec![0.5; 6 * 16], y: vec![0, 1, 2, 0, 1, 2], sample_len: 16, targets: 1 };
         let probe = lintrace::probe::draw(&split, &[1, 4, 4], 6, 0, "fuzz", "test");
         lintrace::probe::save(&dir.path().join("p"), &probe).unwrap();
         (std::fs::read(dir.path().join("c")).unwrap(), std::fs::read(dir.path().join("p")).unwrap())

@@ -200,7 +200,7 @@ pub(crate) fn check_taps(analyzer: &'static str, model: &ModelInfo, chunk: &Chun
     if chunk.taps.len() != model.taps.len() {
         return Err(AnalyzerError::Shape { analyzer, message: format!("expected {} taps, got {}", model.taps.len(), chunk.taps.len()) });
     }
-    let b = chunk.labels.len();
+    let b = chunk.samples;
     for (info, tap) in model.taps.iter().zip(chunk.taps) {
         for (what, t) in [("z", tap.z), ("a", tap.a)] {
             let dims = t.dims();

@@ -147,7 +147,8 @@ mod tests {
         let labels = vec![0i64; b];
         let logits = vec![0f32; 2 * b];
         let atts = [att];
-        let chunk = Chunk { taps: &[], logits: Matrix::new(b, 2, &logits), labels: &labels, first: 0, streams: &[], attention: &atts };
+        let chunk =
+            Chunk { taps: &[], samples: b, logits: Matrix::new(b, 2, &logits), labels: &labels, first: 0, streams: &[], attention: &atts };
         acc.observe(&chunk).unwrap();
         acc.finish(&Extras::default()).unwrap().values
     }

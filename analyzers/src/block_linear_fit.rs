@@ -289,7 +289,7 @@ impl Accumulator for BlockAcc {
             let input =
                 tap.input.ok_or_else(|| AnalyzerError::Shape { analyzer: NAME, message: "no block inputs were captured".into() })?;
             let dims = input.dims();
-            if dims.first() != Some(&chunk.labels.len()) || dims.iter().skip(1).product::<usize>() != t.input_units {
+            if dims.first() != Some(&chunk.samples) || dims.iter().skip(1).product::<usize>() != t.input_units {
                 return Err(AnalyzerError::Shape {
                     analyzer: NAME,
                     message: format!("tap {} block input: expected {} features per sample, got shape {dims:?}", t.index, t.input_units),

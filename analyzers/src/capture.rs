@@ -186,8 +186,13 @@ pub struct TapChunk<'a> {
 pub struct Chunk<'a> {
     /// Empty unless a selected analyzer asked for taps.
     pub taps: &'a [TapChunk<'a>],
-    /// Logits `[samples, classes]`, on the host (small).
+    /// Samples in the chunk (images, windows): the first dimension of
+    /// every tap, stream and attention tensor.
+    pub samples: usize,
+    /// Logits `[predictions, classes]`, on the host (small): one row per
+    /// sample, or per (window, position) for a language model.
     pub logits: Matrix<'a>,
+    /// One label per row of `logits`.
     pub labels: &'a [i64],
     /// Index of the chunk's first sample in the probe.
     pub first: usize,

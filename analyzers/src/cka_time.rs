@@ -16,7 +16,8 @@ impl Analyzer for CkaTime {
         NAME
     }
     fn version(&self) -> u32 {
-        1
+        // 2: a transformer's rows are (sample, position) pairs.
+        2
     }
     fn description(&self) -> &'static str {
         "linear CKA of each tap's post-activations with step 0 and with the final checkpoint"

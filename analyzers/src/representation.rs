@@ -15,7 +15,8 @@ impl Analyzer for Representation {
         NAME
     }
     fn version(&self) -> u32 {
-        1
+        // 2: a transformer's rows are (sample, position) pairs.
+        2
     }
     fn description(&self) -> &'static str {
         "effective rank (exp entropy of normalised singular values) of each tap's centred post-activations"
@@ -41,12 +42,12 @@ impl Accumulator for RepAcc {
         // order); their eigenvalue problems, each O(n³) and mostly serial in
         // its reduction to tridiagonal form, then run side by side. Each
         // one's result does not depend on the others or on scheduling.
-        let host: Vec<(Vec<f64>, usize)> = grams
+        let host: Vec<(Vec<f64>, usize, usize)> = grams
             .iter()
-            .map(|g| Ok((g.k.flatten_all()?.to_vec1::<f64>()?, g.n)))
+            .map(|g| g.host_matrix().map(|(v, side)| (v, side, g.n)))
             .collect::<candle_core::Result<_>>()
             .map_err(AnalyzerError::compute(NAME))?;
-        let ranks: Vec<Option<f64>> = host.par_iter().map(|(v, n)| effective_rank_host(v, *n)).collect();
+        let ranks: Vec<Option<f64>> = host.par_iter().map(|(v, side, n)| effective_rank_host(v, *side, *n)).collect();
         Ok(Finished::values(ranks.into_iter().enumerate().map(|(l, r)| MetricValue::layer(l, "effective_rank", r)).collect()))
     }
 }

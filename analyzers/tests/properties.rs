@@ -51,6 +51,7 @@ fn run(name: &str, act: ActivationKind, n: usize, units: usize, z: &[f32], a: &[
         let taps = [TapChunk { input: Some(&zt), z: &zt, a: &at }];
         acc.observe(&Chunk {
             taps: &taps,
+            samples: e - s,
             logits: Matrix::new(e - s, 3, &logits[s * 3..e * 3]),
             labels: &labels[s..e],
             first: s,

@@ -100,6 +100,8 @@ fn pass(
     for item in batches.iter() {
         let (first, x) = item?;
         let b = x.dims()[0];
+        // Predictions per sample: 1, or a language model's one per position.
+        let per = labels.len() / batches.len().max(1);
         let (logits, recorded) = if want_taps { model.forward_recorded(&x)? } else { (model.logits(&x)?, Default::default()) };
         let taps = &recorded.taps;
         let logits = host(&logits)?;
@@ -110,8 +112,9 @@ fn pass(
         };
         let chunk = Chunk {
             taps: &tap_chunks,
-            logits: Matrix::new(b, info.num_classes, &logits),
-            labels: &labels[first..first + b],
+            samples: b,
+            logits: Matrix::new(b * per, info.num_classes, &logits),
+            labels: &labels[first * per..(first + b) * per],
             first,
             streams: if needs.streams { &recorded.streams } else { &[] },
             attention: if needs.attention { &recorded.attention } else { &[] },
@@ -127,12 +130,22 @@ fn pass(
         for (m, t) in out.moments.iter_mut().zip(taps) {
             m.observe(&t.z, &t.a)?;
         }
-        for (a, t) in out.activations.iter_mut().zip(taps) {
-            a.push(t.a.clone());
+        for ((a, t), tap) in out.activations.iter_mut().zip(taps).zip(&info.taps) {
+            a.push(gram_rows(&t.a, tap)?);
         }
         out.logits.extend_from_slice(&logits);
     }
     Ok(out)
+}
+
+/// A tap's activations as the rows of its Gram matrix: one per sample, or
+/// for a transformer one per (sample, position) with the MLP's features
+/// (METRICS.md, "Sequence models").
+fn gram_rows(a: &Tensor, tap: &analyzers::TapInfo) -> Result<Tensor> {
+    Ok(match tap.block {
+        analyzers::BlockGeometry::Tokens { positions, .. } => a.reshape((a.dims()[0] * positions, tap.units / positions))?,
+        _ => a.clone(),
+    })
 }
 
 pub fn run(

@@ -12,6 +12,10 @@ use crate::spec::ModelSpec;
 use crate::surrogate::{self, linear, EvalSet, Source};
 use analyzers::gram::Gram;
 use analyzers::mu::SurrogatePredictions;
+
+/// Held-out tokens `mu` compares a language model on: METRICS.md asks for
+/// at least 10⁵; 2¹⁷ is 512 windows of 256.
+pub const MU_TOKENS: usize = 1 << 17;
 use analyzers::{LayerWeights, Needs};
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
@@ -107,12 +111,20 @@ impl TargetContext {
             None => None,
         };
         let eval = match (&dataset, opts.mu_split.as_str()) {
-            (Some(d), "test") => EvalSet {
-                split: "test".into(),
-                x: d.test.x.clone(),
-                sample_shape: d.sample_shape.clone(),
-                y: d.test.y.iter().map(|&v| v as usize).collect(),
-            },
+            (Some(d), "test") => {
+                // A language model: the held-out windows holding the first
+                // MU_TOKENS tokens (all of them when the split is smaller).
+                let windows = match d.test.targets {
+                    1 => d.test.len(),
+                    t => d.test.len().min(MU_TOKENS.div_ceil(t)),
+                };
+                EvalSet {
+                    split: "test".into(),
+                    x: d.test.x[..windows * d.test.sample_len].to_vec(),
+                    sample_shape: d.sample_shape.clone(),
+                    y: d.test.y[..windows * d.test.targets].iter().map(|&v| v as usize).collect(),
+                }
+            }
             _ => {
                 if opts.mu_split == "test" {
                     notes.push(format!("{}: mu: no dataset known for these checkpoints, so mu uses the probe", target.run_id));
@@ -135,7 +147,10 @@ impl TargetContext {
                     };
                     let cache_dir = target.data_config().and_then(|c| c.cache_dir).unwrap_or_else(data::cache_dir);
                     let m = linear::get(d, &cache_dir, opts.quiet)?;
-                    let d_len: usize = eval.sample_shape.iter().product();
+                    // The bigram model of a language model reads one token
+                    // and predicts the next at every position.
+                    let per_token = d.train.targets > 1;
+                    let d_len: usize = if per_token { 1 } else { eval.sample_shape.iter().product() };
                     if d_len != m.input_len() {
                         notes.push(format!(
                             "{}: mu: linear surrogate input size {} does not match the data ({d_len})",
@@ -145,14 +160,15 @@ impl TargetContext {
                         continue;
                     }
                     let p = &target.probe;
-                    let on_probe = m.predict(&p.inputs, p.len());
+                    let rows = |x: &[f32], samples: usize| if per_token { x.len() } else { samples };
+                    let on_probe = m.predict(&p.inputs, rows(&p.inputs, p.len()));
                     let probe_acc =
-                        on_probe.iter().zip(&p.labels).filter(|(a, b)| **a as i64 == **b).count() as f64 / p.len().max(1) as f64;
+                        on_probe.iter().zip(&p.labels).filter(|(a, b)| **a as i64 == **b).count() as f64 / p.labels.len().max(1) as f64;
                     self.fixed.push(Fixed {
                         name: "linear".into(),
-                        predictions: m.predict(&eval.x, eval.len()),
-                        train_accuracy: Some((m.train_accuracy, d.train.len() as u64)),
-                        probe_accuracy: Some((probe_acc, p.len() as u64)),
+                        predictions: m.predict(&eval.x, rows(&eval.x, eval.samples())),
+                        train_accuracy: Some((m.train_accuracy, d.train.y.len() as u64)),
+                        probe_accuracy: Some((probe_acc, p.labels.len() as u64)),
                     });
                 }
                 Source::Checkpoint(path) => {

@@ -72,7 +72,8 @@ impl Existing {
         let blocks = target.spec.residual_blocks();
         let attention = target.spec.attention_layers();
         let n_taps = taps.len().max(1) as f64;
-        let n = target.probe.len() as i64;
+        // Predictions: samples, or a language model's (window, position) pairs.
+        let n = target.probe.labels.len() as i64;
         for v in values {
             match v.tap {
                 Some(l) => {

@@ -288,7 +288,25 @@ impl Target {
         let params = self.spec.num_parameters() as u64 * 4 * 2;
         let activations = chunk as u64 * (units * 3 * 4) * 3;
         let state = units * 8 * 8;
-        let grams = if needs.grams { n * units * 4 + self.spec.num_taps() as u64 * n * n * 8 * 2 } else { 0 };
+        // Per tap: its activations, and the n × n Gram or (more rows than
+        // features) the f × f covariance, twice in f64.
+        let grams: u64 = if needs.grams {
+            self.spec
+                .model_info(self.probe.len())
+                .taps
+                .iter()
+                .map(|t| {
+                    let rows = n * match t.block {
+                        analyzers::BlockGeometry::Tokens { positions, .. } => positions as u64,
+                        _ => 1,
+                    };
+                    let f = t.units as u64 * n / rows.max(1);
+                    rows * f * 4 + rows.min(f).pow(2) * 8 * 2
+                })
+                .sum()
+        } else {
+            0
+        };
         let blocks = if needs.block_inputs {
             let p: u64 = self
                 .spec

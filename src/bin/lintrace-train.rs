@@ -25,7 +25,7 @@ struct Args {
     #[arg(long)]
     config: Option<PathBuf>,
     /// mlp | cnn | resnet20 | resnet32 | resnet56 | resnet18 | resnet34 |
-    /// resnet50 | vgg11[_bn] | vgg13[_bn] | vgg16[_bn] | vit-tiny | vit-mini | modadd
+    /// resnet50 | vgg11[_bn] | vgg13[_bn] | vgg16[_bn] | vit-tiny | vit-mini | modadd | gpt-char-small | gpt-char-tiny
     #[arg(long)]
     model: Option<String>,
     /// Transformers: model width (default: the preset's).
@@ -79,7 +79,8 @@ struct Args {
     /// Taps made linear (identity), e.g. "0,1".
     #[arg(long)]
     linear_taps: Option<String>,
-    /// cifar10 | image-folder | idx | digits | gaussian-mixture | sinusoid-2d | modular-addition
+    /// cifar10 | image-folder | idx | digits | gaussian-mixture | sinusoid-2d | modular-addition |
+    /// text (a UTF-8 file as --data-dir; without one, the embedded Shakespeare corpus)
     #[arg(long)]
     dataset: Option<String>,
     /// modular-addition: the modulus p (default 113).
@@ -88,6 +89,10 @@ struct Args {
     /// modular-addition: share of the p² pairs used for training (default 0.3).
     #[arg(long)]
     train_fraction: Option<f64>,
+    /// text: tokens per window, the model's context (default: the preset's,
+    /// 256 for gpt-char-small, 64 for gpt-char-tiny).
+    #[arg(long)]
+    context: Option<usize>,
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Keep only these classes, e.g. "0,1,2".
@@ -353,6 +358,9 @@ fn resolve(a: &Args) -> Result<TrainConfig> {
     set!(dropout = a.dropout);
     if a.modulus.is_some() {
         c.data.modulus = a.modulus;
+    }
+    if a.context.is_some() {
+        c.data.context = a.context;
     }
     if a.train_fraction.is_some() {
         c.data.train_fraction = a.train_fraction;

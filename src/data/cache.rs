@@ -88,7 +88,12 @@ fn parse(bytes: &[u8]) -> Option<RawData> {
         let y = st.tensor(&format!("{name}_y")).ok()?;
         let y: Vec<u32> = y.data().chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         let sample_len = shape.iter().product();
-        (x.data().len() == y.len() * sample_len).then(|| Split { x: x.data().iter().map(|&b| b as f32 / 255.0).collect(), y, sample_len })
+        (x.data().len() == y.len() * sample_len).then(|| Split {
+            x: x.data().iter().map(|&b| b as f32 / 255.0).collect(),
+            y,
+            sample_len,
+            targets: 1,
+        })
     };
     Some(RawData { train: split("train")?, test: split("test")?, classes, sample_shape: shape })
 }

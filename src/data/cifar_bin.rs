@@ -12,7 +12,7 @@ pub fn load(dir: &Path) -> Result<RawData> {
     let nested = dir.join("cifar-10-batches-bin");
     let dir = if nested.is_dir() { nested } else { dir.to_path_buf() };
     let read = |names: &[String]| -> Result<Split> {
-        let mut s = Split { x: Vec::new(), y: Vec::new(), sample_len: RECORD - 1 };
+        let mut s = Split { x: Vec::new(), y: Vec::new(), sample_len: RECORD - 1, targets: 1 };
         for name in names {
             let path = dir.join(name);
             if !path.is_file() {

@@ -54,7 +54,7 @@ fn from_buffers(bufs: &[(PathBuf, Vec<u8>)]) -> Result<RawData> {
         }
         let x = images.data.iter().map(|&b| b as f32 / 255.0).collect();
         let y = labels.data.iter().map(|&b| b as u32).collect();
-        Ok((Split { x, y, sample_len: images.dims[1] * images.dims[2] }, vec![1, images.dims[1], images.dims[2]]))
+        Ok((Split { x, y, sample_len: images.dims[1] * images.dims[2], targets: 1 }, vec![1, images.dims[1], images.dims[2]]))
     };
     let (train, shape) = split(&parsed[0], &parsed[1], "train")?;
     let (test, test_shape) = split(&parsed[2], &parsed[3], "t10k")?;

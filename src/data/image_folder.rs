@@ -140,8 +140,8 @@ fn decode(entries: Vec<Entry>) -> Result<RawData> {
         .collect::<Result<_>>()?;
     let (w, h) = (decoded[0].0, decoded[0].1);
     let mut splits = [
-        Split { x: Vec::new(), y: Vec::new(), sample_len: (3 * w * h) as usize },
-        Split { x: Vec::new(), y: Vec::new(), sample_len: (3 * w * h) as usize },
+        Split { x: Vec::new(), y: Vec::new(), sample_len: (3 * w * h) as usize, targets: 1 },
+        Split { x: Vec::new(), y: Vec::new(), sample_len: (3 * w * h) as usize, targets: 1 },
     ];
     for (e, (ew, eh, px)) in entries.iter().zip(decoded) {
         if (ew, eh) != (w, h) {

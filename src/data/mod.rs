@@ -8,9 +8,11 @@ mod cifar_bin;
 mod idx;
 mod image_folder;
 mod synthetic;
+mod text;
 mod transform;
 
 pub use cache::default_dir as cache_dir;
+pub use text::DEFAULT_CONTEXT;
 pub use transform::{parse_groups, Normalisation};
 
 use anyhow::{bail, Result};
@@ -18,23 +20,30 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 
-/// One split: `len()` samples of `sample_len` values each, row-major.
+/// One split: `len()` samples of `sample_len` values each, row-major, and
+/// `targets` labels per sample (1; or a language model's T next tokens, one
+/// per position).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Split {
     pub x: Vec<f32>,
     pub y: Vec<u32>,
     pub sample_len: usize,
+    pub targets: usize,
 }
 
 impl Split {
     pub fn len(&self) -> usize {
-        self.y.len()
+        self.y.len() / self.targets.max(1)
     }
     pub fn is_empty(&self) -> bool {
         self.y.is_empty()
     }
     pub fn sample(&self, i: usize) -> &[f32] {
         &self.x[i * self.sample_len..(i + 1) * self.sample_len]
+    }
+    /// The labels of sample `i`.
+    pub fn labels(&self, i: usize) -> &[u32] {
+        &self.y[i * self.targets..(i + 1) * self.targets]
     }
 }
 
@@ -92,6 +101,9 @@ pub struct DataConfig {
     pub modulus: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_fraction: Option<f64>,
+    /// text: tokens per window (the model's context). Left out when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<usize>,
 }
 
 impl Default for DataConfig {
@@ -110,6 +122,7 @@ impl Default for DataConfig {
             synthetic_classes: 4,
             modulus: None,
             train_fraction: None,
+            context: None,
         }
     }
 }
@@ -122,7 +135,7 @@ pub(crate) struct RawData {
     pub test: Split,
 }
 
-pub const DATASETS: &[&str] = &["cifar10", "image-folder", "idx", "digits", "gaussian-mixture", "sinusoid-2d", "modular-addition"];
+pub const DATASETS: &[&str] = &["cifar10", "image-folder", "idx", "digits", "gaussian-mixture", "sinusoid-2d", "modular-addition", "text"];
 
 pub fn load(cfg: &DataConfig) -> Result<Dataset> {
     let need_dir = || -> Result<PathBuf> {
@@ -139,6 +152,7 @@ pub fn load(cfg: &DataConfig) -> Result<Dataset> {
         "gaussian-mixture" => synthetic::gaussian_mixture(cfg),
         "sinusoid-2d" => synthetic::sinusoid_2d(cfg),
         "modular-addition" => synthetic::modular_addition(cfg)?,
+        "text" => text::load(cfg.data_dir.as_deref(), cfg.context.unwrap_or(text::DEFAULT_CONTEXT))?,
         other => bail!("unknown dataset '{other}' (expected one of: {})", DATASETS.join(", ")),
     };
     let raw = transform::select_classes(raw, cfg.classes.as_deref(), cfg.groups.as_deref())?;
@@ -149,8 +163,18 @@ pub fn load(cfg: &DataConfig) -> Result<Dataset> {
     if (cfg.modulus.is_some() || cfg.train_fraction.is_some()) && cfg.dataset != "modular-addition" {
         bail!("modulus and train_fraction apply to the modular-addition dataset only");
     }
+    if cfg.dataset == "text" && (cfg.classes.is_some() || cfg.groups.is_some()) {
+        bail!("classes and groups do not apply to the text dataset (its classes are the next characters)");
+    }
+    if cfg.context.is_some() && cfg.dataset != "text" {
+        bail!("context applies to the text dataset only");
+    }
     // Token ids are categories: never normalised.
-    let vocab = (cfg.dataset == "modular-addition").then(|| cfg.modulus.unwrap_or(synthetic::DEFAULT_MODULUS) + 1);
+    let vocab = match cfg.dataset.as_str() {
+        "modular-addition" => Some(cfg.modulus.unwrap_or(synthetic::DEFAULT_MODULUS) + 1),
+        "text" => Some(classes.len()),
+        _ => None,
+    };
     let normalisation = (cfg.normalize && vocab.is_none()).then(|| Normalisation::fit(&train, &sample_shape));
     if let Some(n) = &normalisation {
         n.apply(&mut train);
@@ -169,6 +193,9 @@ fn fingerprint(name: &str, classes: &[String], train: &Split, test: &Split) -> S
     }
     for s in [train, test] {
         h.update((s.len() as u64).to_le_bytes());
+        if s.targets != 1 {
+            h.update((s.targets as u64).to_le_bytes());
+        }
         for v in &s.x {
             h.update(v.to_le_bytes());
         }

@@ -12,7 +12,7 @@ pub fn gaussian_mixture(cfg: &DataConfig) -> RawData {
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.data_seed);
     let centres: Vec<f32> = (0..k * d).map(|_| 2.0 * Distribution::<f32>::sample(&StandardNormal, &mut rng)).collect();
     let mut draw = |n: usize| {
-        let mut s = Split { x: Vec::with_capacity(n * d), y: Vec::with_capacity(n), sample_len: d };
+        let mut s = Split { x: Vec::with_capacity(n * d), y: Vec::with_capacity(n), sample_len: d, targets: 1 };
         for i in 0..n {
             let c = i % k;
             s.y.push(c as u32);
@@ -34,7 +34,7 @@ pub fn gaussian_mixture(cfg: &DataConfig) -> RawData {
 pub fn sinusoid_2d(cfg: &DataConfig) -> RawData {
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.data_seed);
     let mut draw = |n: usize| {
-        let mut s = Split { x: Vec::with_capacity(2 * n), y: Vec::with_capacity(n), sample_len: 2 };
+        let mut s = Split { x: Vec::with_capacity(2 * n), y: Vec::with_capacity(n), sample_len: 2, targets: 1 };
         while s.len() < n {
             let (a, b): (f32, f32) = (rng.gen_range(-1.0..1.0), rng.gen_range(-1.0..1.0));
             if a * a + b * b > 1.0 {
@@ -71,7 +71,7 @@ pub fn modular_addition(cfg: &DataConfig) -> anyhow::Result<RawData> {
     pairs.shuffle(&mut ChaCha8Rng::seed_from_u64(cfg.data_seed));
     let n_train = ((pairs.len() as f64 * frac).round() as usize).clamp(1, pairs.len() - 1);
     let split = |pairs: &[(usize, usize)]| {
-        let mut s = Split { x: Vec::with_capacity(3 * pairs.len()), y: Vec::with_capacity(pairs.len()), sample_len: 3 };
+        let mut s = Split { x: Vec::with_capacity(3 * pairs.len()), y: Vec::with_capacity(pairs.len()), sample_len: 3, targets: 1 };
         for &(a, b) in pairs {
             s.x.extend_from_slice(&[a as f32, b as f32, p as f32]);
             s.y.push(((a + b) % p) as u32);

@@ -58,7 +58,7 @@ pub(crate) fn select_classes(raw: RawData, classes: Option<&[usize]>, groups: Op
     let names = groups.iter().map(|g| g.iter().map(|&c| raw.classes[c].clone()).collect::<Vec<_>>().join("+")).collect();
     let remap = |s: Split| {
         let d = s.sample_len;
-        let mut out = Split { x: Vec::new(), y: Vec::new(), sample_len: d };
+        let mut out = Split { x: Vec::new(), y: Vec::new(), sample_len: d, targets: 1 };
         for (i, &y) in s.y.iter().enumerate() {
             if let Some(new) = map[y as usize] {
                 out.x.extend_from_slice(&s.x[i * d..(i + 1) * d]);
@@ -131,7 +131,7 @@ mod tests {
 
     #[test]
     fn grouping_relabels_and_normalisation_centres() {
-        let split = Split { x: (0..12).map(|v| v as f32).collect(), y: vec![0, 1, 2, 3, 1, 0], sample_len: 2 };
+        let split = Split { x: (0..12).map(|v| v as f32).collect(), y: vec![0, 1, 2, 3, 1, 0], sample_len: 2, targets: 1 };
         let raw = RawData { sample_shape: vec![2], classes: (0..4).map(|c| c.to_string()).collect(), train: split.clone(), test: split };
         let out = select_classes(raw, None, Some("0,1/3")).unwrap();
         assert_eq!(out.train.y, vec![0, 0, 1, 0, 0]);

@@ -8,7 +8,7 @@
 //!     x = x + proj(attention(ln_1(x)))              stream 2i + 1
 //!     z = fc(ln_2(x))                               tap i (z, a = σ(z))
 //!     x = x + fc_proj(a)                            stream 2i + 2
-//! logits = head(ln_f(x)[readout position])
+//! logits = head(ln_f(x)[readout position])          (every position: a GPT LM)
 //! ```
 //!
 //! Everything is composed from differentiable candle operations: candle
@@ -114,6 +114,8 @@ pub struct Transformer {
     head: Option<Linear>,
     heads: usize,
     causal: bool,
+    /// Logits at every position (`Arch::Gpt { lm: true }`).
+    lm: bool,
     leaky_slope: f64,
     dropout: Option<f64>,
     dropout_key: AtomicU64,
@@ -174,6 +176,7 @@ impl Transformer {
             head,
             heads,
             causal: matches!(spec.arch, Arch::Gpt { .. }),
+            lm: matches!(spec.arch, Arch::Gpt { lm: true, .. }),
             leaky_slope: spec.leaky_relu_slope,
             dropout: drop.filter(|&p| p > 0.0),
             dropout_key: AtomicU64::new(0),
@@ -274,13 +277,14 @@ impl Transformer {
         }
         let x = norm(&self.ln_f, x.as_ref().expect("a pass has a stream from its start on"))?;
         // ViT reads the class token (position 0); a GPT classifying its window
-        // reads the last position.
-        let t = x.dims()[1];
+        // reads the last position; a language model reads every position,
+        // one row per (window, position).
+        let (b, t, d) = x.dims3()?;
         let read = match self.embed {
-            Embed::Patches { .. } => x.narrow(1, 0, 1)?,
-            Embed::Tokens { .. } => x.narrow(1, t - 1, 1)?,
-        }
-        .squeeze(1)?;
+            Embed::Patches { .. } => x.narrow(1, 0, 1)?.squeeze(1)?,
+            Embed::Tokens { .. } if self.lm => x.reshape((b * t, d))?,
+            Embed::Tokens { .. } => x.narrow(1, t - 1, 1)?.squeeze(1)?,
+        };
         Ok(match (&self.head, &self.embed) {
             (Some(head), _) => head.forward(&read)?,
             (None, Embed::Tokens { wte, .. }) => read.matmul(&wte.t()?)?,

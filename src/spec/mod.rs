@@ -169,6 +169,11 @@ pub enum Arch {
         /// (training only).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         dropout: Option<f64>,
+        /// A language model: next-token logits at every position (one
+        /// prediction per (window, position), `num_classes` = `vocab`), as
+        /// nanoGPT trains. Otherwise the last position classifies the window.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        lm: bool,
     },
 }
 
@@ -861,6 +866,15 @@ impl ModelSpec {
     }
 
     /// The description the analyzers get, for a probe of `n_probe` samples.
+    /// Predictions (rows of logits, labels) per sample: a language model's
+    /// window has one per position, every other model one.
+    pub fn predictions_per_sample(&self) -> usize {
+        match self.arch {
+            Arch::Gpt { lm: true, .. } => self.positions(),
+            _ => 1,
+        }
+    }
+
     pub fn model_info(&self, n_probe: usize) -> analyzers::ModelInfo {
         let layers: Vec<LayerDesc> = self.layers().into_iter().filter(|l| l.tap.is_some()).collect();
         analyzers::ModelInfo {

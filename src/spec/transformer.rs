@@ -141,7 +141,10 @@ impl ModelSpec {
                     return Err(format!("vit with {} patches: at most 65536", (h / patch) * (w / patch)));
                 }
             }
-            Arch::Gpt { vocab, tied, .. } => {
+            Arch::Gpt { vocab, tied, lm, .. } => {
+                if *lm && self.num_classes != *vocab {
+                    return Err(format!("a language model predicts tokens: num_classes must be vocab ({} ≠ {vocab})", self.num_classes));
+                }
                 if self.input_shape.len() != 1 || self.input_shape[0] > 1 << 16 {
                     return Err(format!("a gpt needs input_shape [context] with context at most 65536, got {:?}", self.input_shape));
                 }

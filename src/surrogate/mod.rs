@@ -52,8 +52,14 @@ pub struct EvalSet {
 }
 
 impl EvalSet {
+    /// Labels (predictions compared): one per sample, or per (window,
+    /// position) for a language model.
     pub fn len(&self) -> usize {
         self.y.len()
+    }
+    /// Samples (windows for a language model).
+    pub fn samples(&self) -> usize {
+        self.x.len() / self.sample_shape.iter().product::<usize>().max(1)
     }
     pub fn is_empty(&self) -> bool {
         self.y.is_empty()

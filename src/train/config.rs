@@ -7,7 +7,7 @@ use crate::init::InitScheme;
 use crate::spec::{Activation, Arch, ConvItem, ModelSpec, Shortcut, Stem, RESNET_PRESETS, SPEC_VERSION, VGG_PRESETS};
 
 /// The transformer presets `TrainConfig::model` knows.
-pub const TRANSFORMER_PRESETS: &[&str] = &["vit-tiny", "vit-mini", "modadd"];
+pub const TRANSFORMER_PRESETS: &[&str] = &["vit-tiny", "vit-mini", "modadd", "gpt-char-small", "gpt-char-tiny"];
 
 fn is_zero(v: &f64) -> bool {
     *v == 0.0
@@ -240,7 +240,7 @@ impl TrainConfig {
             bail!("dropout applies to transformers only (model '{}'; the VGG presets have their own)", self.model);
         }
         if vocab.is_some() && !matches!(transformer, Some(Arch::Gpt { .. })) {
-            bail!("token data (dataset '{}') needs a token model (modadd), not '{}'", self.data.dataset, self.model);
+            bail!("token data (dataset '{}') needs a token model (modadd, gpt-char-*), not '{}'", self.data.dataset, self.model);
         }
         let arch = match (transformer, self.model.as_str()) {
             (Some(arch), _) => arch,
@@ -304,6 +304,11 @@ impl TrainConfig {
     /// - `modadd`: Nanda et al.'s (2023) modular-addition model: one block,
     ///   dim 128, 4 heads, MLP 512, no LayerNorm, untied unembedding; vocab
     ///   from the data (p + 1).
+    /// - `gpt-char-small`: nanoGPT's `shakespeare_char` model: 6 blocks, dim
+    ///   384, 6 heads, MLP 1536, no biases, tied `lm_head`, next-token
+    ///   prediction at every position of a 256-token window;
+    ///   `gpt-char-tiny`: 2 blocks, dim 64, 2 heads, MLP 256, 64 tokens
+    ///   (CPU-sized, for tests). Both on `--dataset text`.
     fn transformer_arch(&self, vocab: Option<usize>) -> Result<Option<Arch>> {
         let dropout = (self.dropout != 0.0).then_some(self.dropout);
         let pick = |v: Option<usize>, d: usize| v.unwrap_or(d);
@@ -333,10 +338,53 @@ impl TrainConfig {
                     bias: true,
                     tied: false,
                     dropout,
+                    lm: false,
+                }
+            }
+            name @ ("gpt-char-small" | "gpt-char-tiny") => {
+                if self.patch.is_some() {
+                    bail!("patch applies to ViTs only");
+                }
+                let Some(vocab) = vocab.filter(|_| self.data.dataset == "text") else {
+                    bail!("model '{name}' is a language model: it needs --dataset text")
+                };
+                let (dim, depth, heads, mlp) = if name == "gpt-char-small" { (384, 6, 6, 1536) } else { (64, 2, 2, 256) };
+                Arch::Gpt {
+                    vocab,
+                    dim: pick(self.dim, dim),
+                    depth: pick(self.blocks, depth),
+                    heads: pick(self.heads, heads),
+                    mlp_hidden: pick(self.mlp_hidden, mlp),
+                    layer_norm: true,
+                    bias: false,
+                    tied: true,
+                    dropout,
+                    lm: true,
                 }
             }
             _ => return Ok(None),
         }))
+    }
+
+    /// The config with the defaults that depend on other keys filled in
+    /// (the text dataset's context), as the trainer runs and records it.
+    pub fn resolved(&self) -> TrainConfig {
+        let mut c = self.clone();
+        if c.data.dataset == "text" && c.data.context.is_none() {
+            c.data.context = Some(c.default_context());
+        }
+        c
+    }
+
+    /// The window length of `--dataset text` when the config leaves it
+    /// unset: the preset's context (`gpt-char-tiny`: 64; otherwise
+    /// nanoGPT's 256).
+    pub fn default_context(&self) -> usize {
+        if self.model == "gpt-char-tiny" {
+            64
+        } else {
+            crate::data::DEFAULT_CONTEXT
+        }
     }
 
     /// The run id: `name` if given, else `<model>-<dataset>-<activation>-s<seed>-<hash>`
@@ -345,7 +393,7 @@ impl TrainConfig {
         if !self.name.is_empty() {
             return self.name.clone();
         }
-        let mut c = self.clone();
+        let mut c = self.resolved();
         c.out = PathBuf::new();
         let digest = Sha256::digest(serde_json::to_string(&c).unwrap_or_default().as_bytes());
         let hash: String = digest.iter().take(3).map(|b| format!("{b:02x}")).collect();

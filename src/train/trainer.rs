@@ -72,6 +72,7 @@ impl Drop for Tf32 {
 }
 
 pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<PathBuf> {
+    let cfg = &cfg.resolved();
     cfg.check()?;
     // Orthogonal init runs faer's QR: a fixed degree of parallelism keeps
     // the initial weights the same bits whatever the thread count.
@@ -119,9 +120,15 @@ fn train_locked(cfg: &TrainConfig, opts: &TrainOptions, run_dir: &Path, run_id: 
     }
     let mut data = data::load(&cfg.data)?;
     if let Some(teacher) = cfg.targets.strip_prefix("teacher:") {
+        if data.train.targets > 1 {
+            bail!("targets teacher:{teacher}: a language model's corpus keeps its own next tokens");
+        }
         relabel_with_teacher(&mut data, teacher, &opts.device)?;
     }
-    if cfg.probe_size > data.test.len() && previous.is_none() {
+    // A language model's samples are (window, position) pairs (METRICS.md),
+    // so its probe_size counts tokens: whole windows holding at least that many.
+    let probe_windows = cfg.probe_size.div_ceil(data.train.targets.max(1));
+    if probe_windows > data.test.len() && previous.is_none() {
         // Not refused: the default probe (2,048) is larger than small test
         // splits (digits: 359). Said once; run.json records the real size.
         eprintln!(
@@ -132,13 +139,22 @@ fn train_locked(cfg: &TrainConfig, opts: &TrainOptions, run_dir: &Path, run_id: 
         );
     }
     let spec = cfg.model_spec(&data.sample_shape, data.classes.len(), data.vocab)?;
+    if spec.predictions_per_sample() != data.train.targets {
+        bail!(
+            "model '{}' makes {} prediction(s) per sample but dataset '{}' has {} label(s) per sample (a language model needs --dataset text, and the text dataset a gpt-char model)",
+            cfg.model,
+            spec.predictions_per_sample(),
+            cfg.data.dataset,
+            data.train.targets
+        );
+    }
     std::fs::create_dir_all(run::checkpoint_dir(&run_dir)).with_context(|| format!("{}: cannot create", run_dir.display()))?;
 
     let n_train = data.train.len();
     let total = if cfg.steps > 0 { cfg.steps } else { (cfg.epochs * n_train as f64 / cfg.batch_size as f64).ceil() as u64 };
     let ckpt_steps = checkpoint_steps(total, cfg.spacing(), cfg.ckpt_every);
 
-    let probe = probe::draw(&data.test, &data.sample_shape, cfg.probe_size, cfg.probe_seed, &data.name, "test");
+    let probe = probe::draw(&data.test, &data.sample_shape, probe_windows, cfg.probe_seed, &data.name, "test");
     if let Some(m) = &previous {
         if m.probe_hash != probe.hash || m.dataset.fingerprint != data.fingerprint {
             bail!("{}: cannot resume: its data or probe no longer match (was the dataset changed?)", run_dir.display());
@@ -397,7 +413,7 @@ impl<'a> Loop<'a> {
                 Value::I64(step as i64),
                 Value::F64(pos.samples_seen as f64 / n as f64),
                 Value::opt_f64(Some(loss_v)),
-                Value::opt_f64(Some(correct / idx.len() as f64)),
+                Value::opt_f64(Some(correct / y.dims()[0] as f64)),
                 Value::F64(lr),
                 Value::I64(pos.samples_seen as i64),
                 Value::F64(pos.wall_seconds),
@@ -465,8 +481,10 @@ impl<'a> Loop<'a> {
         }
         let mut shape = vec![idx.len()];
         shape.extend_from_slice(&self.data.sample_shape);
-        let y: Vec<u32> = idx.iter().map(|&i| self.data.train.y[i]).collect();
-        Ok((Tensor::from_vec(x, shape, &self.device)?, Tensor::from_vec(y, idx.len(), &self.device)?))
+        // One label per sample, or per (window, position) for a language model.
+        let y: Vec<u32> = idx.iter().flat_map(|&i| self.data.train.labels(i).iter().copied()).collect();
+        let ny = y.len();
+        Ok((Tensor::from_vec(x, shape, &self.device)?, Tensor::from_vec(y, ny, &self.device)?))
     }
 }
 
