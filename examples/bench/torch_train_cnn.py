@@ -17,7 +17,13 @@ Add a model by adding an entry to MODELS (name -> builder returning
 (nn.Module, input_shape, num_classes)); `cnn(...)` and `mlp(...)` build
 lintrace-style specs.
 
-Training: SGD(lr 0.01, momentum 0.9), cross-entropy, batch 128 by default.
+  gpt-char-small / gpt-char-tiny
+                nanoGPT's shakespeare_char GPT (class CharGpt), AdamW; inputs
+                are token windows, labels one next token per position, and
+                the output line also has "tokens_per_s"
+
+Training: SGD(lr 0.01, momentum 0.9), cross-entropy, batch 128 by default
+(AdamW for the GPTs).
 The inputs are synthetic: a small pool of standard-normal batches and
 uniform labels generated once on the target device before timing (data
 loading is excluded, as lintrace's timing covers only the steps). `--warmup`
@@ -206,6 +212,55 @@ class Vit(nn.Module):
         return self.head(self.norm(self.blocks(x))[:, 0])
 
 
+class CharGpt(nn.Module):
+    """nanoGPT's GPT as its `shakespeare_char` config builds it (names
+    included): bias=False (no biases in Linear or LayerNorm), tied lm_head,
+    dropout 0, causal F.scaled_dot_product_attention (nanoGPT's flash path),
+    exact GELU, next-token logits at every position. lintrace-bench --model
+    gpt-char-small --activation gelu."""
+
+    class Block(nn.Module):
+        def __init__(self, dim, heads):
+            super().__init__()
+            self.heads = heads
+            self.ln_1 = nn.LayerNorm(dim, bias=False)
+            self.attn = nn.Module()
+            self.attn.c_attn = nn.Linear(dim, 3 * dim, bias=False)
+            self.attn.c_proj = nn.Linear(dim, dim, bias=False)
+            self.ln_2 = nn.LayerNorm(dim, bias=False)
+            self.mlp = nn.Module()
+            self.mlp.c_fc = nn.Linear(dim, 4 * dim, bias=False)
+            self.mlp.gelu = nn.GELU()
+            self.mlp.c_proj = nn.Linear(4 * dim, dim, bias=False)
+
+        def forward(self, x):
+            b, t, d = x.shape
+            q, k, v = self.attn.c_attn(self.ln_1(x)).split(d, dim=2)
+            q, k, v = (u.view(b, t, self.heads, d // self.heads).transpose(1, 2) for u in (q, k, v))
+            y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + self.attn.c_proj(y.transpose(1, 2).reshape(b, t, d))
+            return x + self.mlp.c_proj(self.mlp.gelu(self.mlp.c_fc(self.ln_2(x))))
+
+    def __init__(self, vocab, block, dim, depth, heads):
+        super().__init__()
+        self.transformer = nn.Module()
+        self.transformer.wte = nn.Embedding(vocab, dim)
+        self.transformer.wpe = nn.Embedding(block, dim)
+        self.transformer.h = nn.Sequential(*[CharGpt.Block(dim, heads) for _ in range(depth)])
+        self.transformer.ln_f = nn.LayerNorm(dim, bias=False)
+        self.lm_head = nn.Linear(dim, vocab, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight
+
+    def forward(self, idx):
+        t = idx.shape[1]
+        x = self.transformer.wte(idx) + self.transformer.wpe(torch.arange(t, device=idx.device))
+        return self.lm_head(self.transformer.ln_f(self.transformer.h(x))).flatten(0, 1)
+
+
+# Token models: (vocab, context); their inputs are token ids and their labels
+# one next token per position.
+TOKEN_MODELS = {"gpt-char-small": (84, 256), "gpt-char-tiny": (84, 64)}
+
 MODELS = {
     "default-cnn": lambda: cnn([32, 64, "M", 64, "M"], [128]),
     "seed-cnn": lambda: cnn([16, 32, "M", 32, "M"], [64]),
@@ -215,6 +270,10 @@ MODELS = {
     # lintrace-bench --model vit-mini|vit-tiny --activation gelu
     "vit-mini": lambda: (Vit(4, 64, 4, 2, 128), (3, 32, 32), 10),
     "vit-tiny": lambda: (Vit(4, 192, 6, 3, 384), (3, 32, 32), 10),
+    # lintrace-bench --model gpt-char-small --activation gelu --batch-size 64
+    # (vocab 84: lintrace's Shakespeare corpus; nanoGPT's tiny-shakespeare has 65)
+    "gpt-char-small": lambda: (CharGpt(84, 256, 384, 6, 6), (256,), 84),
+    "gpt-char-tiny": lambda: (CharGpt(84, 64, 64, 2, 2), (64,), 84),
 }
 
 
@@ -235,12 +294,16 @@ def main(argv=None):
                     help="time forward passes in evaluation mode (no_grad) instead of training steps")
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--momentum", type=float, default=0.9)
+    ap.add_argument("--optimizer", default=None, choices=["sgd", "adamw"],
+                    help="default: adamw for the GPTs (as lintrace-bench trains them), sgd otherwise")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pool", type=int, default=4,
                     help="distinct synthetic batches, cycled (default 4)")
     ap.add_argument("--compare-json", metavar="FILE",
                     help='JSON object with "images_per_s" (lintrace); adds the ratio lintrace/torch')
     args = ap.parse_args(argv)
+    if args.optimizer is None:
+        args.optimizer = "adamw" if args.model in TOKEN_MODELS else "sgd"
 
     if args.dtype == "bf16" and args.device != "cuda":
         ap.error("--dtype bf16 is supported on --device cuda only")
@@ -255,13 +318,21 @@ def main(argv=None):
     model, input_shape, num_classes = MODELS[args.model]()
     model = model.to(dev)
     model.train(not args.forward)
-    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
+    tokens = args.model in TOKEN_MODELS
+    if args.optimizer == "adamw":
+        opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
     loss_fn = nn.CrossEntropyLoss()
 
     g = torch.Generator(device="cpu").manual_seed(args.seed)
     pool = max(1, args.pool)
-    xs = [torch.randn((args.batch, *input_shape), generator=g).to(dev) for _ in range(pool)]
-    ys = [torch.randint(0, num_classes, (args.batch,), generator=g).to(dev) for _ in range(pool)]
+    if tokens:
+        xs = [torch.randint(0, num_classes, (args.batch, *input_shape), generator=g).to(dev) for _ in range(pool)]
+        ys = [torch.randint(0, num_classes, (args.batch * input_shape[0],), generator=g).to(dev) for _ in range(pool)]
+    else:
+        xs = [torch.randn((args.batch, *input_shape), generator=g).to(dev) for _ in range(pool)]
+        ys = [torch.randint(0, num_classes, (args.batch,), generator=g).to(dev) for _ in range(pool)]
 
     def autocast():
         if args.dtype == "bf16":
@@ -303,6 +374,8 @@ def main(argv=None):
         "batch": args.batch,
         "steps": args.steps,
         "images_per_s": args.batch * args.steps / elapsed if elapsed > 0 else None,
+        "tokens_per_s": args.batch * input_shape[0] * args.steps / elapsed if tokens and elapsed > 0 else None,
+        "optimizer": args.optimizer,
         "seconds_per_step": spp,
         "torch_version": torch.__version__,
         "dtype": args.dtype,

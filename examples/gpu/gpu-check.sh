@@ -18,7 +18,10 @@ Steps, each under `timeout $STEP_TIMEOUT`:
                       /usr/local/cuda*/targets/x86_64-linux/lib, then the
                       nvidia-* packages of $TORCH_VENV
   driver              nvidia-smi; the driver must be >= 580 for CUDA 13.0 PTX
-  train-cnn/-resnet   a short CNN and a resnet20 on digits on $DEVICE
+  train-NET           short runs on $DEVICE of each of NETS: cnn and resnet
+                      (resnet20) on digits, modadd (the modular-addition
+                      transformer, p = 23) and gpt (gpt-char-tiny on the
+                      embedded Shakespeare corpus)
   analyze-DEVICE/cpu  every analyzer on $DEVICE, and on the CPU for a copy of the run
   analyzers-coverage  every analyzer of --list wrote rows (over both runs)
   compare-*           layer_metrics and model_metrics of the two analyses joined
@@ -27,7 +30,9 @@ Steps, each under `timeout $STEP_TIMEOUT`:
   readme-train/-analyze  the README's main job with --device $DEVICE, timed
   bench-*             lintrace-bench on CIFAR-10 (needs DATA=), the PyTorch
                       peers examples/bench/torch_train_cnn.py and torch_analyze.py
-                      (run when present), side by side, with ratios
+                      (run when present), side by side, with ratios; then each
+                      of BENCH_MODELS trained by lintrace-bench and by
+                      torch_train_cnn.py (fp32; bf16 for torch too)
 Each check prints one line `PASS|FAIL|SKIP name: detail` in the summary at the
 end. Exit status 0 when no check failed (SKIPs allowed), 1 when one failed
 (a failed unpack ends the script there), 2 for a usage error.
@@ -52,6 +57,11 @@ Environment (defaults in brackets):
   PYWHEELS      wheels of numpy/safetensors to install offline when the torch venv
                 lacks them (torch_analyze.py needs both) [$PKG/wheels]
   CHECKS        subset of: train analyze compare readme bench [all of them]
+  NETS          runs of train/analyze/compare [cnn resnet modadd gpt]
+  BENCH_CNN     1: the default-CNN benchmarks (training, analysis, convolution
+                kernels, torch_analyze.py) [1]
+  BENCH_MODELS  models timed in training next to PyTorch, besides the default
+                CNN [gpt-char-small vit-tiny] (vit-tiny needs DATA)
   TOL_CONT      absolute-or-relative tolerance of continuous metrics [1e-4]
   TOL_COUNT     tolerance of counts (n_units, n_rows, ...) [1e-9]
   FLIPS         near-tie prediction/sign flips allowed in discrete metrics [1]
@@ -69,6 +79,8 @@ Tolerance classes (a difference passes if it is within the class's bound):
   information  one flipped prediction moves a plug-in entropy by <= (log2 N + 2)/N:
                i_f_y, i_f_y_given_s, mu_bits, prefix_/suffix_mu_bits: 2 entropies;
                mu: 4 entropies (times FLIPS)
+               mu_mm: as mu
+  cell flip    n_cells_nonempty: 2*FLIPS (a flipped prediction empties one cell, fills one)
   unit flip    frac_always_on/off, frac_switching: FLIPS/n_units (one unit changes class)
   sign flip    frac_active, pattern_entropy: continuous, or one z > 0 flip:
                FLIPS/(N*n_units), pattern_entropy (log2 N + 2)/(N*n_units)
@@ -90,6 +102,8 @@ BENCH_TIMEOUT=${BENCH_TIMEOUT:-$STEP_TIMEOUT}
 TORCH_THREADS=${TORCH_THREADS:-$(nproc 2>/dev/null || echo 2)}
 PYWHEELS=${PYWHEELS:-$PKG/wheels}
 CHECKS=${CHECKS:-train analyze compare readme bench}
+BENCH_CNN=${BENCH_CNN:-1}
+read -r -a BENCH_MODEL_LIST <<< "${BENCH_MODELS-gpt-char-small vit-tiny}"
 export TOL_CONT=${TOL_CONT:-1e-4} TOL_COUNT=${TOL_COUNT:-1e-9} FLIPS=${FLIPS:-1}
 RESULTS_DIR=${RESULTS_DIR:-${OUT:-}}
 case $DEVICE in cuda|cpu) ;; *) echo "gpu-check: DEVICE must be cuda or cpu (got '$DEVICE')" >&2; exit 2 ;; esac
@@ -328,19 +342,25 @@ q() { # q DIR OUT.csv SQL
 }
 
 # ---------------------------------------------------------------- (a) train
-# Two short runs on digits: a CNN, and a ResNet (BatchNorm, residual blocks,
-# residual_linear_fit), each trained on $DEVICE.
+# Short runs, each trained on $DEVICE: a CNN and a ResNet (BatchNorm, residual
+# blocks, residual_linear_fit) on digits; the modular-addition transformer
+# (attention heads, sublayer fits, the one-hot linear surrogate); a
+# character-level GPT (next-token prediction at every position, feature-space
+# Grams, the bigram surrogate on 131,072 held-out tokens).
 declare -A NET_ARGS=(
-  [cnn]="--model cnn --conv 16,M --dense 32"
-  [resnet]="--model resnet20 --probe-size 128"
+  [cnn]="--model cnn --conv 16,M --dense 32 --dataset digits"
+  [resnet]="--model resnet20 --probe-size 128 --dataset digits"
+  [modadd]="--model modadd --dataset modular-addition --modulus 23 --optimizer adamw --lr 0.003 --weight-decay 1 --batch-size 128 --probe-size 256"
+  [gpt]="--model gpt-char-tiny --activation gelu --dataset text --optimizer adamw --lr 0.003 --batch-size 64 --probe-size 1024"
 )
-NETS=(cnn resnet)
+read -r -a NETS <<< "${NETS:-cnn resnet modadd gpt}"
 TRAINED=()
 if want train; then
-  hdr "train a short CNN and a ResNet on digits on $DEVICE"
+  hdr "train short runs on $DEVICE: ${NETS[*]}"
   for net in "${NETS[@]}"; do
+    [[ -n ${NET_ARGS[$net]:-} ]] || { result FAIL "train-$net" "unknown net '$net' in NETS (known: ${!NET_ARGS[*]})"; continue; }
     # shellcheck disable=SC2086  # NET_ARGS holds words
-    if run_step "train-$net-$DEVICE" "$T" ${NET_ARGS[$net]} --dataset digits --steps "$TRAIN_STEPS" \
+    if run_step "train-$net-$DEVICE" "$T" ${NET_ARGS[$net]} --steps "$TRAIN_STEPS" \
          --seed 0 --device "$DEVICE" --out "$RUNS" --name "$net" --overwrite --quiet; then
       line=$(grep -m1 '^trained' "$LOGS/train-$net-$DEVICE.log")
       ck=$(grep -oE '[0-9]+ checkpoints' <<< "$line")
@@ -389,6 +409,8 @@ compare_tables() {
     function cls(m) {
       if (("TOL_" m) in ENVIRON) return "override"
       if (m ~ /^(n_units|n_units_varying|n_rows|n_features|linear_prefix_depth)$/) return "count"
+      if (m == "mu_mm") return "info4"
+      if (m == "n_cells_nonempty") return "cellflip"
       if (m ~ /^(accuracy|agreement|prefix_agreement|suffix_agreement|surrogate_accuracy|network_accuracy|surrogate_train_accuracy|surrogate_probe_accuracy)$/) return "accuracy"
       if (m ~ /^(i_f_y|i_f_y_given_s|mu_bits|prefix_mu_bits|suffix_mu_bits)$/) return "info2"
       if (m == "mu") return "info4"
@@ -408,6 +430,7 @@ compare_tables() {
       if (c == "accuracy") return flips / N + tn
       if (c == "info2") return flips * 2 * (log2(N) + 2) / N + tn
       if (c == "info4") return flips * 4 * (log2(N) + 2) / N + tn
+      if (c == "cellflip") return 2 * flips + tn
       if (u <= 0) return t
       if (c == "unitflip") return flips / u + tn
       if (c == "signflip") { s = flips / (N * u) + tn; return s > t ? s : t }
@@ -497,13 +520,17 @@ if want compare; then
     done
     mapfile -t got < <(sort -u "$WORK/analyzers-got.txt")
     lacking=()
-    for a in "${ANALYZERS[@]}"; do [[ " ${got[*]} " == *" $a "* ]] || lacking+=("$a"); done
+    for a in "${ANALYZERS[@]}"; do
+      # residual_linear_fit writes rows for ResNets only
+      [[ $a == residual_linear_fit && " ${ANALYZED[*]} " != *" resnet "* ]] && continue
+      [[ " ${got[*]} " == *" $a "* ]] || lacking+=("$a")
+    done
     if ((${#ANALYZERS[@]} == 0)); then result FAIL analyzers-coverage "lintrace-analyze --list printed no analyzers"
     elif ((${#got[@]} == 0)); then result FAIL analyzers-coverage "query failed (log $LOGS/queries.log)"
     elif ((${#lacking[@]})); then result FAIL analyzers-coverage "no rows on $DEVICE from: ${lacking[*]} (runs: ${ANALYZED[*]})"
     else result PASS analyzers-coverage "all ${#ANALYZERS[@]} analyzers wrote rows on $DEVICE (runs: ${ANALYZED[*]})"; fi
     declare -A SQL=(
-      [layer_metrics]="SELECT step, tap, analyzer, metric, ref_step, n_probe, value FROM layer_metrics ORDER BY step, tap, analyzer, metric, ref_step"
+      [layer_metrics]="SELECT step, tap, layer_name, analyzer, metric, ref_step, n_probe, value FROM layer_metrics ORDER BY step, tap, layer_name, analyzer, metric, ref_step"
       [model_metrics]="SELECT step, analyzer, metric, surrogate, split, n_samples, value FROM model_metrics ORDER BY step, analyzer, metric, surrogate"
     )
     for net in "${ANALYZED[@]}"; do
@@ -584,6 +611,7 @@ for line in open(sys.argv[1]):
         d = d.get(k) if isinstance(d, dict) else None
     if d is not None: print(d)' "$1" "$2" 2>/dev/null | tail -1; }
 
+  if ((BENCH_CNN)); then
   # d1. lintrace-bench (CIFAR-10)
   LT_IPS="" LT_SPC="" BENCH_RUN=""
   if [[ ! -x $B ]]; then
@@ -693,6 +721,48 @@ for line in open(sys.argv[1]):
       result SKIP bench-analyze-digits "no README run (readme check failed or not selected)"
     fi
   fi
+  fi  # BENCH_CNN
+
+  # d4. transformers: lintrace-bench and torch_train_cnn.py on the same model
+  for m in "${BENCH_MODEL_LIST[@]}"; do
+    case $m in
+      gpt-char-*) bargs=(--batch-size 64 --no-analysis); unit=tokens; tbatch=64 ;;
+      *) bargs=(--batch-size 128 --no-analysis --data-dir "$DATA"); unit=images; tbatch=128 ;;
+    esac
+    if [[ ! -x $B ]]; then result SKIP "bench-$m" "no lintrace-bench binary"; continue; fi
+    if [[ $unit == images && -z $DATA ]]; then result SKIP "bench-$m" "DATA not set (CIFAR-10)"; continue; fi
+    lt=""
+    if run_step "bench-$m-lintrace" "$B" --model "$m" --activation gelu --steps "$BENCH_STEPS" \
+         --out "$WORK/bench-$m" --device "$DEVICE" "${bargs[@]}"; then
+      lt=$(grep -m1 '^train:' "$LOGS/bench-$m-lintrace.log" | grep -oE "[0-9.]+ $unit/s" | awk '{print $1}')
+      lf=$(grep -m1 '^forward:' "$LOGS/bench-$m-lintrace.log" | grep -oE "[0-9.]+ $unit/s" | awk '{print $1}')
+      grep -E '^(train|forward):' "$LOGS/bench-$m-lintrace.log" | sed "s/^/$m lintrace /" >> "$WORK/bench.txt"
+    else
+      result FAIL "bench-$m" "lintrace-bench: $STEP_WHY"; continue
+    fi
+    if [[ ! -f $TT ]] || ((!TORCH_OK)); then result PASS "bench-$m" "lintrace ${lt:-?} $unit/s training, ${lf:-?} forward; no torch peer (${TORCH_WHY:-no torch_train_cnn.py})"; continue; fi
+    line="lintrace ${lt:-?} $unit/s (forward ${lf:-?})"
+    dts=(fp32); [[ $DEVICE == cuda ]] && dts+=(bf16)
+    for dt in "${dts[@]}"; do
+      for mode in train forward; do
+        [[ $mode == forward && $dt == bf16 ]] && continue
+        fwd=(); [[ $mode == forward ]] && fwd=(--forward)
+        if run_step "bench-$m-torch-$mode-$dt" "$PY" "$TT" --model "$m" --device "$DEVICE" --batch "$tbatch" \
+             --steps "$BENCH_STEPS" --dtype "$dt" --threads "$TORCH_THREADS" "${fwd[@]}"; then
+          key=images_per_s; [[ $unit == tokens ]] && key=tokens_per_s
+          r=$(json_get "$LOGS/bench-$m-torch-$mode-$dt.log" "$key" | awk '{ printf "%.1f", $1 }')
+          grep '^{' "$LOGS/bench-$m-torch-$mode-$dt.log" | tail -1 >> "$WORK/bench.txt"
+          mine=$lt; [[ $mode == forward ]] && mine=$lf
+          ratio=$(awk -v a="${mine:-0}" -v b="${r:-0}" 'BEGIN { if (a > 0 && b > 0) printf "%.3f", a / b; else printf "?" }')
+          line="$line; torch $mode $dt ${r:-?} (lintrace/torch $ratio)"
+        else
+          line="$line; torch $mode $dt failed"
+        fi
+      done
+    done
+    result PASS "bench-$m" "$line"
+  done
+
 fi
 
 finish

@@ -34,7 +34,9 @@ struct Args {
     #[arg(long, default_value = "cpu")]
     device: String,
     /// The model: cnn (lintrace's default CNN), a ResNet preset (resnet20,
-    /// resnet18, ...) or a ViT preset (vit-mini, vit-tiny).
+    /// resnet18, ...), a ViT preset (vit-mini, vit-tiny) or a character-level
+    /// GPT (gpt-char-small, gpt-char-tiny: the embedded corpus, AdamW,
+    /// rates in tokens/s).
     #[arg(long, default_value = "cnn")]
     model: String,
     /// The taps' nonlinearity (a ViT's MLP: gelu).
@@ -74,8 +76,17 @@ fn real_main(args: &Args) -> Result<()> {
     }
     let _ = std::fs::remove_dir_all(&args.out);
     let mut cfg = TrainConfig::default();
-    cfg.data.dataset = "image-folder".into();
-    cfg.data.data_dir = Some(args.data_dir.clone());
+    // A character-level GPT trains on the embedded corpus with AdamW, as
+    // nanoGPT's shakespeare_char; everything else on CIFAR-10 with SGD.
+    let lm = args.model.starts_with("gpt-char");
+    if lm {
+        cfg.data.dataset = "text".into();
+        cfg.optimizer = lintrace::train::optim::OptimizerKind::Adamw;
+        cfg.lr = 1e-3;
+    } else {
+        cfg.data.dataset = "image-folder".into();
+        cfg.data.data_dir = Some(args.data_dir.clone());
+    }
     cfg.steps = args.steps + 3;
     cfg.batch_size = args.batch_size;
     cfg.probe_size = args.probe_size;
@@ -98,19 +109,22 @@ fn real_main(args: &Args) -> Result<()> {
     let (w0, s0) = at(2);
     let (w1, s1) = at(log.rows.len() - 1);
     println!("device: {}, threads: {}", args.device, rayon::current_num_threads());
+    // Tokens per window for a language model (its samples are windows).
+    let per = if lm { cfg.resolved().data.context.unwrap_or(1) as f64 } else { 1.0 };
+    let unit = if lm { "tokens" } else { "images" };
     println!(
-        "train: {}, batch {}, {} timed steps: {:.1} images/s (whole command incl. data load: {:.1}s)",
+        "train: {}, batch {}, {} timed steps: {:.1} {unit}/s (whole command incl. data load: {:.1}s)",
         if args.model == "cnn" { "default CNN".to_string() } else { args.model.clone() },
         args.batch_size,
         args.steps,
-        (s1 - s0) / (w1 - w0),
+        per * (s1 - s0) / (w1 - w0),
         total
     );
 
     println!(
-        "forward: batch {}: {:.1} images/s (evaluation mode, best of 3)",
+        "forward: batch {}: {:.1} {unit}/s (evaluation mode, best of 3)",
         args.batch_size,
-        forward_rate(&dir, args.batch_size, &device)?
+        per * forward_rate(&dir, args.batch_size, &device)?
     );
     if args.no_analysis {
         return Ok(());
@@ -156,7 +170,11 @@ fn forward_rate(dir: &std::path::Path, batch: usize, device: &candle_core::Devic
     let ck = lintrace::checkpoint::load(&last, None)?;
     let model = ck.model(device)?;
     let shape: Vec<usize> = std::iter::once(batch).chain(ck.meta.spec.input_shape.iter().copied()).collect();
-    let x = candle_core::Tensor::randn(0f32, 1.0, shape, device)?;
+    // Token models take ids in 0..vocab.
+    let x = match ck.meta.spec.arch {
+        lintrace::spec::Arch::Gpt { vocab, .. } => candle_core::Tensor::rand(0f32, vocab as f32 - 0.5, shape, device)?.floor()?,
+        _ => candle_core::Tensor::randn(0f32, 1.0, shape, device)?,
+    };
     let reps = 3;
     let t = best_of(reps, || {
         model.logits(&x)?.sum_all()?.to_scalar::<f32>()?;
