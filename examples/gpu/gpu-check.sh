@@ -60,6 +60,7 @@ Environment (defaults in brackets):
   NETS          runs of train/analyze/compare [cnn resnet modadd gpt]
   BENCH_CNN     1: the default-CNN benchmarks (training, analysis, convolution
                 kernels, torch_analyze.py) [1]
+  BENCH_KERNELS 1: with BENCH_CNN, also time its convolutions alone [1]
   BENCH_MODELS  models timed in training next to PyTorch, besides the default
                 CNN [gpt-char-small vit-tiny] (vit-tiny needs DATA)
   TOL_CONT      absolute-or-relative tolerance of continuous metrics [1e-4]
@@ -103,6 +104,7 @@ TORCH_THREADS=${TORCH_THREADS:-$(nproc 2>/dev/null || echo 2)}
 PYWHEELS=${PYWHEELS:-$PKG/wheels}
 CHECKS=${CHECKS:-train analyze compare readme bench}
 BENCH_CNN=${BENCH_CNN:-1}
+BENCH_KERNELS=${BENCH_KERNELS:-1}
 read -r -a BENCH_MODEL_LIST <<< "${BENCH_MODELS-gpt-char-small vit-tiny}"
 export TOL_CONT=${TOL_CONT:-1e-4} TOL_COUNT=${TOL_COUNT:-1e-9} FLIPS=${FLIPS:-1}
 RESULTS_DIR=${RESULTS_DIR:-${OUT:-}}
@@ -638,7 +640,9 @@ for line in open(sys.argv[1]):
 
   # d1b. the default CNN's convolutions, forward and forward+backward, with this
   # backward (src/model/conv_gpu.rs), candle's own backward, and dW by candle's conv
-  if [[ -x $B ]] && grep -q -- '--kernels' <<< "$("$B" --help 2>&1)"; then
+  if ((!BENCH_KERNELS)); then
+    result SKIP bench-conv "BENCH_KERNELS=0"
+  elif [[ -x $B ]] && grep -q -- '--kernels' <<< "$("$B" --help 2>&1)"; then
     for v in lintrace candle gradw-conv; do
       case $v in
         lintrace) envs=() ;;
