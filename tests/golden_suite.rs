@@ -179,7 +179,7 @@ fn linear_surrogate_matches_scikit_learn_on_digits() {
     let norm = d.normalisation.as_ref().unwrap();
     assert_close(norm.mean[0], g["normalize_mean"].as_f64().unwrap(), 1e-6, "normalisation mean");
     assert_close(norm.std[0], g["normalize_std"].as_f64().unwrap(), 1e-6, "normalisation std");
-    let m = lintrace::surrogate::linear::fit(&d.train, d.classes.len()).unwrap();
+    let m = lintrace::surrogate::linear::fit(&d.train, d.classes.len(), &candle_core::Device::Cpu).unwrap();
     let pred = m.predict(&d.test.x, d.test.len());
     let test_acc = pred.iter().zip(&d.test.y).filter(|(p, y)| **p == **y as usize).count() as f64 / d.test.len() as f64;
     // Our L2 (1e-4, mean-loss form) is stronger than sklearn's C = 1e4, so

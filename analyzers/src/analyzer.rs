@@ -133,6 +133,10 @@ pub struct Needs {
     pub streams: bool,
     /// Per-chunk attention weights (transformers).
     pub attention: bool,
+    /// The effective rank of every tap's Gram matrix: host eigenvalue
+    /// problems, which the driver runs beside the device work that follows
+    /// the probe pass (the linearised variants) instead of after it.
+    pub ranks: bool,
 }
 
 impl Needs {
@@ -149,6 +153,7 @@ impl Needs {
             surrogates: self.surrogates || o.surrogates,
             streams: self.streams || o.streams,
             attention: self.attention || o.attention,
+            ranks: self.ranks || o.ranks,
         }
     }
 }
@@ -161,6 +166,8 @@ pub struct Extras<'a> {
     /// Per tap, when an analyzer asked for `moments`.
     pub moments: Option<&'a [UnitMoments]>,
     pub grams: Option<&'a [Gram]>,
+    /// Per tap, [`crate::gram::effective_rank`] of `grams`, when asked for.
+    pub ranks: Option<&'a [Option<f64>]>,
     /// (step, Grams) of the step-0 checkpoint.
     pub init_grams: Option<(u64, &'a [Gram])>,
     /// (step, Grams) of the run's last checkpoint.

@@ -188,12 +188,28 @@ pub fn run(
         }
         None => (Vec::new(), None, Vec::new()),
     };
-    let variants = if needs.variants { Some(variant_logits(model, spec, info, &batches, &moments, base_logits, device)?) } else { None };
+    let grams = computed_grams.as_deref().or(shared.grams);
+    // The effective ranks' eigenvalue problems (host, O(n³) each) run beside
+    // the linearised variants (device work on a GPU) instead of after them;
+    // the Gram copies to the host come first, on this thread, in stream
+    // order. rayon::join, not a blocking thread join: the analysis may itself
+    // run on a rayon worker, and a worker blocked on a join of work queued
+    // behind it would deadlock a one-thread pool.
+    let host_grams = match grams.filter(|_| needs.ranks) {
+        Some(g) => Some(analyzers::representation::host_matrices(g)?),
+        None => None,
+    };
+    let (variants, ranks) = rayon::join(
+        || if needs.variants { variant_logits(model, spec, info, &batches, &moments, base_logits, device).map(Some) } else { Ok(None) },
+        || host_grams.as_ref().map(|h| analyzers::representation::ranks_of(h)),
+    );
+    let variants = variants?;
 
     let extras = Extras {
         labels: &probe.labels,
         moments: needs.moments.then_some(moments.as_slice()),
-        grams: computed_grams.as_deref().or(shared.grams),
+        grams,
+        ranks: ranks.as_deref(),
         init_grams: shared.init_grams,
         final_grams: shared.final_grams,
         weights: shared.weights,

@@ -146,7 +146,7 @@ impl TargetContext {
                         continue;
                     };
                     let cache_dir = target.data_config().and_then(|c| c.cache_dir).unwrap_or_else(data::cache_dir);
-                    let m = linear::get(d, &cache_dir, opts.quiet)?;
+                    let m = linear::get(d, &cache_dir, opts.quiet, dev)?;
                     // The bigram model of a language model reads one token
                     // and predicts the next at every position.
                     let per_token = d.train.targets > 1;

@@ -89,7 +89,9 @@ fn cache_path(dir: &Path, fingerprint: &str) -> PathBuf {
 }
 
 /// The cached model for this dataset, or a freshly trained (and cached) one.
-pub fn get(data: &Dataset, cache_dir: &Path, quiet: bool) -> Result<LinearModel> {
+/// The fit runs on `device` (a GPU where there is one: CIFAR-10's 50,000 ×
+/// 3,072 design matrix made the CPU fit the slowest step of an analysis).
+pub fn get(data: &Dataset, cache_dir: &Path, quiet: bool, device: &Device) -> Result<LinearModel> {
     let path = cache_path(cache_dir, &data.fingerprint);
     if let Some(m) = read(&path) {
         return Ok(LinearModel { vocab: data.vocab, ..m });
@@ -99,8 +101,8 @@ pub fn get(data: &Dataset, cache_dir: &Path, quiet: bool) -> Result<LinearModel>
     }
     let mut m = match data.vocab {
         Some(v) if data.train.targets > 1 => fit_bigram(&data.train, v)?,
-        Some(v) => fit(&one_hot(&data.train, v), data.classes.len())?,
-        None => fit(&data.train, data.classes.len())?,
+        Some(v) => fit(&one_hot(&data.train, v), data.classes.len(), device)?,
+        None => fit(&data.train, data.classes.len(), device)?,
     };
     m.vocab = data.vocab;
     write(&path, &m).with_context(|| format!("{}", path.display()))?;
@@ -124,9 +126,9 @@ struct Objective {
 impl Objective {
     fn eval(&self, theta: &[f64]) -> Result<(f64, Vec<f64>)> {
         let (k, d) = (self.k, self.d);
-        let dev = Device::Cpu;
-        let w = Tensor::from_vec(theta[..k * d].iter().map(|&v| v as f32).collect::<Vec<f32>>(), (k, d), &dev)?;
-        let b = Tensor::from_vec(theta[k * d..].iter().map(|&v| v as f32).collect::<Vec<f32>>(), k, &dev)?;
+        let dev = self.x.device();
+        let w = Tensor::from_vec(theta[..k * d].iter().map(|&v| v as f32).collect::<Vec<f32>>(), (k, d), dev)?;
+        let b = Tensor::from_vec(theta[k * d..].iter().map(|&v| v as f32).collect::<Vec<f32>>(), k, dev)?;
         let logits = self.x.matmul(&w.t()?)?.broadcast_add(&b)?;
         let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
         let ce = -(logp.mul(&self.targets)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?) / self.n as f64;
@@ -149,15 +151,15 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 }
 
 /// Full-batch L-BFGS (two-loop recursion, Armijo backtracking).
-pub fn fit(train: &Split, classes: usize) -> Result<LinearModel> {
+pub fn fit(train: &Split, classes: usize, device: &Device) -> Result<LinearModel> {
     let (n, d, k) = (train.len(), train.sample_len, classes);
-    let dev = Device::Cpu;
-    let x = Tensor::from_slice(&train.x, (n, d), &dev)?;
+    let dev = device;
+    let x = Tensor::from_slice(&train.x, (n, d), dev)?;
     let mut oh = vec![0f32; n * k];
     for (i, &y) in train.y.iter().enumerate() {
         oh[i * k + y as usize] = 1.0;
     }
-    let obj = Objective { x, targets: Tensor::from_vec(oh, (n, k), &dev)?, weight: Tensor::ones((n, 1), DType::F32, &dev)?, n, k, d };
+    let obj = Objective { x, targets: Tensor::from_vec(oh, (n, k), dev)?, weight: Tensor::ones((n, 1), DType::F32, dev)?, n, k, d };
     let mut m = minimise(&obj)?;
     let pred = m.predict(&train.x, n);
     m.train_accuracy = pred.iter().zip(&train.y).filter(|(p, y)| **p == **y as usize).count() as f64 / n as f64;
