@@ -61,6 +61,8 @@ Environment (defaults in brackets):
   BENCH_CNN     1: the default-CNN benchmarks (training, analysis, convolution
                 kernels, torch_analyze.py) [1]
   BENCH_KERNELS 1: with BENCH_CNN, also time its convolutions alone [1]
+  BENCH_LT_ARGS extra arguments of the default-CNN lintrace-bench, e.g.
+                --no-per-analyzer []
   BENCH_MODELS  models timed in training next to PyTorch, besides the default
                 CNN [gpt-char-small vit-tiny] (vit-tiny needs DATA)
   TOL_CONT      absolute-or-relative tolerance of continuous metrics [1e-4]
@@ -627,7 +629,8 @@ for line in open(sys.argv[1]):
   else
     dev_args=()
     if grep -q -- '--device' <<< "$("$B" --help 2>&1)"; then dev_args=(--device "$DEVICE"); fi
-    if run_step bench-lintrace "$B" --data-dir "$DATA" --steps "$BENCH_STEPS" --out "$WORK/bench-runs" "${dev_args[@]}"; then
+    # shellcheck disable=SC2086  # BENCH_LT_ARGS holds words
+    if run_step bench-lintrace "$B" --data-dir "$DATA" --steps "$BENCH_STEPS" --out "$WORK/bench-runs" "${dev_args[@]}" ${BENCH_LT_ARGS:-}; then
       LT_IPS=$(grep -m1 '^train:' "$LOGS/bench-lintrace.log" | grep -oE '[0-9.]+ images/s' | awk '{print $1}')
       LT_SPC=$(grep -m1 '^analyze: all analyzers' "$LOGS/bench-lintrace.log" | grep -oE '[0-9.]+ s/checkpoint' | awk '{print $1}')
       BENCH_RUN=$WORK/bench-runs/bench
