@@ -11,6 +11,7 @@
 # PROBE: probe size (default 2048). BIN: folder with lintrace-train and lintrace-analyze (default target/release).
 # BLOCKS: the k of the surrogates (default "0 3 6 9": stem only, stage 1,
 # stages 1-2, all nine blocks). TIMEOUT: seconds per command (default none).
+# ANALYZERS: a comma-separated subset for the analysis of F (default: all).
 set -euo pipefail
 ROOT=${1:-runs/resnet20}
 DATA=${2:-../shared/data/cifar10-jpeg.tar.gz}
@@ -33,4 +34,6 @@ for k in $BLOCKS; do
   surrogates+=(--surrogate "$ROOT/plin-b$k")
 done
 echo "== analysis of F"
-t "$BIN/lintrace-analyze" "$ROOT/main" --device "$DEVICE" "${surrogates[@]}"
+analyzers=()
+[[ -n ${ANALYZERS:-} ]] && analyzers=(--analyzers "$ANALYZERS")
+t "$BIN/lintrace-analyze" "$ROOT/main" --device "$DEVICE" "${surrogates[@]}" "${analyzers[@]}"
