@@ -323,7 +323,9 @@ fn a_character_level_language_model_trains_resumes_and_is_analysed() {
     let probe = lintrace::probe::load(&a.join("probe.safetensors")).unwrap();
     assert_eq!((probe.len(), probe.targets(), probe.labels.len()), (7, 16, 112));
 
-    run_ok(analyze_bin().arg(&a).args(["--quiet", "--device", "cpu"]));
+    // --chunk-size 1: chunks of 32 tokens, 2 windows each, so the probe's 7
+    // windows take 4 passes and every chunk's labels are sliced per position.
+    run_ok(analyze_bin().arg(&a).args(["--quiet", "--device", "cpu", "--chunk-size", "1"]));
     let layer = lintrace::tables::Table::read(&a.join("analysis/layer_metrics.parquet"), "layer_metrics").unwrap();
     for name in
         analyzers::registry::names().into_iter().filter(|n| !["performance", "mu", "residual_linear_fit", "activation_regime"].contains(n))
@@ -370,6 +372,22 @@ fn a_character_level_language_model_trains_resumes_and_is_analysed() {
     // The bigram model learnt the corpus's structure (after "th" comes "e").
     let train_acc = get("surrogate_train_accuracy", Some("linear"));
     assert!(train_acc.iter().all(|&(_, a)| a > 0.3), "{train_acc:?}");
+
+    // One chunk (the default size) gives the numbers of four.
+    let whole = tmp.path().join("whole");
+    run_ok(std::process::Command::new("cp").arg("-r").arg(&a).arg(&whole));
+    std::fs::remove_dir_all(whole.join("analysis")).unwrap();
+    run_ok(analyze_bin().arg(&whole).args(["--quiet", "--device", "cpu", "--analyzers", "performance,unit_linear_fit"]));
+    let other = lintrace::tables::Table::read(&whole.join("analysis/model_metrics.parquet"), "model_metrics").unwrap();
+    let losses = |t: &lintrace::tables::Table| -> Vec<f64> {
+        let (mi, vi) = (t.column_index("metric").unwrap(), t.column_index("value").unwrap());
+        t.rows.iter().filter(|r| r[mi].as_str() == Some("loss")).map(|r| r[vi].as_f64().unwrap()).collect()
+    };
+    let (chunked, one) = (losses(&model), losses(&other));
+    assert_eq!(chunked.len(), one.len());
+    for (x, y) in chunked.iter().zip(&one) {
+        assert!((x - y).abs() < 1e-6 * y.abs(), "loss {x} in chunks, {y} in one pass");
+    }
 }
 
 #[test]

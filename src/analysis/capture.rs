@@ -51,7 +51,7 @@ impl Batches {
     }
 
     pub fn probe(probe: &Probe, chunk: usize, device: &Device) -> Result<Batches> {
-        Batches::new(&probe.inputs, &probe.sample_shape, chunk, device)
+        Batches::new(&probe.inputs, &probe.sample_shape, windows_per_chunk(chunk, probe.targets()), device)
     }
 
     pub fn len(&self) -> usize {
@@ -65,6 +65,18 @@ impl Batches {
     /// (index of the first sample, `[samples, *shape]`) per chunk, in order.
     pub fn iter(&self) -> impl Iterator<Item = Result<(usize, Tensor)>> + '_ {
         (0..self.len()).step_by(self.chunk).map(move |start| Ok((start, self.x.narrow(0, start, self.chunk.min(self.len() - start))?)))
+    }
+}
+
+/// Samples per chunk for `chunk` (`--chunk-size`): a language model's
+/// samples are windows of `positions` tokens, so its chunks hold whole
+/// windows of about 32 · `chunk` tokens in all (8,192 by default), and the
+/// memory of a pass grows with the tokens in a chunk, not with the context.
+pub fn windows_per_chunk(chunk: usize, positions: usize) -> usize {
+    if positions <= 1 {
+        chunk
+    } else {
+        (chunk.saturating_mul(32) / positions).max(1)
     }
 }
 

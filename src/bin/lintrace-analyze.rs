@@ -70,7 +70,8 @@ struct Args {
     /// List the registered analyzers and their metrics.
     #[arg(long)]
     list: bool,
-    /// Probe samples per forward pass.
+    /// Probe samples per forward pass (a language model's chunks hold whole
+    /// windows of about 32 × this many tokens).
     #[arg(long, default_value_t = 256)]
     chunk_size: usize,
     /// Checkpoints analysed at once (default: on the CPU as many as threads

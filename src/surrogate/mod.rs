@@ -66,7 +66,8 @@ impl EvalSet {
     }
     /// The inputs on `device`, uploaded once, in chunks.
     pub fn batches(&self, chunk: usize, device: &Device) -> Result<Batches> {
-        Batches::new(&self.x, &self.sample_shape, chunk, device)
+        let per = self.y.len() / self.samples().max(1);
+        Batches::new(&self.x, &self.sample_shape, crate::analysis::capture::windows_per_chunk(chunk, per), device)
     }
 }
 
