@@ -83,9 +83,16 @@ impl External {
         // timm's ViT layout at the presets' sizes (GELU, as timm's).
         let vits = ["vit-tiny", "vit-mini"];
         presets.extend(vits);
+        // nanoGPT's shakespeare_char layout (GELU, no biases, tied), as a
+        // language model: --num-classes is the vocabulary, --input the context.
+        let gpts = ["gpt-char-small", "gpt-char-tiny"];
+        presets.extend(gpts);
+        // (`gpt-char-small` is a name, not `gpt-char` with the small stem.)
+        let gpt = gpts.contains(&self.spec.as_str());
+        let (name, small) = if gpt { (self.spec.as_str(), false) } else { (name, small) };
         let vgg = crate::spec::VGG_PRESETS.contains(&name) && !small;
         let vit = vits.contains(&name) && name == self.spec;
-        let known = crate::spec::RESNET_PRESETS.contains(&name) || vgg || vit || (presets.contains(&name) && name == self.spec);
+        let known = crate::spec::RESNET_PRESETS.contains(&name) || vgg || vit || gpt || (presets.contains(&name) && name == self.spec);
         if !known {
             bail!(
                 "--spec {}: neither a spec file, a run folder, nor a preset ({}; torchvision:resnetN, resnetN-small)",
@@ -97,9 +104,12 @@ impl External {
             bail!("--spec {}: a preset needs --num-classes and --input (e.g. --input 3,32,32)", self.spec);
         };
         let stem = small.then_some(crate::spec::Stem::Small);
-        let activation = if vit { "gelu" } else { "relu" }.to_string();
-        let cfg = crate::train::TrainConfig { model: name.to_string(), stem, activation, ..Default::default() };
-        cfg.model_spec(input, classes, None).with_context(|| format!("--spec {}", self.spec))
+        let activation = if vit || gpt { "gelu" } else { "relu" }.to_string();
+        let mut cfg = crate::train::TrainConfig { model: name.to_string(), stem, activation, ..Default::default() };
+        if gpt {
+            cfg.data.dataset = "text".into();
+        }
+        cfg.model_spec(input, classes, gpt.then_some(classes)).with_context(|| format!("--spec {}", self.spec))
     }
 }
 
@@ -360,5 +370,32 @@ impl Target {
             },
         };
         runs_table::table(&[row.with_finals(model_metrics)]).write(&self.out_dir.join("runs.parquet"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn char_gpt_presets_name_a_nanogpt_language_model() {
+        let ext = |spec: &str| External {
+            spec: spec.into(),
+            probe: PathBuf::new(),
+            run_id: None,
+            num_classes: Some(65),
+            input: Some(vec![256]),
+            renames: Vec::new(),
+            step_from: None,
+        };
+        let spec = ext("gpt-char-small").resolve_spec().unwrap();
+        assert!(matches!(
+            spec.arch,
+            crate::spec::Arch::Gpt { vocab: 65, dim: 384, depth: 6, heads: 6, mlp_hidden: 1536, bias: false, tied: true, lm: true, .. }
+        ));
+        assert_eq!((spec.predictions_per_sample(), spec.num_classes), (256, 65));
+        let names: Vec<String> = spec.tensor_shapes().into_iter().map(|(n, _)| n).collect();
+        assert!(names.contains(&"transformer.h.5.mlp.c_fc.weight".to_string()) && !names.iter().any(|n| n.ends_with(".bias")));
+        assert!(ext("gpt-char-medium").resolve_spec().is_err());
     }
 }
