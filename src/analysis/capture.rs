@@ -109,11 +109,11 @@ fn pass(
         activations: if needs.grams { vec![Vec::new(); info.taps.len()] } else { Vec::new() },
         logits: Vec::new(),
     };
+    // Predictions per sample: 1, or a language model's one per position.
+    let per = labels.len() / batches.len().max(1);
     for item in batches.iter() {
         let (first, x) = item?;
         let b = x.dims()[0];
-        // Predictions per sample: 1, or a language model's one per position.
-        let per = labels.len() / batches.len().max(1);
         let (logits, recorded) = if want_taps { model.forward_recorded(&x)? } else { (model.logits(&x)?, Default::default()) };
         let taps = &recorded.taps;
         let logits = host(&logits)?;
