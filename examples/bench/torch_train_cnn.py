@@ -32,6 +32,8 @@ untimed steps run first; then `--steps` steps are timed as a whole
 
 PyTorch defaults are kept otherwise (fp32; on CUDA cuDNN may use TF32 for
 convolutions, which is PyTorch's default; cudnn.benchmark is switched on).
+`--tf32 off` forbids TF32 everywhere (strict fp32, lintrace's default);
+`--tf32 on` allows it for matrix products too (lintrace's `--tf32`).
 `--dtype bf16` uses torch.autocast(device_type="cuda", dtype=bfloat16), CUDA only.
 
 Output: one JSON line
@@ -299,6 +301,10 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pool", type=int, default=4,
                     help="distinct synthetic batches, cycled (default 4)")
+    ap.add_argument("--tf32", default="default", choices=["default", "on", "off"],
+                    help="TF32 tensor cores on CUDA: default = PyTorch's defaults (cuDNN "
+                         "convolutions may use TF32, matrix products do not); on = both may; "
+                         "off = neither (strict fp32, as lintrace without --tf32)")
     ap.add_argument("--compare-json", metavar="FILE",
                     help='JSON object with "images_per_s" (lintrace); adds the ratio lintrace/torch')
     args = ap.parse_args(argv)
@@ -314,6 +320,9 @@ def main(argv=None):
     dev = torch.device(args.device)
     if args.device == "cuda":
         torch.backends.cudnn.benchmark = True
+        if args.tf32 != "default":
+            torch.backends.cudnn.allow_tf32 = args.tf32 == "on"
+            torch.backends.cuda.matmul.allow_tf32 = args.tf32 == "on"
 
     model, input_shape, num_classes = MODELS[args.model]()
     model = model.to(dev)
@@ -379,6 +388,7 @@ def main(argv=None):
         "seconds_per_step": spp,
         "torch_version": torch.__version__,
         "dtype": args.dtype,
+        "tf32": args.tf32,
         "warmup": args.warmup,
         "final_loss": final_loss,
         "mode": "forward" if args.forward else "train",

@@ -37,11 +37,12 @@ Options:
                        (glibc 2.35 gave them a new symbol version): then the
                        binaries need glibc 2.34 at most, for GPU machines whose glibc
                        is older than this one's. Off by default.
-  --cudnn              build --features cudnn (implies cuda): convolutions run
-                       through cuDNN 9, and the binaries then need libcudnn.so.9
-                       at run time (e.g. PyTorch's nvidia-cudnn-cu13 package).
-                       Off by default: on an H200 it trained the default CNN no
-                       faster (10,055 vs 8,992 images/s; BENCHMARKS.md)
+  --cudnn              build --features cudnn (implies cuda): convolutions and
+                       max pooling run as cuDNN 9 calls with cached plans
+                       (src/model/cudnn.rs), and the binaries then need
+                       libcudnn.so.9 at run time (e.g. PyTorch's
+                       nvidia-cudnn-cu13 package). Off by default until it is
+                       measured on a GPU (BENCHMARKS.md, "GPU")
   --pack [DIR]         after building, strip and xz the binaries into DIR (default
                        .gpu, added to .git/info/exclude) with SHA256SUMS and BUILD-INFO.
                        Unpack and check them there with examples/gpu/gpu-check.sh.

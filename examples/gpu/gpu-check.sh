@@ -639,24 +639,47 @@ for line in open(sys.argv[1]):
     else
       result FAIL bench-lintrace "$STEP_WHY"
     fi
+    # Training again with TF32 convolutions and products (PyTorch's default
+    # uses TF32 for its cuDNN convolutions).
+    LT_IPS_TF32=""
+    if [[ $DEVICE == cuda ]] && grep -q -- '--tf32' <<< "$("$B" --help 2>&1)"; then
+      if run_step bench-lintrace-tf32 "$B" --data-dir "$DATA" --steps "$BENCH_STEPS" --out "$WORK/bench-runs-tf32" "${dev_args[@]}" --tf32 --no-analysis; then
+        LT_IPS_TF32=$(grep -m1 '^train:' "$LOGS/bench-lintrace-tf32.log" | grep -oE '[0-9.]+ images/s' | awk '{print $1}')
+        grep -E '^train:' "$LOGS/bench-lintrace-tf32.log" | sed 's/^/tf32 /' >> "$WORK/bench.txt"
+        result PASS bench-lintrace-tf32 "train ${LT_IPS_TF32:-?} images/s with --tf32"
+      else
+        result FAIL bench-lintrace-tf32 "$STEP_WHY"
+      fi
+    fi
   fi
 
-  # d1b. the default CNN's convolutions, forward and forward+backward, with this
-  # backward (src/model/conv_gpu.rs), candle's own backward, and dW by candle's conv
+  # d1b. the default CNN's convolutions and max pool, forward and
+  # forward+backward, on each path the build has (cuDNN ops of
+  # src/model/cudnn.rs, then candle's), each checked against the CPU build
+  # (values and gradients; "check ... FAIL" fails the step), in strict fp32
+  # and with --tf32. Then one training step split into its phases.
   if ((!BENCH_KERNELS)); then
     result SKIP bench-conv "BENCH_KERNELS=0"
   elif [[ -x $B ]] && grep -q -- '--kernels' <<< "$("$B" --help 2>&1)"; then
-    for v in lintrace candle gradw-conv; do
-      case $v in
-        lintrace) envs=() ;;
-        candle) envs=(LINTRACE_CONV_BWD=candle) ;;
-        gradw-conv) envs=(LINTRACE_CONV_GRADW=conv) ;;
-      esac
-      if run_step "bench-conv-$v" env "${envs[@]}" "$B" --kernels --device "$DEVICE" --batch-size 128; then
-        grep -E '^conv' "$LOGS/bench-conv-$v.log" | sed "s/^/conv backward $v: /" >> "$WORK/bench.txt"
-        result PASS "bench-conv-$v" "$(grep -m1 -E '^conv 32->64' "$LOGS/bench-conv-$v.log" | sed 's/, batch 128//')"
+    for v in fp32 tf32; do
+      targs=(); [[ $v == tf32 ]] && targs=(--tf32)
+      if run_step "bench-conv-$v" "$B" --kernels --device "$DEVICE" --batch-size 128 "${targs[@]}"; then
+        grep -E '^(conv|max-pool|check)' "$LOGS/bench-conv-$v.log" | sed "s/^/kernels $v: /" >> "$WORK/bench.txt"
+        if grep -q '^check .* FAIL$' "$LOGS/bench-conv-$v.log"; then
+          result FAIL "bench-conv-$v" "$(grep -m1 '^check .* FAIL$' "$LOGS/bench-conv-$v.log")"
+        else
+          result PASS "bench-conv-$v" "$(grep -c '^check .* ok$' "$LOGS/bench-conv-$v.log") checks ok; $(grep -m1 -E '^conv 32->64' "$LOGS/bench-conv-$v.log" | sed 's/, batch 128//')"
+        fi
       else
         result FAIL "bench-conv-$v" "$STEP_WHY"
+      fi
+      if grep -q -- '--phases' <<< "$("$B" --help 2>&1)"; then
+        if run_step "bench-phases-$v" "$B" --phases --device "$DEVICE" --batch-size 128 --steps "$BENCH_STEPS" "${targs[@]}"; then
+          grep -E '^(phases|steps)' "$LOGS/bench-phases-$v.log" | sed "s/^/training step $v: /" >> "$WORK/bench.txt"
+          result PASS "bench-phases-$v" "$(grep -E '^(phases|steps)' "$LOGS/bench-phases-$v.log" | tr '\n' ' ')"
+        else
+          result FAIL "bench-phases-$v" "$STEP_WHY"
+        fi
       fi
     done
   else
@@ -671,14 +694,19 @@ for line in open(sys.argv[1]):
   else
     cmp=()
     if [[ -n $LT_IPS ]]; then echo "{\"images_per_s\": $LT_IPS}" > "$WORK/lintrace-train.json"; cmp=(--compare-json "$WORK/lintrace-train.json"); fi
-    dtypes=(fp32); [[ $DEVICE == cuda ]] && dtypes+=(bf16)
+    # fp32 = PyTorch's defaults (TF32 convolutions on a GPU), fp32-strict =
+    # no TF32 anywhere (as lintrace without --tf32), bf16 = autocast.
+    dtypes=(fp32); [[ $DEVICE == cuda ]] && dtypes+=(fp32-strict bf16)
     for dt in "${dtypes[@]}"; do
+      targs=(--dtype "$dt")
+      [[ $dt == fp32-strict ]] && targs=(--dtype fp32 --tf32 off)
       if run_step "bench-torch-train-$dt" "$PY" "$TT" --device "$DEVICE" --batch 128 --steps "$BENCH_STEPS" \
-           --dtype "$dt" --threads "$TORCH_THREADS" "${cmp[@]}"; then
+           "${targs[@]}" --threads "$TORCH_THREADS" "${cmp[@]}"; then
         ips=$(json_get "$LOGS/bench-torch-train-$dt.log" images_per_s | awk '{ printf "%.1f", $1 }')
         grep '^{' "$LOGS/bench-torch-train-$dt.log" | tail -1 >> "$WORK/bench.txt"
         if [[ -n $LT_IPS && -n $ips ]]; then
-          result PASS "bench-torch-train-$dt" "torch $ips images/s, lintrace $LT_IPS images/s (fp32): lintrace/torch = $(awk -v a="$LT_IPS" -v b="$ips" 'BEGIN { printf "%.3f", a / b }')"
+          tf=""; [[ -n ${LT_IPS_TF32:-} ]] && tf=", lintrace --tf32 $LT_IPS_TF32 images/s: $(awk -v a="$LT_IPS_TF32" -v b="$ips" 'BEGIN { printf "%.3f", a / b }')"
+          result PASS "bench-torch-train-$dt" "torch $ips images/s, lintrace $LT_IPS images/s (fp32): lintrace/torch = $(awk -v a="$LT_IPS" -v b="$ips" 'BEGIN { printf "%.3f", a / b }')$tf"
         else
           result PASS "bench-torch-train-$dt" "torch ${ips:-?} images/s (default CNN, batch 128, $BENCH_STEPS steps); no lintrace number to compare (lintrace-bench skipped)"
         fi

@@ -17,7 +17,7 @@ T0=$(date +%s)
 left() { echo $(( ${TOTAL:-540} - ($(date +%s) - T0) )); }
 cap() { local a=$1 b; b=$(( $(left) - 5 )); (( b < a )) && a=$b; (( a < 0 )) && a=0; echo "$a"; }
 DATA=.gpu/cifar10-subset.tar.gz NETS="cnn modadd gpt" CHECKS="train analyze compare bench" \
-  BENCH_KERNELS=0 BENCH_LT_ARGS=--no-per-analyzer BENCH_MODELS="gpt-char-small vit-tiny" TRAIN_STEPS=60 BENCH_STEPS=20 \
+  BENCH_KERNELS=1 BENCH_LT_ARGS=--no-per-analyzer BENCH_MODELS="gpt-char-small vit-tiny" TRAIN_STEPS=60 BENCH_STEPS=20 \
   STEP_TIMEOUT=100 TOTAL_TIMEOUT=${CHECK_TIMEOUT:-270} RESULTS_DIR="$OUT/check" \
   bash examples/gpu/gpu-check.sh > "$OUT/gpu-check.log" 2>&1
 echo "gpu-check: rc $? after $(( $(date +%s) - T0 )) s"

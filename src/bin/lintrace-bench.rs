@@ -58,6 +58,12 @@ struct Args {
     /// the default CNN's layers, f64 Gram accumulation) in GFLOP/s.
     #[arg(long)]
     kernels: bool,
+    /// Only split a training step of the default CNN (synthetic batch
+    /// already on the device, momentum SGD) into forward + loss, backward
+    /// and update, each timed to a device synchronisation, and time whole
+    /// steps with one synchronisation at the end (as PyTorch's peer does).
+    #[arg(long)]
+    phases: bool,
 }
 
 fn main() {
@@ -72,7 +78,11 @@ fn real_main(args: &Args) -> Result<()> {
     if args.kernels {
         // The convolutions with TF32 products when asked (the Gram matrices are f64 either way).
         candle_core::cuda::set_gemm_reduced_precision_f32(args.tf32);
-        return kernels(&lintrace::device::select(&args.device)?, args.batch_size);
+        return kernels(&lintrace::device::select(&args.device)?, args.batch_size, args.tf32);
+    }
+    if args.phases {
+        candle_core::cuda::set_gemm_reduced_precision_f32(args.tf32);
+        return phases(&lintrace::device::select(&args.device)?, args.batch_size, args.steps);
     }
     let _ = std::fs::remove_dir_all(&args.out);
     let mut cfg = TrainConfig::default();
@@ -203,31 +213,97 @@ fn best_of(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     Ok(best)
 }
 
-/// GFLOP/s of the kernels that dominate training and analysis.
-fn kernels(dev: &candle_core::Device, batch: usize) -> Result<()> {
-    use candle_core::{DType, Tensor, Var};
+/// GFLOP/s of the kernels that dominate training and analysis. On a GPU,
+/// each convolution and the 2×2 max pool are also checked against the CPU
+/// build (values and gradients, one line each ending in `ok` or `FAIL`),
+/// and timed on every path this build has (cuDNN, then candle's).
+fn kernels(dev: &candle_core::Device, batch: usize, tf32: bool) -> Result<()> {
+    use candle_core::{Tensor, Var};
     use lintrace::model::conv_cpu::conv2d_bias;
+    use lintrace::model::pool_cpu::max_pool2d;
     println!("device: {dev:?}, threads: {}", rayon::current_num_threads());
+    let sync = |t: &Tensor| -> Result<()> { t.sum_all()?.to_scalar::<f32>().map(|_| ()).map_err(Into::into) };
+    // Paths to time: under `--features cudnn` both the cuDNN ops and the
+    // candle path they replace (LINTRACE_CUDNN=off is read at each call).
+    let paths: &[&str] = if cfg!(feature = "cudnn") && dev.is_cuda() { &["cudnn", "candle"] } else { &["default"] };
+    let set_path = |p: &str| {
+        if p == "candle" {
+            std::env::set_var("LINTRACE_CUDNN", "off")
+        } else {
+            std::env::remove_var("LINTRACE_CUDNN")
+        }
+    };
+    // Agreement with the CPU: max |gpu − cpu| / max |cpu| per tensor.
+    // Strict fp32 differs only in summation order; TF32 rounds the inputs
+    // of every product to 10-bit mantissas.
+    let tol = if tf32 { 1e-2 } else { 1e-4 };
     for (c, o, hw) in [(3usize, 32usize, 32usize), (32, 64, 32), (64, 64, 16)] {
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (batch, c, hw, hw), dev)?)?;
         let w = Var::from_tensor(&Tensor::randn(0f32, 0.1, (o, c, 3, 3), dev)?)?;
-        let b = Var::from_tensor(&Tensor::zeros(o, DType::F32, dev)?)?;
+        let b = Var::from_tensor(&Tensor::randn(0f32, 0.1, o, dev)?)?;
         let flop = 2.0 * (batch * o * hw * hw * c * 9) as f64;
-        let sync = |t: &Tensor| -> Result<()> { t.sum_all()?.to_scalar::<f32>().map(|_| ()).map_err(Into::into) };
-        let fwd = best_of(3, || sync(&conv2d_bias(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1, 1)?))?;
-        let both = best_of(3, || {
-            let y = conv2d_bias(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1, 1)?;
-            let g = y.sum_all()?.backward()?;
-            sync(g.get(w.as_tensor()).expect("weight gradient"))
-        })?;
-        println!(
-            "conv {c}->{o} at {hw}x{hw}, batch {batch}: forward {:.1} ms = {:.1} GFLOP/s; forward+backward {:.1} ms = {:.1} GFLOP/s",
-            fwd * 1e3,
-            flop / fwd / 1e9,
-            both * 1e3,
-            3.0 * flop / both / 1e9
-        );
+        for path in paths {
+            set_path(path);
+            let fwd = best_of(3, || sync(&conv2d_bias(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1, 1)?))?;
+            let both = best_of(3, || {
+                let y = conv2d_bias(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1, 1)?;
+                let g = y.sum_all()?.backward()?;
+                sync(g.get(w.as_tensor()).expect("weight gradient"))
+            })?;
+            println!(
+                "conv {c}->{o} at {hw}x{hw}, batch {batch} [{path}]: forward {:.2} ms = {:.1} GFLOP/s; forward+backward {:.2} ms = {:.1} GFLOP/s",
+                fwd * 1e3,
+                flop / fwd / 1e9,
+                both * 1e3,
+                3.0 * flop / both / 1e9
+            );
+            if !dev.is_cpu() {
+                let cpu = candle_core::Device::Cpu;
+                let (xc, wc, bc) = (
+                    Var::from_tensor(&x.to_device(&cpu)?)?,
+                    Var::from_tensor(&w.to_device(&cpu)?)?,
+                    Var::from_tensor(&b.to_device(&cpu)?)?,
+                );
+                // A non-uniform upstream gradient, so a transposed or
+                // shifted dx/dw cannot pass.
+                let r = Tensor::randn(0f32, 1.0, (batch, o, hw, hw), dev)?;
+                let rc = r.to_device(&cpu)?;
+                let y = conv2d_bias(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1, 1)?;
+                let g = (&y * &r)?.sum_all()?.backward()?;
+                let yc = conv2d_bias(xc.as_tensor(), wc.as_tensor(), bc.as_tensor(), 1, 1)?;
+                let gc = (&yc * &rc)?.sum_all()?.backward()?;
+                let pairs = [
+                    ("y", y.clone(), yc.clone()),
+                    ("dx", grad(&g, &x)?, grad(&gc, &xc)?),
+                    ("dw", grad(&g, &w)?, grad(&gc, &wc)?),
+                    ("db", grad(&g, &b)?, grad(&gc, &bc)?),
+                ];
+                report_check(&format!("conv {c}->{o} at {hw}x{hw} [{path}]"), &pairs, tol)?;
+            }
+        }
     }
+    // The 2x2 max pool of the default CNN's 64-channel 32x32 activation.
+    let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (batch, 64, 32, 32), dev)?)?;
+    for path in paths {
+        set_path(path);
+        let both = best_of(3, || {
+            let g = max_pool2d(x.as_tensor(), 2)?.sum_all()?.backward()?;
+            sync(g.get(x.as_tensor()).expect("input gradient"))
+        })?;
+        println!("max-pool 2x2, 64 channels at 32x32, batch {batch} [{path}]: forward+backward {:.2} ms", both * 1e3);
+        if !dev.is_cpu() {
+            let cpu = candle_core::Device::Cpu;
+            let xc = Var::from_tensor(&x.to_device(&cpu)?)?;
+            let r = Tensor::randn(0f32, 1.0, (batch, 64, 16, 16), dev)?;
+            let y = max_pool2d(x.as_tensor(), 2)?;
+            let g = (&y * &r)?.sum_all()?.backward()?;
+            let yc = max_pool2d(xc.as_tensor(), 2)?;
+            let gc = (&yc * &r.to_device(&cpu)?)?.sum_all()?.backward()?;
+            // Exact: a max and a routed gradient involve no rounding.
+            report_check(&format!("max-pool 2x2 [{path}]"), &[("y", y.clone(), yc.clone()), ("dx", grad(&g, &x)?, grad(&gc, &xc)?)], 0.0)?;
+        }
+    }
+    std::env::remove_var("LINTRACE_CUDNN");
     for (n, f) in [(2048usize, 16384usize), (2048, 65536)] {
         let a = Tensor::randn(0f32, 1.0, (n, f), dev)?;
         let chunks: Vec<Tensor> = (0..n).step_by(256).map(|s| a.narrow(0, s, 256)).collect::<candle_core::Result<_>>()?;
@@ -239,5 +315,119 @@ fn kernels(dev: &candle_core::Device, batch: usize) -> Result<()> {
         })?;
         println!("centred Gram, f64, n {n}, {f} features: {:.2} s = {:.1} GFLOP/s", t, 2.0 * (n * n * f) as f64 / t / 1e9);
     }
+    Ok(())
+}
+
+fn grad(g: &candle_core::backprop::GradStore, v: &candle_core::Var) -> Result<candle_core::Tensor> {
+    g.get(v.as_tensor()).cloned().context("a gradient is missing")
+}
+
+/// One line: the largest |device − cpu| relative to max |cpu| of each
+/// tensor, then `ok` when all are within `tol`, else `FAIL`.
+fn report_check(what: &str, pairs: &[(&str, candle_core::Tensor, candle_core::Tensor)], tol: f64) -> Result<()> {
+    let mut parts = Vec::new();
+    let mut ok = true;
+    for (name, dev, cpu) in pairs {
+        let d = dev.to_device(&candle_core::Device::Cpu)?.to_dtype(candle_core::DType::F64)?;
+        let c = cpu.to_dtype(candle_core::DType::F64)?;
+        let diff = (&d - &c)?.abs()?.max_all()?.to_scalar::<f64>()?;
+        let scale = c.abs()?.max_all()?.to_scalar::<f64>()?.max(f64::MIN_POSITIVE);
+        let rel = diff / scale;
+        ok &= rel <= tol;
+        parts.push(format!("{name} {rel:.1e}"));
+    }
+    println!(
+        "check {what} against the CPU (max |diff| / max |cpu|, tolerance {tol:.0e}): {} {}",
+        parts.join(", "),
+        if ok { "ok" } else { "FAIL" }
+    );
+    Ok(())
+}
+
+/// Where a training step's time goes (`--phases`).
+fn phases(dev: &candle_core::Device, batch: usize, steps: u64) -> Result<()> {
+    use candle_core::{Tensor, Var};
+    use lintrace::model::{Model, Taps, Weights};
+    use lintrace::train::optim::{Optimizer, OptimizerKind};
+    let cfg = TrainConfig::default();
+    let spec = cfg.model_spec(&[3, 32, 32], 10, None)?;
+    let mut vars = Vec::new();
+    let mut tensors = std::collections::BTreeMap::new();
+    for (name, shape, values) in lintrace::init::init_params(&spec, cfg.init, cfg.init_scale, cfg.seed) {
+        let var = Var::from_tensor(&Tensor::from_vec(values, shape, dev)?)?;
+        tensors.insert(name, var.as_tensor().clone());
+        vars.push(var);
+    }
+    let model = Model::new(&spec, Weights::new(tensors))?;
+    model.set_training(true);
+    let mut opt = Optimizer::new(OptimizerKind::Momentum, vars, 0.0, 0.9);
+    let x = Tensor::randn(0f32, 1.0, (batch, 3, 32, 32), dev)?;
+    let y = Tensor::from_vec((0..batch as u32).map(|i| i % 10).collect::<Vec<u32>>(), batch, dev)?;
+    let sync =
+        |t: &Tensor| -> Result<()> { t.sum_all()?.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>().map(|_| ()).map_err(Into::into) };
+    let step = |opt: &mut Optimizer, times: Option<&mut [f64; 3]>| -> Result<()> {
+        let t0 = Instant::now();
+        let logits = model.forward(&x, &mut Taps::off())?;
+        let loss = train::loss(&logits, &y, 0.0)?;
+        let mut t = [0.0; 3];
+        if times.is_some() {
+            sync(&loss)?;
+        }
+        t[0] = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let grads = loss.backward()?;
+        if times.is_some() {
+            for v in opt.vars() {
+                sync(grads.get(v.as_tensor()).context("a gradient is missing")?)?;
+            }
+        }
+        t[1] = t1.elapsed().as_secs_f64();
+        let t2 = Instant::now();
+        opt.step(&grads, 0.01, 1.0)?;
+        if times.is_some() {
+            sync(opt.vars()[0].as_tensor())?;
+        }
+        t[2] = t2.elapsed().as_secs_f64();
+        if let Some(times) = times {
+            for (a, b) in times.iter_mut().zip(t) {
+                *a += b;
+            }
+        }
+        Ok(())
+    };
+    for _ in 0..3 {
+        step(&mut opt, None)?;
+    }
+    sync(opt.vars()[0].as_tensor())?;
+    let mut times = [0.0; 3];
+    for _ in 0..steps {
+        step(&mut opt, Some(&mut times))?;
+    }
+    let ms = |t: f64| t / steps as f64 * 1e3;
+    println!("device: {dev:?}, default CNN, batch {batch}, momentum SGD, {steps} steps");
+    println!(
+        "phases (each ended by a device sync): forward+loss {:.2} ms, backward {:.2} ms, update {:.2} ms, sum {:.2} ms/step",
+        ms(times[0]),
+        ms(times[1]),
+        ms(times[2]),
+        ms(times.iter().sum())
+    );
+    // Whole steps, synchronised only at the end: the time the GPU needs
+    // when the host keeps ahead; host-side time to issue the steps.
+    let mut issue = [0.0; 3];
+    let t = Instant::now();
+    for _ in 0..steps {
+        let t0 = Instant::now();
+        step(&mut opt, None)?;
+        issue[0] += t0.elapsed().as_secs_f64();
+    }
+    sync(opt.vars()[0].as_tensor())?;
+    let whole = t.elapsed().as_secs_f64();
+    println!(
+        "steps (one sync at the end): {:.2} ms/step = {:.0} images/s; host time issuing them {:.2} ms/step",
+        ms(whole),
+        (batch as u64 * steps) as f64 / whole,
+        ms(issue[0])
+    );
     Ok(())
 }

@@ -66,6 +66,10 @@ pub fn conv2d_bias(x: &Tensor, w: &Tensor, b: &Tensor, padding: usize, stride: u
         bail!("conv2d_bias: bias {:?} does not have {o} elements", b.dims());
     }
     if !x.device().is_cpu() {
+        #[cfg(feature = "cudnn")]
+        if super::cudnn::applies(x) {
+            return super::cudnn::conv2d(x, w, Some(b), padding, stride);
+        }
         return super::conv_gpu::conv2d(x, w, padding, stride)?.broadcast_add(&b.reshape((1, o, 1, 1))?);
     }
     let g = Geom::check(x, w, padding, stride)?;

@@ -28,6 +28,10 @@ use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Storage, T
 /// `padding`, `stride` in both directions (PyTorch `Conv2d`, groups 1, no
 /// dilation); differentiable wrt both.
 pub fn conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
+    #[cfg(feature = "cudnn")]
+    if super::cudnn::applies(x) {
+        return super::cudnn::conv2d(x, w, None, padding, stride);
+    }
     if backward_kind() == Backward::Candle || !(x.track_op() || w.track_op()) {
         return x.conv2d(w, padding, stride, 1, 1);
     }

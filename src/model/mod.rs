@@ -6,6 +6,8 @@
 mod cnn;
 pub mod conv_cpu;
 pub mod conv_gpu;
+#[cfg(feature = "cudnn")]
+pub mod cudnn;
 mod layers;
 mod mlp;
 pub mod pool_cpu;

@@ -34,6 +34,10 @@ pub fn max_pool2d(x: &Tensor, k: usize) -> Result<Tensor> {
         bail!("max_pool2d: window {k} does not fit {h}x{w}");
     }
     if !x.device().is_cpu() {
+        #[cfg(feature = "cudnn")]
+        if super::cudnn::applies(x) {
+            return super::cudnn::max_pool2d(x, k);
+        }
         // Not candle's max_pool2d, whose backward scales gradients by 1/k²:
         // a max over reshaped windows, whose backward (candle's reduce-max)
         // sends the gradient to the maximum (to each one of exact ties).

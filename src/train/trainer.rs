@@ -378,9 +378,14 @@ impl<'a> Loop<'a> {
             self.model.set_dropout_key(cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step);
             let logits = self.model.logits(&x)?;
             let loss = loss(&logits, &y, cfg.label_smoothing)?;
-            // Checked before the update, so that no non-finite value reaches
-            // the weights or the optimizer state.
-            let loss_v = loss.to_scalar::<f32>()? as f64;
+            // The loss and the number of correct predictions come back in
+            // one copy: each copy to the host waits for the device, and
+            // none after the update lets it overlap the next batch's
+            // loading. The loss is checked before the update, so that no
+            // non-finite value reaches the weights or the optimizer state.
+            let correct = logits.argmax(1)?.eq(&y)?.to_dtype(DType::F32)?.sum_all()?;
+            let stats = Tensor::stack(&[&loss.to_dtype(DType::F32)?, &correct], 0)?.to_vec1::<f32>()?;
+            let (loss_v, correct) = (stats[0] as f64, stats[1] as f64);
             if !loss_v.is_finite() {
                 bar.finish_and_clear();
                 self.log.write(&self.run_dir.join(run::TRAIN_LOG))?;
@@ -407,7 +412,6 @@ impl<'a> Loop<'a> {
             pos.step = step;
             pos.wall_seconds = wall0 + start.elapsed().as_secs_f64();
 
-            let correct = logits.argmax(1)?.eq(&y)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? as f64;
             self.log.push(vec![
                 Value::Str(self.run_id.to_string()),
                 Value::I64(step as i64),
