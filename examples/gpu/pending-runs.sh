@@ -2,10 +2,12 @@
 # Everything still to be measured on a GPU, in one call of at most ~9
 # minutes (TOTAL, default 540 s) on a GPU machine: the GPU check
 # (CNN, modular-addition transformer and char-GPT trained and analysed on the
-# GPU and compared with the CPU; benchmarks beside PyTorch), then a short
+# GPU and compared with the CPU; benchmarks beside PyTorch; the cuDNN ops of a
+# --cudnn build checked against the CPU and timed; a training step split into
+# phases), then a short
 # resnet20 run of the issue-9 recipe on a CIFAR-10 subset, then a
 # gpt-char-small run with every analyzer. Results go to $OUT. Needs .gpu/ packed
-# by build-cuda.sh --pack plus .gpu/cifar10-subset.tar.gz (CIFAR-10 in the
+# by build-cuda.sh --cudnn --pack plus .gpu/cifar10-subset.tar.gz (CIFAR-10 in the
 # image-folder layout, 2,500 training and 500 test images per class: 9.9 MB,
 # so that the carried tree stays under 64 MiB).
 #
@@ -18,7 +20,7 @@ left() { echo $(( ${TOTAL:-540} - ($(date +%s) - T0) )); }
 cap() { local a=$1 b; b=$(( $(left) - 5 )); (( b < a )) && a=$b; (( a < 0 )) && a=0; echo "$a"; }
 DATA=.gpu/cifar10-subset.tar.gz NETS="cnn modadd gpt" CHECKS="train analyze compare bench" \
   BENCH_KERNELS=1 BENCH_LT_ARGS=--no-per-analyzer BENCH_MODELS="gpt-char-small vit-tiny" TRAIN_STEPS=60 BENCH_STEPS=20 \
-  STEP_TIMEOUT=100 TOTAL_TIMEOUT=${CHECK_TIMEOUT:-270} RESULTS_DIR="$OUT/check" \
+  STEP_TIMEOUT=100 TOTAL_TIMEOUT=${CHECK_TIMEOUT:-330} RESULTS_DIR="$OUT/check" \
   bash examples/gpu/gpu-check.sh > "$OUT/gpu-check.log" 2>&1
 echo "gpu-check: rc $? after $(( $(date +%s) - T0 )) s"
 grep -E '^(PASS|FAIL|SKIP)' "$OUT/gpu-check.log" | cut -c1-330

@@ -307,6 +307,9 @@ thread_local! {
 /// one candle's kernels and cuBLAS calls go to, so no synchronisation is
 /// needed between them and these calls).
 fn handle(dev: &CudaDevice) -> Result<Rc<Handle>> {
+    // cuDNN runs in the calling thread's current context: make it the
+    // device's (a rayon worker may not have touched the GPU before).
+    dev.cuda_stream().context().bind_to_thread().map_err(candle_core::Error::wrap)?;
     HANDLES.with(|h| {
         if let Some(handle) = h.borrow().get(&dev.id()) {
             return Ok(handle.clone());
@@ -359,13 +362,18 @@ fn is_tensor_op(m: sys::cudnnMathType_t) -> bool {
     matches!(m, sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH | sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION)
 }
 
-/// The first of cuDNN's heuristic ranking that can run; without TF32, the
-/// first that is not a tensor-op kernel (the descriptor's FMA_MATH is what
-/// is enforced; this only keeps the choice consistent with it).
+/// The best of cuDNN's heuristic ranking that can run, preferring (in this
+/// order) kernels that match the math mode (without TF32, no tensor-op
+/// kernel: the descriptor's FMA_MATH is what is enforced, this keeps the
+/// choice consistent with it) and deterministic ones (some backward-filter
+/// and backward-data kernels sum with atomics, so two runs of one step
+/// would differ in the last bits; PyTorch's `cudnn.deterministic`).
 macro_rules! pick {
     ($perf:expr, $n:expr, $tf32:expr, $what:expr) => {{
         let ok: Vec<_> = $perf[..$n.max(0) as usize].iter().filter(|p| p.status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS).collect();
-        match ok.iter().find(|p| $tf32 || !is_tensor_op(p.mathType)).or(ok.first()) {
+        let math = |m: sys::cudnnMathType_t| $tf32 || !is_tensor_op(m);
+        let det = sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC;
+        match ok.iter().find(|p| math(p.mathType) && p.determinism == det).or_else(|| ok.iter().find(|p| math(p.mathType))).or(ok.first()) {
             Some(p) => p.algo,
             None => bail!("cuDNN {}: no algorithm for this shape", $what),
         }

@@ -199,9 +199,33 @@ impl TrainConfig {
         Ok(cfg)
     }
 
-    /// Every key a config may hold.
+    /// Every key a config may hold: the keys of a config in which every
+    /// optional key is set (serialising leaves unset ones out, so a
+    /// default config alone would not name them). A new key that is
+    /// skipped when unset must be set here (and listed in
+    /// `tests::every_field_is_a_key`).
     pub fn keys() -> BTreeSet<String> {
-        match serde_json::to_value(TrainConfig::default()) {
+        let mut all = TrainConfig {
+            batch_norm: true,
+            stem: Some(Stem::Small),
+            shortcut: Some(Shortcut::A),
+            dim: Some(1),
+            blocks: Some(1),
+            heads: Some(1),
+            mlp_hidden: Some(1),
+            patch: Some(1),
+            dropout: 0.1,
+            adam_beta1: Some(0.9),
+            adam_beta2: Some(0.999),
+            grad_clip: 1.0,
+            label_smoothing: 0.1,
+            tf32: true,
+            ..TrainConfig::default()
+        };
+        all.data.modulus = Some(1);
+        all.data.train_fraction = Some(0.5);
+        all.data.context = Some(1);
+        match serde_json::to_value(all) {
             Ok(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
             _ => BTreeSet::new(),
         }
@@ -440,6 +464,23 @@ impl TrainConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every key of a config can be given in a config file (and a sweep):
+    /// each one, alone in a file, is accepted and changes the config.
+    #[test]
+    fn every_field_is_a_key() {
+        let keys = TrainConfig::keys();
+        for k in ["adam_beta1", "adam_beta2", "grad_clip", "label_smoothing", "dropout", "context", "modulus", "train_fraction", "tf32", "batch_norm", "stem", "shortcut", "dim", "blocks", "heads", "mlp_hidden", "patch", "lr", "dataset"] {
+            assert!(keys.contains(k), "{k} is not a config key");
+        }
+        let c = TrainConfig::from_toml("adam_beta2 = 0.99\ngrad_clip = 1.0\ncontext = 32\ndropout = 0.1\n").unwrap();
+        assert_eq!((c.adam_beta2, c.grad_clip, c.data.context, c.dropout), (Some(0.99), 1.0, Some(32), 0.1));
+        // The keys of a serialised config are always among them.
+        let json = serde_json::to_value(TrainConfig::default()).unwrap();
+        for k in json.as_object().unwrap().keys() {
+            assert!(keys.contains(k));
+        }
+    }
 
     #[test]
     fn toml_overlays_defaults_and_rejects_unknown_keys() {

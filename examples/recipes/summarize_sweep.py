@@ -1,0 +1,80 @@
+"""Per-run summary of a sweep's MLP taps: when each tap leaves the linear
+regime, how far it goes, and which tap goes first.
+
+Usage: python3 examples/recipes/summarize_sweep.py SWEEP_DIR [AXIS ...]
+
+SWEEP_DIR is a trained and analysed sweep (lintrace-train sweep, then
+lintrace-analyze with unit_linear_fit, linearized_agreement, performance and
+mu); AXIS are config keys to show per run (default: lr init_scale). For
+each run and each MLP tap (layer_kind 'mlp' in a transformer, else every
+tap), from the analysis tables:
+
+  nl0, nlT     unit_linear_fit nonlinearity at step 0 and at the last step
+  nl_at        first step whose nonlinearity is at least 0.05 ('-' if never)
+  agr_at       first step whose linearized_agreement is below 0.95 ('-' if
+               never): replacing the tap by its affine fit changes more than
+               5% of the network's predictions
+  agrT         linearized_agreement at the last step
+and per run: the probe loss and accuracy at the last step, the largest
+mu/I(F;Y) against the run's linear surrogate (over steps with I(F;Y) > 0.05
+bits) and its value at the last step, and the taps in the order they cross
+each threshold, `order_nl` and `order_agr` (ties share a place: '1<0' = the
+deep tap first, '0=1' = at the same checkpoint, taps that never cross last).
+"""
+
+import json
+import pathlib
+import sys
+
+import polars as pl
+
+AGREE = 0.95
+NONLIN = 0.05
+
+sweep = pathlib.Path(sys.argv[1])
+axes = sys.argv[2:] or ["lr", "init_scale"]
+rows = []
+for run in sorted(p for p in sweep.iterdir() if (p / "analysis" / "layer_metrics.parquet").is_file()):
+    cfg = json.loads((run / "run.json").read_text()).get("config", {})
+    layer = pl.read_parquet(run / "analysis" / "layer_metrics.parquet")
+    model = pl.read_parquet(run / "analysis" / "model_metrics.parquet")
+    mlp = layer.filter(pl.col("layer_kind") == "mlp")
+    if mlp.height == 0:
+        mlp = layer
+    last = layer["step"].max()
+    row = {a: cfg.get(a, cfg.get("data", {}).get(a)) for a in axes}
+    perf = model.filter(pl.col("analyzer") == "performance", pl.col("step") == last)
+    for m in ["loss", "accuracy"]:
+        v = perf.filter(pl.col("metric") == m)["value"]
+        row[m] = round(v[0], 3) if len(v) else None
+    mu = model.filter(pl.col("analyzer") == "mu", pl.col("surrogate") == "linear")
+    if mu.height:
+        w = mu.pivot(on="metric", index="step", values="value").sort("step")
+        if "mu" in w.columns and "i_f_y" in w.columns:
+            w = w.with_columns((pl.col("mu") / pl.col("i_f_y")).alias("r")).filter(pl.col("i_f_y") > 0.05)
+            row["mu/I max"] = round(w["r"].max(), 2) if w.height else None
+            row["mu/I end"] = round(w["r"][-1], 2) if w.height else None
+    crossed = {"nl": {}, "agr": {}}
+    for tap in sorted(mlp["tap"].unique().to_list()):
+        t = mlp.filter(pl.col("tap") == tap)
+        nl = t.filter(pl.col("analyzer") == "unit_linear_fit", pl.col("metric") == "nonlinearity").sort("step")
+        ag = t.filter(pl.col("analyzer") == "linearized_agreement", pl.col("metric") == "agreement").sort("step")
+        first = lambda df: df["step"][0] if df.height else None
+        crossed["nl"][tap] = first(nl.filter(pl.col("value") >= NONLIN))
+        crossed["agr"][tap] = first(ag.filter(pl.col("value") < AGREE))
+        row[f"nl0 t{tap}"] = round(nl["value"][0], 3) if nl.height else None
+        row[f"nlT t{tap}"] = round(nl["value"][-1], 3) if nl.height else None
+        row[f"nl_at t{tap}"] = crossed["nl"][tap] if crossed["nl"][tap] is not None else "-"
+        row[f"agr_at t{tap}"] = crossed["agr"][tap] if crossed["agr"][tap] is not None else "-"
+        row[f"agrT t{tap}"] = round(ag["value"][-1], 2) if ag.height else None
+    for kind, at in crossed.items():
+        groups = {}
+        for tap, s in at.items():
+            groups.setdefault(s if s is not None else float("inf"), []).append(str(tap))
+        row[f"order_{kind}"] = "<".join("=".join(sorted(groups[s])) for s in sorted(groups))
+    rows.append(row)
+
+pl.Config.set_tbl_rows(200)
+pl.Config.set_tbl_cols(40)
+pl.Config.set_tbl_width_chars(250)
+print(pl.DataFrame(rows, strict=False).sort(axes))
