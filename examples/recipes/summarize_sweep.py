@@ -1,11 +1,11 @@
 """Per-run summary of a sweep's MLP taps: when each tap leaves the linear
 regime, how far it goes, and which tap goes first.
 
-Usage: python3 examples/recipes/summarize_sweep.py SWEEP_DIR [AXIS ...]
+Usage: python3 examples/recipes/summarize_sweep.py SWEEP_DIR [SWEEP_DIR ...] [--axes lr,init_scale,seed]
 
-SWEEP_DIR is a trained and analysed sweep (lintrace-train sweep, then
+Each SWEEP_DIR is a trained and analysed sweep (lintrace-train sweep, then
 lintrace-analyze with unit_linear_fit, linearized_agreement, performance and
-mu); AXIS are config keys to show per run (default: lr init_scale). For
+mu); --axes are the config keys shown per run (default lr,init_scale,seed). For
 each run and each MLP tap (layer_kind 'mlp' in a transformer, else every
 tap), from the analysis tables:
 
@@ -31,10 +31,17 @@ import polars as pl
 AGREE = 0.95
 NONLIN = 0.05
 
-sweep = pathlib.Path(sys.argv[1])
-axes = sys.argv[2:] or ["lr", "init_scale"]
-rows = []
-for run in sorted(p for p in sweep.iterdir() if (p / "analysis" / "layer_metrics.parquet").is_file()):
+
+def summarize(sweeps, axes):
+    """One row per analysed run of the given sweep folders."""
+    rows = []
+    runs = [p for sweep in sweeps for p in sorted(pathlib.Path(sweep).iterdir())]
+    for run in (p for p in runs if (p / "analysis" / "layer_metrics.parquet").is_file()):
+        rows.append(summarize_run(run, axes))
+    return pl.DataFrame(rows, strict=False).sort(axes)
+
+
+def summarize_run(run, axes):
     cfg = json.loads((run / "run.json").read_text()).get("config", {})
     layer = pl.read_parquet(run / "analysis" / "layer_metrics.parquet")
     model = pl.read_parquet(run / "analysis" / "model_metrics.parquet")
@@ -72,9 +79,17 @@ for run in sorted(p for p in sweep.iterdir() if (p / "analysis" / "layer_metrics
         for tap, s in at.items():
             groups.setdefault(s if s is not None else float("inf"), []).append(str(tap))
         row[f"order_{kind}"] = "<".join("=".join(sorted(groups[s])) for s in sorted(groups))
-    rows.append(row)
+    return row
 
-pl.Config.set_tbl_rows(200)
-pl.Config.set_tbl_cols(40)
-pl.Config.set_tbl_width_chars(250)
-print(pl.DataFrame(rows, strict=False).sort(axes))
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    axes = ["lr", "init_scale", "seed"]
+    if "--axes" in args:
+        i = args.index("--axes")
+        axes = args[i + 1].split(",")
+        del args[i : i + 2]
+    pl.Config.set_tbl_rows(200)
+    pl.Config.set_tbl_cols(40)
+    pl.Config.set_tbl_width_chars(250)
+    print(summarize(args, axes))
