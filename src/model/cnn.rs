@@ -8,7 +8,7 @@ use super::{batch_norm, block, current, Conv2d, Dense, Start, Taps, Weights};
 use crate::spec::{Activation, Arch, ConvItem, ModelSpec};
 use anyhow::Result;
 use candle_core::Tensor;
-use candle_nn::{BatchNorm, ModuleT};
+use candle_nn::BatchNorm;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// PyTorch's `AdaptiveAvgPool2d((side, side))`: output cell i averages
@@ -118,7 +118,7 @@ impl Cnn {
                     h = block(start, tap, h, taps, *act, self.leaky_slope, |x| {
                         let z = conv.forward(x)?;
                         Ok(match bn {
-                            Some(bn) => bn.forward_t(&z, train)?,
+                            Some(bn) => super::bn_cpu::forward_t(bn, &z, train)?,
                             None => z,
                         })
                     })?;

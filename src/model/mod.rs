@@ -3,6 +3,7 @@
 //! the README ("Model spec")), and its forward pass can return every tap's
 //! pre-activation `z` and activation `a`.
 
+mod bn_cpu;
 mod cnn;
 pub mod conv_cpu;
 pub mod conv_gpu;

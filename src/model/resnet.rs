@@ -18,7 +18,7 @@ use super::{batch_norm, current, Dense, Start, Taps, Weights};
 use crate::spec::{Activation, Arch, LayerDesc, ModelSpec, Shortcut, Stem};
 use anyhow::{Context, Result};
 use candle_core::Tensor;
-use candle_nn::{BatchNorm, ModuleT};
+use candle_nn::BatchNorm;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// A bias-free convolution followed by its BatchNorm.
@@ -38,7 +38,7 @@ impl ConvBn {
 
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let z = super::conv_cpu::conv2d(x, &self.weight, self.padding, self.stride)?;
-        Ok(self.bn.forward_t(&z, train)?)
+        Ok(super::bn_cpu::forward_t(&self.bn, &z, train)?)
     }
 }
 
