@@ -222,7 +222,6 @@ fn kernels(dev: &candle_core::Device, batch: usize, tf32: bool) -> Result<()> {
     use lintrace::model::conv_cpu::conv2d_bias;
     use lintrace::model::pool_cpu::max_pool2d;
     println!("device: {dev:?}, threads: {}", rayon::current_num_threads());
-    let sync = |t: &Tensor| -> Result<()> { t.sum_all()?.to_scalar::<f32>().map(|_| ()).map_err(Into::into) };
     // Paths to time: under `--features cudnn` both the cuDNN ops and the
     // candle path they replace (LINTRACE_CUDNN=off is read at each call).
     let paths: &[&str] = if cfg!(feature = "cudnn") && dev.is_cuda() { &["cudnn", "candle"] } else { &["default"] };
@@ -318,6 +317,12 @@ fn kernels(dev: &candle_core::Device, batch: usize, tf32: bool) -> Result<()> {
     Ok(())
 }
 
+/// Waits for the device to finish `t` (a one-number copy to the host).
+fn sync(t: &candle_core::Tensor) -> Result<()> {
+    t.sum_all()?.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
+    Ok(())
+}
+
 fn grad(g: &candle_core::backprop::GradStore, v: &candle_core::Var) -> Result<candle_core::Tensor> {
     g.get(v.as_tensor()).cloned().context("a gradient is missing")
 }
@@ -346,25 +351,15 @@ fn report_check(what: &str, pairs: &[(&str, candle_core::Tensor, candle_core::Te
 
 /// Where a training step's time goes (`--phases`).
 fn phases(dev: &candle_core::Device, batch: usize, steps: u64) -> Result<()> {
-    use candle_core::{Tensor, Var};
-    use lintrace::model::{Model, Taps, Weights};
+    use candle_core::Tensor;
+    use lintrace::model::Taps;
     use lintrace::train::optim::{Optimizer, OptimizerKind};
     let cfg = TrainConfig::default();
     let spec = cfg.model_spec(&[3, 32, 32], 10, None)?;
-    let mut vars = Vec::new();
-    let mut tensors = std::collections::BTreeMap::new();
-    for (name, shape, values) in lintrace::init::init_params(&spec, cfg.init, cfg.init_scale, cfg.seed) {
-        let var = Var::from_tensor(&Tensor::from_vec(values, shape, dev)?)?;
-        tensors.insert(name, var.as_tensor().clone());
-        vars.push(var);
-    }
-    let model = Model::new(&spec, Weights::new(tensors))?;
-    model.set_training(true);
+    let (_, vars, model) = train::init_model(&cfg, &spec, dev)?;
     let mut opt = Optimizer::new(OptimizerKind::Momentum, vars, 0.0, 0.9);
     let x = Tensor::randn(0f32, 1.0, (batch, 3, 32, 32), dev)?;
     let y = Tensor::from_vec((0..batch as u32).map(|i| i % 10).collect::<Vec<u32>>(), batch, dev)?;
-    let sync =
-        |t: &Tensor| -> Result<()> { t.sum_all()?.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>().map(|_| ()).map_err(Into::into) };
     let step = |opt: &mut Optimizer, times: Option<&mut [f64; 3]>| -> Result<()> {
         let t0 = Instant::now();
         let logits = model.forward(&x, &mut Taps::off())?;
@@ -414,12 +409,12 @@ fn phases(dev: &candle_core::Device, batch: usize, steps: u64) -> Result<()> {
     );
     // Whole steps, synchronised only at the end: the time the GPU needs
     // when the host keeps ahead; host-side time to issue the steps.
-    let mut issue = [0.0; 3];
+    let mut issue = 0.0;
     let t = Instant::now();
     for _ in 0..steps {
         let t0 = Instant::now();
         step(&mut opt, None)?;
-        issue[0] += t0.elapsed().as_secs_f64();
+        issue += t0.elapsed().as_secs_f64();
     }
     sync(opt.vars()[0].as_tensor())?;
     let whole = t.elapsed().as_secs_f64();
@@ -427,7 +422,7 @@ fn phases(dev: &candle_core::Device, batch: usize, steps: u64) -> Result<()> {
         "steps (one sync at the end): {:.2} ms/step = {:.0} images/s; host time issuing them {:.2} ms/step",
         ms(whole),
         (batch as u64 * steps) as f64 / whole,
-        ms(issue[0])
+        ms(issue)
     );
     Ok(())
 }

@@ -40,7 +40,7 @@ pub fn forward_t(bn: &BatchNorm, x: &Tensor, train: bool) -> Result<Tensor> {
     let stats = Arc::new(Mutex::new(None));
     let op = BnTrain { eps: bn.eps(), stats: stats.clone() };
     let y = x.contiguous()?.apply_op3(gamma, beta, op)?;
-    let Some(s) = stats.lock().map_err(|_| candle_core::Error::Msg("batch norm: statistics lock poisoned".into()))?.clone() else {
+    let Some(s) = lock(&stats)?.clone() else {
         bail!("batch norm: internal error, no statistics after the forward pass");
     };
     // The running statistics, in place in the model's variables.
@@ -55,6 +55,11 @@ pub fn forward_t(bn: &BatchNorm, x: &Tensor, train: bool) -> Result<Tensor> {
     update(bn.running_mean(), &s.mean, 1.0)?;
     update(bn.running_var(), &s.var, unbias)?;
     Ok(y)
+}
+
+/// A value handed between the forward op, the backward op and the caller.
+fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
+    m.lock().map_err(|_| candle_core::Error::Msg("batch norm: a lock was poisoned by a panic".into()))
 }
 
 /// Per-channel batch statistics of one forward pass.
@@ -150,7 +155,7 @@ impl CustomOp3 for BnTrain {
             }
             _ => bail!("batch norm: f32 and f64 only, got {:?}", xs.dtype()),
         };
-        *self.stats.lock().map_err(|_| candle_core::Error::Msg("batch norm: statistics lock poisoned".into()))? = Some(stats);
+        *lock(&self.stats)? = Some(stats);
         Ok((y, xl.shape().clone()))
     }
 
@@ -162,13 +167,12 @@ impl CustomOp3 for BnTrain {
         _res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let stats = self.stats.lock().map_err(|_| candle_core::Error::Msg("batch norm: statistics lock poisoned".into()))?.clone();
+        let stats = lock(&self.stats)?.clone();
         let Some(stats) = stats else { bail!("batch norm backward: no statistics (internal error)") };
         let sums = Arc::new(Mutex::new(None));
         let gamma_v = gamma.to_dtype(DType::F64)?.to_vec1::<f64>()?;
         let dx = x.apply_op2_no_bwd(&dy.contiguous()?, &BnBwd { stats, gamma: gamma_v, sums: sums.clone() })?;
-        let Some((dgamma, dbeta)) = sums.lock().map_err(|_| candle_core::Error::Msg("batch norm: gradient lock poisoned".into()))?.take()
-        else {
+        let Some((dgamma, dbeta)) = lock(&sums)?.take() else {
             bail!("batch norm backward: no parameter gradients (internal error)");
         };
         let c = gamma.elem_count();
@@ -238,7 +242,7 @@ impl CustomOp2 for BnBwd {
             }
             _ => bail!("batch norm backward: f32 and f64 only, got {:?} and {:?}", xs.dtype(), gs.dtype()),
         };
-        *self.sums.lock().map_err(|_| candle_core::Error::Msg("batch norm: gradient lock poisoned".into()))? = Some((dg, db));
+        *lock(&self.sums)? = Some((dg, db));
         Ok((dx, xl.shape().clone()))
     }
 }

@@ -32,7 +32,7 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda::cudarc::cudnn::sys;
-use candle_core::cuda::cudarc::driver::{DevicePtr, DeviceRepr};
+use candle_core::cuda::cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr};
 use candle_core::cuda::{CudaDType, CudaDevice, DeviceId};
 use candle_core::{bail, CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use std::cell::RefCell;
@@ -287,20 +287,45 @@ struct PoolPlan {
     y_dims: [usize; 4],
 }
 
-#[derive(Clone, PartialEq, Eq, Hash)]
-enum Key {
-    Conv { dev: DeviceId, dtype: DType, x: [usize; 4], w: [usize; 4], padding: usize, stride: usize, tf32: bool },
-    Pool { dev: DeviceId, dtype: DType, x: [usize; 4], k: usize },
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct ConvKey {
+    dev: DeviceId,
+    dtype: DType,
+    x: [usize; 4],
+    w: [usize; 4],
+    padding: usize,
+    stride: usize,
+    tf32: bool,
 }
 
-enum Plan {
-    Conv(ConvPlan),
-    Pool(PoolPlan),
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct PoolKey {
+    dev: DeviceId,
+    dtype: DType,
+    x: [usize; 4],
+    k: usize,
 }
+
+type Cache<K, V> = RefCell<HashMap<K, Rc<V>>>;
 
 thread_local! {
-    static HANDLES: RefCell<HashMap<DeviceId, Rc<Handle>>> = RefCell::new(HashMap::new());
-    static PLANS: RefCell<HashMap<Key, Rc<Plan>>> = RefCell::new(HashMap::new());
+    static HANDLES: Cache<DeviceId, Handle> = RefCell::new(HashMap::new());
+    static CONV_PLANS: Cache<ConvKey, ConvPlan> = RefCell::new(HashMap::new());
+    static POOL_PLANS: Cache<PoolKey, PoolPlan> = RefCell::new(HashMap::new());
+}
+
+/// The value cached under `key` in this thread's `cache`, built on first use.
+fn cached<K: Copy + Eq + std::hash::Hash + 'static, V: 'static>(
+    cache: &'static std::thread::LocalKey<Cache<K, V>>,
+    key: K,
+    build: impl FnOnce(K) -> Result<V>,
+) -> Result<Rc<V>> {
+    if let Some(v) = cache.with(|c| c.borrow().get(&key).cloned()) {
+        return Ok(v);
+    }
+    let v = Rc::new(build(key)?);
+    cache.with(|c| c.borrow_mut().insert(key, v.clone()));
+    Ok(v)
 }
 
 /// This thread's cuDNN handle for `dev`, bound to the device's stream (the
@@ -310,52 +335,45 @@ fn handle(dev: &CudaDevice) -> Result<Rc<Handle>> {
     // cuDNN runs in the calling thread's current context: make it the
     // device's (a rayon worker may not have touched the GPU before).
     dev.cuda_stream().context().bind_to_thread().map_err(candle_core::Error::wrap)?;
-    HANDLES.with(|h| {
-        if let Some(handle) = h.borrow().get(&dev.id()) {
-            return Ok(handle.clone());
-        }
+    cached(&HANDLES, dev.id(), |_| {
         let mut raw = std::ptr::null_mut();
         // SAFETY: cudnnCreate fills in a handle; the stream outlives it
         // (it is the device's, and the device outlives its tensors).
-        let handle = unsafe {
+        unsafe {
             check(sys::cudnnCreate(&mut raw), "cudnnCreate (is libcudnn.so.9 from cuDNN 9 on the library path?)")?;
             let handle = Handle(raw);
             check(sys::cudnnSetStream(raw, dev.cuda_stream().cu_stream() as sys::cudaStream_t), "cudnnSetStream")?;
-            Rc::new(handle)
-        };
-        h.borrow_mut().insert(dev.id(), handle.clone());
-        Ok(handle)
+            Ok(handle)
+        }
     })
 }
 
-fn plan(key: Key) -> Result<Rc<Plan>> {
-    if let Some(p) = PLANS.with(|p| p.borrow().get(&key).cloned()) {
-        return Ok(p);
-    }
-    let plan = Rc::new(match &key {
-        &Key::Conv { dtype, x, w, padding, stride, tf32, .. } => {
-            let out = |n: usize, k: usize| (n + 2 * padding - k) / stride + 1;
-            let y_dims = [x[0], w[0], out(x[2], w[2]), out(x[3], w[3])];
-            Plan::Conv(ConvPlan {
-                x: TensorDesc::new(dtype, x)?,
-                w: FilterDesc::new(dtype, w)?,
-                y: TensorDesc::new(dtype, y_dims)?,
-                bias: TensorDesc::new(dtype, [1, w[0], 1, 1])?,
-                conv: ConvDesc::new(dtype, padding, stride, tf32)?,
-                y_dims,
-                tf32,
-                fwd: Default::default(),
-                bwd_data: Default::default(),
-                bwd_filter: Default::default(),
-            })
-        }
-        &Key::Pool { dtype, x, k, .. } => {
-            let y_dims = [x[0], x[1], x[2] / k, x[3] / k];
-            Plan::Pool(PoolPlan { x: TensorDesc::new(dtype, x)?, y: TensorDesc::new(dtype, y_dims)?, pool: PoolDesc::new(k)?, y_dims })
-        }
-    });
-    PLANS.with(|p| p.borrow_mut().insert(key, plan.clone()));
-    Ok(plan)
+/// The descriptors of one convolution shape (its algorithms are chosen on
+/// first use of each direction).
+fn conv_plan(key: ConvKey) -> Result<Rc<ConvPlan>> {
+    cached(&CONV_PLANS, key, |ConvKey { dtype, x, w, padding, stride, tf32, .. }| {
+        let out = |n: usize, k: usize| (n + 2 * padding - k) / stride + 1;
+        let y_dims = [x[0], w[0], out(x[2], w[2]), out(x[3], w[3])];
+        Ok(ConvPlan {
+            x: TensorDesc::new(dtype, x)?,
+            w: FilterDesc::new(dtype, w)?,
+            y: TensorDesc::new(dtype, y_dims)?,
+            bias: TensorDesc::new(dtype, [1, w[0], 1, 1])?,
+            conv: ConvDesc::new(dtype, padding, stride, tf32)?,
+            y_dims,
+            tf32,
+            fwd: Default::default(),
+            bwd_data: Default::default(),
+            bwd_filter: Default::default(),
+        })
+    })
+}
+
+fn pool_plan(key: PoolKey) -> Result<Rc<PoolPlan>> {
+    cached(&POOL_PLANS, key, |PoolKey { dtype, x, k, .. }| {
+        let y_dims = [x[0], x[1], x[2] / k, x[3] / k];
+        Ok(PoolPlan { x: TensorDesc::new(dtype, x)?, y: TensorDesc::new(dtype, y_dims)?, pool: PoolDesc::new(k)?, y_dims })
+    })
 }
 
 fn is_tensor_op(m: sys::cudnnMathType_t) -> bool {
@@ -495,30 +513,34 @@ fn addr<T: CudaDType + DeviceRepr>(s: &CudaStorage, l: &Layout, dev: &CudaDevice
     Ok((ptr as usize + l.start_offset() * std::mem::size_of::<T>()) as *const c_void)
 }
 
-/// A fresh output of `n` elements, its address and the storage to return.
-fn output<T: CudaDType + DeviceRepr>(dev: &CudaDevice, n: usize) -> Result<(*mut c_void, CudaStorage)> {
-    // SAFETY: every element is written by the cuDNN call (beta = 0).
-    let out = unsafe { dev.alloc::<T>(n)? };
+/// `n` fresh elements on the device and their address.
+///
+/// SAFETY: uninitialised: every element is written by the cuDNN call
+/// (outputs are written with β = 0; cuDNN initialises the workspace it reads).
+unsafe fn alloc<T: DeviceRepr>(dev: &CudaDevice, n: usize) -> Result<(CudaSlice<T>, *mut c_void)> {
+    let buf = dev.alloc::<T>(n)?;
     let ptr = {
         let stream = dev.cuda_stream();
-        let (p, _guard) = out.device_ptr(&stream);
+        let (p, _guard) = buf.device_ptr(&stream);
         p as usize as *mut c_void
     };
+    Ok((buf, ptr))
+}
+
+/// A fresh output of `n` elements, its address and the storage to return.
+fn output<T: CudaDType + DeviceRepr>(dev: &CudaDevice, n: usize) -> Result<(*mut c_void, CudaStorage)> {
+    // SAFETY: written in full by the call it is for.
+    let (out, ptr) = unsafe { alloc::<T>(dev, n)? };
     Ok((ptr, CudaStorage::wrap_cuda_slice(out, dev.clone())))
 }
 
 /// Workspace memory (dropped after the call: freed in stream order).
-fn workspace(dev: &CudaDevice, bytes: usize) -> Result<(Option<candle_core::cuda::cudarc::driver::CudaSlice<u8>>, *mut c_void)> {
+fn workspace(dev: &CudaDevice, bytes: usize) -> Result<(Option<CudaSlice<u8>>, *mut c_void)> {
     if bytes == 0 {
         return Ok((None, std::ptr::null_mut()));
     }
-    // SAFETY: scratch space, cuDNN initialises what it reads.
-    let ws = unsafe { dev.alloc::<u8>(bytes)? };
-    let ptr = {
-        let stream = dev.cuda_stream();
-        let (p, _guard) = ws.device_ptr(&stream);
-        p as usize as *mut c_void
-    };
+    // SAFETY: scratch space.
+    let (ws, ptr) = unsafe { alloc::<u8>(dev, bytes)? };
     Ok((Some(ws), ptr))
 }
 
@@ -569,22 +591,8 @@ macro_rules! by_dtype {
     };
 }
 
-fn conv_key(dev: &CudaDevice, dtype: DType, x: [usize; 4], w: [usize; 4], padding: usize, stride: usize) -> Key {
-    Key::Conv { dev: dev.id(), dtype, x, w, padding, stride, tf32: dtype == DType::F32 && candle_core::cuda::gemm_reduced_precision_f32() }
-}
-
-fn as_conv(p: &Plan) -> &ConvPlan {
-    match p {
-        Plan::Conv(c) => c,
-        Plan::Pool(_) => unreachable!("conv key maps to a conv plan"),
-    }
-}
-
-fn as_pool(p: &Plan) -> &PoolPlan {
-    match p {
-        Plan::Pool(c) => c,
-        Plan::Conv(_) => unreachable!("pool key maps to a pool plan"),
-    }
+fn conv_key(dev: &CudaDevice, dtype: DType, x: [usize; 4], w: [usize; 4], padding: usize, stride: usize) -> ConvKey {
+    ConvKey { dev: dev.id(), dtype, x, w, padding, stride, tf32: dtype == DType::F32 && candle_core::cuda::gemm_reduced_precision_f32() }
 }
 
 // ------------------------------------------------------------------- the ops
@@ -609,8 +617,7 @@ impl ConvFwd {
         contiguous(x.1, "convolution input")?;
         contiguous(w.1, "convolution kernel")?;
         let key = conv_key(&dev, dtype, dims4(x.1, "convolution input")?, dims4(w.1, "convolution kernel")?, self.padding, self.stride);
-        let plan = plan(key)?;
-        let p = as_conv(&plan);
+        let p = conv_plan(key)?;
         let h = handle(&dev)?;
         let algo = p.fwd(&h)?;
         let scale = Scale::new(dtype)?;
@@ -724,8 +731,7 @@ impl CustomOp2 for BwdData {
         contiguous(dyl, "convolution output gradient")?;
         contiguous(wl, "convolution kernel")?;
         let x = [self.x.0, self.x.1, self.x.2, self.x.3];
-        let plan = plan(conv_key(&dev, dtype, x, dims4(wl, "convolution kernel")?, self.padding, self.stride))?;
-        let p = as_conv(&plan);
+        let p = conv_plan(conv_key(&dev, dtype, x, dims4(wl, "convolution kernel")?, self.padding, self.stride))?;
         if dims4(dyl, "convolution output gradient")? != p.y_dims {
             bail!("cuDNN conv2d backward: output gradient {:?} does not match the output {:?}", dyl.dims(), p.y_dims);
         }
@@ -768,8 +774,7 @@ impl CustomOp2 for BwdFilter {
         contiguous(xl, "convolution input")?;
         contiguous(dyl, "convolution output gradient")?;
         let w = [self.w.0, self.w.1, self.w.2, self.w.3];
-        let plan = plan(conv_key(&dev, dtype, dims4(xl, "convolution input")?, w, self.padding, self.stride))?;
-        let p = as_conv(&plan);
+        let p = conv_plan(conv_key(&dev, dtype, dims4(xl, "convolution input")?, w, self.padding, self.stride))?;
         if dims4(dyl, "convolution output gradient")? != p.y_dims {
             bail!("cuDNN conv2d backward: output gradient {:?} does not match the output {:?}", dyl.dims(), p.y_dims);
         }
@@ -838,8 +843,7 @@ impl CustomOp1 for PoolFwd {
         let dev = x.device().clone();
         let dtype = x.dtype();
         contiguous(xl, "max-pool input")?;
-        let plan = plan(Key::Pool { dev: dev.id(), dtype, x: dims4(xl, "max-pool input")?, k: self.k })?;
-        let p = as_pool(&plan);
+        let p = pool_plan(PoolKey { dev: dev.id(), dtype, x: dims4(xl, "max-pool input")?, k: self.k })?;
         let h = handle(&dev)?;
         let scale = Scale::new(dtype)?;
         by_dtype!(dtype, T => {
@@ -885,8 +889,7 @@ impl CustomOp3 for PoolBwd {
             contiguous(l, what)?;
         }
         let xd = dims4(xl, "max-pool input")?;
-        let plan = plan(Key::Pool { dev: dev.id(), dtype, x: xd, k: self.k })?;
-        let p = as_pool(&plan);
+        let p = pool_plan(PoolKey { dev: dev.id(), dtype, x: xd, k: self.k })?;
         if dims4(yl, "max-pool output")? != p.y_dims || dims4(dyl, "max-pool output gradient")? != p.y_dims {
             bail!("cuDNN max_pool2d backward: output {:?} / gradient {:?} do not match {:?}", yl.dims(), dyl.dims(), p.y_dims);
         }

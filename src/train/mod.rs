@@ -8,4 +8,4 @@ pub mod steps;
 mod trainer;
 
 pub use config::TrainConfig;
-pub use trainer::{loss, train, Diverged, TrainOptions};
+pub use trainer::{init_model, loss, train, Diverged, TrainOptions};

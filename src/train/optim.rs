@@ -115,13 +115,13 @@ impl Optimizer {
         Ok(sq.sqrt())
     }
 
-    /// One update with learning rate `lr`; every gradient is multiplied by
-    /// `grad_scale` first (gradient clipping).
     /// The variables this optimizer updates, in order.
     pub fn vars(&self) -> &[Var] {
         &self.vars
     }
 
+    /// One update with learning rate `lr`; every gradient is multiplied by
+    /// `grad_scale` first (gradient clipping).
     pub fn step(&mut self, grads: &GradStore, lr: f64, grad_scale: f64) -> Result<()> {
         self.t += 1;
         let (b1, b2) = self.betas;

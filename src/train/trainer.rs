@@ -255,6 +255,25 @@ fn abort_after_step() -> Option<u64> {
     std::env::var("LINTRACE_ABORT_AFTER_STEP").ok()?.parse().ok()
 }
 
+/// The initial weights of `spec` under `cfg`'s init scheme, scale and seed,
+/// as named variables on `device`, and the model (in training mode) that
+/// holds them: updates made through the variables are what its next
+/// forward pass sees.
+pub fn init_model(cfg: &TrainConfig, spec: &crate::spec::ModelSpec, device: &Device) -> Result<(Vec<String>, Vec<Var>, Model)> {
+    let mut names = Vec::new();
+    let mut vars = Vec::new();
+    let mut tensors = BTreeMap::new();
+    for (name, shape, values) in init_params(spec, cfg.init, cfg.init_scale, cfg.seed) {
+        let var = Var::from_tensor(&Tensor::from_vec(values, shape, device)?)?;
+        tensors.insert(name.clone(), var.as_tensor().clone());
+        names.push(name);
+        vars.push(var);
+    }
+    let model = Model::new(spec, Weights::new(tensors))?;
+    model.set_training(true);
+    Ok((names, vars, model))
+}
+
 struct Loop<'a> {
     cfg: &'a TrainConfig,
     data: &'a Dataset,
@@ -277,19 +296,7 @@ impl<'a> Loop<'a> {
         run_id: &'a str,
         device: &Device,
     ) -> Result<Self> {
-        let mut names = Vec::new();
-        let mut vars = Vec::new();
-        let mut tensors = BTreeMap::new();
-        for (name, shape, values) in init_params(spec, cfg.init, cfg.init_scale, cfg.seed) {
-            let var = Var::from_tensor(&Tensor::from_vec(values, shape, device)?)?;
-            tensors.insert(name.clone(), var.as_tensor().clone());
-            names.push(name);
-            vars.push(var);
-        }
-        // The model holds the variables' tensors: updates made through the
-        // variables are what its next forward pass sees.
-        let model = Model::new(spec, Weights::new(tensors))?;
-        model.set_training(true);
+        let (names, vars, model) = init_model(cfg, spec, device)?;
         Ok(Loop { cfg, data, spec, run_dir, run_id, device: device.clone(), names, vars, model, log: Table::new("train_log") })
     }
 
