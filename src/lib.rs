@@ -18,6 +18,7 @@ pub mod lock;
 pub mod model;
 pub mod probe;
 pub mod run;
+pub mod sigpipe;
 pub mod spec;
 pub mod surrogate;
 pub mod sweep;

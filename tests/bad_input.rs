@@ -191,6 +191,41 @@ fn malformed_spec_unknown_analyzer_and_missing_data_are_one_line_errors() {
 
     let out = analyze_bin().arg(tmp.path().join("missing")).output().unwrap();
     assert!(stderr(&out).contains("missing: does not exist"), "{}", stderr(&out));
+
+    // A setting the chosen optimizer would ignore is refused, not dropped.
+    let out = train_bin().args(["--optimizer", "sgd", "--momentum", "0.9", "--out"]).arg(tmp.path().join("m")).output().unwrap();
+    no_panic(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("momentum applies to optimizer \"momentum\""), "{}", stderr(&out));
+    assert!(!tmp.path().join("m").exists(), "nothing written");
+}
+
+/// A reader that stops early (`| head`) ends the listing quietly, without
+/// a panic message.
+#[test]
+fn a_closed_output_pipe_is_not_a_panic() {
+    use std::io::Read;
+    let tmp = tempfile::tempdir().unwrap();
+    let sweep = tmp.path().join("wide.toml");
+    let seeds: Vec<String> = (0..4000).map(|s| s.to_string()).collect();
+    std::fs::write(&sweep, format!("[base]\nmodel = \"mlp\"\ndataset = \"sinusoid-2d\"\n[grid]\nseed = [{}]\n", seeds.join(", "))).unwrap();
+    let mut child = train_bin()
+        .args(["sweep"])
+        .arg(&sweep)
+        .arg("--out")
+        .arg(tmp.path())
+        .arg("--dry-run")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 64];
+    child.stdout.as_mut().unwrap().read_exact(&mut first).unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    no_panic(&out);
+    let listed_all = out.status.success();
+    assert!(!listed_all || stderr(&out).is_empty(), "{}", stderr(&out));
 }
 
 #[test]

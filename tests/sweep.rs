@@ -37,6 +37,25 @@ fn column(t: &Table, name: &str) -> Vec<Value> {
     t.rows.iter().map(|r| r[i].clone()).collect()
 }
 
+/// The sweep files the README's experiments name expand, and every run's
+/// config passes the trainer's checks (no key the trainer would refuse or
+/// ignore).
+#[test]
+fn the_example_sweep_files_expand() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sweeps");
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "toml")).collect();
+    files.sort();
+    assert!(files.len() >= 3, "examples/sweeps has its sweep files: {files:?}");
+    let tmp = tempfile::tempdir().unwrap();
+    for f in &files {
+        let sweep = lintrace::sweep::Sweep::from_toml_file(f, Some(tmp.path())).unwrap_or_else(|e| panic!("{e:#}"));
+        assert!(sweep.runs.len() > 1, "{}: {} runs", f.display(), sweep.runs.len());
+    }
+    let seed = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/recipes/seed.toml")).unwrap();
+    lintrace::train::config::TrainConfig::from_toml(&seed).unwrap().check().unwrap();
+}
+
 #[test]
 fn a_sweep_trains_in_parallel_shares_its_probe_and_joins_in_queries() {
     let tmp = tempfile::tempdir().unwrap();

@@ -87,6 +87,7 @@ struct Args {
 }
 
 fn main() {
+    lintrace::sigpipe::exit_quietly_on_closed_pipe();
     // CPU passes allocate and free activation-sized buffers at every layer:
     // keep freed memory for reuse instead of unmapping it (see the function).
     lintrace::model::conv_cpu::tune_malloc_for_training();

@@ -67,6 +67,7 @@ struct Args {
 }
 
 fn main() {
+    lintrace::sigpipe::exit_quietly_on_closed_pipe();
     lintrace::model::conv_cpu::tune_malloc_for_training();
     if let Err(e) = real_main(&Args::parse()) {
         eprintln!("error: {e:#}");

@@ -399,6 +399,9 @@ fn resolve(a: &Args) -> Result<TrainConfig> {
         c.optimizer = OptimizerKind::parse(s)?;
     }
     set!(momentum = a.momentum);
+    if a.momentum.is_some() {
+        c.check_momentum_applies()?;
+    }
     set!(weight_decay = a.weight_decay);
     if let Some(s) = &a.lr_schedule {
         c.lr_schedule = Schedule::parse(s)?;
@@ -436,6 +439,7 @@ fn resolve(a: &Args) -> Result<TrainConfig> {
 }
 
 fn main() {
+    lintrace::sigpipe::exit_quietly_on_closed_pipe();
     // CPU passes allocate and free activation-sized buffers at every layer:
     // keep freed memory for reuse instead of unmapping it (see the function).
     lintrace::model::conv_cpu::tune_malloc_for_training();

@@ -195,8 +195,24 @@ impl TrainConfig {
         if let Some(bad) = table.keys().find(|k| !known.contains(k.as_str())) {
             bail!("unknown config key '{bad}'");
         }
+        let momentum_given = table.contains_key("momentum");
         let cfg: TrainConfig = table.try_into().context("invalid config value")?;
+        if momentum_given {
+            cfg.check_momentum_applies()?;
+        }
         Ok(cfg)
+    }
+
+    /// `momentum` was given: refuse it unless the optimizer uses it, since
+    /// plain `sgd` (unlike PyTorch's SGD) and Adam would silently ignore it.
+    pub fn check_momentum_applies(&self) -> Result<()> {
+        if self.optimizer != OptimizerKind::Momentum {
+            bail!(
+                "momentum applies to optimizer \"momentum\" (SGD with momentum) only; optimizer \"{}\" would ignore it",
+                self.optimizer.name()
+            );
+        }
+        Ok(())
     }
 
     /// Every key a config may hold: the keys of a config in which every
@@ -453,6 +469,12 @@ impl TrainConfig {
             if matches!(b, Some(b) if !(0.0..1.0).contains(&b)) {
                 bail!("{name} must be in [0, 1)");
             }
+            if b.is_some() && !matches!(self.optimizer, OptimizerKind::Adam | OptimizerKind::Adamw) {
+                bail!("{name} applies to optimizers \"adam\" and \"adamw\" only; optimizer \"{}\" would ignore it", self.optimizer.name());
+            }
+        }
+        if self.momentum != TrainConfig::default().momentum {
+            self.check_momentum_applies()?;
         }
         if !self.name.is_empty() && (self.name.contains('/') || self.name.starts_with('.')) {
             bail!("run name '{}' must be a plain folder name", self.name);
@@ -492,6 +514,23 @@ mod tests {
         assert_eq!(c.batch_size, 128);
         let e = TrainConfig::from_toml("lrr = 0.1").unwrap_err();
         assert!(format!("{e:#}").contains("unknown config key 'lrr'"));
+    }
+
+    #[test]
+    fn optimizer_settings_that_the_optimizer_would_ignore_are_refused() {
+        let err = |t: &str| format!("{:#}", TrainConfig::from_toml(t).and_then(|c| c.check().map(|_| c)).unwrap_err());
+        assert!(err("optimizer = \"sgd\"\nmomentum = 0.9\n").contains("momentum applies to optimizer \"momentum\""));
+        assert!(err("optimizer = \"adam\"\nmomentum = 0.5\n").contains("optimizer \"adam\" would ignore it"));
+        assert!(err("optimizer = \"momentum\"\nadam_beta2 = 0.99\n").contains("adam_beta2 applies to optimizers"));
+        let c = TrainConfig::from_toml("optimizer = \"momentum\"\nmomentum = 0.8\n").unwrap();
+        assert_eq!(c.momentum, 0.8);
+        c.check().unwrap();
+        TrainConfig::from_toml("optimizer = \"adamw\"\nadam_beta2 = 0.99\n").unwrap().check().unwrap();
+        // A changed momentum that reaches the config another way (e.g. an
+        // optimizer overridden after it was read) is refused by check().
+        let mut c = TrainConfig { momentum: 0.5, ..TrainConfig::default() };
+        c.optimizer = OptimizerKind::Sgd;
+        assert!(format!("{:#}", c.check().unwrap_err()).contains("would ignore it"));
     }
 
     #[test]

@@ -26,6 +26,16 @@ impl OptimizerKind {
             _ => bail!("unknown optimizer '{s}' (expected sgd, momentum, adam or adamw)"),
         }
     }
+
+    /// The name `parse` reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sgd => "sgd",
+            Self::Momentum => "momentum",
+            Self::Adam => "adam",
+            Self::Adamw => "adamw",
+        }
+    }
 }
 
 pub struct Optimizer {

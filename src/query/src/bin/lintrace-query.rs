@@ -148,6 +148,7 @@ fn command_main(cmd: &Cmd) -> Result<i32> {
 }
 
 fn main() {
+    lintrace::sigpipe::exit_quietly_on_closed_pipe();
     let args = Args::parse();
     match command_main(&args.command) {
         Ok(code) => std::process::exit(code),
