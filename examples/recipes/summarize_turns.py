@@ -4,7 +4,7 @@ Kaiming-initialised ReLU MLP's units switch on about half the probe, a
 per-unit nonlinearity near 0.27 at most), a fixed threshold on the level says
 little; the shape of the trajectory does.
 
-Usage: python3 examples/recipes/summarize_turns.py SWEEP_DIR [SWEEP_DIR ...] [--axes dataset,seed] [--group dataset] [--rise 0.02]
+Usage: python3 examples/recipes/summarize_turns.py SWEEP_DIR [SWEEP_DIR ...] [--axes dataset,seed] [--group dataset] [--rise 0.02] [--csv]
 
 Each SWEEP_DIR is a trained sweep analysed with unit_linear_fit,
 linearized_agreement, performance and mu. Per run and tap, from
@@ -23,7 +23,8 @@ last step), and `order_rise`, the taps in the order they leave the linear
 phase ('1<2': tap 1 first, '1=2': at the same checkpoint; taps that never
 rise last). With --group, the numeric columns are averaged over the runs of
 each group (rise_at as a median over the runs that rise, with their count)
-and the orders are listed.
+and the orders are listed. --csv prints CSV instead of a table (deep
+networks have many columns).
 """
 
 import json
@@ -97,6 +98,8 @@ def grouped(df, by):
 
 def main(args):
     axes, by, rise = ["dataset", "seed"], None, 0.02
+    csv = "--csv" in args
+    args = [a for a in args if a != "--csv"]
     for flag in ("--axes", "--group", "--rise"):
         if flag in args:
             i = args.index(flag)
@@ -113,10 +116,14 @@ def main(args):
     if not rows:
         sys.exit("no analysed runs under " + " ".join(args))
     df = pl.DataFrame(rows, strict=False).sort(axes)
+    out = grouped(df, by) if by else df
+    if csv:
+        print(out.write_csv(), end="")
+        return
     pl.Config.set_tbl_rows(200)
     pl.Config.set_tbl_cols(60)
     pl.Config.set_tbl_width_chars(400)
-    print(grouped(df, by) if by else df)
+    print(out)
 
 
 if __name__ == "__main__":
