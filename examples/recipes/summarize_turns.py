@@ -53,7 +53,7 @@ def run_rows(run, axes, rise):
         row["mu/I max"] = round(w["r"].max(), 2) if w.height else None
         row["mu/I end"] = round(w["r"][-1], 2) if w.height else None
     rises = {}
-    for tap in sorted(layer["tap"].unique().to_list()):
+    for tap in sorted(layer["tap"].drop_nulls().unique().to_list()):
         t = layer.filter(pl.col("tap") == tap)
         nl = t.filter(pl.col("analyzer") == "unit_linear_fit", pl.col("metric") == "nonlinearity").sort("step")
         ag = t.filter(pl.col("analyzer") == "linearized_agreement", pl.col("metric") == "agreement").sort("step")
