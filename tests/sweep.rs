@@ -134,6 +134,40 @@ fn a_sweep_trains_in_parallel_shares_its_probe_and_joins_in_queries() {
         assert!(!o.stdout.is_empty(), "{script} printed nothing");
     }
 
+    // The recipes' per-run summaries read these tables too; summarize_turns'
+    // mean minimum per lr is checked against the tables themselves.
+    let o = Command::new("python3")
+        .arg(repo().join("examples/recipes/summarize_sweep.py"))
+        .arg(&dir)
+        .args(["--axes", "lr,seed"])
+        .output()
+        .unwrap();
+    assert!(o.status.success() && stdout(&o).contains("order_nl"), "summarize_sweep.py: {}", stderr(&o));
+    let o = Command::new("python3")
+        .arg(repo().join("examples/recipes/summarize_turns.py"))
+        .arg(&dir)
+        .args(["--axes", "lr,seed", "--group", "lr", "--csv"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "summarize_turns.py: {}", stderr(&o));
+    let text = stdout(&o);
+    let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
+    let at = |name: &str| header.iter().position(|h| *h == name).unwrap_or_else(|| panic!("no column {name}: {header:?}"));
+    let first: Vec<&str> = text.lines().nth(1).unwrap().split(',').collect();
+    assert_eq!((first[at("lr")], first[at("runs")]), ("0.05", "2"), "{text}");
+    let mut minima = Vec::new();
+    for id in &ids[..2] {
+        let t = Table::read(&dir.join(id).join("analysis/layer_metrics.parquet"), "layer_metrics").unwrap();
+        let [a, m, tap, v] = ["analyzer", "metric", "tap", "value"].map(|c| t.column_index(c).unwrap());
+        let nl = t
+            .rows
+            .iter()
+            .filter(|r| r[a].as_str() == Some("unit_linear_fit") && r[m].as_str() == Some("nonlinearity") && r[tap].as_i64() == Some(0));
+        minima.push(nl.map(|r| r[v].as_f64().unwrap()).fold(f64::INFINITY, f64::min));
+    }
+    let want = (minima[0] + minima[1]) / 2.0;
+    assert_close(first[at("min t0")].parse::<f64>().unwrap(), want, 6e-4, "summarize_turns: mean minimum of tap 0 at lr 0.05");
+
     // Figures and the report from this sweep.
     let stem = tmp.path().join("facet");
     run_ok(
