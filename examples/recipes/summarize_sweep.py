@@ -49,18 +49,12 @@ def summarize_run(run, axes):
     if mlp.height == 0:
         mlp = layer
     last = layer["step"].max()
-    row = {a: cfg.get(a, cfg.get("data", {}).get(a)) for a in axes}
+    row = axis_values(cfg, axes)
     perf = model.filter(pl.col("analyzer") == "performance", pl.col("step") == last)
     for m in ["loss", "accuracy"]:
         v = perf.filter(pl.col("metric") == m)["value"]
         row[m] = round(v[0], 3) if len(v) else None
-    mu = model.filter(pl.col("analyzer") == "mu", pl.col("surrogate") == "linear")
-    if mu.height:
-        w = mu.pivot(on="metric", index="step", values="value").sort("step")
-        if "mu" in w.columns and "i_f_y" in w.columns:
-            w = w.with_columns((pl.col("mu") / pl.col("i_f_y")).alias("r")).filter(pl.col("i_f_y") > 0.05)
-            row["mu/I max"] = round(w["r"].max(), 2) if w.height else None
-            row["mu/I end"] = round(w["r"][-1], 2) if w.height else None
+    row.update(mu_over_i(model))
     crossed = {"nl": {}, "agr": {}}
     for tap in sorted(mlp["tap"].unique().to_list()):
         t = mlp.filter(pl.col("tap") == tap)
@@ -75,11 +69,35 @@ def summarize_run(run, axes):
         row[f"agr_at t{tap}"] = crossed["agr"][tap] if crossed["agr"][tap] is not None else "-"
         row[f"agrT t{tap}"] = round(ag["value"][-1], 2) if ag.height else None
     for kind, at in crossed.items():
-        groups = {}
-        for tap, s in at.items():
-            groups.setdefault(s if s is not None else float("inf"), []).append(str(tap))
-        row[f"order_{kind}"] = "<".join("=".join(sorted(groups[s])) for s in sorted(groups))
+        row[f"order_{kind}"] = order(at)
     return row
+
+
+def axis_values(cfg, axes):
+    """The run's value of each axis key, from its config or its data config."""
+    return {a: cfg.get(a, cfg.get("data", {}).get(a)) for a in axes}
+
+
+def mu_over_i(model):
+    """mu/I(F;Y) against the linear surrogate, over the steps with I(F;Y) >
+    0.05 bits: the largest and the last ({} without mu rows)."""
+    mu = model.filter(pl.col("analyzer") == "mu", pl.col("surrogate") == "linear")
+    if mu.height == 0:
+        return {}
+    w = mu.pivot(on="metric", index="step", values="value", aggregate_function="first").sort("step")
+    if "mu" not in w.columns or "i_f_y" not in w.columns:
+        return {}
+    w = w.with_columns((pl.col("mu") / pl.col("i_f_y")).alias("r")).filter(pl.col("i_f_y") > 0.05)
+    return {"mu/I max": round(w["r"].max(), 2) if w.height else None, "mu/I end": round(w["r"][-1], 2) if w.height else None}
+
+
+def order(at):
+    """Taps in the order of their steps in `at` (tap -> step or None):
+    '1<0' = tap 1 first, '0=1' = at the same step, taps with None last."""
+    groups = {}
+    for tap, s in at.items():
+        groups.setdefault(s if s is not None else float("inf"), []).append(str(tap))
+    return "<".join("=".join(sorted(groups[s])) for s in sorted(groups))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ import sys
 
 import polars as pl
 
+from summarize_sweep import axis_values, mu_over_i, order
+
 
 def run_rows(run, axes, rise):
     """One summary row for an analysed run."""
@@ -41,17 +43,12 @@ def run_rows(run, axes, rise):
     layer = pl.read_parquet(run / "analysis" / "layer_metrics.parquet")
     model = pl.read_parquet(run / "analysis" / "model_metrics.parquet")
     last = layer["step"].max()
-    row = {a: cfg.get(a, cfg.get("data", {}).get(a)) for a in axes}
+    row = axis_values(cfg, axes)
     at_last = model.filter(pl.col("step") == last)
     for name, analyzer, metric in [("acc F", "performance", "accuracy"), ("acc L", "mu", "surrogate_accuracy")]:
         v = at_last.filter(pl.col("analyzer") == analyzer, pl.col("metric") == metric)["value"]
         row[name] = round(v[0], 3) if len(v) else None
-    mu = model.filter(pl.col("analyzer") == "mu", pl.col("surrogate") == "linear")
-    if mu.height:
-        w = mu.pivot(on="metric", index="step", values="value", aggregate_function="first").sort("step")
-        w = w.with_columns((pl.col("mu") / pl.col("i_f_y")).alias("r")).filter(pl.col("i_f_y") > 0.05)
-        row["mu/I max"] = round(w["r"].max(), 2) if w.height else None
-        row["mu/I end"] = round(w["r"][-1], 2) if w.height else None
+    row.update(mu_over_i(model))
     rises = {}
     for tap in sorted(layer["tap"].drop_nulls().unique().to_list()):
         t = layer.filter(pl.col("tap") == tap)
@@ -69,10 +66,7 @@ def run_rows(run, axes, rise):
         row[f"rise_at t{tap}"] = rises[tap]
         row[f"end t{tap}"] = round(nl["value"][-1], 3)
         row[f"agr_end t{tap}"] = round(ag["value"][-1], 3) if ag.height else None
-    groups = {}
-    for tap, s in rises.items():
-        groups.setdefault(s if s is not None else float("inf"), []).append(str(tap))
-    row["order_rise"] = "<".join("=".join(sorted(groups[s])) for s in sorted(groups))
+    row["order_rise"] = order(rises)
     return row
 
 

@@ -119,6 +119,9 @@ pub struct TrainConfig {
     pub name: String,
 }
 
+/// SGD momentum when none is given (PyTorch's usual 0.9).
+const DEFAULT_MOMENTUM: f64 = 0.9;
+
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
@@ -152,7 +155,7 @@ impl Default for TrainConfig {
             batch_size: 128,
             lr: 0.05,
             optimizer: OptimizerKind::Momentum,
-            momentum: 0.9,
+            momentum: DEFAULT_MOMENTUM,
             weight_decay: 0.0,
             lr_schedule: Schedule::Constant,
             warmup_steps: 0,
@@ -473,7 +476,7 @@ impl TrainConfig {
                 bail!("{name} applies to optimizers \"adam\" and \"adamw\" only; optimizer \"{}\" would ignore it", self.optimizer.name());
             }
         }
-        if self.momentum != TrainConfig::default().momentum {
+        if self.momentum != DEFAULT_MOMENTUM {
             self.check_momentum_applies()?;
         }
         if !self.name.is_empty() && (self.name.contains('/') || self.name.starts_with('.')) {
