@@ -42,7 +42,7 @@ fn column(t: &Table, name: &str) -> Vec<Value> {
 /// ignore).
 #[test]
 fn the_example_sweep_files_expand() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sweeps");
+    let dir = repo().join("examples/sweeps");
     let mut files: Vec<PathBuf> =
         std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "toml")).collect();
     files.sort();
@@ -52,7 +52,7 @@ fn the_example_sweep_files_expand() {
         let sweep = lintrace::sweep::Sweep::from_toml_file(f, Some(tmp.path())).unwrap_or_else(|e| panic!("{e:#}"));
         assert!(sweep.runs.len() > 1, "{}: {} runs", f.display(), sweep.runs.len());
     }
-    let seed = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/recipes/seed.toml")).unwrap();
+    let seed = std::fs::read_to_string(repo().join("examples/recipes/seed.toml")).unwrap();
     lintrace::train::config::TrainConfig::from_toml(&seed).unwrap().check().unwrap();
 }
 

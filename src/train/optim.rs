@@ -17,17 +17,16 @@ pub enum OptimizerKind {
 }
 
 impl OptimizerKind {
+    const ALL: [Self; 4] = [Self::Sgd, Self::Momentum, Self::Adam, Self::Adamw];
+
     pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "sgd" => Ok(Self::Sgd),
-            "momentum" => Ok(Self::Momentum),
-            "adam" => Ok(Self::Adam),
-            "adamw" => Ok(Self::Adamw),
-            _ => bail!("unknown optimizer '{s}' (expected sgd, momentum, adam or adamw)"),
+        match Self::ALL.into_iter().find(|k| k.name() == s) {
+            Some(k) => Ok(k),
+            None => bail!("unknown optimizer '{s}' (expected sgd, momentum, adam or adamw)"),
         }
     }
 
-    /// The name `parse` reads.
+    /// The name `parse` reads (and serde writes).
     pub fn name(self) -> &'static str {
         match self {
             Self::Sgd => "sgd",
