@@ -12,6 +12,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod device;
 pub mod fault;
+pub mod hf;
 pub mod init;
 pub mod interop;
 pub mod lock;

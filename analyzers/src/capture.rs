@@ -13,6 +13,8 @@ pub enum ActivationKind {
     Relu,
     LeakyRelu,
     Gelu,
+    GeluTanh,
+    Silu,
     Tanh,
     Identity,
 }

@@ -40,6 +40,8 @@ impl Status {
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub path: PathBuf,
+    /// The file name, or a Hugging Face revision's name.
+    pub name: String,
     pub step: Option<u64>,
     pub fingerprint: Option<Fingerprint>,
     pub status: Status,
@@ -74,8 +76,17 @@ pub fn take(target: &Target, seen: &mut Seen) -> Vec<Entry> {
         .par_iter()
         .map(|path| {
             let step = target.step_of(path);
-            let mut e = Entry { path: path.clone(), step, fingerprint: None, status: Status::Ok, aliased_with: None, problem: None };
-            match checkpoint::fingerprint(path) {
+            let mut e = Entry {
+                path: path.clone(),
+                name: target.checkpoint_name(path),
+                step,
+                fingerprint: None,
+                status: Status::Ok,
+                aliased_with: None,
+                problem: None,
+            };
+            let fp = if path.is_dir() { crate::hf::load::fingerprint(path) } else { checkpoint::fingerprint(path) };
+            match fp {
                 Err(err) => {
                     e.status = Status::Unreadable;
                     e.problem = Some(format!("{err:#}"));
@@ -115,6 +126,7 @@ pub fn take(target: &Target, seen: &mut Seen) -> Vec<Entry> {
     for path in target.missing_checkpoints() {
         let step = target.step_of(&path);
         entries.push(Entry {
+            name: target.checkpoint_name(&path),
             problem: Some(format!("{}: recorded in run.json as written, but the file is missing", path.display())),
             path,
             step,
@@ -135,7 +147,7 @@ pub fn table(run_id: &str, entries: &[Entry]) -> Table {
         t.push(vec![
             Value::Str(run_id.to_string()),
             e.step.map_or(Value::Null, |x| Value::I64(x as i64)),
-            Value::Str(e.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()),
+            Value::Str(e.name.clone()),
             Value::Str(e.status.as_str().into()),
             s(fp.map(|f| f.file_sha256.clone())),
             s(fp.and_then(|f| f.weights_sha256.clone())),

@@ -12,7 +12,7 @@ mod target;
 
 pub use context::layer_weights;
 pub use done::{Done, DoneKey};
-pub use target::{discover, External, Target};
+pub use target::{discover, discover_with, External, HfProbe, Target};
 
 use crate::device;
 use analyzers::{Analyzer, AnalyzerError, Finished, Needs};

@@ -3,13 +3,14 @@
 
 use super::runs_table::{self, RunRow};
 use crate::checkpoint::{self, CheckpointMeta};
+use crate::hf::series::{self, Revision};
 use crate::probe::{self, Probe};
 use crate::run::{self, RunManifest};
 use crate::spec::ModelSpec;
 use crate::sweep::Sweep;
 use crate::tables::Table;
 use anyhow::{bail, Context, Result};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 enum Origin {
@@ -20,6 +21,28 @@ enum Origin {
         renames: Vec<(String, String)>,
         step_pattern: Option<regex::Regex>,
     },
+    /// A series of Hugging Face revisions; the spec comes from their
+    /// `config.json`, the step from each revision's name.
+    HuggingFace {
+        revisions: BTreeMap<PathBuf, Revision>,
+    },
+}
+
+/// Where a Hugging Face series' probe comes from (`lintrace-analyze
+/// --probe`, `--probe-text`, ...): token ids given as a probe file, or
+/// windows of a text tokenized with the model's own tokenizer. Without
+/// either, the probe an earlier analysis stored is used again.
+#[derive(Debug, Clone, Default)]
+pub struct HfProbe {
+    pub probe: Option<PathBuf>,
+    pub text: Option<PathBuf>,
+    /// Default: the first revision's `tokenizer.json`.
+    pub tokenizer: Option<PathBuf>,
+    /// Tokens per window (default 512, or the stored probe's).
+    pub context: Option<usize>,
+    /// Tokens in all (default 4,096).
+    pub tokens: Option<usize>,
+    pub run_id: Option<String>,
 }
 
 pub struct Target {
@@ -116,6 +139,11 @@ impl External {
 /// Resolves command-line paths into targets. Runs that cannot even be
 /// opened are returned as failures so the others still run.
 pub fn discover(paths: &[PathBuf], external: Option<&External>) -> Result<(Vec<Target>, Vec<(PathBuf, String)>)> {
+    discover_with(paths, external, &HfProbe::default())
+}
+
+/// [`discover`], with the probe of Hugging Face series.
+pub fn discover_with(paths: &[PathBuf], external: Option<&External>, hf: &HfProbe) -> Result<(Vec<Target>, Vec<(PathBuf, String)>)> {
     let mut targets = Vec::new();
     let mut failures = Vec::new();
     let mut sweeps = HashMap::new();
@@ -125,6 +153,10 @@ pub fn discover(paths: &[PathBuf], external: Option<&External>) -> Result<(Vec<T
         }
         if let Some(ext) = external {
             targets.push(Target::external(path, ext)?);
+            continue;
+        }
+        if !run::is_run_dir(path) && series::is_series(path) {
+            targets.extend(Target::hugging_face(path, hf)?);
             continue;
         }
         let run_dirs: Vec<PathBuf> = if run::is_run_dir(path) {
@@ -217,6 +249,131 @@ impl Target {
         Ok(t)
     }
 
+    /// The targets of a Hugging Face series: one per trajectory, since
+    /// revisions whose names differ only in step (and token count) belong
+    /// to one run, and a stage or ingredient whose step count restarts
+    /// (OLMo-2's `stage2-ingredient1-step1000-…`) is a run of its own.
+    fn hugging_face(path: &Path, opts: &HfProbe) -> Result<Vec<Target>> {
+        let revs = series::discover(path)?;
+        let base = path.to_path_buf();
+        let analysis = base.join(run::ANALYSIS);
+        let stored = analysis.join(run::PROBE);
+        let given = match (&opts.probe, &opts.text) {
+            (Some(_), Some(_)) => bail!("--probe and --probe-text: give one"),
+            (Some(p), None) => Some(probe::load(p)?),
+            _ => None,
+        };
+        let context = match (&given, &opts.context) {
+            (Some(p), Some(c)) if p.sample_shape != [*c] => {
+                bail!("--context {c}: the probe's windows hold {:?} tokens", p.sample_shape)
+            }
+            (Some(p), _) => p.sample_shape.first().copied().unwrap_or(0),
+            (None, Some(c)) => *c,
+            (None, None) if opts.text.is_none() && stored.is_file() => probe::load(&stored)?.sample_shape.first().copied().unwrap_or(0),
+            (None, None) => 512,
+        };
+        // Every revision must describe the same model.
+        let first = &revs[0];
+        let spec = crate::hf::config::spec_of(&first.dir.join("config.json"), context)?;
+        for r in &revs[1..] {
+            let other = crate::hf::config::spec_of(&r.dir.join("config.json"), context)?;
+            if other != spec {
+                bail!(
+                    "{}: describes another model than {} (revision {} vs {})",
+                    r.dir.join("config.json").display(),
+                    first.dir.join("config.json").display(),
+                    r.name,
+                    first.name
+                );
+            }
+        }
+        let crate::spec::Arch::HfCausalLm(arch) = &spec.arch else { unreachable!("spec_of returns a Hugging Face spec") };
+        crate::hf::load::check_shapes(&first.dir, arch, &spec)?;
+        let probe = match (given, &opts.text) {
+            (Some(p), _) => p,
+            (None, Some(text)) => {
+                let tokenizer = opts.tokenizer.clone().unwrap_or_else(|| first.dir.join("tokenizer.json"));
+                if !tokenizer.is_file() {
+                    bail!("{}: no tokenizer.json (pass --tokenizer FILE)", first.dir.display());
+                }
+                let ids = crate::hf::text::tokenize(text, &tokenizer, arch.vocab)?;
+                let tokens = opts.tokens.unwrap_or(4096);
+                let name = text.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                crate::hf::text::windows(&ids, context, (tokens / context.max(1)).max(1), &name)
+                    .with_context(|| format!("{}", text.display()))?
+            }
+            (None, None) if stored.is_file() => probe::load(&stored)?,
+            (None, None) => bail!(
+                "{}: Hugging Face checkpoints need a probe: --probe-text FILE (tokenized with the model's tokenizer; --context, --probe-size) or --probe FILE (token ids)",
+                path.display()
+            ),
+        };
+        if let Some(&bad) = probe.labels.iter().find(|&&y| y < 0 || y as usize >= arch.vocab) {
+            bail!("the probe's token {bad} is outside the model's {} embedding rows", arch.vocab);
+        }
+        if let Err(e) = spec.check_inputs(&probe.inputs) {
+            bail!("the probe does not fit the model: {e}");
+        }
+        let name = opts.run_id.clone().unwrap_or_else(|| {
+            let abs = base.canonicalize().unwrap_or(base.clone());
+            abs.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "huggingface".into())
+        });
+        let mut groups: BTreeMap<String, Vec<Revision>> = BTreeMap::new();
+        for r in revs {
+            groups.entry(trajectory(&r.name)).or_default().push(r);
+        }
+        let single = groups.len() == 1;
+        let mut targets = Vec::new();
+        for (group, members) in groups {
+            let (run_id, out_dir) = if single || group.is_empty() {
+                (name.clone(), analysis.clone())
+            } else {
+                (format!("{name}@{group}"), analysis.join(&group))
+            };
+            // The probe is part of what the tables mean: stored once, and a
+            // different one later is refused rather than mixed in.
+            let probe_file = out_dir.join(run::PROBE);
+            if probe_file.is_file() {
+                let old = probe::load(&probe_file)?;
+                if old.hash != probe.hash {
+                    bail!(
+                        "{}: this series was analysed with probe {}, not {} (give another --run-id, or remove that analysis folder)",
+                        probe_file.display(),
+                        old.hash,
+                        probe.hash
+                    );
+                }
+            } else {
+                std::fs::create_dir_all(&out_dir).with_context(|| format!("{}: cannot create", out_dir.display()))?;
+                probe::save(&probe_file, &probe)?;
+            }
+            let fallback = CheckpointMeta { spec: spec.clone(), run_id: run_id.clone(), step: 0, epoch: 0.0, samples_seen: 0 };
+            let revisions: BTreeMap<PathBuf, Revision> = members.iter().map(|r| (r.dir.clone(), r.clone())).collect();
+            targets.push(Target {
+                run_id,
+                out_dir,
+                probe: probe.clone(),
+                spec: spec.clone(),
+                checkpoints: members.iter().map(|r| r.dir.clone()).collect(),
+                fallback: Some(fallback),
+                sweep_id: None,
+                origin: Origin::HuggingFace { revisions },
+                verified: Default::default(),
+            });
+        }
+        Ok(targets)
+    }
+
+    /// The revision name a checkpoint was read from (Hugging Face series),
+    /// else its file name.
+    pub fn checkpoint_name(&self, path: &Path) -> String {
+        match &self.origin {
+            Origin::HuggingFace { revisions } => revisions.get(path).map(|r| r.name.clone()),
+            _ => None,
+        }
+        .unwrap_or_else(|| path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+    }
+
     /// The step a checkpoint file holds: `step_N` for lintrace files, else
     /// the last run of digits in the file name (`epoch_3_step_1200.safetensors` → 1200).
     pub fn step_of(&self, path: &Path) -> Option<u64> {
@@ -226,6 +383,7 @@ impl Target {
                 crate::interop::step_from_name(&rel, step_pattern.as_ref())
             }
             Origin::Run(_) => checkpoint::step_from_file_name(path),
+            Origin::HuggingFace { revisions } => revisions.get(path).and_then(|r| r.step),
         }
     }
 
@@ -233,7 +391,7 @@ impl Target {
     pub fn data_config(&self) -> Option<crate::data::DataConfig> {
         match &self.origin {
             Origin::Run(m) => Some(m.config.data.clone()),
-            Origin::External { .. } => None,
+            Origin::External { .. } | Origin::HuggingFace { .. } => None,
         }
     }
 
@@ -246,7 +404,7 @@ impl Target {
     pub fn recorded_sha256(&self, step: u64) -> Option<&str> {
         match &self.origin {
             Origin::Run(m) => m.checkpoint_sha256.get(&step).map(String::as_str),
-            Origin::External { .. } => None,
+            Origin::External { .. } | Origin::HuggingFace { .. } => None,
         }
     }
 
@@ -268,6 +426,7 @@ impl Target {
     pub fn foreign_identity(&self) -> Option<String> {
         match &self.origin {
             Origin::External { renames, .. } => Some(format!("{}|{renames:?}", self.spec.to_json())),
+            Origin::HuggingFace { .. } => Some(self.spec.to_json()),
             Origin::Run(_) => None,
         }
     }
@@ -288,6 +447,14 @@ impl Target {
         let renames = match &self.origin {
             Origin::External { renames, .. } => renames.as_slice(),
             Origin::Run(_) => &[],
+            Origin::HuggingFace { .. } => {
+                let crate::spec::Arch::HfCausalLm(arch) = &self.spec.arch else {
+                    unreachable!("a Hugging Face target has a Hugging Face spec")
+                };
+                let meta = fallback.ok_or_else(|| anyhow::anyhow!("a Hugging Face target has its identity"))?;
+                let tensors = crate::hf::load::read_weights(path, arch)?;
+                return Ok(checkpoint::Loaded { path: path.to_path_buf(), meta, tensors });
+            }
         };
         checkpoint::load_foreign(path, fallback.as_ref(), renames)
     }
@@ -358,7 +525,7 @@ impl Target {
     pub fn write_runs_table(&self, model_metrics: &Table) -> Result<()> {
         let row = match &self.origin {
             Origin::Run(m) => RunRow::from_manifest(m, self.sweep_id.clone()),
-            Origin::External { .. } => RunRow {
+            Origin::External { .. } | Origin::HuggingFace { .. } => RunRow {
                 run_id: self.run_id.clone(),
                 status: "external".into(),
                 lintrace_version: Some(env!("CARGO_PKG_VERSION").into()),
@@ -373,9 +540,34 @@ impl Target {
     }
 }
 
+/// The trajectory a Hugging Face revision belongs to: its name without the
+/// step and token count (`stage1-step140000-tokens294B` → `stage1`,
+/// `step1000` → ``).
+fn trajectory(name: &str) -> String {
+    static PARTS: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let re = PARTS.get_or_init(|| {
+        regex::Regex::new(r"(?i)(step[-_=]?\d+k?|tokens?[-_=]?\d+[kmbt]?|checkpoint[-_=]?\d+k?|ckpt[-_=]?\d+k?|iter[-_=]?\d+k?)")
+            .expect("valid regex")
+    });
+    let stripped = re.replace_all(name, "");
+    let parts: Vec<&str> = stripped.split(['-', '_', '/']).filter(|p| !p.is_empty()).collect();
+    parts.join("-")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn revisions_group_into_trajectories() {
+        assert_eq!(trajectory("step1000"), "");
+        assert_eq!(trajectory("checkpoint-500"), "");
+        assert_eq!(trajectory("step-1431k"), "");
+        assert_eq!(trajectory("ckpt_358"), "");
+        assert_eq!(trajectory("step1000-tokens4B"), "");
+        assert_eq!(trajectory("stage1-step140000-tokens294B"), "stage1");
+        assert_eq!(trajectory("stage2-ingredient1-step1000-tokens5B"), "stage2-ingredient1");
+    }
 
     #[test]
     fn char_gpt_presets_name_a_nanogpt_language_model() {

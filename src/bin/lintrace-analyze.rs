@@ -36,7 +36,10 @@ struct Args {
     force: bool,
     /// Model spec for checkpoints without lintrace metadata (PyTorch's
     /// .pt/.pth/.bin/.ckpt or plain safetensors): a spec JSON file, a lintrace
-    /// run folder (its spec), or a preset (mlp, cnn) with --num-classes and --input.
+    /// run folder (its spec), or a preset with --num-classes and --input: mlp,
+    /// cnn, resnet20/32/56, resnet18/34/50 (also torchvision:resnetN and
+    /// resnetN-small), vgg11/13/16 and their _bn variants, vit-tiny,
+    /// vit-mini, gpt-char-small, gpt-char-tiny (docs/interop.md).
     #[arg(long, requires = "probe")]
     spec: Option<String>,
     /// Preset specs: number of classes.
@@ -54,9 +57,26 @@ struct Args {
     /// "step", else the last digits (step_1000, epoch=3-step=1200.ckpt, checkpoint-500/).
     #[arg(long)]
     step_from: Option<String>,
-    /// Probe batch (safetensors: inputs, labels) for --spec checkpoints.
-    #[arg(long, requires = "spec")]
+    /// Probe batch (safetensors: inputs, labels) for --spec checkpoints, or
+    /// token windows (inputs [n, T] token ids, labels [n, T] next tokens)
+    /// for Hugging Face checkpoints.
+    #[arg(long)]
     probe: Option<PathBuf>,
+    /// Hugging Face checkpoints: a probe of token windows from this UTF-8
+    /// text, tokenized with the checkpoint's tokenizer.json and stored with
+    /// the tables, so that every revision and later re-analysis sees the
+    /// same tokens.
+    #[arg(long, conflicts_with_all = ["probe", "spec"])]
+    probe_text: Option<PathBuf>,
+    /// With --probe-text: the tokenizer.json (default: the first revision's).
+    #[arg(long, requires = "probe_text")]
+    tokenizer: Option<PathBuf>,
+    /// With --probe-text: tokens per window [default: 512].
+    #[arg(long, requires = "probe_text")]
+    context: Option<usize>,
+    /// With --probe-text: tokens in the probe, in whole windows [default: 4096].
+    #[arg(long, requires = "probe_text")]
+    probe_size: Option<usize>,
     /// Run id for --spec checkpoints (default: the folder name).
     #[arg(long)]
     run_id: Option<String>,
@@ -180,16 +200,31 @@ fn real_main(args: &Args) -> Result<i32> {
             r.split_once('=').map(|(a, b)| (a.to_string(), b.to_string())).ok_or_else(|| anyhow::anyhow!("--rename {r}: expected FROM=TO"))
         })
         .collect::<Result<Vec<_>>>()?;
-    let external = args.spec.as_ref().map(|spec| External {
+    let external = match (&args.spec, &args.probe) {
+        (Some(_), None) => anyhow::bail!("--spec needs --probe (the probe batch to push through the checkpoints)"),
+        _ => args.spec.as_ref(),
+    };
+    if args.probe.is_some() && external.is_none() && !paths.iter().all(|p| lintrace::hf::series::is_series(p)) {
+        anyhow::bail!("--probe needs --spec, except for Hugging Face checkpoint folders (their config.json is the spec)");
+    }
+    let hf = analysis::HfProbe {
+        probe: args.probe.clone().filter(|_| external.is_none()),
+        text: args.probe_text.clone(),
+        tokenizer: args.tokenizer.clone(),
+        context: args.context,
+        tokens: args.probe_size,
+        run_id: args.run_id.clone(),
+    };
+    let external = external.map(|spec| External {
         spec: spec.clone(),
-        probe: args.probe.clone().expect("clap requires probe"),
+        probe: args.probe.clone().expect("checked above"),
         run_id: args.run_id.clone(),
         num_classes: args.num_classes,
         input: args.input.clone(),
         renames,
         step_from: args.step_from.clone(),
     });
-    let (targets, mut failures) = match analysis::discover(&paths, external.as_ref()) {
+    let (targets, mut failures) = match analysis::discover_with(&paths, external.as_ref(), &hf) {
         Ok(v) => v,
         // A sweep with nothing trained yet still gets its (pending) table.
         Err(_) if !sweeps.is_empty() && args.only.is_none() && sweeps.iter().all(|s| s.runs.iter().all(|r| !s.run_dir(r).exists())) => {

@@ -62,6 +62,8 @@ pub fn activate(act: Activation, leaky_slope: f64, z: &Tensor) -> Result<Tensor>
         Activation::Relu => super::pool_cpu::relu(z)?,
         Activation::LeakyRelu => (z.relu()? - (z.neg()?.relu()? * leaky_slope)?)?,
         Activation::Gelu => z.gelu_erf()?,
+        Activation::GeluTanh => z.gelu()?,
+        Activation::Silu => z.silu()?,
         Activation::Tanh => z.tanh()?,
         Activation::Identity => z.clone(),
     })

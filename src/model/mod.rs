@@ -1,6 +1,6 @@
 //! Models, written out plainly in candle. Each model is built from a
 //! [`ModelSpec`] and a set of named tensors (PyTorch names, see
-//! the README ("Model spec")), and its forward pass can return every tap's
+//! docs/model-spec.md), and its forward pass can return every tap's
 //! pre-activation `z` and activation `a`.
 
 mod bn_cpu;
@@ -9,6 +9,7 @@ pub mod conv_cpu;
 pub mod conv_gpu;
 #[cfg(feature = "cudnn")]
 pub mod cudnn;
+mod hf;
 mod layers;
 mod mlp;
 pub mod pool_cpu;
@@ -16,6 +17,7 @@ mod resnet;
 mod transformer;
 
 pub use cnn::Cnn;
+pub use hf::HfCausalLm;
 pub use layers::{activate, batch_norm, dropout, Conv2d, Dense};
 pub use mlp::Mlp;
 pub use resnet::Resnet;
@@ -48,8 +50,10 @@ pub struct TapValues {
 #[derive(Debug, Clone, Copy)]
 pub enum Start<'a> {
     Input(&'a Tensor),
-    /// Tap `l`, its z, and (inside a residual block) the block's input.
-    Tap(usize, &'a Tensor, Option<&'a Tensor>),
+    /// Tap `l` with the values an earlier pass recorded there: its z, and
+    /// what the rest of its block needs (inside a residual block the block's
+    /// input, `skip`; for a gated MLP the tap's input, `input`).
+    Tap(usize, &'a TapValues),
 }
 
 impl<'a> Start<'a> {
@@ -66,14 +70,21 @@ impl<'a> Start<'a> {
     /// The given z_l, when the pass resumes at tap `l`.
     pub fn z_at(self, l: usize) -> Option<&'a Tensor> {
         match self {
-            Start::Tap(k, z, _) if k == l => Some(z),
+            Start::Tap(k, from) if k == l => Some(&from.z),
             _ => None,
         }
     }
     /// The residual block input given with the resume tap.
     pub fn skip(self) -> Option<&'a Tensor> {
         match self {
-            Start::Tap(_, _, skip) => skip,
+            Start::Tap(_, from) => from.skip.as_ref(),
+            Start::Input(_) => None,
+        }
+    }
+    /// What the resume tap's affine layer received, when it was recorded.
+    pub fn tap_input(self) -> Option<&'a Tensor> {
+        match self {
+            Start::Tap(_, from) => from.input.as_ref(),
             Start::Input(_) => None,
         }
     }
@@ -232,6 +243,7 @@ pub enum Model {
     Cnn(Cnn),
     Resnet(Resnet),
     Transformer(Transformer),
+    HfCausalLm(HfCausalLm),
 }
 
 impl Model {
@@ -242,6 +254,7 @@ impl Model {
             Arch::Cnn { .. } => Model::Cnn(Cnn::new(spec, &mut weights)?),
             Arch::Resnet { .. } => Model::Resnet(Resnet::new(spec, &mut weights)?),
             Arch::Vit { .. } | Arch::Gpt { .. } => Model::Transformer(Transformer::new(spec, &mut weights)?),
+            Arch::HfCausalLm(_) => Model::HfCausalLm(HfCausalLm::new(spec, &mut weights)?),
         };
         weights.finish()?;
         Ok(model)
@@ -257,7 +270,7 @@ impl Model {
     /// network the block input `skip`): the same as a full pass whose z_l is
     /// `from.z`.
     pub fn forward_from(&self, l: usize, from: &TapValues, taps: &mut Taps) -> Result<Tensor> {
-        self.run(Start::Tap(l, &from.z, from.skip.as_ref()), taps)
+        self.run(Start::Tap(l, from), taps)
     }
 
     fn run(&self, start: Start<'_>, taps: &mut Taps) -> Result<Tensor> {
@@ -266,6 +279,7 @@ impl Model {
             Model::Cnn(m) => m.forward(start, taps),
             Model::Resnet(m) => m.forward(start, taps),
             Model::Transformer(m) => m.forward(start, taps),
+            Model::HfCausalLm(m) => m.forward(start, taps),
         }
     }
 
@@ -276,7 +290,7 @@ impl Model {
             Model::Cnn(m) => m.set_training(on),
             Model::Resnet(m) => m.set_training(on),
             Model::Transformer(m) => m.set_training(on),
-            Model::Mlp(_) => {}
+            Model::Mlp(_) | Model::HfCausalLm(_) => {}
         }
     }
 

@@ -24,20 +24,20 @@ use candle_core::{Tensor, D};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// y = x Wᵀ + b over the last dimension, W [out, in] (`torch.nn.Linear`).
-struct Linear {
-    weight: Tensor,
-    bias: Option<Tensor>,
+pub(super) struct Linear {
+    pub(super) weight: Tensor,
+    pub(super) bias: Option<Tensor>,
 }
 
 impl Linear {
-    fn new(w: &mut Weights, name: &str, out: usize, inp: usize, bias: bool) -> Result<Self> {
+    pub(super) fn new(w: &mut Weights, name: &str, out: usize, inp: usize, bias: bool) -> Result<Self> {
         Ok(Linear {
             weight: w.take(&format!("{name}.weight"), &[out, inp])?,
             bias: bias.then(|| w.take(&format!("{name}.bias"), &[out])).transpose()?,
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let (inp, out) = (dims[dims.len() - 1], self.weight.dims()[0]);
         let y = x.reshape(((), inp))?.matmul(&self.weight.t()?)?;

@@ -1,9 +1,11 @@
 //! The model spec: a JSON document that fully describes an architecture, so
 //! that a checkpoint (which carries it in its metadata) is enough to rebuild
-//! its model. See the README ("Model spec") for the format and the PyTorch mapping.
+//! its model. See docs/model-spec.md for the format and the PyTorch mapping.
 
+mod hf;
 mod transformer;
 
+pub use hf::{Family, HfArch, HfNames, Norm, Positions, Residual};
 pub use transformer::{block_names, AttentionDesc, BlockNames, ExtraInit, ExtraTensor};
 
 use analyzers::{ActivationKind, LayerKind};
@@ -18,6 +20,10 @@ pub enum Activation {
     Relu,
     LeakyRelu,
     Gelu,
+    /// GELU's tanh approximation (GPT-2's `gelu_new`, `gelu_pytorch_tanh`).
+    GeluTanh,
+    /// x·sigmoid(x) (SiLU, "swish"): the gate of Llama-style MLPs.
+    Silu,
     Tanh,
     Identity,
 }
@@ -25,13 +31,15 @@ pub enum Activation {
 impl Activation {
     pub fn parse(s: &str) -> Result<Self, String> {
         serde_json::from_value(serde_json::Value::String(s.replace('-', "_")))
-            .map_err(|_| format!("unknown activation '{s}' (expected relu, leaky_relu, gelu, tanh or identity)"))
+            .map_err(|_| format!("unknown activation '{s}' (expected relu, leaky_relu, gelu, gelu_tanh, silu, tanh or identity)"))
     }
     pub fn kind(self) -> ActivationKind {
         match self {
             Activation::Relu => ActivationKind::Relu,
             Activation::LeakyRelu => ActivationKind::LeakyRelu,
             Activation::Gelu => ActivationKind::Gelu,
+            Activation::GeluTanh => ActivationKind::GeluTanh,
+            Activation::Silu => ActivationKind::Silu,
             Activation::Tanh => ActivationKind::Tanh,
             Activation::Identity => ActivationKind::Identity,
         }
@@ -175,6 +183,11 @@ pub enum Arch {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         lm: bool,
     },
+    /// A Hugging Face decoder-only language model (GPT-NeoX/Pythia, GPT-2,
+    /// Llama, OLMo, OLMo-2) in `transformers`' names, read from its own
+    /// `config.json` (`hf::config`); `input_shape` is [context] and
+    /// `num_classes` the embedding's rows. See `spec/hf.rs`.
+    HfCausalLm(HfArch),
 }
 
 fn yes() -> bool {
@@ -463,6 +476,18 @@ impl ModelSpec {
                 }
             }
             Arch::Vit { .. } | Arch::Gpt { .. } => self.validate_transformer()?,
+            Arch::HfCausalLm(hf) => {
+                if self.input_shape.len() != 1 {
+                    return Err(format!("a language model needs input_shape [context], got {:?}", self.input_shape));
+                }
+                hf.check(self.input_shape[0])?;
+                if self.num_classes != hf.vocab {
+                    return Err(format!(
+                        "a language model predicts tokens: num_classes must be vocab ({} ≠ {})",
+                        self.num_classes, hf.vocab
+                    ));
+                }
+            }
         }
         let taps = self.num_taps();
         if let Some(list) = &self.tap_activations {
@@ -525,7 +550,7 @@ impl ModelSpec {
                 let flat = mul(c, h).and_then(|n| mul(n, w)).ok_or_else(|| too_big("the flattened features"))?;
                 dense(&mut add, flat, widths)?;
             }
-            Arch::Resnet { .. } | Arch::Vit { .. } | Arch::Gpt { .. } => {
+            Arch::Resnet { .. } | Arch::Vit { .. } | Arch::Gpt { .. } | Arch::HfCausalLm(_) => {
                 // validate() bounded widths and depths, so the walk's own
                 // arithmetic cannot overflow; its sizes are checked here.
                 for l in self.layers() {
@@ -554,6 +579,7 @@ impl ModelSpec {
                 1 + stages.iter().fold(0usize, |a, &n| a.saturating_add(n)).saturating_mul(per_block)
             }
             Arch::Vit { depth, .. } | Arch::Gpt { depth, .. } => *depth,
+            Arch::HfCausalLm(hf) => hf.depth,
         }
     }
 
@@ -585,7 +611,7 @@ impl ModelSpec {
     fn walk(&self) -> (Vec<LayerDesc>, Vec<TapDesc>) {
         let mut layers = Vec::new();
         let mut taps = Vec::new();
-        // `z_name`: the module that produces z (METRICS.md: the layer itself,
+        // `z_name`: the module that produces z (docs/metrics.md: the layer itself,
         // or its BatchNorm); `module`: the activation module's path.
         let push_tap =
             |layers: &mut Vec<LayerDesc>, taps: &mut Vec<TapDesc>, layer: LayerDesc, z_name: String, module: String, shape: Vec<usize>| {
@@ -629,7 +655,7 @@ impl ModelSpec {
                 for item in conv {
                     match item {
                         ConvItem::Conv(out) => {
-                            // METRICS.md: the tap's layer is the module that
+                            // docs/metrics.md: the tap's layer is the module that
                             // produces z, with BatchNorm the BatchNorm.
                             let norm = batch_norm.then(|| format!("features.{}", idx + 1));
                             let layer = LayerDesc {
@@ -678,7 +704,7 @@ impl ModelSpec {
                 }
                 layers.push(dense("fc".into(), classes, out[0]));
             }
-            Arch::Vit { .. } | Arch::Gpt { .. } => {
+            Arch::Vit { .. } | Arch::Gpt { .. } | Arch::HfCausalLm(_) => {
                 let l = self.transformer_layout();
                 return (l.layers, l.taps);
             }
@@ -691,7 +717,7 @@ impl ModelSpec {
     pub fn residual_blocks(&self) -> Vec<ResidualBlockDesc> {
         match self.arch {
             Arch::Resnet { .. } => self.resnet_layout().1,
-            Arch::Vit { .. } | Arch::Gpt { .. } => self.transformer_layout().sublayers,
+            Arch::Vit { .. } | Arch::Gpt { .. } | Arch::HfCausalLm(_) => self.transformer_layout().sublayers,
             _ => Vec::new(),
         }
     }
@@ -870,7 +896,7 @@ impl ModelSpec {
     /// window has one per position, every other model one.
     pub fn predictions_per_sample(&self) -> usize {
         match self.arch {
-            Arch::Gpt { lm: true, .. } => self.positions(),
+            Arch::Gpt { lm: true, .. } | Arch::HfCausalLm(_) => self.positions(),
             _ => 1,
         }
     }

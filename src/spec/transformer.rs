@@ -102,7 +102,7 @@ impl ModelSpec {
     pub fn positions(&self) -> usize {
         match &self.arch {
             Arch::Vit { patch, .. } => (self.input_shape[1] / patch) * (self.input_shape[2] / patch) + 1,
-            Arch::Gpt { .. } => self.input_shape[0],
+            Arch::Gpt { .. } | Arch::HfCausalLm(_) => self.input_shape[0],
             _ => 0,
         }
     }
@@ -163,7 +163,12 @@ impl ModelSpec {
     /// Inputs a model can take: a GPT's are token ids (whole numbers in
     /// `0..vocab`); anything else takes any finite value.
     pub fn check_inputs(&self, x: &[f32]) -> Result<(), String> {
-        if let Arch::Gpt { vocab, .. } = &self.arch {
+        let vocab = match &self.arch {
+            Arch::Gpt { vocab, .. } => Some(vocab),
+            Arch::HfCausalLm(hf) => Some(&hf.vocab),
+            _ => None,
+        };
+        if let Some(vocab) = vocab {
             if let Some(bad) = x.iter().find(|v| !(v.fract() == 0.0 && **v >= 0.0 && (**v as usize) < *vocab)) {
                 return Err(format!("input {bad} is not a token id in 0..{vocab}"));
             }
@@ -172,6 +177,9 @@ impl ModelSpec {
     }
 
     pub(super) fn transformer_layout(&self) -> Layout {
+        if let Arch::HfCausalLm(hf) = &self.arch {
+            return hf.layout(self.positions(), |l| self.tap_activation(l));
+        }
         let (dim, depth, mlp_hidden, bias, layer_norm) = match &self.arch {
             Arch::Vit { dim, depth, mlp_hidden, .. } => (*dim, *depth, *mlp_hidden, true, true),
             Arch::Gpt { dim, depth, mlp_hidden, bias, layer_norm, .. } => (*dim, *depth, *mlp_hidden, *bias, *layer_norm),
