@@ -9,13 +9,14 @@
 #   examples/bench/resnets.sh [DEVICE] [THREADS]
 #
 # Environment: DATA (CIFAR-10 folder or .tar.gz, default
-# ../shared/data/cifar10-jpeg.tar.gz), PY (python with torch; default
+# $LINTRACE_CIFAR10; required), PY (python with torch; default
 # /opt/bench-venv/bin/python), BIN (default target/release), OUT (default
 # target/bench-resnets), STEPS20 / STEPS18 (timed training steps; 20 / 6).
 set -euo pipefail
 DEVICE=${1:-cpu}
 THREADS=${2:-2}
-DATA=${DATA:-../shared/data/cifar10-jpeg.tar.gz}
+DATA=${DATA:-${LINTRACE_CIFAR10:-}}
+[[ -n $DATA ]] || { echo "error: CIFAR-10 is needed (class folders ROOT/{train,test}/<class>/*.jpg, or a .tar.gz of them): set DATA or LINTRACE_CIFAR10" >&2; exit 2; }
 OUT=${OUT:-target/bench-resnets}
 PY=${PY:-/opt/bench-venv/bin/python}
 [[ -x $PY ]] || PY=python3

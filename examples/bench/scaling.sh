@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # How analysis time and peak memory scale (BENCHMARKS.md, "Scaling"): with
 # the number of checkpoints, the probe size and the network's width. Each
-# point is one `lintrace-analyze` process (all nine analyzers, --force),
+# point is one `lintrace-analyze` process (all the analyzers, --force),
 # timed with /usr/bin/time (wall seconds, peak resident memory).
 #
 #   examples/bench/scaling.sh            # from the project root, after cargo build --release
 #
 # Environment: DATA (CIFAR-10 folder or .tar.gz, default
-# ../shared/data/cifar10-jpeg.tar.gz), OUT (default target/bench-scaling),
+# $LINTRACE_CIFAR10; required), OUT (default target/bench-scaling),
 # BIN (default target/release), THREADS (default 2).
 set -euo pipefail
-DATA=${DATA:-../shared/data/cifar10-jpeg.tar.gz}
+DATA=${DATA:-${LINTRACE_CIFAR10:-}}
+[[ -n $DATA ]] || { echo "error: CIFAR-10 is needed (class folders ROOT/{train,test}/<class>/*.jpg, or a .tar.gz of them): set DATA or LINTRACE_CIFAR10" >&2; exit 2; }
 OUT=${OUT:-target/bench-scaling}
 BIN=${BIN:-target/release}
 export RAYON_NUM_THREADS=${THREADS:-2}

@@ -1,24 +1,26 @@
 #!/usr/bin/env bash
 # lintrace and PyTorch on the same machine, in the same call (BENCHMARKS.md):
 #   1. lintrace-bench: trains the default CNN on CIFAR-10 (images/s) and
-#      analyses its checkpoints with all nine analyzers (s/checkpoint);
+#      analyses its checkpoints with all the analyzers (s/checkpoint);
 #   2. examples/bench/torch_train_cnn.py: the same CNN, batch and optimizer in
 #      PyTorch (images/s);
 #   3. examples/bench/torch_analyze.py: a straightforward PyTorch + numpy
-#      implementation of the nine analyzers on the same run's checkpoints.
+#      implementation of the nine analyzers that apply to a plain CNN (all but
+#      residual_linear_fit and attention) on the same run's checkpoints.
 # and prints the ratios. Run from the project root after `cargo build --release`.
 #
 #   examples/bench/side_by_side.sh [DEVICE] [THREADS]
 #
 # Environment: DATA (CIFAR-10 folder or .tar.gz, default
-# ../shared/data/cifar10-jpeg.tar.gz), PY (a python with torch, numpy and
+# $LINTRACE_CIFAR10; required), PY (a python with torch, numpy and
 # safetensors; default /opt/bench-venv/bin/python, else python3), OUT
 # (scratch folder, default target/bench-side-by-side), BENCH_ARGS (extra
 # lintrace-bench flags, e.g. "--no-per-analyzer").
 set -euo pipefail
 DEVICE=${1:-cpu}
 THREADS=${2:-2}
-DATA=${DATA:-../shared/data/cifar10-jpeg.tar.gz}
+DATA=${DATA:-${LINTRACE_CIFAR10:-}}
+[[ -n $DATA ]] || { echo "error: CIFAR-10 is needed (class folders ROOT/{train,test}/<class>/*.jpg, or a .tar.gz of them): set DATA or LINTRACE_CIFAR10" >&2; exit 2; }
 OUT=${OUT:-target/bench-side-by-side}
 PY=${PY:-/opt/bench-venv/bin/python}
 [[ -x $PY ]] || PY=python3

@@ -5,7 +5,7 @@
   performance, activation_regime, unit_linear_fit, block_linear_fit,
   linearized_agreement, cka_time, weights, representation, mu
 
-(definitions: METRICS.md; the numpy code follows fixtures/make_golden.py and
+(definitions: docs/metrics.md; the numpy code follows fixtures/make_golden.py and
 fixtures/make_golden_suite.py, the project's independent golden-value
 generators, vectorised) on the checkpoints of a lintrace run folder, timed per
 analyzer and per checkpoint.
@@ -66,7 +66,7 @@ How it is computed
 * Timing (time.perf_counter; CUDA work is synchronised by the copies to the
   host). Setup (untimed per analyzer, reported as setup_seconds): reading the
   probe and one warm-up chunk. On CUDA, TF32 is off unless --tf32 (PyTorch
-  would use TF32 convolutions by default; METRICS.md asks GPU values to match
+  would use TF32 convolutions by default; docs/metrics.md asks GPU values to match
   the CPU's). Each analyzer "alone" includes loading the checkpoint, building the
   model and the forward pass(es) it needs (performance: one plain pass).
   "all nine together" loads once, runs ONE pass with hooks that serves

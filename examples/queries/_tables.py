@@ -1,6 +1,6 @@
 """Loads a sweep's tables with polars: every run's layer and model metrics
 (stacked; older schema versions get null columns) and the sweep's runs table.
-Shared by the query examples; see README 'Sweeps'."""
+Shared by the query examples; see docs/sweeps-and-queries.md."""
 
 import pathlib
 

@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
-# Boland/Pinson's setting with a ResNet (issue 9, README "A resnet20
-# experiment"): CIFAR-10 classes 0-4 vs 5-9, resnet20 (CIFAR, shortcut A),
+# Boland/Pinson's setting with a ResNet (docs/findings/resnet20.md): CIFAR-10 classes 0-4 vs 5-9, resnet20 (CIFAR, shortcut A),
 # SGD lr 0.01, momentum 0.9, batch 128, augmentation, log-spaced checkpoints;
 # partly linear surrogates S_k (the stem and the first k residual blocks
 # linear: taps 0..2k) trained on F's final predictions; then F analysed with
 # every analyzer and mu against the linear surrogate and every S_k.
 #
-#   examples/recipes/resnet_experiment.sh [ROOT] [DATA] [STEPS] [SUR_STEPS] [DEVICE]
+#   examples/recipes/resnet_experiment.sh [ROOT] DATA [STEPS] [SUR_STEPS] [DEVICE]
 #
+# DATA: CIFAR-10 (class folders or a .tar.gz of them), or LINTRACE_CIFAR10 when empty.
 # PROBE: probe size (default 2048). BIN: folder with lintrace-train and lintrace-analyze (default target/release).
 # BLOCKS: the k of the surrogates (default "0 3 6 9": stem only, stage 1,
 # stages 1-2, all nine blocks). TIMEOUT: seconds per command (default none).
 # ANALYZERS: a comma-separated subset for the analysis of F (default: all).
 set -euo pipefail
 ROOT=${1:-runs/resnet20}
-DATA=${2:-../shared/data/cifar10-jpeg.tar.gz}
+DATA=${2:-${LINTRACE_CIFAR10:-}}
+[[ -n $DATA ]] || { echo "error: CIFAR-10 is needed (class folders ROOT/{train,test}/<class>/*.jpg, or a .tar.gz of them): pass it as the second argument or set LINTRACE_CIFAR10" >&2; exit 2; }
 STEPS=${3:-3000}
 SUR_STEPS=${4:-$STEPS}
 DEVICE=${5:-auto}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Do transformers become nonlinear like CNNs (Pinson et al., 2024)? Issue 10,
-# README "Transformers: what we observed". Three CPU-sized runs, each with
+# Do transformers become nonlinear like CNNs (Pinson et al., 2024)?
+# docs/findings/transformers.md. Three CPU-sized runs, each with
 # log-spaced checkpoints and every analyzer, then a summary:
 #
 #  1. modadd: Nanda et al.'s (2023) one-block ReLU transformer on a + b mod P,
@@ -13,6 +13,9 @@
 #
 #   examples/recipes/transformer_experiment.sh [ROOT] [DATA] [DEVICE]
 #
+# DATA: CIFAR-10 for the ViT (class folders or a .tar.gz of them; default
+# LINTRACE_CIFAR10); not needed with SKIP=vit.
+#
 # Env: P (modulus, default 113), FRAC (train fraction, 0.3), MOD_LR (0.001), MOD_STEPS
 # (default 10000), MOD_BLOCKS (1), VIT_STEPS (2000), VIT_MODEL (vit-mini),
 # PROBE (1024), BIN (target/release, with lintrace-train, lintrace-analyze
@@ -21,10 +24,10 @@
 # (3000), CHAR_BATCH (32), CHAR_PROBE (probe tokens, 4096). GPU-sized: P=113
 # MOD_STEPS=40000 VIT_MODEL=vit-tiny VIT_STEPS=20000 CHAR_MODEL=gpt-char-small
 # CHAR_STEPS=5000 CHAR_BATCH=64, with cuda as the third argument. The
-# README's CPU numbers: P=59 FRAC=0.3 MOD_LR=0.003 MOD_STEPS=4000 VIT_STEPS=1500.
+# CPU numbers of docs/findings/transformers.md: P=59 FRAC=0.3 MOD_LR=0.003 MOD_STEPS=4000 VIT_STEPS=1500.
 set -euo pipefail
 ROOT=${1:-runs/transformers}
-DATA=${2:-../shared/data/cifar10-jpeg.tar.gz}
+DATA=${2:-${LINTRACE_CIFAR10:-}}
 DEVICE=${3:-cpu}
 BIN=${BIN:-target/release}
 P=${P:-113}
@@ -41,6 +44,7 @@ if [[ $SKIP != *modadd* ]]; then
   "$BIN/lintrace-analyze" "$ROOT/modadd" --device "$DEVICE" --quiet
 fi
 if [[ $SKIP != *vit* ]]; then
+  [[ -n $DATA ]] || { echo "error: the ViT run needs CIFAR-10 (class folders ROOT/{train,test}/<class>/*.jpg, or a .tar.gz of them): pass it as the second argument, set LINTRACE_CIFAR10, or SKIP=vit" >&2; exit 2; }
   echo "== ${VIT_MODEL:-vit-mini}: CIFAR-10, ${VIT_STEPS:-2000} steps of batch 128"
   "$BIN/lintrace-train" --model "${VIT_MODEL:-vit-mini}" --activation gelu --dataset image-folder --data-dir "$DATA" \
     --optimizer adamw --lr 0.001 --weight-decay 0.05 --lr-schedule warmup-cosine --warmup-steps 200 \
