@@ -1,4 +1,4 @@
-//! The probe batch (METRICS.md, "Probe batch"): `n` held-out samples drawn
+//! The probe batch (docs/metrics.md, "The probe batch"): `n` held-out samples drawn
 //! once per run with a seeded, class-stratified draw, stored with their
 //! dataset indices and a content hash. Every checkpoint is analysed on
 //! exactly these samples, in this order.

@@ -1,5 +1,5 @@
 //! `attention`: how close each attention head is to uniform averaging (a
-//! linear operation on the values) or to one-hot selection, per METRICS.md
+//! linear operation on the values) or to one-hot selection, per docs/metrics.md
 //! ("Sequence models"):
 //! - `attention_entropy` = mean over queries of H(query's attention row) /
 //!   ln(number of keys it may attend to); queries with one admissible key

@@ -21,7 +21,7 @@ const NAME: &str = "block_linear_fit";
 /// At most this many regression rows per tap: convolutional blocks use this
 /// many (sample, position) pairs, the same positions at every checkpoint.
 pub const MAX_ROWS: usize = 65_536;
-/// Ridge λ = RIDGE · tr(G) / p (METRICS.md).
+/// Ridge λ = RIDGE · tr(G) / p (docs/metrics.md).
 pub const RIDGE: f64 = 1e-6;
 
 impl Analyzer for BlockLinearFit {
@@ -43,7 +43,7 @@ impl Analyzer for BlockLinearFit {
     fn start(&self, model: &ModelInfo) -> Box<dyn Accumulator> {
         let fits = model.taps.iter().map(|t| Fit::new(&t.block, t.units, model.n_probe)).collect();
         // A transformer's sublayers and blocks (x → x + f(LN(x))), fitted on
-        // the residual stream as METRICS.md's "Sequence models" asks.
+        // the residual stream as docs/metrics.md's "Sequence models" asks.
         let sublayers = BlockFits::new(model, |b| b.streams.is_some());
         Box::new(BlockAcc { model: model.clone(), fits, sublayers })
     }

@@ -1,4 +1,4 @@
-//! Plug-in information measures on discrete predictions (METRICS.md, `mu`).
+//! Plug-in information measures on discrete predictions (docs/metrics.md, `mu`).
 //! All logarithms are base 2; 0·log 0 = 0.
 
 /// Everything `mu` reports for one (F, S, Y) triple.

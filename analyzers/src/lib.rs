@@ -4,7 +4,7 @@
 //! the probe through one checkpoint: per-tap pre-activations `z` and
 //! activations `a`, the logits and the labels. Nothing here touches files or
 //! devices; the `lintrace` crate owns all I/O. The metric definitions are the
-//! contract in `METRICS.md`.
+//! contract in `docs/metrics.md`.
 //!
 //! Analyzers see the probe in chunks (so that memory does not grow with the
 //! probe) through an [`Accumulator`] that each analyzer starts per checkpoint.

@@ -6,7 +6,7 @@
 //!
 //! `linearity_score_residual` is the score on the residual-free target
 //! Y − X (Razzhigaev et al., 2024), defined where the shortcut is the
-//! identity. METRICS.md writes the target as Ỹ − X̃ with X̃, Ỹ each centred
+//! identity. The literal definition (docs/metrics.md) writes the target as Ỹ − X̃ with X̃, Ỹ each centred
 //! and divided by its Frobenius norm; taken literally, ‖X̃A − (Ỹ − X̃)‖²
 //! equals ‖X̃A' − Ỹ‖² (X̃ is in the span of the design), so the number would
 //! repeat `linearity_score`. We normalise the target as the score
@@ -42,7 +42,7 @@ impl Analyzer for ResidualLinearFit {
         Needs { taps: true, block_inputs: true, ..Needs::default() }
     }
     fn start(&self, model: &ModelInfo) -> Box<dyn Accumulator> {
-        // A transformer's sublayers are `block_linear_fit`'s (METRICS.md).
+        // A transformer's sublayers are `block_linear_fit`'s (docs/metrics.md).
         Box::new(ResidualAcc { model: model.clone(), fits: BlockFits::new(model, |b| b.streams.is_none()) })
     }
 }

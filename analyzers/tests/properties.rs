@@ -1,4 +1,4 @@
-//! The properties METRICS.md states for each analyzer, on synthetic taps.
+//! The properties docs/metrics.md states for each analyzer, on synthetic taps.
 
 use analyzers::stats::PairedMoments;
 use analyzers::{
@@ -192,7 +192,7 @@ fn registry_names_are_unique_and_versioned() {
 }
 
 /// Random inputs: every metric is finite where it is defined and inside the
-/// range METRICS.md states. `PROPTEST_CASES` raises the case count (the
+/// range docs/metrics.md states. `PROPTEST_CASES` raises the case count (the
 /// bounded fuzz script does); CI runs the default.
 mod random_inputs {
     use super::*;

@@ -1,4 +1,4 @@
-//! Properties METRICS.md states for CKA, the effective rank and μ.
+//! Properties docs/metrics.md states for CKA, the effective rank and μ.
 
 use analyzers::gram::{cka, effective_rank, Gram};
 use analyzers::info::mu;

@@ -152,7 +152,7 @@ fn pass(
 
 /// A tap's activations as the rows of its Gram matrix: one per sample, or
 /// for a transformer one per (sample, position) with the MLP's features
-/// (METRICS.md, "Sequence models").
+/// (docs/metrics.md, "Sequence models").
 fn gram_rows(a: &Tensor, tap: &analyzers::TapInfo) -> Result<Tensor> {
     Ok(match tap.block {
         analyzers::BlockGeometry::Tokens { positions, .. } => a.reshape((a.dims()[0] * positions, tap.units / positions))?,

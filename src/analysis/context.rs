@@ -13,7 +13,7 @@ use crate::surrogate::{self, linear, EvalSet, Source};
 use analyzers::gram::Gram;
 use analyzers::mu::SurrogatePredictions;
 
-/// Held-out tokens `mu` compares a language model on: METRICS.md asks for
+/// Held-out tokens `mu` compares a language model on: docs/metrics.md asks for
 /// at least 10⁵; 2¹⁷ is 512 windows of 256.
 pub const MU_TOKENS: usize = 1 << 17;
 use analyzers::{LayerWeights, Needs};

@@ -82,7 +82,7 @@ impl Existing {
                     // layer is the block's output tap.
                     let (name, kind) = match (v.block.and_then(|b| blocks.get(b)), v.head.and_then(|(a, h)| Some((attention.get(a)?, h)))) {
                         (Some(b), _) => (b.name.clone(), b.kind),
-                        // METRICS.md: `<block>.attn.head<h>`.
+                        // docs/metrics.md: `<block>.attn.head<h>`.
                         (None, Some((att, h))) => (format!("{}.head{h}", att.name), "attention_head"),
                         (None, None) => (tap.layer_name.clone(), tap.layer_kind.as_str()),
                     };

@@ -205,7 +205,7 @@ struct Args {
 
 #[derive(clap::Subcommand, Debug)]
 enum Cmd {
-    /// Expand a sweep file into runs and train them (see the README's Sweeps section).
+    /// Expand a sweep file into runs and train them (see docs/sweeps-and-queries.md).
     Sweep(SweepArgs),
 }
 

@@ -24,7 +24,7 @@
 //!   for (`lintrace-train --tf32`, the same switch as for the matrix
 //!   products, `candle_core::cuda::set_gemm_reduced_precision_f32`),
 //!   strict fp32 (`CUDNN_FMA_MATH`) otherwise, so an analysis on the GPU
-//!   still matches the CPU build to METRICS.md's tolerance.
+//!   still matches the CPU build to docs/metrics.md's tolerance.
 //!
 //! `LINTRACE_CUDNN=off` falls back to the candle path (`conv_gpu`) at run
 //! time, for comparisons. `lintrace-bench --kernels --device cuda` checks

@@ -4,7 +4,7 @@
 //! on that dataset reuses it. On token data the inputs are the one-hot
 //! tokens of every position (a linear model of the token sequence). On a
 //! language-modelling corpus (one label per position) it is the bigram
-//! model METRICS.md asks for: a multinomial logistic regression from the
+//! model docs/metrics.md asks for: a multinomial logistic regression from the
 //! one-hot current token to the next token, fitted on every (token, next
 //! token) pair of the training text. That objective depends on the pairs
 //! only through their K × K count table, so it is fitted on the table (the

@@ -88,7 +88,7 @@ fn header(sweep: &Sweep, o: &SlurmOptions, job: &str, array: bool, logs: &Path) 
     for x in &o.extra {
         h.push_str(&format!("#SBATCH {x}\n"));
     }
-    h.push_str("# Written by `lintrace-train sweep --emit slurm`; see the README's Sweeps section.\n");
+    h.push_str("# Written by `lintrace-train sweep --emit slurm`; see docs/sweeps-and-queries.md.\n");
     h.push_str("set -euo pipefail\n");
     for line in &o.setup {
         h.push_str(line);

@@ -125,7 +125,7 @@ fn train_locked(cfg: &TrainConfig, opts: &TrainOptions, run_dir: &Path, run_id: 
         }
         relabel_with_teacher(&mut data, teacher, &opts.device)?;
     }
-    // A language model's samples are (window, position) pairs (METRICS.md),
+    // A language model's samples are (window, position) pairs (docs/metrics.md),
     // so its probe_size counts tokens: whole windows holding at least that many.
     let probe_windows = cfg.probe_size.div_ceil(data.train.targets.max(1));
     if probe_windows > data.test.len() && previous.is_none() {
