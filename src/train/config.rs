@@ -342,7 +342,7 @@ impl TrainConfig {
     /// for other models.
     ///
     /// - `vit-tiny`: patch 4, dim 192, 6 blocks, 3 heads, MLP 384 (the
-    ///   issue's CIFAR ViT); `vit-mini`: patch 4, dim 64, 4 blocks, 2 heads,
+    ///   CIFAR-10 ViT); `vit-mini`: patch 4, dim 64, 4 blocks, 2 heads,
     ///   MLP 128 (CPU-sized).
     /// - `modadd`: Nanda et al.'s (2023) modular-addition model: one block,
     ///   dim 128, 4 heads, MLP 512, no LayerNorm, untied unembedding; vocab
