@@ -68,8 +68,17 @@ fn effective_rank_counts_equal_directions() {
         x[i * f + i % 3] = sign;
     }
     let r = effective_rank(&Gram::from_rows(n, f, &x).unwrap()).unwrap().unwrap();
-    assert!((r - 3.0).abs() < 0.05, "{r}");
+    // Exactly 3 but for the eigensolver's rounding (~1e-15).
+    assert!((r - 3.0).abs() < 1e-9, "{r}");
     assert_eq!(effective_rank(&Gram::from_rows(n, f, &vec![1.0; n * f]).unwrap()).unwrap(), None);
+    // Unequal scales 1, 2, 4 along the three directions (each column has
+    // 10 entries +s and 10 −s, so it is centred): singular values ∝ s, so
+    // p = (1, 2, 4)/7 and the rank is exp(−Σ p ln p) ≈ 2.5, not the value
+    // from the eigenvalues (p ∝ s²) or any other normalisation.
+    let scaled: Vec<f32> = x.iter().enumerate().map(|(k, v)| v * [1.0, 2.0, 4.0, 0.0, 0.0][k % f]).collect();
+    let r = effective_rank(&Gram::from_rows(n, f, &scaled).unwrap()).unwrap().unwrap();
+    let want = (-[1.0f64, 2.0, 4.0].iter().map(|s| s / 7.0 * (s / 7.0).ln()).sum::<f64>()).exp();
+    assert!((r - want).abs() < 1e-9, "{r} vs {want}");
 }
 
 #[test]
