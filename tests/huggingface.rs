@@ -196,14 +196,53 @@ fn a_revision_series_is_analysed_with_no_spec_and_its_aliases_found() {
         }
     }
     assert!(!values(&analysis, "attention").is_empty(), "attention rows");
-    assert!(!values(&analysis, "residual_linear_fit").is_empty(), "sublayer rows");
+    // Razzhigaev et al.'s linearity score of each sublayer on the residual
+    // stream: the attention sublayer and the whole layer (with GPT-NeoX's
+    // parallel residual the MLP reads the layer's input, so it has no
+    // sublayer of its own on the stream).
+    let t = Table::read(&analysis.join("layer_metrics.parquet"), "layer_metrics").unwrap();
+    let scored: std::collections::BTreeSet<String> = t
+        .rows
+        .iter()
+        .filter(|r| col(&t, r, "metric").as_str() == Some("linearity_score"))
+        .map(|r| col(&t, r, "layer_name").as_str().unwrap().to_string())
+        .collect();
+    for want in ["gpt_neox.layers.0.attention", "gpt_neox.layers.0", "gpt_neox.layers.1.attention", "gpt_neox.layers.1"] {
+        assert!(scored.contains(want), "no linearity_score for {want}: {scored:?}");
+    }
+    assert!(!scored.iter().any(|n| n.ends_with(".mlp")), "a parallel residual has no MLP sublayer: {scored:?}");
+    // mu against the bigram surrogate counted on the text outside the
+    // probe's windows: its accuracy on the probe, recomputed here from the
+    // stored probe and bigram table.
+    let st = candle_core::safetensors::load(analysis.join("probe.safetensors"), &Device::Cpu).unwrap();
+    let x: Vec<f32> = st["inputs"].flatten_all().unwrap().to_vec1().unwrap();
+    let y: Vec<i64> = st["labels"].flatten_all().unwrap().to_vec1().unwrap();
+    let next = lintrace::hf::text::Bigram::load(&analysis.join("bigram.safetensors")).unwrap().next;
+    let right = x.iter().zip(&y).filter(|(t, y)| next[**t as usize] as i64 == **y).count();
+    let m = Table::read(&analysis.join("model_metrics.parquet"), "model_metrics").unwrap();
+    let probe_acc: Vec<f64> = m
+        .rows
+        .iter()
+        .filter(|r| col(&m, r, "metric").as_str() == Some("surrogate_probe_accuracy") && col(&m, r, "surrogate").as_str() == Some("bigram"))
+        .map(|r| match col(&m, r, "value") {
+            Value::F64(v) => *v,
+            v => panic!("{v:?}"),
+        })
+        .collect();
+    assert_eq!(probe_acc.len(), 5, "one bigram mu per analysed revision");
+    assert!(probe_acc.iter().all(|&a| (a - right as f64 / y.len() as f64).abs() < 1e-12), "{probe_acc:?} vs {right}/{}", y.len());
     // The probe was stored: a second run without --probe-text reuses it and
     // finds everything done; a different probe is refused.
     let again = run_ok(analyze_bin().arg(&series).arg("-q"));
     let said = String::from_utf8_lossy(&again.stdout).into_owned();
     assert!(said.contains("analysed 0 checkpoints"), "{said}");
-    let out =
-        analyze_bin().arg(&series).arg("--probe-text").arg(fixture("hf/text/probe.txt")).args(["--context", "8", "-q"]).output().unwrap();
+    let out = analyze_bin()
+        .arg(&series)
+        .arg("--probe-text")
+        .arg(fixture("hf/text/probe.txt"))
+        .args(["--context", "8", "--probe-size", "64", "-q"])
+        .output()
+        .unwrap();
     assert!(!out.status.success() && stderr(&out).contains("was analysed with probe"), "{}", stderr(&out));
 }
 

@@ -140,6 +140,23 @@ impl TargetContext {
         let batches = eval.batches(opts.chunk_size, dev)?;
         for source in sources {
             match source {
+                Source::Linear if target.bigram().is_some() => {
+                    // A large vocabulary's linear surrogate (one-hot token →
+                    // softmax) is the bigram model; counted, not fitted.
+                    let b = target.bigram().expect("checked by the guard");
+                    let at =
+                        |x: &[f32]| -> Vec<usize> { x.iter().map(|&t| b.next.get(t as usize).copied().unwrap_or(0) as usize).collect() };
+                    let p = &target.probe;
+                    let on_probe = at(&p.inputs);
+                    let probe_acc =
+                        on_probe.iter().zip(&p.labels).filter(|(a, b)| **a as i64 == **b).count() as f64 / p.labels.len().max(1) as f64;
+                    self.fixed.push(Fixed {
+                        name: "bigram".into(),
+                        predictions: at(&eval.x),
+                        train_accuracy: Some((b.train_accuracy, b.counted)),
+                        probe_accuracy: Some((probe_acc, p.labels.len() as u64)),
+                    });
+                }
                 Source::Linear => {
                     let Some(d) = &dataset else {
                         notes.push(format!("{}: mu: the linear surrogate needs the run's training data; skipped", target.run_id));

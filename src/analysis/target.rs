@@ -25,6 +25,8 @@ enum Origin {
     /// `config.json`, the step from each revision's name.
     HuggingFace {
         revisions: BTreeMap<PathBuf, Revision>,
+        /// The bigram surrogate for `mu`, when the probe came from text.
+        bigram: Option<crate::hf::text::Bigram>,
     },
 }
 
@@ -289,8 +291,10 @@ impl Target {
         }
         let crate::spec::Arch::HfCausalLm(arch) = &spec.arch else { unreachable!("spec_of returns a Hugging Face spec") };
         crate::hf::load::check_shapes(&first.dir, arch, &spec)?;
-        let probe = match (given, &opts.text) {
-            (Some(p), _) => p,
+        // A probe from text also gives the bigram surrogate for `mu`,
+        // counted on the text outside the probe's windows.
+        let (probe, bigram) = match (given, &opts.text) {
+            (Some(p), _) => (p, None),
             (None, Some(text)) => {
                 let tokenizer = opts.tokenizer.clone().unwrap_or_else(|| first.dir.join("tokenizer.json"));
                 if !tokenizer.is_file() {
@@ -299,10 +303,13 @@ impl Target {
                 let ids = crate::hf::text::tokenize(text, &tokenizer, arch.vocab)?;
                 let tokens = opts.tokens.unwrap_or(4096);
                 let name = text.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                crate::hf::text::windows(&ids, context, (tokens / context.max(1)).max(1), &name)
-                    .with_context(|| format!("{}", text.display()))?
+                let probe = crate::hf::text::windows(&ids, context, (tokens / context.max(1)).max(1), &name)
+                    .with_context(|| format!("{}", text.display()))?;
+                let spans: Vec<(usize, usize)> = probe.indices.iter().map(|&s| (s as usize, context)).collect();
+                let bigram = crate::hf::text::Bigram::count(&ids, &spans, arch.vocab).ok();
+                (probe, bigram)
             }
-            (None, None) if stored.is_file() => probe::load(&stored)?,
+            (None, None) if stored.is_file() => (probe::load(&stored)?, None),
             (None, None) => bail!(
                 "{}: Hugging Face checkpoints need a probe: --probe-text FILE (tokenized with the model's tokenizer; --context, --probe-size) or --probe FILE (token ids)",
                 path.display()
@@ -346,7 +353,12 @@ impl Target {
             } else {
                 std::fs::create_dir_all(&out_dir).with_context(|| format!("{}: cannot create", out_dir.display()))?;
                 probe::save(&probe_file, &probe)?;
+                if let Some(b) = &bigram {
+                    b.save(&out_dir.join(crate::hf::text::BIGRAM_FILE))?;
+                }
             }
+            let bigram_file = out_dir.join(crate::hf::text::BIGRAM_FILE);
+            let bigram = if bigram_file.is_file() { Some(crate::hf::text::Bigram::load(&bigram_file)?) } else { None };
             let fallback = CheckpointMeta { spec: spec.clone(), run_id: run_id.clone(), step: 0, epoch: 0.0, samples_seen: 0 };
             let revisions: BTreeMap<PathBuf, Revision> = members.iter().map(|r| (r.dir.clone(), r.clone())).collect();
             targets.push(Target {
@@ -357,18 +369,27 @@ impl Target {
                 checkpoints: members.iter().map(|r| r.dir.clone()).collect(),
                 fallback: Some(fallback),
                 sweep_id: None,
-                origin: Origin::HuggingFace { revisions },
+                origin: Origin::HuggingFace { revisions, bigram },
                 verified: Default::default(),
             });
         }
         Ok(targets)
     }
 
+    /// The bigram surrogate of a Hugging Face series whose probe came from
+    /// text.
+    pub fn bigram(&self) -> Option<&crate::hf::text::Bigram> {
+        match &self.origin {
+            Origin::HuggingFace { bigram, .. } => bigram.as_ref(),
+            _ => None,
+        }
+    }
+
     /// The revision name a checkpoint was read from (Hugging Face series),
     /// else its file name.
     pub fn checkpoint_name(&self, path: &Path) -> String {
         match &self.origin {
-            Origin::HuggingFace { revisions } => revisions.get(path).map(|r| r.name.clone()),
+            Origin::HuggingFace { revisions, .. } => revisions.get(path).map(|r| r.name.clone()),
             _ => None,
         }
         .unwrap_or_else(|| path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
@@ -383,7 +404,7 @@ impl Target {
                 crate::interop::step_from_name(&rel, step_pattern.as_ref())
             }
             Origin::Run(_) => checkpoint::step_from_file_name(path),
-            Origin::HuggingFace { revisions } => revisions.get(path).and_then(|r| r.step),
+            Origin::HuggingFace { revisions, .. } => revisions.get(path).and_then(|r| r.step),
         }
     }
 
