@@ -11,7 +11,7 @@ use crate::model::{Affine, Model, Taps};
 use crate::probe::Probe;
 use crate::spec::ModelSpec;
 use analyzers::gram::Gram;
-use analyzers::linearized_agreement::{self, VariantKind, VariantLogits};
+use analyzers::linearized_agreement::{self, RowScores, VariantKind, VariantLogits};
 use analyzers::stats::{PairedMoments, UnitMoments};
 use analyzers::unit_linear_fit::surrogate;
 use analyzers::{Accumulator, Analyzer, AnalyzerError, Chunk, Extras, Finished, Matrix, ModelInfo, Needs, TapChunk};
@@ -89,7 +89,8 @@ struct Pass {
     moments: Vec<PairedMoments>,
     /// Per tap, the post-activation chunks (for Gram matrices).
     activations: Vec<Vec<Tensor>>,
-    logits: Vec<f32>,
+    /// The intact network's row scores (for the linearised variants).
+    scores: RowScores,
 }
 
 /// One pass over the probe: feeds `accs` (a failing accumulator is dropped
@@ -107,7 +108,7 @@ fn pass(
     let mut out = Pass {
         moments: if needs.moments { info.taps.iter().map(|t| PairedMoments::new(t.units)).collect() } else { Vec::new() },
         activations: if needs.grams { vec![Vec::new(); info.taps.len()] } else { Vec::new() },
-        logits: Vec::new(),
+        scores: RowScores::default(),
     };
     // Predictions per sample: 1, or a language model's one per position.
     let per = labels.len() / batches.len().max(1);
@@ -145,7 +146,9 @@ fn pass(
         for ((a, t), tap) in out.activations.iter_mut().zip(taps).zip(&info.taps) {
             a.push(gram_rows(&t.a, tap)?);
         }
-        out.logits.extend_from_slice(&logits);
+        if needs.variants {
+            out.scores.extend(Matrix::new(b * per, info.num_classes, &logits), &labels[first * per..(first + b) * per]);
+        }
     }
     Ok(out)
 }
@@ -196,9 +199,9 @@ pub fn run(
             } else {
                 None
             };
-            (moments, grams, p.logits)
+            (moments, grams, p.scores)
         }
-        None => (Vec::new(), None, Vec::new()),
+        None => (Vec::new(), None, RowScores::default()),
     };
     let grams = computed_grams.as_deref().or(shared.grams);
     // The effective ranks' eigenvalue problems (host, O(n³) each) run beside
@@ -212,7 +215,13 @@ pub fn run(
         None => None,
     };
     let (variants, ranks) = rayon::join(
-        || if needs.variants { variant_logits(model, spec, info, &batches, &moments, base_logits, device).map(Some) } else { Ok(None) },
+        || {
+            if needs.variants {
+                variant_logits(model, spec, info, &batches, &moments, base_logits, &probe.labels, device).map(Some)
+            } else {
+                Ok(None)
+            }
+        },
         || host_grams.as_ref().map(|h| analyzers::representation::ranks_of(h)),
     );
     let variants = variants?;
@@ -240,7 +249,7 @@ pub fn run(
         .collect())
 }
 
-/// Logits of every single/prefix/suffix variant of the model, with taps
+/// Row scores of every single/prefix/suffix variant of the model, with taps
 /// replaced by the per-unit affine surrogates fitted on this checkpoint's
 /// own (z, a). Each variant resumes where it first differs from a pass
 /// already made: a single or suffix variant at tap k from the intact
@@ -254,7 +263,8 @@ fn variant_logits(
     info: &ModelInfo,
     batches: &Batches,
     moments: &[UnitMoments],
-    base: Vec<f32>,
+    base: RowScores,
+    labels: &[i64],
     device: &Device,
 ) -> Result<VariantLogits> {
     // [1, *tap shape], so that α and β broadcast over the batch.
@@ -274,9 +284,13 @@ fn variant_logits(
     let replacing =
         |taps: &[usize]| -> Vec<Option<Affine>> { (0..n_taps).map(|l| taps.contains(&l).then(|| affines[l].clone())).collect() };
     let kinds = linearized_agreement::variants(n_taps);
-    let mut logits: Vec<Vec<f32>> = vec![Vec::with_capacity(batches.len() * info.num_classes); kinds.len()];
+    // Each variant's logits are reduced to row scores chunk by chunk.
+    let mut scores: Vec<RowScores> = vec![RowScores::default(); kinds.len()];
+    let per = labels.len() / batches.len().max(1);
     for item in batches.iter() {
-        let (_, x) = item?;
+        let (first, x) = item?;
+        let b = x.dims()[0];
+        let chunk_labels = &labels[first * per..(first + b) * per];
         let (_, intact) = model.forward_with_taps(&x)?;
         // The fully linearised network is the suffix variant from tap 0 (z_0
         // is the same with or without surrogates): one resumed pass, whose
@@ -284,7 +298,7 @@ fn variant_logits(
         let mut all_linear = Taps::record_linearized(replacing(&(0..n_taps).collect::<Vec<_>>()));
         let linear_logits = model.forward_from(0, &intact[0], &mut all_linear)?;
         let linear = all_linear.into_vec();
-        for ((kind, k), out) in kinds.iter().zip(&mut logits) {
+        for ((kind, k), out) in kinds.iter().zip(&mut scores) {
             let (kind, k) = (*kind, *k);
             let l = match kind {
                 VariantKind::Suffix if k == 0 => linear_logits.clone(),
@@ -294,13 +308,13 @@ fn variant_logits(
                 }
                 VariantKind::Prefix => model.forward_from(k + 1, &linear[k + 1], &mut Taps::off())?,
             };
-            out.extend(host(&l)?);
+            out.extend(Matrix::new(b * per, info.num_classes, &host(&l)?), chunk_labels);
         }
     }
     Ok(VariantLogits {
         classes: info.num_classes,
         base,
-        variants: kinds.into_iter().zip(logits).map(|((kind, k), l)| (kind, k, l)).collect(),
+        variants: kinds.into_iter().zip(scores).map(|((kind, k), s)| (kind, k, s)).collect(),
     })
 }
 
