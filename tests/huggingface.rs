@@ -56,15 +56,29 @@ fn every_family_matches_transformers_forward_pass() {
         let (logits, rec) = c.model.forward_recorded(&c.ids).unwrap();
         check(name, &logits, "logits", &c.want);
         let depth = c.spec.num_taps();
-        assert_eq!((rec.taps.len(), rec.attention.len(), rec.streams.len()), (depth, depth, 2 * depth + 1), "{name}");
+        let Arch::HfCausalLm(arch) = &c.spec.arch else { unreachable!() };
+        let parallel = arch.residual == lintrace::spec::Residual::Parallel;
+        let streams = 2 * depth + 1 + if parallel { depth } else { 0 };
+        assert_eq!((rec.taps.len(), rec.attention.len(), rec.streams.len()), (depth, depth, streams), "{name}");
         for (i, t) in rec.taps.iter().enumerate() {
             check(name, &t.z, &format!("layers.{i}.z"), &c.want);
             check(name, &t.a, &format!("layers.{i}.a"), &c.want);
             check(name, t.input.as_ref().expect("a full pass records the MLP's input"), &format!("layers.{i}.u"), &c.want);
             check(name, &rec.attention[i], &format!("layers.{i}.attn"), &c.want);
         }
-        for (k, s) in rec.streams.iter().enumerate() {
+        for (k, s) in rec.streams.iter().enumerate().take(2 * depth + 1) {
             check(name, s, &format!("streams.{k}"), &c.want);
+        }
+        // A parallel layer's MLP sublayer stream X + mlp(LN2(X)), which the
+        // model never forms: X + (out − (X + attn)) from transformers' streams.
+        for i in 0..depth {
+            if !parallel {
+                break;
+            }
+            let s = |k: usize| &c.want[&format!("streams.{k}")];
+            let want = ((s(2 * i) + s(2 * i + 2)).unwrap() - s(2 * i + 1)).unwrap();
+            let d = rel_diff(&rec.streams[2 * depth + 1 + i], &want, "mlp stream");
+            assert!(d <= 1e-4, "{name}: layer {i}'s MLP sublayer stream differs by {d:e}");
         }
         // Resuming at any tap from its recorded values gives the same logits
         // (what linearized_agreement's variants rely on).
@@ -77,10 +91,9 @@ fn every_family_matches_transformers_forward_pass() {
 }
 
 #[test]
-fn a_gated_tap_replaced_by_itself_changes_nothing_and_by_zero_changes_the_output() {
+fn the_gate_made_linear_changes_a_gated_models_logits() {
     // The gate's activation is the tap: replacing σ(z) by the identity
-    // surrogate α = 1, β = 0 must change the logits (σ is nonlinear), and a
-    // surrogate equal to σ on the probe (α = a/z pointwise) must not.
+    // (α = 1, β = 0) leaves the bilinear product and must change the logits.
     let c = case("llama");
     let (logits, rec) = c.model.forward_recorded(&c.ids).unwrap();
     let tap: &TapValues = &rec.taps[0];
@@ -197,9 +210,8 @@ fn a_revision_series_is_analysed_with_no_spec_and_its_aliases_found() {
     }
     assert!(!values(&analysis, "attention").is_empty(), "attention rows");
     // Razzhigaev et al.'s linearity score of each sublayer on the residual
-    // stream: the attention sublayer and the whole layer (with GPT-NeoX's
-    // parallel residual the MLP reads the layer's input, so it has no
-    // sublayer of its own on the stream).
+    // stream: with GPT-NeoX's parallel residual both sublayers are fitted
+    // from the layer's input (X → X + attn, X → X + mlp), and the layer.
     let t = Table::read(&analysis.join("layer_metrics.parquet"), "layer_metrics").unwrap();
     let scored: std::collections::BTreeSet<String> = t
         .rows
@@ -207,10 +219,12 @@ fn a_revision_series_is_analysed_with_no_spec_and_its_aliases_found() {
         .filter(|r| col(&t, r, "metric").as_str() == Some("linearity_score"))
         .map(|r| col(&t, r, "layer_name").as_str().unwrap().to_string())
         .collect();
-    for want in ["gpt_neox.layers.0.attention", "gpt_neox.layers.0", "gpt_neox.layers.1.attention", "gpt_neox.layers.1"] {
-        assert!(scored.contains(want), "no linearity_score for {want}: {scored:?}");
+    for i in 0..2 {
+        for part in [".attention", ".mlp", ""] {
+            let want = format!("gpt_neox.layers.{i}{part}");
+            assert!(scored.contains(&want), "no linearity_score for {want}: {scored:?}");
+        }
     }
-    assert!(!scored.iter().any(|n| n.ends_with(".mlp")), "a parallel residual has no MLP sublayer: {scored:?}");
     // mu against the bigram surrogate counted on the text outside the
     // probe's windows: its accuracy on the probe, recomputed here from the
     // stored probe and bigram table.

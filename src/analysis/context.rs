@@ -126,7 +126,9 @@ impl TargetContext {
                 }
             }
             _ => {
-                if opts.mu_split == "test" {
+                // A Hugging Face series has no split but its probe text's;
+                // its bigram surrogate is counted outside the probe.
+                if opts.mu_split == "test" && !target.is_hugging_face() {
                     notes.push(format!("{}: mu: no dataset known for these checkpoints, so mu uses the probe", target.run_id));
                 }
                 EvalSet {
@@ -159,7 +161,11 @@ impl TargetContext {
                 }
                 Source::Linear => {
                     let Some(d) = &dataset else {
-                        notes.push(format!("{}: mu: the linear surrogate needs the run's training data; skipped", target.run_id));
+                        notes.push(if target.is_hugging_face() {
+                            format!("{}: mu: no surrogate (the bigram model is counted on a --probe-text's text outside the probe; this probe was given as token ids): no mu rows", target.run_id)
+                        } else {
+                            format!("{}: mu: the linear surrogate needs the run's training data; skipped", target.run_id)
+                        });
                         continue;
                     };
                     let cache_dir = target.data_config().and_then(|c| c.cache_dir).unwrap_or_else(data::cache_dir);

@@ -376,6 +376,10 @@ impl Target {
         Ok(targets)
     }
 
+    pub fn is_hugging_face(&self) -> bool {
+        matches!(self.origin, Origin::HuggingFace { .. })
+    }
+
     /// The bigram surrogate of a Hugging Face series whose probe came from
     /// text.
     pub fn bigram(&self) -> Option<&crate::hf::text::Bigram> {

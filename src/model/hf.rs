@@ -211,10 +211,14 @@ impl HfCausalLm {
         if let Some(x0) = &x {
             taps.stream(x0);
         }
+        // A parallel layer's input plus its MLP's output, X + mlp(norm_2(X)):
+        // the MLP sublayer's stream, recorded after the others.
+        let mut parallel_mlp: Vec<Tensor> = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
             if start.skips(i) {
                 continue;
             }
+            let x_in = x.clone().filter(|_| taps.recording());
             let (mid, u, z) = match start.z_at(i) {
                 Some(z) => {
                     let mid = start.skip().ok_or_else(|| anyhow!("resuming at tap {i} needs the stream after its attention"))?;
@@ -255,9 +259,15 @@ impl HfCausalLm {
                 Residual::PostNorm => layer.norm_2.forward(&m)?,
                 _ => m,
             };
+            if let (Residual::Parallel, Some(x_in), true) = (self.arch.residual, &x_in, taps.recording()) {
+                parallel_mlp.push((x_in + &m)?);
+            }
             let out = (&mid + m)?;
             taps.stream(&out);
             x = Some(out);
+        }
+        for s in &parallel_mlp {
+            taps.stream(s);
         }
         let x = self.final_norm.forward(x.as_ref().expect("a pass has a stream from its start on"))?;
         let (b, t, d) = x.dims3()?;

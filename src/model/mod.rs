@@ -178,6 +178,11 @@ impl Taps {
         Ok(a)
     }
 
+    /// Whether this pass keeps what it computes (taps, streams, attention).
+    pub fn recording(&self) -> bool {
+        self.record
+    }
+
     /// Sets the residual block input recorded with the following taps.
     pub fn set_skip(&mut self, skip: Option<Tensor>) {
         self.skip = skip;

@@ -10,7 +10,8 @@
 //!     pre-norm:     x = x + attn(norm_1(x)); x = x + mlp(norm_2(x))
 //!     parallel:     x = x + attn(norm_1(x)) + mlp(norm_2(x))       (GPT-NeoX)
 //!     post-norm:    x = x + norm_1(attn(x)); x = x + norm_2(mlp(x)) (OLMo-2)
-//!     (stream 2i + 1 = x + the attention's contribution; 2i + 2 leaves layer i)
+//!     (stream 2i + 1 = x + the attention's contribution; 2i + 2 leaves layer i;
+//!      parallel: stream 2·depth + 1 + i = x + the MLP's contribution)
 //!     mlp(u) = down(σ(fc(u)))  or, gated,  down(σ(gate(u)) ⊙ up(u))
 //!     tap i: z = fc(u) or gate(u), a = σ(z)
 //! logits = head(final_norm(x)) at every position
@@ -376,12 +377,14 @@ impl HfArch {
                 streams: Some((from, to)),
             };
             l.sublayers.push(sub(n.attn, "attention_sublayer", 2 * i, 2 * i + 1));
-            // With a parallel residual the MLP reads the layer's input, not
-            // the stream after attention: no map from stream 2i + 1 is the
-            // MLP sublayer, so only the whole layer is scored.
-            if self.residual != Residual::Parallel {
-                l.sublayers.push(sub(n.mlp, "mlp_sublayer", 2 * i + 1, 2 * i + 2));
-            }
+            // With a parallel residual both sublayers read the layer's input
+            // X: the MLP sublayer maps X to X + mlp(norm_2(X)), a stream the
+            // model never forms, recorded after the others (2·depth + 1 + i).
+            let mlp_streams = match self.residual {
+                Residual::Parallel => (2 * i, 2 * self.depth + 1 + i),
+                _ => (2 * i + 1, 2 * i + 2),
+            };
+            l.sublayers.push(sub(n.mlp, "mlp_sublayer", mlp_streams.0, mlp_streams.1));
             l.sublayers.push(sub(n.layer, "transformer_block", 2 * i, 2 * i + 2));
         }
         self.norm_tensors(self.final_norm_name(), dim, &mut l.extras);
