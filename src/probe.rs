@@ -164,10 +164,19 @@ fn load_inner(path: &Path) -> Result<Probe> {
     let md = header.metadata().clone().unwrap_or_default();
     let x = st.tensor("inputs").map_err(|_| anyhow!("probe tensor 'inputs' is missing"))?;
     let y = st.tensor("labels").map_err(|_| anyhow!("probe tensor 'labels' is missing"))?;
-    if x.dtype() != Dtype::F32 {
-        bail!("probe 'inputs' must be float32, got {:?}", x.dtype());
-    }
-    let inputs: Vec<f32> = x.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let inputs: Vec<f32> = match x.dtype() {
+        Dtype::F32 => x.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+        // Token ids, as Python writes them (int64): kept as f32, which holds
+        // every id below 2^24 exactly.
+        Dtype::I64 | Dtype::I32 => {
+            let ids = read_ints(&x, "inputs")?;
+            if let Some(bad) = ids.iter().find(|&&v| !(0..1 << 24).contains(&v)) {
+                bail!("probe 'inputs' holds {bad}, which is not a token id below 2^24");
+            }
+            ids.into_iter().map(|v| v as f32).collect()
+        }
+        other => bail!("probe 'inputs' must be float32 (or int64 token ids), got {other:?}"),
+    };
     if let Some(i) = inputs.iter().position(|v| !v.is_finite()) {
         bail!("probe input value {i} is not finite ({}): the probe must be finite data", inputs[i]);
     }

@@ -326,3 +326,31 @@ fn bad_hugging_face_input_is_one_line_and_writes_no_tables() {
     assert!(e.contains("tokenizer_big.json") && e.contains("not this model's tokenizer"), "{e}");
     assert!(!d.join("analysis").exists(), "nothing is written for a bad tokenizer");
 }
+
+#[test]
+fn a_probe_of_int64_token_ids_works_and_says_once_that_mu_has_no_surrogate() {
+    // Token windows as Python writes them: inputs and labels int64 [n, T].
+    let want: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("hf/text/windows.json")).unwrap()).unwrap();
+    let ids: Vec<i64> = want["ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+    let (n, t) = (4usize, 16usize);
+    let inputs: Vec<i64> = (0..n).flat_map(|w| ids[w * t..(w + 1) * t].to_vec()).collect();
+    let labels: Vec<i64> = (0..n).flat_map(|w| ids[w * t + 1..(w + 1) * t + 1].to_vec()).collect();
+    let bytes = |v: &[i64]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+    let (xb, yb) = (bytes(&inputs), bytes(&labels));
+    let views = vec![
+        ("inputs", safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![n, t], &xb).unwrap()),
+        ("labels", safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![n, t], &yb).unwrap()),
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    let probe = tmp.path().join("probe.safetensors");
+    std::fs::write(&probe, safetensors::serialize(views, None).unwrap()).unwrap();
+    let series = copy_fixture("series_neox", tmp.path());
+    let out = run_ok(analyze_bin().arg(&series).arg("--probe").arg(&probe).arg("-q"));
+    let err = stderr(&out);
+    assert_eq!(err.matches("mu: no surrogate").count(), 1, "{err}");
+    let stored = lintrace::probe::load(&series.join("analysis/probe.safetensors")).unwrap();
+    assert_eq!(stored.inputs, inputs.iter().map(|&v| v as f32).collect::<Vec<_>>());
+    assert_eq!((stored.sample_shape.clone(), stored.labels.clone()), (vec![t], labels));
+    let m = Table::read(&series.join("analysis/model_metrics.parquet"), "model_metrics").unwrap();
+    assert!(!m.rows.iter().any(|r| col(&m, r, "analyzer").as_str() == Some("mu")), "no mu rows without a surrogate");
+}
