@@ -36,8 +36,14 @@ fn check_logits(file: &Path, spec: &str, probe: &str, key: &str, renames: &[(Str
     let x = candle_core::Tensor::from_slice(&p.inputs, shape, &candle_core::Device::Cpu).unwrap();
     let got: Vec<Vec<f32>> = model.logits(&x).unwrap().to_vec2().unwrap();
     let want = golden(key);
-    for (g, w) in got.iter().flatten().zip(want.iter().flatten()) {
-        assert!((*g as f64 - w).abs() <= tol, "{}: {g} vs PyTorch's {w}", file.display());
+    // Every sample and every class: a zip alone would stop at the shorter.
+    assert_eq!(got.len(), want.len(), "{}: {} samples' logits, PyTorch has {}", file.display(), got.len(), want.len());
+    assert_eq!(got.len(), p.len(), "{}: one row of logits per probe sample", file.display());
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g.len(), w.len(), "{}: sample {i}: {} logits, PyTorch has {}", file.display(), g.len(), w.len());
+        for (g, w) in g.iter().zip(w) {
+            assert!((*g as f64 - w).abs() <= tol, "{}: sample {i}: {g} vs PyTorch's {w}", file.display());
+        }
     }
 }
 
