@@ -29,9 +29,29 @@ fn check_forward(name: &str, file: &str) {
     let want = g["logits"].as_array().unwrap();
     let got = logits.to_vec2::<f32>().unwrap();
     assert_eq!(got.len(), want.len());
-    for (gr, wr) in got.iter().zip(want) {
-        for (a, b) in gr.iter().zip(wr.as_array().unwrap()) {
+    for (i, (gr, wr)) in got.iter().zip(want).enumerate() {
+        let wr = wr.as_array().unwrap();
+        assert_eq!(gr.len(), wr.len(), "{name}: sample {i}'s logits");
+        for (a, b) in gr.iter().zip(wr) {
             assert_close(*a as f64, b.as_f64().unwrap(), 1e-4, &format!("{name} logit"));
+        }
+    }
+    // Every tap elementwise (numpy's float64 values, taps.safetensors),
+    // then the sums of golden.json.
+    let want_taps = candle_core::safetensors::load(dir.join("taps.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(want_taps.len(), 2 * taps.len(), "{name}: z and a of every tap");
+    assert_eq!(g["taps"].as_array().unwrap().len(), taps.len(), "{name}: taps in golden.json");
+    for (l, t) in taps.iter().enumerate() {
+        for (what, got) in [("z", &t.z), ("a", &t.a)] {
+            let want = &want_taps[&format!("{what}.{l}")];
+            assert_eq!(got.dims(), want.dims(), "{name} tap {l} {what}: shape");
+            let got: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
+            let want: Vec<f64> = want.flatten_all().unwrap().to_vec1().unwrap();
+            // f32 against float64: relative to the tap's largest value.
+            let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1.0);
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert_close(*a as f64, *b, 1e-5 * scale, &format!("{name} tap {l} {what}[{i}]"));
+            }
         }
     }
     for t in g["taps"].as_array().unwrap() {
