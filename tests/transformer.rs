@@ -269,6 +269,110 @@ fn the_modular_addition_transformer_trains_resumes_and_is_analysed() {
         model.rows.iter().any(|r| r[si].as_str() == Some("linear") && r[mi].as_str() == Some("mu")),
         "no mu against the one-hot linear surrogate"
     );
+    check_mu_against_its_definition(&a, &model);
+}
+
+/// Plug-in entropy in bits of the counts in `cells` (n samples), and the
+/// same with Miller–Madow's (m − 1)/(2 n ln 2) for its m non-empty cells.
+fn entropies(cells: &std::collections::HashMap<Vec<usize>, usize>, n: usize) -> (f64, f64) {
+    let h: f64 = cells.values().map(|&c| c as f64 / n as f64).map(|p| -p * p.log2()).sum();
+    (h, h + (cells.len() as f64 - 1.0) / (2.0 * n as f64 * std::f64::consts::LN_2))
+}
+
+/// The `mu` rows of a run of token data against docs/metrics.md's
+/// definitions computed here: F = the checkpoint's argmax at every held-out
+/// sample (a language model: every held-out position), S = the linear
+/// surrogate's (a language model's: the bigram model's), Y = the label (the
+/// next token); μ = I(F;Y) − I(F;Y|S) from the plug-in entropies, `mu_mm`
+/// the same with each entropy Miller–Madow corrected.
+fn check_mu_against_its_definition(run: &std::path::Path, model: &lintrace::tables::Table) {
+    use std::collections::HashMap;
+    let cfg = lintrace::run::RunManifest::read(run).unwrap().config;
+    let data = lintrace::data::load(&cfg.data).unwrap();
+    let vocab = data.vocab.unwrap();
+    let t = data.test.sample_len;
+    let y: Vec<usize> = (0..data.test.len()).flat_map(|i| data.test.labels(i).iter().map(|&v| v as usize)).collect();
+    let n = y.len();
+    let lm = data.test.targets > 1;
+    let s = if lm {
+        // The bigram model's prediction for each current token ...
+        let bigram = lintrace::surrogate::linear::fit_bigram(&data.train, vocab).unwrap();
+        let s = bigram.predict(&data.test.x, n);
+        // ... which, where the training counts have a unique maximum, is
+        // the most frequent next token.
+        let mut counts = vec![vec![0usize; vocab]; vocab];
+        for (&x, &next) in data.train.x.iter().zip(&data.train.y) {
+            counts[x as usize][next as usize] += 1;
+        }
+        for (i, &tok) in data.test.x.iter().enumerate() {
+            let row = &counts[tok as usize];
+            let max = *row.iter().max().unwrap();
+            if max > 0 && row.iter().filter(|&&c| c == max).count() == 1 {
+                assert_eq!(row[s[i]], max, "bigram surrogate at held-out position {i}");
+            }
+        }
+        s
+    } else {
+        // The one-hot logistic regression the analysis fitted (cached).
+        let cache = std::env::temp_dir().join("lintrace-test-cache");
+        lintrace::surrogate::linear::get(&data, &cache, true, &Device::Cpu).unwrap().predict(&data.test.x, n)
+    };
+    assert_eq!(s.len(), n);
+    let (si, mi, ni, vi, sti) = (
+        model.column_index("surrogate").unwrap(),
+        model.column_index("metric").unwrap(),
+        model.column_index("n_samples").unwrap(),
+        model.column_index("value").unwrap(),
+        model.column_index("step").unwrap(),
+    );
+    let mut steps: Vec<i64> = model.rows.iter().filter(|r| r[si].as_str() == Some("linear")).map(|r| r[sti].as_i64().unwrap()).collect();
+    steps.sort();
+    steps.dedup();
+    assert!(steps.len() >= 2, "mu rows at steps {steps:?}");
+    for step in steps {
+        let ck = lintrace::checkpoint::load(&run.join("checkpoints").join(lintrace::checkpoint::file_name(step as u64)), None).unwrap();
+        let net = ck.model(&Device::Cpu).unwrap();
+        let x = Tensor::from_slice(&data.test.x, (data.test.len(), t), &Device::Cpu).unwrap();
+        let f: Vec<usize> = net.logits(&x).unwrap().argmax(1).unwrap().to_vec1::<u32>().unwrap().into_iter().map(|v| v as usize).collect();
+        assert_eq!(f.len(), n);
+        let table = |keys: &[&[usize]]| {
+            let mut m: HashMap<Vec<usize>, usize> = HashMap::new();
+            for i in 0..n {
+                *m.entry(keys.iter().map(|k| k[i]).collect()).or_default() += 1;
+            }
+            m
+        };
+        let h = |keys: &[&[usize]]| entropies(&table(keys), n);
+        let (hf, hy, hs) = (h(&[&f]), h(&[&y]), h(&[&s]));
+        let (hfy, hfs, hys, hfsy) = (h(&[&f, &y]), h(&[&f, &s]), h(&[&y, &s]), h(&[&f, &s, &y]));
+        let i_f_y = hf.0 + hy.0 - hfy.0;
+        let i_f_y_given_s = hfs.0 + hys.0 - hfsy.0 - hs.0;
+        let mu = i_f_y - i_f_y_given_s;
+        let mu_mm = hf.1 + hy.1 + hs.1 - hfy.1 - hfs.1 - hys.1 + hfsy.1;
+        let frac = |a: &[usize], b: &[usize]| a.iter().zip(b).filter(|(p, q)| p == q).count() as f64 / n as f64;
+        let want = [
+            ("mu", mu),
+            ("mu_mm", mu_mm),
+            ("i_f_y", i_f_y),
+            ("i_f_y_given_s", i_f_y_given_s),
+            ("agreement", frac(&f, &s)),
+            ("surrogate_accuracy", frac(&s, &y)),
+            ("network_accuracy", frac(&f, &y)),
+            ("n_cells_nonempty", table(&[&f, &s, &y]).len() as f64),
+        ];
+        for (metric, v) in want {
+            let row = model
+                .rows
+                .iter()
+                .find(|r| r[sti].as_i64() == Some(step) && r[si].as_str() == Some("linear") && r[mi].as_str() == Some(metric))
+                .unwrap_or_else(|| panic!("no mu row {metric} at step {step}"));
+            assert_eq!(row[ni].as_i64(), Some(n as i64), "{metric} at step {step}: n_samples");
+            let got = row[vi].as_f64().unwrap_or_else(|| panic!("{metric} at step {step}: null"));
+            // F comes from an f32 forward pass: near-tied logits are the only
+            // possible difference, and there are none on this corpus.
+            assert!((got - v).abs() <= 1e-9 * v.abs().max(1.0), "{metric} at step {step}: table {got}, definition {v}");
+        }
+    }
 }
 
 /// A small deterministic text: words from a fixed list in a seeded order,
@@ -372,6 +476,8 @@ fn a_character_level_language_model_trains_resumes_and_is_analysed() {
     // The bigram model learnt the corpus's structure (after "th" comes "e").
     let train_acc = get("surrogate_train_accuracy", Some("linear"));
     assert!(train_acc.iter().all(|&(_, a)| a > 0.3), "{train_acc:?}");
+    // The values themselves, from their definitions.
+    check_mu_against_its_definition(&a, &model);
 
     // One chunk (the default size) gives the numbers of four.
     let whole = tmp.path().join("whole");
