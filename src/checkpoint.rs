@@ -285,6 +285,21 @@ impl Loaded {
     }
 }
 
+/// A safetensors tensor of any float type as an f32 tensor on the CPU
+/// (fp16/bf16/f64 widened or rounded); other dtypes are refused, naming it.
+pub fn f32_tensor(name: &str, view: &safetensors::tensor::TensorView<'_>) -> Result<Tensor> {
+    let dtype = match view.dtype() {
+        Dtype::F32 => DType::F32,
+        Dtype::F16 => DType::F16,
+        Dtype::BF16 => DType::BF16,
+        Dtype::F64 => DType::F64,
+        other => bail!("tensor '{name}' has dtype {other:?}; expected a float type"),
+    };
+    Ok(Tensor::from_raw_buffer(view.data(), dtype, view.shape(), &Device::Cpu)
+        .with_context(|| format!("tensor '{name}'"))?
+        .to_dtype(DType::F32)?)
+}
+
 /// Opens a checkpoint. `fallback` supplies the spec, run identity and step
 /// for files without lintrace metadata (e.g. PyTorch-trained weights); a
 /// checkpoint with its own metadata uses its own spec. Every error names the
@@ -333,16 +348,7 @@ fn load_inner(path: &Path, fallback: Option<&CheckpointMeta>, renames: &[(String
         if is_counter(&name) {
             continue;
         }
-        let dtype = match view.dtype() {
-            Dtype::F32 => DType::F32,
-            Dtype::F16 => DType::F16,
-            Dtype::BF16 => DType::BF16,
-            Dtype::F64 => DType::F64,
-            other => bail!("tensor '{name}' has dtype {other:?}; expected a float type"),
-        };
-        let t = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), &Device::Cpu)
-            .with_context(|| format!("tensor '{name}'"))?
-            .to_dtype(DType::F32)?;
+        let t = f32_tensor(&name, &view)?;
         tensors.insert(name, t);
     }
     if !own {

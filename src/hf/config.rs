@@ -134,11 +134,18 @@ pub fn arch_of(config: &Value) -> Result<HfArch> {
     f.refuse_unless("add_cross_attention", |v| v == &Value::Bool(false), "decoder-only models without cross-attention")?;
     f.refuse_unless("sliding_window", |v| v.is_null(), "full causal attention")?;
     f.refuse_unless("use_sliding_window", |v| v == &Value::Bool(false), "full causal attention")?;
+    // Fused projections split the model width evenly over the heads.
+    let even = |dim: usize, heads: usize, keys: &str| -> Result<usize> {
+        if heads == 0 || dim % heads != 0 {
+            bail!("{keys} = {dim}, {heads}: the width does not split evenly over the heads");
+        }
+        Ok(dim / heads)
+    };
     match family {
         Family::GptNeox => {
             let dim = f.usize("hidden_size")?;
             let heads = f.usize("num_attention_heads")?;
-            let head_dim = dim / heads.max(1);
+            let head_dim = even(dim, heads, "hidden_size, num_attention_heads")?;
             let (theta, fraction) = rotary(&f, 1.0, &["rotary_emb_base", "rope_theta"])?;
             Ok(HfArch {
                 family,
@@ -181,7 +188,7 @@ pub fn arch_of(config: &Value) -> Result<HfArch> {
                 depth: f.usize("n_layer")?,
                 heads,
                 kv_heads: heads,
-                head_dim: dim / heads.max(1),
+                head_dim: even(dim, heads, "n_embd, n_head")?,
                 mlp_hidden: f.usize_opt("n_inner")?.unwrap_or(4 * dim),
                 norm: Norm::LayerNorm { eps: f.f64_opt("layer_norm_epsilon")?.unwrap_or(1e-5) },
                 residual: Residual::PreNorm,

@@ -10,8 +10,7 @@
 use crate::checkpoint::{sha256_hex, Fingerprint};
 use crate::spec::{Family, HfArch};
 use anyhow::{anyhow, bail, Context, Result};
-use candle_core::{DType, Device, Tensor};
-use safetensors::tensor::Dtype;
+use candle_core::Tensor;
 use safetensors::SafeTensors;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -88,16 +87,7 @@ fn read_safetensors(path: &Path, out: &mut BTreeMap<String, Tensor>) -> Result<(
         if is_junk_buffer(&name) {
             continue;
         }
-        let dtype = match view.dtype() {
-            Dtype::F32 => DType::F32,
-            Dtype::F16 => DType::F16,
-            Dtype::BF16 => DType::BF16,
-            Dtype::F64 => DType::F64,
-            other => bail!("tensor '{name}' has dtype {other:?}; expected a float type"),
-        };
-        let t = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), &Device::Cpu)
-            .with_context(|| format!("tensor '{name}'"))?
-            .to_dtype(DType::F32)?;
+        let t = crate::checkpoint::f32_tensor(&name, &view)?;
         if out.insert(name.clone(), t).is_some() {
             bail!("tensor '{name}' is in two shards");
         }

@@ -17,8 +17,8 @@
 //! logits = head(final_norm(x)) at every position
 //! ```
 
-use super::transformer::{AttentionDesc, ExtraInit, ExtraTensor, Layout};
-use super::{Activation, LayerDesc, ResidualBlockDesc, TapDesc};
+use super::transformer::{stream_map, AttentionDesc, ExtraInit, ExtraTensor, Layout};
+use super::{Activation, LayerDesc, TapDesc};
 use analyzers::LayerKind;
 use serde::{Deserialize, Serialize};
 
@@ -364,18 +364,7 @@ impl HfArch {
             }
             l.layers.push(dense(n.down.clone(), dim, hidden, self.mlp_bias));
             l.attention.push(AttentionDesc { name: n.attn.clone(), heads: self.heads, positions: t, causal: true, tap: index });
-            let sub = |name: String, kind: &'static str, from: usize, to: usize| ResidualBlockDesc {
-                name,
-                kind,
-                first_tap: index,
-                last_tap: index,
-                in_shape: vec![t, dim],
-                out_shape: vec![t, dim],
-                stride: 1,
-                receptive_field: 1,
-                identity_shortcut: true,
-                streams: Some((from, to)),
-            };
+            let sub = |name: String, kind: &'static str, from: usize, to: usize| stream_map(name, kind, index, [t, dim], (from, to));
             l.sublayers.push(sub(n.attn, "attention_sublayer", 2 * i, 2 * i + 1));
             // With a parallel residual both sublayers read the layer's input
             // X: the MLP sublayer maps X to X + mlp(norm_2(X)), a stream the

@@ -53,6 +53,23 @@ pub(super) struct Layout {
     pub attention: Vec<AttentionDesc>,
 }
 
+/// A sublayer or block of a transformer as a map from residual stream
+/// `streams.0` to `streams.1`, each `[positions, dim]`, at tap `tap`'s block.
+pub(super) fn stream_map(name: String, kind: &'static str, tap: usize, shape: [usize; 2], streams: (usize, usize)) -> ResidualBlockDesc {
+    ResidualBlockDesc {
+        name,
+        kind,
+        first_tap: tap,
+        last_tap: tap,
+        in_shape: shape.to_vec(),
+        out_shape: shape.to_vec(),
+        stride: 1,
+        receptive_field: 1,
+        identity_shortcut: true,
+        streams: Some(streams),
+    }
+}
+
 /// The module names of block `i` in either naming.
 pub struct BlockNames {
     pub ln_1: String,
@@ -274,18 +291,7 @@ impl ModelSpec {
             l.layers.push(dense(n.fc_proj.clone(), dim, mlp_hidden));
             l.attention.push(AttentionDesc { name: n.attn.clone(), heads, positions: t, causal, tap: index });
             // Residual streams: 2i before block i, 2i + 1 after its attention, 2i + 2 after its MLP.
-            let sub = |name: String, kind: &'static str, from: usize, to: usize| ResidualBlockDesc {
-                name,
-                kind,
-                first_tap: index,
-                last_tap: index,
-                in_shape: vec![t, dim],
-                out_shape: vec![t, dim],
-                stride: 1,
-                receptive_field: 1,
-                identity_shortcut: true,
-                streams: Some((from, to)),
-            };
+            let sub = |name: String, kind: &'static str, from: usize, to: usize| stream_map(name, kind, index, [t, dim], (from, to));
             l.sublayers.push(sub(n.attn, "attention_sublayer", 2 * i, 2 * i + 1));
             l.sublayers.push(sub(n.mlp, "mlp_sublayer", 2 * i + 1, 2 * i + 2));
             l.sublayers.push(sub(n.block, "transformer_block", 2 * i, 2 * i + 2));

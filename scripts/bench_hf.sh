@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# lintrace beside transformers + numpy on the same Hugging Face revision and
+# probe, in one call: wall time and peak memory per revision.
+#
+#   python3 scripts/make_hf_bench.py /tmp/bench160 --size 160m   # no download
+#   cargo build --release --bin lintrace-analyze
+#   scripts/bench_hf.sh /tmp/bench160 [THREADS]
+#
+# Runs, each as its own process under /usr/bin/time -v:
+#   peer        scripts/hf_peer.py: load, forward with hooks on every MLP
+#               activation, attention and stream, numpy metrics
+#               (unit_linear_fit, attention, loss)
+#   taps        lintrace-analyze --analyzers unit_linear_fit: load, the
+#               forward pass with every tap, the cheapest tap metric
+#   same        lintrace-analyze with the peer's metrics: performance,
+#               unit_linear_fit, attention
+#   all         lintrace-analyze with every analyzer
+# lintrace's times include reading and hashing the weights (its inventory
+# of the series); the peer's include transformers' load.
+set -euo pipefail
+dir=${1:?usage: scripts/bench_hf.sh DIR [THREADS]}
+threads=${2:-2}
+bin=${LINTRACE_BIN:-target/release}
+probe="$dir/probe.safetensors"
+echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB"
+python3 -c "import torch, transformers, numpy; print(f'torch {torch.__version__}, transformers {transformers.__version__}, numpy {numpy.__version__}')"
+peak() { grep -E "Maximum resident set size" "$1" | awk '{printf "%.0f MiB", $6/1024}'; }
+wall() { grep -E "Elapsed \(wall clock\)" "$1" | awk '{print $8}'; }
+log=$(mktemp -d)
+OMP_NUM_THREADS=$threads /usr/bin/time -v python3 scripts/hf_peer.py "$dir" --probe "$probe" --threads "$threads" >"$log/peer.out" 2>"$log/peer.time"
+grep -E "^(load|forward|metrics|total)|seconds" "$log/peer.out" | head -20 || true
+echo "peer: wall $(wall "$log/peer.time"), peak $(peak "$log/peer.time")"
+for run in taps same all; do
+  case $run in
+    taps) set=(--analyzers unit_linear_fit) ;;
+    same) set=(--analyzers performance,unit_linear_fit,attention) ;;
+    all) set=() ;;
+  esac
+  rm -rf "$dir/analysis"
+  RAYON_NUM_THREADS=$threads /usr/bin/time -v "$bin/lintrace-analyze" "$dir" --probe "$probe" "${set[@]}" -q >"$log/$run.out" 2>"$log/$run.time" || { cat "$log/$run.time"; exit 1; }
+  echo "lintrace $run: wall $(wall "$log/$run.time"), peak $(peak "$log/$run.time"); $(grep -m1 '^analysed' "$log/$run.out")"
+done
