@@ -7,8 +7,9 @@
 # target/debug, where `cargo test` leaves them).
 #
 # Exit 0 on success, or after a "SKIP: slurm tests: <reason>" line when Slurm
-# cannot be installed or started here (SLURM_TEST_REQUIRED=1 makes that a
-# failure). Non-zero with a "FAIL: ..." line otherwise.
+# cannot be installed or started here. SLURM_TEST_REQUIRED=1 (which .ci/run
+# sets, and tests/slurm.rs sets under CI=true) makes either a failure.
+# Non-zero with a "FAIL: ..." line otherwise.
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -30,15 +31,17 @@ fail() {
 for b in lintrace-train lintrace-analyze; do
     [ -x "$bin/$b" ] || { echo "FAIL: slurm sweep: $bin/$b not built" >&2; exit 1; }
 done
-if ! slurm_install; then
-    echo "SKIP: slurm tests: slurm could not be installed (needs root and Debian's slurm-wlm)"
+skip() {
+    if [ "${SLURM_TEST_REQUIRED:-0}" = 1 ]; then fail "$* (SLURM_TEST_REQUIRED=1: this is a failure, not a skip)"; fi
+    echo "SKIP: slurm tests: $*"
     exit 0
+}
+if ! slurm_install; then
+    skip "slurm could not be installed (needs root and Debian's slurm-wlm)"
 fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/lintrace-slurm.XXXXXX") || fail "mktemp"
 if ! slurm_start "$work/cluster"; then
-    if [ "${SLURM_TEST_REQUIRED:-0}" = 1 ]; then fail "cluster did not start"; fi
-    echo "SKIP: slurm tests: one-node cluster did not start"
-    exit 0
+    skip "one-node cluster did not start"
 fi
 export LINTRACE_CACHE="$work/cache"
 
