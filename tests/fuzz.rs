@@ -1,9 +1,12 @@
-//! Fuzzing the loaders of everything a user hands lintrace: checkpoints,
-//! probes and model specs. Random bytes, and mutations of valid files
+//! Fuzzing the loaders of everything a user hands lintrace: checkpoints
+//! (safetensors and torch.save), probes and model specs. Random bytes, and mutations of valid files
 //! (flipped bytes, truncations, rewritten header fields), must give an error
 //! or a valid value, never a panic. CI runs a few hundred cases per target;
 //! `tests/fuzz/run.sh` runs many more for a bounded time and its findings
 //! are recorded in `tests/fuzz/FINDINGS.md`.
+
+#[path = "fuzz/torch_file.rs"]
+mod torch_file;
 
 use lintrace::checkpoint::{self, CheckpointMeta};
 use lintrace::spec::ModelSpec;
@@ -121,8 +124,101 @@ fn load_probe(bytes: &[u8]) -> anyhow::Result<()> {
     lintrace::probe::load(&p).map(|_| ())
 }
 
+/// The torch.save fixture (a CNN written by PyTorch, fixtures/interop) and
+/// its spec.
+fn torch_seed() -> &'static (Vec<u8>, CheckpointMeta) {
+    static SEED: OnceLock<(Vec<u8>, CheckpointMeta)> = OnceLock::new();
+    SEED.get_or_init(|| {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/interop");
+        let spec = ModelSpec::from_json(&std::fs::read_to_string(dir.join("cnn_spec.json")).unwrap()).unwrap();
+        let meta = CheckpointMeta { spec, run_id: "fuzz".into(), step: 0, epoch: 0.0, samples_seen: 0 };
+        (std::fs::read(dir.join("cnn_sequential.pt")).unwrap(), meta)
+    })
+}
+
+/// Loads `bytes` as a torch.save checkpoint of the fixture's spec. An error
+/// must be one line naming the file, and the loader may never hold more than
+/// twice the file's size (plus the readers' own buffers).
+fn load_torch(bytes: &[u8]) -> Result<(), TestCaseError> {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("model.pt");
+    std::fs::write(&p, bytes).unwrap();
+    let (result, held) = torch_file::peak_memory(|| checkpoint::load(&p, Some(&torch_seed().1)));
+    let limit = 2 * bytes.len() + (256 << 10);
+    prop_assert!(held <= limit, "held {} bytes at once for a {}-byte file", held, bytes.len());
+    if let Err(e) = result {
+        let msg = format!("{e:#}");
+        prop_assert!(!msg.contains('\n') && msg.contains("model.pt"), "not one line naming the file: {}", msg);
+    }
+    Ok(())
+}
+
+/// The fixture with its pickle (data.pkl) mutated and the zip rewritten, so
+/// that the mutation reaches the pickle reader rather than the zip's CRC check.
+fn with_pickle(m: &Mutation) -> Vec<u8> {
+    let mut entries = torch_file::unzip(&torch_seed().0);
+    let pkl = entries.iter_mut().find(|(n, _)| n.ends_with("data.pkl")).unwrap();
+    pkl.1 = match m {
+        Mutation::Number { which, value } => {
+            // Replace the which-th BININT1 / BININT argument (offsets, sizes,
+            // strides, storage lengths) with a 4- or 8-byte integer.
+            let ops: Vec<usize> = pkl.1.iter().enumerate().filter(|(_, &b)| b == b'K').map(|(i, _)| i).collect();
+            let at = ops[which % ops.len()];
+            [&pkl.1[..at], &torch_file::int(*value as i64)[..], &pkl.1[at + 2..]].concat()
+        }
+        Mutation::LengthPrefix(v) => {
+            // A string length (BINUNICODE) replaced.
+            let ops: Vec<usize> = pkl.1.iter().enumerate().filter(|(_, &b)| b == b'X').map(|(i, _)| i).collect();
+            let at = ops[*v as usize % ops.len()];
+            let mut b = pkl.1.clone();
+            b[at + 1..at + 5].copy_from_slice(&(*v as u32).to_le_bytes());
+            b
+        }
+        m => apply(&pkl.1, m),
+    };
+    torch_file::zip(&entries)
+}
+
+/// A state dict of one tensor whose recorded fields are any of the values
+/// that break readers: zero, negative, 2^31, 2^40, i64 extremes.
+fn hostile_field() -> impl Strategy<Value = i64> {
+    prop_oneof![Just(0i64), Just(-1), Just(i64::MAX), Just(i64::MIN), Just(1 << 31), Just(1 << 40), 0i64..64]
+}
+
 proptest! {
     #![proptest_config(cases(200))]
+
+    #[test]
+    fn torch_loading_never_panics(m in mutation()) {
+        // Mutations of the whole zip (flips and cuts mostly hit the container
+        // and its CRCs) and of its pickle alone.
+        let (seed, _) = torch_seed();
+        match &m {
+            Mutation::Flip(_) | Mutation::Truncate(_) => load_torch(&apply(seed, &m))?,
+            _ => {}
+        }
+        load_torch(&with_pickle(&m))?;
+    }
+
+    #[test]
+    fn torch_tensor_fields_never_panic(
+        offset in hostile_field(),
+        storage_len in hostile_field(),
+        shape in proptest::collection::vec(hostile_field(), 0..4),
+        stride in proptest::collection::vec(hostile_field(), 0..4),
+        class in prop_oneof![Just("FloatStorage"), Just("HalfStorage"), Just("LongStorage"), Just("IntStorage"), Just("NoStorage")],
+    ) {
+        let t = torch_file::FakeTensor {
+            name: "0.weight".into(),
+            storage_class: class.into(),
+            key: "0".into(),
+            storage_len,
+            offset,
+            shape,
+            stride,
+        };
+        load_torch(&torch_file::torch_file(&[t]))?;
+    }
 
     #[test]
     fn checkpoint_loading_never_panics(m in mutation()) {
@@ -161,4 +257,11 @@ proptest! {
 fn the_seeds_load() {
     load_checkpoint(&seeds().0).unwrap();
     load_probe(&seeds().1).unwrap();
+    let (pt, meta) = torch_seed();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("model.pt"), pt).unwrap();
+    checkpoint::load(&dir.path().join("model.pt"), Some(meta)).unwrap();
+    // Rewritten with an unmutated pickle, it still loads.
+    std::fs::write(dir.path().join("model.pt"), with_pickle(&Mutation::Flip(vec![]))).unwrap();
+    checkpoint::load(&dir.path().join("model.pt"), Some(meta)).unwrap();
 }

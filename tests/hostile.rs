@@ -4,6 +4,8 @@
 //! run folder.
 
 mod common;
+#[path = "fuzz/torch_file.rs"]
+mod torch_file;
 
 use common::*;
 use lintrace::checkpoint::{self, CheckpointMeta};
@@ -294,4 +296,137 @@ fn hostile_training_configs_and_sweeps() {
     sweep("duplicate-ids", &format!("name = \"s\"\n{base}[grid]\nlr = [0.1, 0.1]\n"), &["share the id"]);
     sweep("escaping-name", &format!("name = \"../s\"\n{base}[grid]\nlr = [0.1]\n"), &["plain folder name"]);
     sweep("not-toml", "name = [", &["not-toml.toml", "malformed TOML at line 1"]);
+}
+
+/// torch.save files (.pt): a truncated zip, storages too short or past their
+/// end, huge shapes, integer storages, an absurdly nested pickle or a memo
+/// bomb. Each is one error line naming the file, without a panic, and the
+/// loader never holds more than twice the file's size (plus a fixed 256 KiB
+/// for the zip and pickle readers' own buffers).
+#[test]
+fn hostile_torch_files() {
+    use torch_file::*;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_path_buf();
+    let spec = tiny_spec();
+    let good: Vec<FakeTensor> =
+        spec.tensor_shapes().iter().enumerate().map(|(i, (name, shape))| FakeTensor::f32(name, &i.to_string(), shape)).collect();
+    // The builder writes files the reader takes, and the values arrive.
+    let bytes = torch_file(&good);
+    let (loaded, held) = torch_file::peak_memory(|| load_bytes(&d, "good.pt", &bytes));
+    let loaded = loaded.unwrap();
+    assert!(held <= 2 * bytes.len() + (256 << 10), "the good file: held {held} bytes");
+    let w = &loaded.tensors[&good[0].name];
+    assert_eq!(w.dims(), [3, 2]);
+    assert_eq!(w.flatten_all().unwrap().to_vec1::<f32>().unwrap(), [0.5, 1.5, 2.5, 3.5, 4.5, 5.5]);
+    // The real torch.save fixture loads too (its spec: fixtures/interop/cnn_spec.json).
+    let cnn = ModelSpec::from_json(&std::fs::read_to_string(fixture("interop/cnn_spec.json")).unwrap()).unwrap();
+    let cnn_meta = CheckpointMeta { spec: cnn, run_id: "r".into(), step: 0, epoch: 0.0, samples_seen: 0 };
+    checkpoint::load(&fixture("interop/cnn_sequential.pt"), Some(&cnn_meta)).unwrap();
+
+    let case = |name: &'static str, bytes: Vec<u8>, want: &'static [&'static str]| {
+        let file = format!("{name}.pt");
+        let limit = 2 * bytes.len() + (256 << 10);
+        // Memory first (a loader that over-allocates may still fail cleanly),
+        // then the error.
+        let load = std::panic::AssertUnwindSafe(|| load_bytes(&d, &file, &bytes));
+        let (outcome, held) = torch_file::peak_memory(|| std::panic::catch_unwind(load));
+        let result = outcome.unwrap_or_else(|_| panic!("{name}: panicked"));
+        assert!(held <= limit, "{name}: held {held} bytes at once, more than {limit}");
+        refused(name, &[&[file.as_str()][..], want].concat(), std::panic::AssertUnwindSafe(move || result));
+    };
+    let with = |f: &dyn Fn(&mut Vec<FakeTensor>)| {
+        let mut t = good.clone();
+        f(&mut t);
+        torch_file(&t)
+    };
+    // The zip container.
+    for cut in [bytes.len() - 1, bytes.len() - 30, bytes.len() / 2, 10] {
+        case("truncated-zip", bytes[..cut].to_vec(), &["not a readable zip file"]);
+    }
+    // A ZIP64 end record claiming 2^34 entries in a directory of 2^40 bytes.
+    case("zip64-huge-directory", zip64_claiming(&bytes, 1 << 34, 1 << 40, 1 << 39), &["not a readable zip file"]);
+    case("zip64-many-entries", zip64_claiming(&bytes, 1 << 34, 1 << 40, 100), &["not a readable zip file"]);
+    case("zip-without-pickle", zip(&[("archive/data/0".into(), vec![0; 24])]), &["without data.pkl"]);
+    let no_storage = {
+        let mut e = unzip(&bytes);
+        e.retain(|(n, _)| n != "archive/data/1");
+        zip(&e)
+    };
+    case("missing-storage", no_storage, &["archive/data/1", "cannot be read"]);
+    // Offsets, sizes and shapes.
+    case("offset-past-end", with(&|t| t[0].offset = 1), &["layers.0.weight", "run past its storage"]);
+    case("offset-far-past-end", with(&|t| t[0].offset = i64::MAX), &["run past its storage"]);
+    case("negative-offset", with(&|t| t[0].offset = -1), &["storage offset is negative"]);
+    case("storage-shorter-than-said", with(&|t| t[0].storage_len = 1 << 40), &["holds 0 bytes", "1099511627776 × 4"]);
+    let short = {
+        let mut e = unzip(&bytes);
+        e.iter_mut().find(|(n, _)| n == "archive/data/0").unwrap().1.truncate(20);
+        zip(&e)
+    };
+    case("storage-size-mismatch", short, &["archive/data/0 holds 20 bytes, not the 6 × 4"]);
+    let long = {
+        let mut e = unzip(&bytes);
+        e.iter_mut().find(|(n, _)| n == "archive/data/0").unwrap().1.extend([0; 4]);
+        zip(&e)
+    };
+    case("storage-longer-than-said", long, &["archive/data/0 holds 28 bytes, not the 6 × 4"]);
+    case(
+        "huge-shape",
+        with(&|t| {
+            t[0].shape = vec![1 << 40, 1 << 40];
+            t[0].stride = vec![1 << 40, 1];
+        }),
+        &["overflows"],
+    );
+    case(
+        "shape-larger-than-storage",
+        with(&|t| {
+            t[0].shape = vec![1 << 20, 1 << 20];
+            t[0].stride = vec![1 << 20, 1];
+        }),
+        &["run past its storage of 6"],
+    );
+    case("stride-length", with(&|t| t[0].stride = vec![1]), &["differ in length"]);
+    case("not-contiguous", with(&|t| t[0].stride = vec![4, 1]), &["not contiguous"]);
+    case("negative-shape", with(&|t| t[0].shape = vec![-3, 2]), &["shape is negative"]);
+    // Integer storages carry no weights: the weight is then missing.
+    case("integer-storage", with(&|t| t[0].storage_class = "IntStorage".into()), &["layers.0.weight"]);
+    case("long-storage", with(&|t| t[0].storage_class = "LongStorage".into()), &["layers.0.weight"]);
+    case("unknown-storage", with(&|t| t[0].storage_class = "ComplexFloatStorage".into()), &["ComplexFloatStorage is not supported"]);
+    // Pickles: a short argument tuple (which candle's reader indexes blindly),
+    // a string longer than the file, absurd nesting and a memo bomb.
+    let storages = |n: usize| (0..n).map(|i| (i.to_string(), vec![0u8; 24])).collect::<Vec<_>>();
+    let short_args = [global("torch._utils", "_rebuild_tensor_v2"), b"(J\x00\x00\x00\x00tR".to_vec()].concat();
+    case(
+        "short-rebuild-args",
+        torch_zip(state_dict(&[("w".into(), short_args)]), &storages(1)),
+        &["arguments are not a tuple of at least 4"],
+    );
+    let param = [global("torch._utils", "_rebuild_parameter"), b")R".to_vec()].concat();
+    // Beside a plain tensor, so that the dict is taken for a state dict.
+    let plain = tensor_pickle(&good[0]);
+    case(
+        "short-parameter-args",
+        torch_zip(state_dict(&[("a".into(), plain), ("w".into(), param)]), &storages(1)),
+        &["tensor 'w'", "_rebuild_parameter"],
+    );
+    let long_string = [&[0x80, 2, b'X'][..], &u32::MAX.to_le_bytes(), b"abc."].concat();
+    case("string-past-end", torch_zip(long_string, &[]), &["not a readable pickle", "4294967295 bytes"]);
+    let nested = [&[0x80, 2, b'K', 1][..], &vec![0x85; 200_000], b"."].concat();
+    case("absurd-nesting", torch_zip(nested, &[]), &["not a readable pickle", "nests objects more than"]);
+    // Six levels of 8 copies: 8^6 objects (megabytes) were the check missing.
+    let mut bomb = vec![0x80, 2, b']', b'q', 0];
+    for _ in 0..6 {
+        bomb.push(b'(');
+        bomb.extend([b'h', 0].repeat(8));
+        bomb.extend([b't', b'q', 0]);
+    }
+    bomb.push(b'.');
+    case("memo-bomb", torch_zip(bomb, &[]), &["not a readable pickle", "copies memoized objects"]);
+    let long = [&[0x80, 2, 0x8a, 9][..], &[0xff; 9], b"."].concat();
+    case("nine-byte-long", torch_zip(long, &[]), &["not a readable pickle", "9 bytes"]);
+    case("unknown-opcode", torch_zip(vec![0x80, 2, 0xff, b'.'], &[]), &["not a readable pickle"]);
+    case("empty-pickle", torch_zip(vec![], &[]), &["not a readable pickle"]);
+    case("not-a-dict", torch_zip(vec![0x80, 2, b'K', 1, b'.'], &[]), &["not a state dict"]);
 }
