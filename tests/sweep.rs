@@ -352,3 +352,59 @@ fn a_diverging_run_is_marked_and_the_sweep_goes_on() {
     let runs = Table::read(&dir.join("runs.parquet"), "runs").unwrap();
     assert_eq!(column(&runs, "status"), vec![Value::Str("finished".into()), Value::Str("diverged".into())]);
 }
+
+/// The fixture tables (fixtures/tables, written by fixtures/make_tables.sh
+/// and drawn on by the figure and report tests) are at the current schema
+/// version of their table, and the current schemas are the newest files in
+/// schemas/: a schema change that leaves the fixtures behind fails here
+/// until they are regenerated.
+#[test]
+fn the_fixture_tables_are_at_the_current_schema_versions() {
+    use lintrace::tables::schema;
+    let mut newest = std::collections::BTreeMap::<String, u32>::new();
+    for e in std::fs::read_dir(repo().join("schemas")).unwrap() {
+        let name = e.unwrap().file_name().into_string().unwrap();
+        let Some((table, v)) = name.strip_suffix(".json").and_then(|n| n.rsplit_once(".v")) else { continue };
+        let v: u32 = v.parse().unwrap();
+        let n = newest.entry(table.to_string()).or_default();
+        *n = (*n).max(v);
+    }
+    assert!(newest.len() >= 5, "{newest:?}");
+    for (table, v) in &newest {
+        assert_eq!(schema::current(table).version, *v, "schemas/{table}.v{v}.json is newer than what lintrace calls current");
+    }
+    let mut files = Vec::new();
+    let mut todo = vec![repo().join("fixtures/tables")];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    // 4 runs × (train_log + 4 analysis tables) + the sweep's runs table.
+    assert_eq!(files.len(), 21, "{files:?}");
+    let mut seen = std::collections::BTreeSet::new();
+    for p in &files {
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(p).unwrap()).unwrap();
+        let md = reader.schema().metadata().clone();
+        let table = md.get(schema::META_TABLE).unwrap_or_else(|| panic!("{}: no table name", p.display()));
+        let version: u32 = md[schema::META_VERSION].parse().unwrap();
+        let current = schema::current(table);
+        assert_eq!(
+            version,
+            current.version,
+            "{}: {table} v{version}, current v{}: regenerate with fixtures/make_tables.sh",
+            p.display(),
+            current.version
+        );
+        current.check(reader.schema()).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        assert_eq!(newest[table.as_str()], version);
+        seen.insert(table.clone());
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["checkpoints", "layer_metrics", "model_metrics", "runs", "train_log"]);
+}
