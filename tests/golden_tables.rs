@@ -48,23 +48,32 @@ fn cell_f64(v: &Value, what: &str) -> Option<f64> {
     }
 }
 
-fn check_model(name: &str, layers: &[(&str, &str)]) {
+/// The final checkpoint of the analysed folder (step 5, step 0 being A).
+#[derive(PartialEq)]
+enum Final {
+    /// `checkpoint_b.safetensors`, golden_suite.json's B.
+    B,
+    /// `checkpoint_dead.safetensors` (tiny_mlp): taps 1 and 2 constant,
+    /// golden_dead.json, with nulls.
+    Dead,
+}
+
+fn check_model(name: &str, layers: &[(&str, &str)], last: Final) {
     let dir = fixture(&format!("golden/{name}"));
     let tmp = tempfile::tempdir().unwrap();
     let ck = tmp.path().join("checkpoints");
     std::fs::create_dir(&ck).unwrap();
     std::fs::copy(dir.join("checkpoint.safetensors"), ck.join("step_0.safetensors")).unwrap();
-    std::fs::copy(dir.join("checkpoint_b.safetensors"), ck.join("step_5.safetensors")).unwrap();
+    let (file, analyzers) = match last {
+        Final::B => ("checkpoint_b.safetensors", ANALYZERS.to_string()),
+        // The reference has no linearised variants of the dead checkpoint.
+        Final::Dead => ("checkpoint_dead.safetensors", ANALYZERS.replace("linearized_agreement,", "")),
+    };
+    std::fs::copy(dir.join(file), ck.join("step_5.safetensors")).unwrap();
     let run_id = format!("golden-tables-{name}");
-    run_ok(analyze_bin().arg(&ck).arg("--spec").arg(dir.join("spec.json")).arg("--probe").arg(dir.join("probe.safetensors")).args([
-        "--analyzers",
-        ANALYZERS,
-        "--device",
-        "cpu",
-        "--quiet",
-        "--run-id",
-        &run_id,
-    ]));
+    let mut cmd = analyze_bin();
+    cmd.arg(&ck).arg("--spec").arg(dir.join("spec.json")).arg("--probe").arg(dir.join("probe.safetensors"));
+    run_ok(cmd.args(["--analyzers", &analyzers, "--device", "cpu", "--quiet", "--run-id", &run_id]));
     let probe = lintrace::probe::load(&dir.join("probe.safetensors")).unwrap();
     let n_taps = layers.len() as i64;
 
@@ -76,23 +85,35 @@ fn check_model(name: &str, layers: &[(&str, &str)]) {
     for w in g["layer_metrics"].as_array().unwrap() {
         expected.insert(key(0, &w["tap"], w["analyzer"].as_str().unwrap(), w["metric"].as_str().unwrap()), want(&w["value"], 1e-5));
     }
-    // golden_suite.json, A at step 0 and B at step 5.
-    for (part, step) in [("A", 0), ("B", 5)] {
-        for (analyzer, tol) in [("block_linear_fit", 2e-5), ("representation", 1e-4), ("weights", 1e-5)] {
-            for w in suite[analyzer][part].as_array().unwrap() {
-                let tol = tol * w["value"].as_f64().map_or(1.0, |v| v.abs().max(1.0));
-                expected.insert(key(step, &w["tap"], analyzer, w["metric"].as_str().unwrap()), want(&w["value"], tol));
-            }
+    // golden_suite.json's A at step 0; at step 5 its B, or golden_dead.json.
+    let dead = json("golden/tiny_mlp/golden_dead.json");
+    let tols = [("block_linear_fit", 2e-5), ("representation", 1e-4), ("weights", 1e-5)];
+    for (analyzer, tol) in tols {
+        let rel = |w: &Json| tol * w["value"].as_f64().map_or(1.0, |v| v.abs().max(1.0));
+        for w in suite[analyzer]["A"].as_array().unwrap() {
+            expected.insert(key(0, &w["tap"], analyzer, w["metric"].as_str().unwrap()), want(&w["value"], rel(w)));
+        }
+        let last_rows = if last == Final::B { &suite[analyzer]["B"] } else { &dead[analyzer] };
+        for w in last_rows.as_array().unwrap() {
+            expected.insert(key(5, &w["tap"], analyzer, w["metric"].as_str().unwrap()), want(&w["value"], rel(w)));
         }
     }
-    // CKA between B and A: B's cka_to_init, A's cka_to_final (CKA is
-    // symmetric); each checkpoint with itself is 1.
-    for c in suite["cka"].as_array().unwrap() {
+    if last == Final::Dead {
+        for w in dead["layer_metrics"].as_array().unwrap() {
+            expected.insert(key(5, &w["tap"], w["analyzer"].as_str().unwrap(), w["metric"].as_str().unwrap()), want(&w["value"], 1e-5));
+        }
+    }
+    // CKA between the final checkpoint and A: its cka_to_init, A's
+    // cka_to_final (CKA is symmetric); each checkpoint with itself is 1
+    // (null where a tap is constant).
+    let cka = if last == Final::B { &suite["cka"] } else { &dead["cka"] };
+    for c in cka.as_array().unwrap() {
+        let itself = if c["value"].is_null() { Json::Null } else { Json::from(1.0) };
         for (step, metric, value, ref_step) in [
             (5, "cka_to_init", c["value"].clone(), 0),
             (0, "cka_to_final", c["value"].clone(), 5),
             (0, "cka_to_init", Json::from(1.0), 0),
-            (5, "cka_to_final", Json::from(1.0), 5),
+            (5, "cka_to_final", itself, 5),
         ] {
             expected.insert(key(step, &c["tap"], "cka_time", metric), Want { ref_step: Some(ref_step), ..want(&value, 1e-4) });
         }
@@ -107,7 +128,8 @@ fn check_model(name: &str, layers: &[(&str, &str)]) {
         .filter(|r| r["value"].as_f64().unwrap() < 1e-3)
         .map(|r| (r["variant"].as_str().unwrap().to_string(), r["tap"].as_i64().unwrap()))
         .collect();
-    for w in suite["linearized_agreement"].as_array().unwrap() {
+    let linearized = if last == Final::B { suite["linearized_agreement"].as_array().unwrap().clone() } else { Vec::new() };
+    for w in &linearized {
         let metric = w["metric"].as_str().unwrap();
         let variant = ["prefix", "suffix"].into_iter().find(|p| metric.starts_with(&format!("{p}_"))).unwrap_or("tap");
         let is_thin = thin.contains(&(variant.to_string(), w["tap"].as_i64().unwrap()));
@@ -120,11 +142,8 @@ fn check_model(name: &str, layers: &[(&str, &str)]) {
     }
     // Step 5's metrics that the reference computes on A only: the same rows,
     // values unchecked.
-    let step0_only: Vec<Key> = expected
-        .keys()
-        .filter(|k| k.0 == 0 && ["activation_regime", "unit_linear_fit", "linearized_agreement"].contains(&k.2.as_str()))
-        .cloned()
-        .collect();
+    let a_only: &[&str] = if last == Final::B { &["activation_regime", "unit_linear_fit", "linearized_agreement"] } else { &[] };
+    let step0_only: Vec<Key> = expected.keys().filter(|k| k.0 == 0 && a_only.contains(&k.2.as_str())).cloned().collect();
     for k in step0_only {
         expected.insert((5, k.1, k.2, k.3), Want { value: None, tol: 0.0, check: false, ref_step: None });
     }
@@ -176,6 +195,7 @@ fn check_model(name: &str, layers: &[(&str, &str)]) {
     assert!(missing.is_empty(), "{name}: rows missing from layer_metrics: {missing:?}");
 
     // model_metrics: performance (A), linear_prefix_depth (A); B's present.
+    let vi_layer = vi;
     let model = Table::read(&ck.join("analysis/model_metrics.parquet"), "model_metrics").unwrap();
     let (si, ai, mi, vi) = (col(&model, "step"), col(&model, "analyzer"), col(&model, "metric"), col(&model, "value"));
     let mut rows: BTreeMap<(i64, String, String), Option<f64>> = BTreeMap::new();
@@ -185,28 +205,48 @@ fn check_model(name: &str, layers: &[(&str, &str)]) {
         let v = cell_f64(&r[vi], &format!("{name} {k:?}"));
         assert!(rows.insert(k.clone(), v).is_none(), "{name} {k:?}: written twice");
     }
-    let perf = &g["performance"];
     let m = |step: i64, a: &str, metric: &str| rows.get(&(step, a.into(), metric.into())).copied().flatten();
-    let loss = m(0, "performance", "loss").unwrap();
-    assert!((loss - perf["loss"].as_f64().unwrap()).abs() <= 1e-5, "{name} loss {loss}");
-    assert_eq!(m(0, "performance", "accuracy"), perf["accuracy"].as_f64(), "{name} accuracy");
-    assert_eq!(m(0, "linearized_agreement", "linear_prefix_depth"), suite["linear_prefix_depth"].as_f64(), "{name} linear_prefix_depth");
-    let want_keys: BTreeSet<(i64, String, String)> = [0, 5]
-        .into_iter()
-        .flat_map(|s| {
-            [("performance", "loss"), ("performance", "accuracy"), ("linearized_agreement", "linear_prefix_depth")]
-                .map(|(a, b)| (s, a.to_string(), b.to_string()))
-        })
-        .collect();
+    let last_perf = if last == Final::B { None } else { Some(&dead["performance"]) };
+    for (step, perf) in [(0, Some(&g["performance"])), (5, last_perf)] {
+        let Some(perf) = perf else { continue };
+        let loss = m(step, "performance", "loss").unwrap();
+        assert!((loss - perf["loss"].as_f64().unwrap()).abs() <= 1e-5, "{name} step {step}: loss {loss}");
+        assert_eq!(m(step, "performance", "accuracy"), perf["accuracy"].as_f64(), "{name} step {step}: accuracy");
+    }
+    let mut model_metrics = vec![("performance", "loss"), ("performance", "accuracy")];
+    if last == Final::B {
+        assert_eq!(
+            m(0, "linearized_agreement", "linear_prefix_depth"),
+            suite["linear_prefix_depth"].as_f64(),
+            "{name} linear_prefix_depth"
+        );
+        model_metrics.push(("linearized_agreement", "linear_prefix_depth"));
+    }
+    let want_keys: BTreeSet<(i64, String, String)> =
+        [0, 5].into_iter().flat_map(|s| model_metrics.iter().map(move |(a, b)| (s, a.to_string(), b.to_string()))).collect();
     assert_eq!(rows.keys().cloned().collect::<BTreeSet<_>>(), want_keys, "{name}: model_metrics rows");
+    // The nulls are there: a run that wrote NaN (or 0) would not pass.
+    let nulls = layer.rows.iter().filter(|r| r[vi_layer].as_f64().is_none()).count();
+    let want_nulls = expected.values().filter(|w| w.check && w.value.is_none()).count();
+    assert_eq!(nulls, want_nulls, "{name}: null values");
+    if last == Final::Dead {
+        assert!(nulls >= 13, "{name}: only {nulls} nulls");
+    }
 }
 
 #[test]
 fn the_cnn_golden_values_through_the_tables() {
-    check_model("tiny_cnn", &[("features.0", "conv2d"), ("features.3", "conv2d"), ("classifier.0", "dense")]);
+    check_model("tiny_cnn", &[("features.0", "conv2d"), ("features.3", "conv2d"), ("classifier.0", "dense")], Final::B);
 }
 
 #[test]
 fn the_mlp_golden_values_through_the_tables() {
-    check_model("tiny_mlp", &[("layers.0", "dense"), ("layers.2", "dense"), ("layers.4", "dense")]);
+    check_model("tiny_mlp", &[("layers.0", "dense"), ("layers.2", "dense"), ("layers.4", "dense")], Final::B);
+}
+
+/// Taps 1 and 2 constant over the probe: their undefined metrics are
+/// null in the tables, as in the reference.
+#[test]
+fn undefined_values_are_null_in_the_tables() {
+    check_model("tiny_mlp", &[("layers.0", "dense"), ("layers.2", "dense"), ("layers.4", "dense")], Final::Dead);
 }
