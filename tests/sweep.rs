@@ -37,6 +37,23 @@ fn column(t: &Table, name: &str) -> Vec<Value> {
     t.rows.iter().map(|r| r[i].clone()).collect()
 }
 
+/// The (run_id, step, loss) rows of a Parquet file written by a query, read
+/// back with polars (the file is zstd-compressed, which lintrace's own
+/// Parquet reader is built without).
+fn parquet_rows(path: &Path) -> Vec<(String, i64, f64)> {
+    let code =
+        "import sys, polars as pl\nfor r in pl.read_parquet(sys.argv[1]).select('run_id', 'step', 'loss').iter_rows(): print(*r, sep=',')";
+    let o = Command::new("python3").args(["-c", code]).arg(path).output().expect("python3 runs");
+    assert!(o.status.success(), "{}", stderr(&o));
+    stdout(&o)
+        .lines()
+        .map(|l| {
+            let c: Vec<&str> = l.split(',').collect();
+            (c[0].to_string(), c[1].parse().unwrap(), c[2].parse().unwrap())
+        })
+        .collect()
+}
+
 /// The sweep files the README's experiments name expand, and every run's
 /// config passes the trainer's checks (no key the trainer would refuse or
 /// ignore).
@@ -103,26 +120,57 @@ fn a_sweep_trains_in_parallel_shares_its_probe_and_joins_in_queries() {
     let text = std::fs::read_to_string(&csv).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines[0], "lr,n,mean_active");
-    let mut want_n = 0;
-    let mut sum = 0.0;
-    for id in &ids[..2] {
-        let t = Table::read(&dir.join(id).join("analysis/layer_metrics.parquet"), "layer_metrics").unwrap();
-        let (mi, vi) = (t.column_index("metric").unwrap(), t.column_index("value").unwrap());
-        for r in t.rows.iter().filter(|r| r[mi].as_str() == Some("frac_active")) {
-            want_n += 1;
-            sum += r[vi].as_f64().unwrap();
+    assert_eq!(lines.len(), 3, "{text}");
+    // Each lr's row: the count and mean of frac_active over its two runs,
+    // read from the runs' own tables.
+    for (line, (lr, runs)) in lines[1..].iter().zip([("0.05", &ids[..2]), ("0.2", &ids[2..])]) {
+        let mut want_n = 0;
+        let mut sum = 0.0;
+        for id in runs {
+            let t = Table::read(&dir.join(id).join("analysis/layer_metrics.parquet"), "layer_metrics").unwrap();
+            let (mi, vi) = (t.column_index("metric").unwrap(), t.column_index("value").unwrap());
+            for r in t.rows.iter().filter(|r| r[mi].as_str() == Some("frac_active")) {
+                want_n += 1;
+                sum += r[vi].as_f64().unwrap();
+            }
+        }
+        assert!(want_n > 0);
+        let cells: Vec<&str> = line.split(',').collect();
+        assert_eq!(cells.len(), 3, "{line}");
+        assert_eq!(cells[0], lr, "{text}");
+        assert_eq!(cells[1].parse::<usize>().unwrap(), want_n, "{text}");
+        assert_close(cells[2].parse::<f64>().unwrap(), sum / want_n as f64, 1e-9, &format!("mean frac_active at lr {lr}"));
+    }
+    // Printed to the terminal: every run, with its status, in order.
+    let printed = run_ok(analyze_bin().arg("query").arg(&dir).arg("SELECT run_id, status FROM runs ORDER BY run_id"));
+    let shown = stdout(&printed);
+    let at: Vec<usize> = ids.iter().map(|id| shown.find(id).unwrap_or_else(|| panic!("{id} not printed:\n{shown}"))).collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "runs not in order:\n{shown}");
+    for id in ids {
+        let line = shown.lines().find(|l| l.contains(id)).unwrap();
+        assert!(line.contains("finished"), "{id}: {line}");
+    }
+    // Written as Parquet: the rows of train_log at steps 1 to 5 of every run,
+    // values as in the runs' own train logs.
+    let pq = tmp.path().join("q.parquet");
+    run_ok(
+        analyze_bin()
+            .arg("query")
+            .arg(&dir)
+            .arg("SELECT run_id, step, loss FROM train_log WHERE step <= 5 ORDER BY run_id, step")
+            .arg("--out")
+            .arg(&pq),
+    );
+    let mut want = Vec::new();
+    for id in ids {
+        let t = Table::read(&dir.join(id).join("train_log.parquet"), "train_log").unwrap();
+        let [si, li] = ["step", "loss"].map(|c| t.column_index(c).unwrap());
+        for r in t.rows.iter().filter(|r| r[si].as_i64().unwrap() <= 5) {
+            want.push((id.to_string(), r[si].as_i64().unwrap(), r[li].as_f64().unwrap()));
         }
     }
-    let first: Vec<&str> = lines[1].split(',').collect();
-    assert_eq!(first[0], "0.05");
-    assert_eq!(first[1].parse::<usize>().unwrap(), want_n);
-    assert_close(first[2].parse::<f64>().unwrap(), sum / want_n as f64, 1e-9, "mean frac_active at lr 0.05");
-    assert_eq!(lines.len(), 3);
-    let printed = run_ok(analyze_bin().arg("query").arg(&dir).arg("SELECT run_id, status FROM runs ORDER BY run_id"));
-    assert!(stdout(&printed).contains("grid__lr-0.2__seed-1"), "{}", stdout(&printed));
-    let pq = tmp.path().join("q.parquet");
-    run_ok(analyze_bin().arg("query").arg(&dir).arg("SELECT step, loss FROM train_log WHERE step <= 5").arg("--out").arg(&pq));
-    assert!(std::fs::metadata(&pq).unwrap().len() > 0);
+    assert_eq!(want.len(), 4 * 5);
+    assert_eq!(parquet_rows(&pq), want);
     let bad = analyze_bin().arg("query").arg(&dir).arg("SELEKT nonsense").output().unwrap();
     assert_eq!(bad.status.code(), Some(2));
     assert!(stderr(&bad).starts_with("error: SQL:"), "{}", stderr(&bad));
@@ -168,7 +216,11 @@ fn a_sweep_trains_in_parallel_shares_its_probe_and_joins_in_queries() {
     let want = (minima[0] + minima[1]) / 2.0;
     assert_close(first[at("min t0")].parse::<f64>().unwrap(), want, 6e-4, "summarize_turns: mean minimum of tap 0 at lr 0.05");
 
-    // Figures and the report from this sweep.
+    // Figures and the report from this sweep, checked against its tables.
+    let layer: Vec<Table> =
+        ids.iter().map(|id| Table::read(&dir.join(id).join("analysis/layer_metrics.parquet"), "layer_metrics").unwrap()).collect();
+    let model: Vec<Table> =
+        ids.iter().map(|id| Table::read(&dir.join(id).join("analysis/model_metrics.parquet"), "model_metrics").unwrap()).collect();
     let stem = tmp.path().join("facet");
     run_ok(
         analyze_bin()
@@ -177,11 +229,167 @@ fn a_sweep_trains_in_parallel_shares_its_probe_and_joins_in_queries() {
             .args(["--metric", "nonlinearity", "--analyzer", "unit_linear_fit", "--by", "lr", "--out"])
             .arg(&stem),
     );
-    assert!(stem.with_extension("png").is_file() && stem.with_extension("svg").is_file());
+    // Two panels (lr 0.05 and 0.2) side by side and a colour bar: each
+    // panel a cell for every (step, tap) its two runs have a value at, in
+    // more than one colour, and its plotting area drawn in the PNG.
+    let svg = std::fs::read_to_string(stem.with_extension("svg")).unwrap();
+    let (w, h) = svg_size(&svg);
+    assert_eq!((w, h), (2 * 460 + 120, 320 + 40), "two 460 × 320 panels, a colour bar and a title");
+    let cells = heatmap_cells(&svg, w - 120);
+    for (panel, runs) in [&ids[..2], &ids[2..]].iter().enumerate() {
+        let want = layer_cells(&layer, runs, "unit_linear_fit", "nonlinearity");
+        let mine: Vec<&(u32, String)> = cells.iter().filter(|(x, _)| (*x as usize) / 460 == panel).collect();
+        assert_eq!(mine.len(), want, "panel {panel}: cells");
+        assert!(mine.iter().map(|(_, fill)| fill).collect::<std::collections::BTreeSet<_>>().len() > 1, "panel {panel}: one colour");
+    }
+    assert_eq!(png_ink(&stem.with_extension("png"), (0, 0, 0, 0)).0, (w, h), "PNG and SVG sizes");
+    for x0 in [120, 580] {
+        let ((_, _), ink) = png_ink(&stem.with_extension("png"), (x0, 90, x0 + 280, h - 60));
+        assert!(ink > 0.5, "the panel at x = {x0} is {:.0}% drawn", ink * 100.0);
+    }
+
     run_ok(analyze_bin().arg("report").arg(&dir));
     let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
-    assert!(html.contains("<svg") && html.contains("grid__lr-0.2__seed-1") && !html.contains("<script"));
-    assert!(html.contains("id=\"layer-unit_linear_fit-nonlinearity\"") && html.contains("id=\"model-performance-accuracy\""));
+    assert!(!html.contains("<script") && !html.contains("src=\"http"), "self-contained");
+    assert!(html.contains("<h1>lintrace: grid</h1>"), "{}", &html[..html.len().min(2000)]);
+    let h2: Vec<&str> = html.split("<h2>").skip(1).map(|p| p.split("</h2>").next().unwrap()).collect();
+    assert_eq!(h2, ["Runs", "Layer metrics over depth and training", "Model metrics over training"]);
+    // The runs table: a row per run, in order, with its status, axes and
+    // final accuracy as in runs.parquet.
+    let table = html.split("<table>").nth(1).and_then(|t| t.split("</table>").next()).expect("a runs table");
+    let head: Vec<&str> = table.split("<th>").skip(1).map(|c| c.split("</th>").next().unwrap()).collect();
+    assert_eq!(head[..7], ["run_id", "status", "steps_done", "total_steps", "final_step", "lr", "seed"], "{head:?}");
+    let acc_col = head.iter().position(|c| *c == "final.performance.accuracy").expect("final accuracy column");
+    let body = table.split("<tbody>").nth(1).unwrap();
+    let rows: Vec<Vec<&str>> =
+        body.split("<tr>").skip(1).map(|r| r.split("<td>").skip(1).map(|c| c.split("</td>").next().unwrap()).collect()).collect();
+    assert_eq!(rows.len(), 4);
+    let acc = column(&runs, "final.performance.accuracy");
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row.len(), head.len());
+        let lr = if i < 2 { "0.05" } else { "0.2" };
+        assert_eq!(row[..7], [ids[i], "finished", "20", "20", "20", lr, ["0", "1"][i % 2]], "row {i}: {row:?}");
+        assert_close(row[acc_col].parse::<f64>().unwrap(), acc[i].as_f64().unwrap(), 5e-4, "report: final accuracy");
+    }
+    // A figure for every metric in the tables (counts aside), each with the
+    // data: heatmap cells of the four runs, a line and its points per run.
+    let pairs = |tables: &[Table]| -> std::collections::BTreeSet<(String, String)> {
+        tables
+            .iter()
+            .flat_map(|t| {
+                let [a, m] = ["analyzer", "metric"].map(|c| t.column_index(c).unwrap());
+                t.rows.iter().map(move |r| (r[a].as_str().unwrap().to_string(), r[m].as_str().unwrap().to_string()))
+            })
+            .filter(|(_, m)| !m.starts_with("n_"))
+            .collect()
+    };
+    let (layer_pairs, model_pairs) = (pairs(&layer), pairs(&model));
+    assert!(layer_pairs.len() >= 5 && model_pairs.len() >= 2, "{layer_pairs:?} {model_pairs:?}");
+    assert_eq!(html.matches("<figure ").count(), layer_pairs.len() + model_pairs.len());
+    let figure = |id: &str| -> String {
+        let start = html.find(&format!("<figure id=\"{id}\">")).unwrap_or_else(|| panic!("no figure {id}"));
+        html[start..].split("</figure>").next().unwrap().to_string()
+    };
+    for (a, m) in &layer_pairs {
+        let svg = figure(&format!("layer-{a}-{m}"));
+        let (w, _) = svg_size(&svg);
+        let want: usize = ids.iter().map(|id| layer_cells(&layer, &[*id], a, m)).sum();
+        assert_eq!(heatmap_cells(&svg, w - 120).len(), want, "{a}: {m}: heatmap cells of the four runs");
+    }
+    for (a, m) in &model_pairs {
+        let svg = figure(&format!("model-{a}-{m}"));
+        let (series, points) = model_points(&model, a, m);
+        let lines = data_lines(&svg);
+        assert_eq!(lines.len(), series, "{a}: {m}: lines");
+        assert_eq!(lines.iter().sum::<usize>(), points, "{a}: {m}: points on the lines");
+        assert_eq!(svg.matches("<circle").count(), points, "{a}: {m}: markers");
+    }
+}
+
+/// Width and height of the (first) SVG element in `text`.
+fn svg_size(text: &str) -> (u32, u32) {
+    let tag = text[text.find("<svg").expect("an <svg>")..].split('>').next().unwrap();
+    let attr = |name: &str| -> u32 {
+        let at = tag.find(&format!(" {name}=\"")).unwrap_or_else(|| panic!("no {name} in {tag}")) + name.len() + 3;
+        tag[at..].split('"').next().unwrap().parse().unwrap()
+    };
+    (attr("width"), attr("height"))
+}
+
+/// The heatmap cells with a value in an SVG: filled rectangles left of
+/// `bar_x` (where the colour bar starts), neither white (background) nor
+/// light grey (#E1E1E1, a cell without a value), as (x, fill).
+fn heatmap_cells(svg: &str, bar_x: u32) -> Vec<(u32, String)> {
+    svg.split("<rect ")
+        .skip(1)
+        .filter_map(|r| {
+            let tag = r.split('>').next().unwrap();
+            let get = |name: &str| tag.split(&format!("{name}=\"")).nth(1).map(|v| v.split('"').next().unwrap().to_string());
+            let (x, fill) = (get("x")?.parse::<u32>().ok()?, get("fill")?);
+            (x < bar_x && fill != "#FFFFFF" && fill != "#E1E1E1").then_some((x, fill))
+        })
+        .collect()
+}
+
+/// The data lines of a line plot's SVG (width 2, more than the legend's two
+/// points), as their numbers of points.
+fn data_lines(svg: &str) -> Vec<usize> {
+    svg.split("<polyline ")
+        .skip(1)
+        .map(|p| p.split('>').next().unwrap())
+        .filter(|tag| tag.contains("stroke-width=\"2\""))
+        .map(|tag| tag.split("points=\"").nth(1).unwrap().split('"').next().unwrap().split_whitespace().count())
+        .filter(|&n| n > 2)
+        .collect()
+}
+
+/// How many (step, tap) cells `runs` have a value of `metric` at.
+fn layer_cells(tables: &[Table], runs: &[&str], analyzer: &str, metric: &str) -> usize {
+    let mut cells = std::collections::BTreeSet::new();
+    for t in tables {
+        let [run, a, m, step, tap, v] = ["run_id", "analyzer", "metric", "step", "tap", "value"].map(|c| t.column_index(c).unwrap());
+        for r in &t.rows {
+            if runs.contains(&r[run].as_str().unwrap())
+                && r[a].as_str() == Some(analyzer)
+                && r[m].as_str() == Some(metric)
+                && r[v].as_f64().is_some()
+            {
+                cells.insert((r[step].as_i64().unwrap(), r[tap].as_i64().unwrap()));
+            }
+        }
+    }
+    cells.len()
+}
+
+/// The series (run × surrogate) and points (series × step) with a value of
+/// a model metric.
+fn model_points(tables: &[Table], analyzer: &str, metric: &str) -> (usize, usize) {
+    let mut series = std::collections::BTreeSet::new();
+    let mut points = std::collections::BTreeSet::new();
+    for t in tables {
+        let [run, a, m, step, sur, v] = ["run_id", "analyzer", "metric", "step", "surrogate", "value"].map(|c| t.column_index(c).unwrap());
+        for r in &t.rows {
+            if r[a].as_str() == Some(analyzer) && r[m].as_str() == Some(metric) && r[v].as_f64().is_some() {
+                let key = (r[run].as_str().unwrap().to_string(), r[sur].to_text());
+                points.insert((key.clone(), r[step].as_i64().unwrap()));
+                series.insert(key);
+            }
+        }
+    }
+    (series.len(), points.len())
+}
+
+/// A PNG's size and the share of non-white pixels in a region.
+fn png_ink(path: &Path, (x0, y0, x1, y1): (u32, u32, u32, u32)) -> ((u32, u32), f64) {
+    let img = image::open(path).unwrap().to_rgb8();
+    let (mut ink, mut total) = (0usize, 0usize);
+    for y in y0..y1.min(img.height()) {
+        for x in x0..x1.min(img.width()) {
+            total += 1;
+            ink += (img.get_pixel(x, y).0 != [255, 255, 255]) as usize;
+        }
+    }
+    ((img.width(), img.height()), ink as f64 / total.max(1) as f64)
 }
 
 #[test]
