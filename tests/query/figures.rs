@@ -60,6 +60,42 @@ fn check_svg(path: &Path, min_rects: usize) -> String {
     svg
 }
 
+/// The data lines of a line plot's SVG (width 2, more than the legend's two
+/// points), as their numbers of points.
+fn data_lines(svg: &str) -> Vec<usize> {
+    svg.split("<polyline ")
+        .skip(1)
+        .map(|p| p.split('>').next().unwrap())
+        .filter(|tag| tag.contains("stroke-width=\"2\""))
+        .map(|tag| tag.split("points=\"").nth(1).unwrap().split('"').next().unwrap().split_whitespace().count())
+        .filter(|&n| n > 2)
+        .collect()
+}
+
+/// The heatmap cells with a value: filled rectangles left of `bar_x` (the
+/// colour bar), neither white nor the light grey of a cell without a value.
+fn heatmap_cells(svg: &str, bar_x: u32) -> usize {
+    svg.split("<rect ")
+        .skip(1)
+        .filter(|r| {
+            let tag = r.split('>').next().unwrap();
+            let get = |name: &str| tag.split(&format!("{name}=\"")).nth(1).map(|v| v.split('"').next().unwrap());
+            let x = get("x").and_then(|x| x.parse::<u32>().ok());
+            x.is_some_and(|x| x < bar_x) && get("fill").is_some_and(|f| f != "#FFFFFF" && f != "#E1E1E1")
+        })
+        .count()
+}
+
+/// Width and height of the first SVG element in `text`.
+fn svg_size(text: &str) -> (u32, u32) {
+    let tag = text[text.find("<svg").expect("an <svg>")..].split('>').next().unwrap();
+    let attr = |name: &str| -> u32 {
+        let at = tag.find(&format!(" {name}=\"")).unwrap_or_else(|| panic!("no {name} in {tag}")) + name.len() + 3;
+        tag[at..].split('"').next().unwrap().parse().unwrap()
+    };
+    (attr("width"), attr("height"))
+}
+
 #[test]
 fn heatmap_of_one_run_has_axes_colour_bar_and_cells() {
     let tmp = tempfile::tempdir().unwrap();
@@ -79,6 +115,9 @@ fn heatmap_of_one_run_has_axes_colour_bar_and_cells() {
     assert!(bar_ink > 0.3, "colour bar is {:.0}% drawn", bar_ink * 100.0);
     assert!(std::fs::metadata(&png).unwrap().len() > 5_000);
     let text = check_svg(&svg, g.steps.len() * g.taps.len() + 64);
+    assert_eq!(svg_size(&text), (w, h));
+    assert_eq!(heatmap_cells(&text, w - 120), g.cells.len(), "a coloured cell per value");
+    assert_eq!(g.cells.len(), g.steps.len() * g.taps.len(), "the fixture has every (step, tap)");
     for label in ["step (log)", "tap (shallow → deep)", "unit_linear_fit: nonlinearity", "grid__lr-0.2__seed-0"] {
         assert!(text.contains(label) || text.contains(&label.replace('→', "&#8594;")), "SVG lacks '{label}'");
     }
@@ -100,7 +139,9 @@ fn facet_grid_shares_one_colour_scale_across_a_sweep_axis() {
     let (_, _, left, _) = inspect_png(&png, (120, 90, 400, h - 60));
     let (_, _, right, _) = inspect_png(&png, (580, 90, 860, h - 60));
     assert!(left > 0.5 && right > 0.5, "panels drawn: {left:.2} {right:.2}");
-    check_svg(&svg, 2 * fig.panels[0].steps.len() * 3);
+    let text = check_svg(&svg, 2 * fig.panels[0].steps.len() * 3);
+    assert_eq!(svg_size(&text), (w, h));
+    assert_eq!(heatmap_cells(&text, w - 120), fig.panels.iter().map(|p| p.cells.len()).sum::<usize>(), "a coloured cell per value");
     // One panel per run without --by.
     assert_eq!(figures::facet(&grid(), "frac_active", None, None).unwrap().panels.len(), 4);
 }
@@ -123,7 +164,13 @@ fn line_plots_of_model_metrics_draw_a_line_per_group_and_surrogate() {
         assert!(ink > 0.02, "{name}: plot area blank ({ink})");
         assert!(colours >= fig.series.len().min(10) + 2, "{name}: {colours} colours for {} lines", fig.series.len());
         let text = check_svg(&svg, 1);
-        assert!(text.contains("<polyline") || text.contains("<path"), "{name}: no lines in the SVG");
+        // A line (width 2) per series through all its points, and a marker per point.
+        let mut lines = data_lines(&text);
+        let mut want: Vec<usize> = fig.series.iter().map(|s| s.points.len()).collect();
+        lines.sort();
+        want.sort();
+        assert_eq!(lines, want, "{name}: the SVG's lines and their points");
+        assert_eq!(text.matches("<circle").count(), want.iter().sum::<usize>(), "{name}: markers");
     }
 }
 
@@ -150,15 +197,78 @@ fn plot_and_report_commands_write_their_files() {
             .args(["--metric", "frac_active", "--run", "grid__lr-0.05__seed-1", "--out"])
             .arg(&stem),
     );
-    assert!(stem.with_extension("png").is_file() && stem.with_extension("svg").is_file());
+    // The heatmap the command drew: the library's figure for that run, at
+    // its size, a coloured cell per value, the plotting area drawn.
+    let fig = figures::heatmap(&grid(), Some("grid__lr-0.05__seed-1"), "frac_active", None).unwrap();
+    let (w, h) = fig.size();
+    let (pw, ph, ink, _) = inspect_png(&stem.with_extension("png"), (120, 90, w - 140, h - 60));
+    assert_eq!((pw, ph), (w, h));
+    assert!(ink > 0.5, "plotting area is {:.0}% drawn", ink * 100.0);
+    let text = std::fs::read_to_string(stem.with_extension("svg")).unwrap();
+    assert_eq!(svg_size(&text), (w, h));
+    assert_eq!(heatmap_cells(&text, w - 120), fig.panels[0].cells.len());
+    assert!(fig.panels[0].cells.len() >= 8 * 3);
+
     let html = tmp.path().join("report.html");
     let o = run_ok(query_bin().arg("report").arg(grid_dir()).arg("--out").arg(&html));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("figures"));
     let text = std::fs::read_to_string(&html).unwrap();
     assert!(text.starts_with("<!DOCTYPE html>"));
     assert!(!text.contains("<script") && !text.contains("src=\"http") && !text.contains("href=\"http"), "self-contained");
-    assert!(text.matches("<svg").count() >= 6, "heatmaps and line plots inline");
-    for id in ["grid__lr-0.05__seed-0", "final.performance.accuracy", "layer-activation_regime-frac_active", "model-mu-mu"] {
-        assert!(text.contains(id) || text.contains(id.trim_start_matches("final.")), "report lacks {id}");
+    assert!(text.contains("<h1>lintrace: grid</h1>"));
+    let h2: Vec<&str> = text.split("<h2>").skip(1).map(|p| p.split("</h2>").next().unwrap()).collect();
+    assert_eq!(h2, ["Runs", "Layer metrics over depth and training", "Model metrics over training"]);
+    // The runs table: the four runs in order, finished at step 40, their axes.
+    let table = text.split("<table>").nth(1).and_then(|t| t.split("</table>").next()).expect("a runs table");
+    let head: Vec<&str> = table.split("<th>").skip(1).map(|c| c.split("</th>").next().unwrap()).collect();
+    assert_eq!(head[..7], ["run_id", "status", "steps_done", "total_steps", "final_step", "lr", "seed"], "{head:?}");
+    assert!(head.contains(&"final.performance.accuracy") && head.contains(&"final.mu.mu.linear"), "{head:?}");
+    let rows: Vec<Vec<&str>> = table
+        .split("<tbody>")
+        .nth(1)
+        .unwrap()
+        .split("<tr>")
+        .skip(1)
+        .map(|r| r.split("<td>").skip(1).map(|c| c.split("</td>").next().unwrap()).collect())
+        .collect();
+    let ids = ["grid__lr-0.05__seed-0", "grid__lr-0.05__seed-1", "grid__lr-0.2__seed-0", "grid__lr-0.2__seed-1"];
+    assert_eq!(rows.len(), 4);
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row.len(), head.len());
+        assert_eq!(row[..7], [ids[i], "finished", "40", "40", "40", ["0.05", "0.2"][i / 2], ["0", "1"][i % 2]], "{row:?}");
+    }
+    // A figure per metric (counts aside), each drawn from the fixture's data.
+    let tables = grid();
+    let layer: std::collections::BTreeSet<(&str, &str)> =
+        tables.layer.iter().map(|p| (p.analyzer.as_str(), p.metric.as_str())).filter(|(_, m)| !m.starts_with("n_")).collect();
+    let model: std::collections::BTreeSet<(&str, &str)> =
+        tables.model.iter().map(|p| (p.analyzer.as_str(), p.metric.as_str())).filter(|(_, m)| !m.starts_with("n_")).collect();
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&format!("{} figures", layer.len() + model.len())),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert_eq!(text.matches("<figure ").count(), layer.len() + model.len());
+    let figure = |id: String| -> String {
+        let start = text.find(&format!("<figure id=\"{id}\">")).unwrap_or_else(|| panic!("no figure {id}"));
+        text[start..].split("</figure>").next().unwrap().to_string()
+    };
+    for (a, m) in &layer {
+        let svg = figure(format!("layer-{a}-{m}"));
+        let fig = figures::facet(&tables, m, Some(a), None).unwrap();
+        assert_eq!(fig.panels.len(), 4, "{a}: {m}: a panel per run");
+        let (w, _) = svg_size(&svg);
+        assert_eq!(heatmap_cells(&svg, w - 120), fig.panels.iter().map(|p| p.cells.len()).sum::<usize>(), "{a}: {m}: cells");
+    }
+    for (a, m) in &model {
+        let svg = figure(format!("model-{a}-{m}"));
+        let fig = figures::lines(&tables, m, Some(a), None, None).unwrap();
+        let mut lines = data_lines(&svg);
+        let mut want: Vec<usize> = fig.series.iter().map(|s| s.points.len()).collect();
+        lines.sort();
+        want.sort();
+        assert_eq!(lines, want, "{a}: {m}: lines and their points");
+    }
+    for id in ["layer-activation_regime-frac_active", "model-mu-mu", "model-performance-accuracy"] {
+        assert!(text.contains(&format!("<figure id=\"{id}\">")), "report lacks {id}");
     }
 }
