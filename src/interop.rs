@@ -54,13 +54,14 @@ fn locate_state_dict(obj: &Object) -> Result<Option<String>> {
             if keys.contains(&"param_groups") && keys.contains(&"state") {
                 bail!("holds an optimizer's state only (param_groups, state), not model weights");
             }
+            let keys: Vec<String> = keys.iter().map(|k| k.escape_debug().to_string()).collect();
             bail!("holds no tensors at its top level nor under state_dict/model (keys: {})", keys.join(", "))
         }
         Object::Reduce { callable, .. } | Object::Build { callable, .. } => {
             let class = match callable.as_ref() {
-                Object::Class { module_name, class_name } => format!("{module_name}.{class_name}"),
+                Object::Class { module_name, class_name } => format!("{}.{}", module_name.escape_debug(), class_name.escape_debug()),
                 Object::Reduce { callable, .. } => match callable.as_ref() {
-                    Object::Class { module_name, class_name } => format!("{module_name}.{class_name}"),
+                    Object::Class { module_name, class_name } => format!("{}.{}", module_name.escape_debug(), class_name.escape_debug()),
                     _ => "an object".into(),
                 },
                 _ => "an object".into(),
@@ -354,9 +355,12 @@ fn torch_tensor(value: &Object) -> Result<Option<TorchTensor>> {
         "HalfStorage" => DType::F16,
         "BFloat16Storage" => DType::BF16,
         "ByteStorage" | "CharStorage" | "ShortStorage" | "IntStorage" | "LongStorage" | "BoolStorage" => return Ok(None),
-        other => bail!("its storage type {other} is not supported"),
+        other => bail!("its storage type {} is not supported", other.escape_debug()),
     };
     let storage = key_text(&st[2]).ok_or_else(|| anyhow!("its storage key is not a string"))?.to_string();
+    if storage.is_empty() || !storage.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        bail!("its storage key {:?} is not a plain name", storage);
+    }
     let storage_len = non_negative(&st[4], "storage size")?;
     let offset = non_negative(&a[1], "storage offset")?;
     let shape = index_list(&a[2], "shape")?;
@@ -414,6 +418,9 @@ pub fn read_torch(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     let names: Vec<String> = zip.file_names().filter_map(|n| n.ok().map(|n| n.into_owned())).collect();
     let pkl =
         names.into_iter().find(|n| n.ends_with("data.pkl")).ok_or_else(|| anyhow!("a zip file without data.pkl: not a torch.save file"))?;
+    if pkl.chars().any(char::is_control) {
+        bail!("its pickle's name {pkl:?} has control characters: not a torch.save file");
+    }
     // Storages are beside the pickle: archive/data.pkl, archive/data/0, …
     let dir = pkl.strip_suffix(".pkl").unwrap_or(&pkl).to_string();
     let bytes = {
@@ -448,6 +455,10 @@ pub fn read_torch(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     let mut total = 0u64;
     for (name, value) in dict {
         let Some(name) = key_text(name) else { continue };
+        // Names are quoted in messages, which must stay one line.
+        if name.chars().any(char::is_control) {
+            bail!("a tensor name {name:?} has control characters");
+        }
         let Some(t) = torch_tensor(value).with_context(|| format!("tensor '{name}'"))? else { continue };
         let size = t.dtype.size_in_bytes() as u64;
         let entry = format!("{dir}/{}", t.storage);

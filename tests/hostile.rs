@@ -393,6 +393,9 @@ fn hostile_torch_files() {
     // Integer storages carry no weights: the weight is then missing.
     case("integer-storage", with(&|t| t[0].storage_class = "IntStorage".into()), &["layers.0.weight"]);
     case("long-storage", with(&|t| t[0].storage_class = "LongStorage".into()), &["layers.0.weight"]);
+    // Names from the file are quoted in one-line messages.
+    case("newline-in-name", with(&|t| t[0].name = "a\nb".into()), &["tensor name \"a\\nb\" has control characters"]);
+    case("path-as-storage-key", with(&|t| t[0].key = "../0".into()), &["storage key \"../0\" is not a plain name"]);
     case("unknown-storage", with(&|t| t[0].storage_class = "ComplexFloatStorage".into()), &["ComplexFloatStorage is not supported"]);
     // Pickles: a short argument tuple (which candle's reader indexes blindly),
     // a string longer than the file, absurd nesting and a memo bomb.
