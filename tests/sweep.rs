@@ -175,12 +175,40 @@ fn a_sweep_trains_in_parallel_shares_its_probe_and_joins_in_queries() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(stderr(&bad).starts_with("error: SQL:"), "{}", stderr(&bad));
 
-    // The Python query examples answer the study's questions on this sweep.
-    for script in ["first_nonlinear_step.py", "final_metrics_by_axis.py", "linear_phase.py"] {
-        let o = Command::new("python3").arg(repo().join("examples/queries").join(script)).arg(&dir).output().expect("python3 runs");
+    // The Python query examples answer the study's questions on this sweep
+    // (polars prints its tables as Markdown here, every row and column).
+    let example = |script: &str| -> (String, Vec<Vec<String>>) {
+        let o = Command::new("python3")
+            .arg(repo().join("examples/queries").join(script))
+            .arg(&dir)
+            .envs([("POLARS_FMT_TABLE_FORMATTING", "ASCII_MARKDOWN"), ("POLARS_FMT_MAX_ROWS", "-1"), ("POLARS_FMT_MAX_COLS", "-1")])
+            .envs([("POLARS_FMT_STR_LEN", "200"), ("POLARS_TABLE_WIDTH", "1000")])
+            .output()
+            .expect("python3 runs");
         assert!(o.status.success(), "{script}: {}", stderr(&o));
-        assert!(!o.stdout.is_empty(), "{script} printed nothing");
-    }
+        let text = stdout(&o);
+        let rows = text
+            .lines()
+            .filter(|l| l.starts_with('|') && !l.starts_with("|-") && !l.contains("| ---"))
+            .map(|l| l.trim_matches('|').split('|').map(|c| c.trim().to_string()).collect())
+            .collect();
+        (text, rows)
+    };
+    // The first step past 0.5 nonlinearity: a row per lr, a column per tap.
+    let (text, rows) = example("first_nonlinear_step.py");
+    assert_eq!(rows.len(), 4, "{text}");
+    assert_eq!(rows[0], ["lr", "0", "1", "2"], "{text}");
+    assert_eq!((rows[2][0].as_str(), rows[3][0].as_str()), ("0.05", "0.2"), "{text}");
+    // The mean final accuracy per lr: the runs table's, averaged.
+    let (text, rows) = example("final_metrics_by_axis.py");
+    assert_eq!(rows[0], ["metric", "0.05", "0.2"], "{text}");
+    let row = rows.iter().find(|r| r[0] == "performance.accuracy").unwrap_or_else(|| panic!("{text}"));
+    let acc: Vec<f64> = column(&runs, "final.performance.accuracy").iter().map(|v| v.as_f64().unwrap()).collect();
+    assert_close(row[1].parse().unwrap(), (acc[0] + acc[1]) / 2.0, 1e-5, "final_metrics_by_axis.py: accuracy at lr 0.05");
+    assert_close(row[2].parse().unwrap(), (acc[2] + acc[3]) / 2.0, 1e-5, "final_metrics_by_axis.py: accuracy at lr 0.2");
+    assert!(text.contains("0 runs not finished"), "{text}");
+    let (text, _) = example("linear_phase.py");
+    assert!(!text.trim().is_empty(), "linear_phase.py printed nothing");
 
     // The recipes' per-run summaries read these tables too; summarize_turns'
     // mean minimum per lr is checked against the tables themselves.
