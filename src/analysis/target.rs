@@ -13,6 +13,10 @@ use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+/// The dataset name in the run.json of a run trained outside lintrace
+/// (written by the Python package): its data is not one lintrace reloads.
+pub const EXTERNAL_DATASET: &str = "external";
+
 enum Origin {
     Run(Box<RunManifest>),
     /// Checkpoints from elsewhere; only the spec is known.
@@ -412,9 +416,13 @@ impl Target {
         }
     }
 
-    /// The dataset this run was trained on, when known.
+    /// The dataset this run was trained on, when known. A run folder
+    /// written outside lintrace's trainer (the Python package,
+    /// `python/lintrace`) names the dataset [`EXTERNAL_DATASET`]: lintrace
+    /// cannot reload it, so `mu` uses the probe.
     pub fn data_config(&self) -> Option<crate::data::DataConfig> {
         match &self.origin {
+            Origin::Run(m) if m.config.data.dataset == EXTERNAL_DATASET => None,
             Origin::Run(m) => Some(m.config.data.clone()),
             Origin::External { .. } | Origin::HuggingFace { .. } => None,
         }
