@@ -124,7 +124,6 @@ def _same_function(model, linears, acts, x) -> bool:
             if ref is None:
                 return False
             h = x.flatten(1)
-            mods = dict(model.named_modules())
             for i, (_, lin) in enumerate(linears):
                 h = lin(h)
                 if i < len(acts):
