@@ -23,59 +23,56 @@ pub struct MuResult {
     pub n_cells_nonempty: usize,
 }
 
-/// A K×K×K table of counts, indexed (a, b, c).
+/// The non-empty cells of a K×K×K table of counts, indexed (a, b, c), in
+/// lexicographic order. Sparse: a language model's K is its vocabulary
+/// (50,304 for Pythia), where a dense table could not be allocated, and at
+/// most n cells are filled. Counts are whole numbers, exact in f64, and the
+/// sum below runs over the cells in the dense loops' order, so the result
+/// is the dense table's to the bit.
 struct Counts {
-    k: usize,
-    c: Vec<f64>,
+    cells: Vec<((usize, usize, usize), f64)>,
     n: f64,
 }
 
 impl Counts {
-    fn new(a: &[usize], b: &[usize], c: &[usize], k: usize) -> Self {
-        let mut t = vec![0.0; k * k * k];
-        for ((&x, &y), &z) in a.iter().zip(b).zip(c) {
-            t[(x * k + y) * k + z] += 1.0;
+    fn new(a: &[usize], b: &[usize], c: &[usize]) -> Self {
+        let mut keys: Vec<(usize, usize, usize)> = a.iter().zip(b).zip(c).map(|((&x, &y), &z)| (x, y, z)).collect();
+        keys.sort_unstable();
+        let mut cells: Vec<((usize, usize, usize), f64)> = Vec::new();
+        for key in keys {
+            match cells.last_mut() {
+                Some((k, v)) if *k == key => *v += 1.0,
+                _ => cells.push((key, 1.0)),
+            }
         }
-        Counts { k, c: t, n: a.len() as f64 }
-    }
-    fn at(&self, a: usize, b: usize, c: usize) -> f64 {
-        self.c[(a * self.k + b) * self.k + c]
+        Counts { cells, n: a.len() as f64 }
     }
     /// I(A;B|C) = Σ p(a,b,c) log₂ [p(a,b,c) p(c) / (p(a,c) p(b,c))]
     fn cmi_ab_given_c(&self) -> f64 {
-        let k = self.k;
-        let mut n_c = vec![0.0; k];
-        let mut n_ac = vec![0.0; k * k];
-        let mut n_bc = vec![0.0; k * k];
-        for a in 0..k {
-            for b in 0..k {
-                for c in 0..k {
-                    let v = self.at(a, b, c);
-                    n_c[c] += v;
-                    n_ac[a * k + c] += v;
-                    n_bc[b * k + c] += v;
-                }
-            }
+        use std::collections::HashMap;
+        let mut n_c: HashMap<usize, f64> = HashMap::new();
+        let mut n_ac: HashMap<(usize, usize), f64> = HashMap::new();
+        let mut n_bc: HashMap<(usize, usize), f64> = HashMap::new();
+        for &((a, b, c), v) in &self.cells {
+            *n_c.entry(c).or_default() += v;
+            *n_ac.entry((a, c)).or_default() += v;
+            *n_bc.entry((b, c)).or_default() += v;
         }
         let mut s = 0.0;
-        for a in 0..k {
-            for b in 0..k {
-                for c in 0..k {
-                    let v = self.at(a, b, c);
-                    if v > 0.0 {
-                        s += v / self.n * (v * n_c[c] / (n_ac[a * k + c] * n_bc[b * k + c])).log2();
-                    }
-                }
-            }
+        for &((a, b, c), v) in &self.cells {
+            s += v / self.n * (v * n_c[&c] / (n_ac[&(a, c)] * n_bc[&(b, c)])).log2();
         }
         s
     }
 }
 
 /// I(A;B) from two label sequences.
+/// Values are classes in `0..k`; the counts are kept sparsely, so `k`
+/// bounds nothing but is checked in debug builds.
 pub fn mutual_information(a: &[usize], b: &[usize], k: usize) -> f64 {
+    debug_assert!(a.iter().chain(b).all(|&v| v < k), "a class outside 0..{k}");
     let zeros = vec![0usize; a.len()];
-    Counts::new(a, b, &zeros, k).cmi_ab_given_c()
+    Counts::new(a, b, &zeros).cmi_ab_given_c()
 }
 
 /// μ and its parts for predictions `f`, `s` and labels `y` in `0..k`.
@@ -88,8 +85,8 @@ pub fn mu(f: &[usize], s: &[usize], y: &[usize], k: usize) -> Option<MuResult> {
     let i_f_y = mutual_information(f, y, k);
     let i_f_s = mutual_information(f, s, k);
     // Counts indexed (f, y, s) for I(F;Y|S), (f, s, y) for I(F;S|Y).
-    let i_f_y_given_s = Counts::new(f, y, s, k).cmi_ab_given_c();
-    let i_f_s_given_y = Counts::new(f, s, y, k).cmi_ab_given_c();
+    let i_f_y_given_s = Counts::new(f, y, s).cmi_ab_given_c();
+    let i_f_s_given_y = Counts::new(f, s, y).cmi_ab_given_c();
     let frac = |a: &[usize], b: &[usize]| a.iter().zip(b).filter(|(x, y)| x == y).count() as f64 / n as f64;
     // Non-empty cells of each marginal the entropy form of μ uses.
     let cells = |keys: &dyn Fn(usize) -> (usize, usize, usize)| (0..n).map(keys).collect::<std::collections::HashSet<_>>().len() as f64;

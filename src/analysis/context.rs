@@ -174,15 +174,18 @@ impl TargetContext {
                     // and predicts the next at every position.
                     let per_token = d.train.targets > 1;
                     let d_len: usize = if per_token { 1 } else { eval.sample_shape.iter().product() };
-                    if d_len != m.input_len() {
+                    let p = &target.probe;
+                    // The probe must fit the surrogate too: a run folder
+                    // written elsewhere may name a dataset its probe is not from.
+                    let probe_len = if per_token { 1 } else { p.sample_len() };
+                    if d_len != m.input_len() || probe_len != d_len {
                         notes.push(format!(
-                            "{}: mu: linear surrogate input size {} does not match the data ({d_len})",
+                            "{}: mu: linear surrogate input size {} does not match the data ({d_len}) or the probe ({probe_len})",
                             target.run_id,
                             m.input_len()
                         ));
                         continue;
                     }
-                    let p = &target.probe;
                     let rows = |x: &[f32], samples: usize| if per_token { x.len() } else { samples };
                     let on_probe = m.predict(&p.inputs, rows(&p.inputs, p.len()));
                     let probe_acc =
