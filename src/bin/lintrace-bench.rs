@@ -17,9 +17,9 @@ use std::time::Instant;
 #[derive(Parser, Debug)]
 #[command(name = "lintrace-bench", about = "Measure trainer and analyzer speed")]
 struct Args {
-    /// CIFAR-10 as an image-folder tree or .tar.gz.
-    #[arg(long, default_value = "../shared/data/cifar10-jpeg.tar.gz")]
-    data_dir: PathBuf,
+    /// CIFAR-10 as an image-folder tree or .tar.gz (default: $LINTRACE_CIFAR10).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
     /// Training steps to time (after 3 warm-up steps).
     #[arg(long, default_value_t = 30)]
     steps: u64,
@@ -69,7 +69,11 @@ struct Args {
 fn main() {
     lintrace::sigpipe::exit_quietly_on_closed_pipe();
     lintrace::model::conv_cpu::tune_malloc_for_training();
-    if let Err(e) = real_main(&Args::parse()) {
+    let args = Args::parse();
+    if std::env::var_os("LINTRACE_PARSE_ONLY").is_some() {
+        return; // the command line parsed; nothing is run (tests/doc_commands.rs)
+    }
+    if let Err(e) = real_main(&args) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
@@ -96,7 +100,9 @@ fn real_main(args: &Args) -> Result<()> {
         cfg.lr = 1e-3;
     } else {
         cfg.data.dataset = "image-folder".into();
-        cfg.data.data_dir = Some(args.data_dir.clone());
+        let dir = args.data_dir.clone().or_else(|| std::env::var_os("LINTRACE_CIFAR10").map(PathBuf::from));
+        cfg.data.data_dir =
+            Some(dir.context("CIFAR-10 is needed: pass --data-dir PATH (class folders or a .tar.gz of them) or set LINTRACE_CIFAR10")?);
     }
     cfg.steps = args.steps + 3;
     cfg.batch_size = args.batch_size;
