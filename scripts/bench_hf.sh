@@ -15,6 +15,7 @@
 #   same        lintrace-analyze with the peer's metrics: performance,
 #               unit_linear_fit, attention
 #   all         lintrace-analyze with every analyzer
+# RUNS="taps same" picks some of the lintrace runs (default: all three).
 # lintrace's times include reading and hashing the weights (its inventory
 # of the series); the peer's include transformers' load.
 set -euo pipefail
@@ -31,7 +32,7 @@ log=$(mktemp -d)
 OMP_NUM_THREADS=$threads /usr/bin/time -v python3 scripts/hf_peer.py "$dir" --probe "$probe" --threads "$threads" >"$log/peer.out" 2>"$log/peer.time"
 grep -E "^(load|forward|metrics|total)|seconds" "$log/peer.out" | head -20 || true
 echo "peer: wall $(wall "$log/peer.time"), peak $(peak "$log/peer.time")"
-for run in taps same all; do
+for run in ${RUNS:-taps same all}; do
   case $run in
     taps) set=(--analyzers unit_linear_fit) ;;
     same) set=(--analyzers performance,unit_linear_fit,attention) ;;

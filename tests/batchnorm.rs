@@ -2,7 +2,7 @@
 //! a train-mode step (batch statistics, running statistics updated with
 //! PyTorch's momentum and unbiased variance, gradients through the batch
 //! statistics) and eval mode (running statistics); and the gradients against
-//! finite differences. The groundwork for the BatchNorm networks of issue 9.
+//! finite differences. The groundwork for the BatchNorm networks (CNN-BN, ResNets).
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{BatchNorm, ModuleT};

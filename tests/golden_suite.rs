@@ -164,7 +164,7 @@ fn mu_matches_numpy_and_interaction_information_is_symmetric() {
         ] {
             assert_close(got, want[name].as_f64().unwrap(), 1e-12, &format!("{} {name}", case["name"]));
         }
-        // METRICS.md: μ_Y(F;S) = I(F;S) − I(F;S|Y) and μ_Y(F;F) = I(F;Y).
+        // docs/metrics.md: μ_Y(F;S) = I(F;S) − I(F;S|Y) and μ_Y(F;F) = I(F;Y).
         assert_close(r.mu, r.i_f_s - r.i_f_s_given_y, 1e-12, "symmetry");
         let ff = analyzers::info::mu(&f, &f, &y, k).unwrap();
         assert_close(ff.mu, ff.i_f_y, 1e-12, "mu(F;F)");

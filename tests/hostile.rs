@@ -1,4 +1,4 @@
-//! Hostile and malformed input, one case per row of the README's "Bad
+//! Hostile and malformed input, one case per row of docs/robustness.md's "Bad
 //! input" table: each must give an error that names the problem, and none
 //! may panic, allocate beyond what the file justifies, or write outside the
 //! run folder.

@@ -1,4 +1,4 @@
-//! Whole-model properties of METRICS.md: identity activations are linear
+//! Whole-model properties of docs/metrics.md: identity activations are linear
 //! everywhere; a block with more input features than samples gets no rows.
 
 use candle_core::{Device, Tensor};

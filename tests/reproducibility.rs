@@ -1,7 +1,7 @@
 //! Same config and seed on the same machine: identical checkpoints, train
 //! state and tables, byte for byte, for an MLP and a CNN, with 1 and 2
 //! threads. (Between CPU and GPU results differ within stated tolerances:
-//! README, "Reproducibility".)
+//! docs/robustness.md, "Reproducibility".)
 
 mod common;
 

@@ -178,7 +178,7 @@ fn residual_linear_fit_matches_numpy() {
     }
 }
 
-/// METRICS.md: a block whose branch output is zero has linearity_score = 1
+/// docs/metrics.md: a block whose branch output is zero has linearity_score = 1
 /// (its output is σ(x) = x, as x is itself post-ReLU); its residual-free
 /// target is then zero and the residual score undefined (null).
 #[test]

@@ -54,7 +54,7 @@ fn parquet_rows(path: &Path) -> Vec<(String, i64, f64)> {
         .collect()
 }
 
-/// The sweep files the README's experiments name expand, and every run's
+/// The sweep files the findings (docs/findings) name expand, and every run's
 /// config passes the trainer's checks (no key the trainer would refuse or
 /// ignore).
 #[test]

@@ -70,7 +70,7 @@ Environment (defaults in brackets):
   FLIPS         near-tie prediction/sign flips allowed in discrete metrics [1]
   TOL_<metric>  absolute-or-relative tolerance for one metric, e.g. TOL_effective_rank=1e-3
   RESULTS_DIR   where to copy summary.txt, the comparisons and logs.tar.gz
-                [$OUT when set, as the device tool sets it]
+                [$OUT when set]
 
 Tolerance classes (a difference passes if it is within the class's bound):
   continuous   |d| <= TOL_CONT or |d| <= TOL_CONT * max(|a|,|b|): loss, delta_loss,
@@ -621,7 +621,7 @@ for line in open(sys.argv[1]):
   if [[ ! -x $B ]]; then
     result SKIP bench-lintrace "no lintrace-bench binary"
   elif [[ -z $DATA ]]; then
-    result SKIP bench-lintrace "DATA not set (CIFAR-10 as an image folder or .tar.gz; e.g. carry cifar10-jpeg.tar.gz, 19 MB)"
+    result SKIP bench-lintrace "DATA not set (CIFAR-10 as an image folder or .tar.gz, e.g. cifar10-jpeg.tar.gz, 19 MB)"
   elif [[ ! -e $DATA ]]; then
     result FAIL bench-lintrace "DATA=$DATA does not exist"
   elif [[ $DEVICE != cpu ]] && ! grep -q -- '--device' <<< "$("$B" --help 2>&1)"; then

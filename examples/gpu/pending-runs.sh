@@ -5,13 +5,14 @@
 # GPU and compared with the CPU; benchmarks beside PyTorch; the cuDNN ops of a
 # --cudnn build checked against the CPU and timed; a training step split into
 # phases), then a short
-# resnet20 run of the issue-9 recipe on a CIFAR-10 subset, then a
+# resnet20 run of the resnet20 study's recipe (docs/findings/resnet20.md) on a
+# CIFAR-10 subset, then a
 # gpt-char-small run with every analyzer. Results go to $OUT. Needs .gpu/ packed
 # by build-cuda.sh --cudnn --pack plus .gpu/cifar10-subset.tar.gz (CIFAR-10 in the
 # image-folder layout, 2,500 training and 500 test images per class: 9.9 MB,
-# so that the carried tree stays under 64 MiB).
+# so that the tree copied to the GPU machine stays small).
 #
-#   run(command="TOTAL=540 bash examples/gpu/pending-runs.sh", carry=[".gpu"], timeout_s=590)
+#   TOTAL=540 OUT=results bash examples/gpu/pending-runs.sh     # on the GPU machine, from the repository root
 set -u
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
