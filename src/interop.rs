@@ -666,7 +666,7 @@ pub fn list_foreign(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
         let p = e.path();
         if p.is_file() && is_checkpoint_name(&p) {
             files.push(p);
-        } else if p.is_dir() && p.file_name().is_some_and(|n| n != crate::run::ANALYSIS) {
+        } else if p.is_dir() && p.file_name().is_some_and(|n| n != crate::layout::ANALYSIS) {
             let inner: Vec<std::path::PathBuf> = std::fs::read_dir(&p)
                 .into_iter()
                 .flatten()

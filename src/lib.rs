@@ -8,6 +8,7 @@
 
 pub mod analysis;
 pub mod atomic;
+pub mod batches;
 pub mod checkpoint;
 pub mod data;
 pub mod device;
@@ -15,6 +16,7 @@ pub mod fault;
 pub mod hf;
 pub mod init;
 pub mod interop;
+pub mod layout;
 pub mod lock;
 pub mod model;
 pub mod probe;

@@ -15,11 +15,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-pub const MANIFEST: &str = "run.json";
-pub const PROBE: &str = "probe.safetensors";
-pub const TRAIN_LOG: &str = "train_log.parquet";
-pub const CHECKPOINTS: &str = "checkpoints";
-pub const ANALYSIS: &str = "analysis";
+pub use crate::layout::{ANALYSIS, CHECKPOINTS, MANIFEST, PROBE, TRAIN_LOG};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

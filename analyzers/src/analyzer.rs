@@ -2,8 +2,7 @@
 
 use crate::capture::{Chunk, LayerWeights, ModelInfo};
 use crate::gram::Gram;
-use crate::linearized_agreement::VariantLogits;
-use crate::mu::SurrogatePredictions;
+use crate::inputs::{SurrogatePredictions, VariantLogits};
 use crate::stats::UnitMoments;
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]

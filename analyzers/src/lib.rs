@@ -17,6 +17,8 @@ pub mod capture;
 pub mod cka_time;
 pub mod gram;
 pub mod info;
+pub mod inputs;
+pub mod linear_fit;
 pub mod linearized_agreement;
 pub mod mu;
 pub mod performance;

@@ -5,9 +5,9 @@
 //! intact network on the probe.
 
 use crate::analyzer::{Accumulator, Analyzer, AnalyzerError, Extras, Finished, MetricValue, Needs};
-use crate::capture::{Matrix, ModelInfo};
+use crate::capture::ModelInfo;
 use crate::info::mu;
-use crate::performance::{argmax, cross_entropy};
+pub use crate::inputs::{RowScores, VariantKind, VariantLogits};
 
 pub struct LinearizedAgreement;
 
@@ -15,81 +15,9 @@ const NAME: &str = "linearized_agreement";
 /// `linear_prefix_depth` is the deepest prefix with at least this agreement.
 pub const PREFIX_THRESHOLD: f64 = 0.95;
 
-/// Which taps a variant replaces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VariantKind {
-    /// Only tap k.
-    Single,
-    /// Taps 0..=k.
-    Prefix,
-    /// Taps k..L-1.
-    Suffix,
-}
-
-impl VariantKind {
-    pub fn taps(self, k: usize, n_taps: usize) -> Vec<usize> {
-        match self {
-            VariantKind::Single => vec![k],
-            VariantKind::Prefix => (0..=k).collect(),
-            VariantKind::Suffix => (k..n_taps).collect(),
-        }
-    }
-    fn prefix(self) -> &'static str {
-        match self {
-            VariantKind::Single => "",
-            VariantKind::Prefix => "prefix_",
-            VariantKind::Suffix => "suffix_",
-        }
-    }
-}
-
 /// Every variant this analyzer scores, for a model with `n_taps` taps.
 pub fn variants(n_taps: usize) -> Vec<(VariantKind, usize)> {
     [VariantKind::Single, VariantKind::Prefix, VariantKind::Suffix].iter().flat_map(|&v| (0..n_taps).map(move |k| (v, k))).collect()
-}
-
-/// What scoring a network needs of its logits on the probe, per row: the
-/// predicted class and the cross-entropy at the label. Kept instead of the
-/// logits themselves: a language model's n × vocabulary floats, for the
-/// intact network and 3L variants, do not fit in memory (Pythia-160M at a
-/// 4,096-token probe: 824 MB per variant).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct RowScores {
-    pub argmax: Vec<usize>,
-    pub cross_entropy: Vec<f64>,
-}
-
-impl RowScores {
-    /// Appends the rows of `logits` with their `labels`.
-    pub fn extend(&mut self, logits: Matrix<'_>, labels: &[i64]) {
-        for (i, &y) in labels.iter().enumerate().take(logits.rows) {
-            let row = logits.row(i);
-            self.argmax.push(argmax(row));
-            self.cross_entropy.push(cross_entropy(row, y as usize));
-        }
-    }
-
-    pub fn of(logits: Matrix<'_>, labels: &[i64]) -> RowScores {
-        let mut s = RowScores::default();
-        s.extend(logits, labels);
-        s
-    }
-
-    pub fn len(&self) -> usize {
-        self.argmax.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.argmax.is_empty()
-    }
-}
-
-/// The intact network's and each variant's row scores on the probe.
-#[derive(Debug, Clone)]
-pub struct VariantLogits {
-    pub classes: usize,
-    pub base: RowScores,
-    pub variants: Vec<(VariantKind, usize, RowScores)>,
 }
 
 /// (agreement, delta_loss, μ in bits) of a variant against the base

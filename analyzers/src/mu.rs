@@ -9,22 +9,7 @@ pub struct Mu;
 
 const NAME: &str = "mu";
 
-/// Predictions of the network (f) and one surrogate (s) with labels (y).
-#[derive(Debug, Clone)]
-pub struct SurrogatePredictions {
-    /// The `surrogate` column: `linear`, `<run_id>@<step>`, …
-    pub name: String,
-    /// Where the samples came from: `test` (the held-out split) or `probe`.
-    pub split: String,
-    pub f: Vec<usize>,
-    pub s: Vec<usize>,
-    pub y: Vec<usize>,
-    /// (accuracy, samples) of the surrogate on the data it was trained on,
-    /// when the driver knows it (the `linear` surrogate).
-    pub train_accuracy: Option<(f64, u64)>,
-    /// (accuracy, samples) of the surrogate on the probe, when known.
-    pub probe_accuracy: Option<(f64, u64)>,
-}
+pub use crate::inputs::SurrogatePredictions;
 
 impl Analyzer for Mu {
     fn name(&self) -> &'static str {

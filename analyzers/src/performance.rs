@@ -2,6 +2,7 @@
 
 use crate::analyzer::{Accumulator, Analyzer, AnalyzerError, Extras, Finished, MetricValue, Needs};
 use crate::capture::{Chunk, ModelInfo};
+pub use crate::inputs::{argmax, cross_entropy};
 
 pub struct Performance;
 
@@ -33,24 +34,6 @@ struct PerfAcc {
     loss: f64,
     correct: u64,
     n: u64,
-}
-
-/// Index of the largest logit; the first one on ties (as numpy's argmax).
-pub fn argmax(row: &[f32]) -> usize {
-    let mut best = 0;
-    for (k, &v) in row.iter().enumerate() {
-        if v > row[best] {
-            best = k;
-        }
-    }
-    best
-}
-
-/// −log softmax(row)[label], computed stably in f64.
-pub fn cross_entropy(row: &[f32], label: usize) -> f64 {
-    let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
-    let lse = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
-    lse - row[label] as f64
 }
 
 impl Accumulator for PerfAcc {

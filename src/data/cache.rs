@@ -48,19 +48,13 @@ pub fn key_for_file(path: &Path) -> Result<String> {
     Ok(finish(h))
 }
 
-/// Stats every file under `train/` and `test/` (cheap next to decoding).
-pub fn key_for_tree(root: &Path) -> Result<String> {
+/// Stats each of `files`, in the order given (cheap next to decoding them):
+/// the key of a folder of files, which its reader lists.
+pub fn key_for_files(files: &[PathBuf]) -> Result<String> {
     let mut h = Sha256::new();
     h.update(VERSION);
-    let root = root.canonicalize().with_context(|| format!("{}: cannot resolve", root.display()))?;
-    for split in ["train", "test"] {
-        for class in super::image_folder::sorted_dir(&root.join(split))? {
-            if class.is_dir() {
-                for f in super::image_folder::sorted_dir(&class)? {
-                    stamp(&mut h, &f)?;
-                }
-            }
-        }
+    for f in files {
+        stamp(&mut h, f)?;
     }
     Ok(finish(h))
 }

@@ -27,7 +27,7 @@ pub fn load(root: &Path, cache_dir: Option<&Path>) -> Result<RawData> {
         bail!("{}: does not exist; {LAYOUT}", root.display());
     }
     let is_tar = root.is_file() && root.to_string_lossy().ends_with("gz");
-    let key = if is_tar { cache::key_for_file(root)? } else { cache::key_for_tree(&find_root(root)?)? };
+    let key = if is_tar { cache::key_for_file(root)? } else { key_for_tree(&find_root(root)?)? };
     if let Some(raw) = cache::read(cache_dir, &key)? {
         return Ok(raw);
     }
@@ -81,7 +81,22 @@ fn read_tree(root: &Path) -> Result<Vec<Entry>> {
     Ok(out)
 }
 
-pub(super) fn sorted_dir(dir: &Path) -> Result<Vec<PathBuf>> {
+/// The cache key of an image tree: every file under `train/<class>/` and
+/// `test/<class>/`, in the order they are read.
+fn key_for_tree(root: &Path) -> Result<String> {
+    let root = root.canonicalize().with_context(|| format!("{}: cannot resolve", root.display()))?;
+    let mut files = Vec::new();
+    for split in ["train", "test"] {
+        for class in sorted_dir(&root.join(split))? {
+            if class.is_dir() {
+                files.extend(sorted_dir(&class)?);
+            }
+        }
+    }
+    cache::key_for_files(&files)
+}
+
+fn sorted_dir(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("{}: cannot read; {LAYOUT}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))

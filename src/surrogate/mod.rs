@@ -4,7 +4,7 @@
 
 pub mod linear;
 
-use crate::analysis::capture::Batches;
+use crate::batches::Batches;
 use crate::checkpoint;
 use crate::model::Model;
 use crate::run::{self, RunManifest};
@@ -67,7 +67,7 @@ impl EvalSet {
     /// The inputs on `device`, uploaded once, in chunks.
     pub fn batches(&self, chunk: usize, device: &Device) -> Result<Batches> {
         let per = self.y.len() / self.samples().max(1);
-        Batches::new(&self.x, &self.sample_shape, crate::analysis::capture::windows_per_chunk(chunk, per), device)
+        Batches::new(&self.x, &self.sample_shape, crate::batches::windows_per_chunk(chunk, per), device)
     }
 }
 

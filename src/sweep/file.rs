@@ -26,7 +26,6 @@
 //! and its axis values, `lr-study__lr-0.1__seed-1`: readable, stable when
 //! other values are added, and unique across sweeps so tables join.
 
-use super::slurm::SlurmOptions;
 use crate::atomic::write_json_atomic;
 use crate::train::TrainConfig;
 use anyhow::{bail, Context, Result};
@@ -73,6 +72,32 @@ pub struct Sweep {
     pub runs: Vec<SweepRun>,
     #[serde(default)]
     pub slurm: SlurmOptions,
+}
+
+/// The `[slurm]` table of a sweep file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlurmOptions {
+    /// `--cpus-per-task` (also the threads each task uses).
+    pub cpus_per_task: Option<u32>,
+    /// `--mem`, e.g. "8G".
+    pub mem: Option<String>,
+    /// `--time`, e.g. "02:00:00".
+    pub time: Option<String>,
+    pub partition: Option<String>,
+    /// `--gres=gpu:N`; also makes the tasks run with `--device cuda`.
+    pub gpus: Option<u32>,
+    /// At most this many array tasks at once (`--array=0-N%K`).
+    pub max_parallel: Option<usize>,
+    /// Further `#SBATCH` options, e.g. ["--account=abc", "--qos=short"].
+    pub extra: Vec<String>,
+    /// Shell lines run before each task, e.g. ["module load cuda"].
+    pub setup: Vec<String>,
+    /// Arguments for lintrace-analyze, e.g. ["--analyzers", "performance,mu"].
+    pub analyze_args: Vec<String>,
+    /// Folder holding lintrace-train and lintrace-analyze (default: the
+    /// folder of the running lintrace-train).
+    pub bin_dir: Option<PathBuf>,
 }
 
 impl Sweep {

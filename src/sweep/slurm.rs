@@ -14,37 +14,10 @@
 //! Tables stay plain Parquet in the run folders, so a shared filesystem is
 //! all the cluster needs.
 
-use super::file::Sweep;
+use super::file::{SlurmOptions, Sweep};
 use crate::atomic::write_atomic;
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-
-/// The `[slurm]` table of a sweep file.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SlurmOptions {
-    /// `--cpus-per-task` (also the threads each task uses).
-    pub cpus_per_task: Option<u32>,
-    /// `--mem`, e.g. "8G".
-    pub mem: Option<String>,
-    /// `--time`, e.g. "02:00:00".
-    pub time: Option<String>,
-    pub partition: Option<String>,
-    /// `--gres=gpu:N`; also makes the tasks run with `--device cuda`.
-    pub gpus: Option<u32>,
-    /// At most this many array tasks at once (`--array=0-N%K`).
-    pub max_parallel: Option<usize>,
-    /// Further `#SBATCH` options, e.g. ["--account=abc", "--qos=short"].
-    pub extra: Vec<String>,
-    /// Shell lines run before each task, e.g. ["module load cuda"].
-    pub setup: Vec<String>,
-    /// Arguments for lintrace-analyze, e.g. ["--analyzers", "performance,mu"].
-    pub analyze_args: Vec<String>,
-    /// Folder holding lintrace-train and lintrace-analyze (default: the
-    /// folder of the running lintrace-train).
-    pub bin_dir: Option<PathBuf>,
-}
 
 /// Paths of the scripts written.
 pub struct Emitted {

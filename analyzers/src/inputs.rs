@@ -1,0 +1,114 @@
+//! What the driver computes for some analyzers beyond the captured chunks:
+//! the linearised variants' row scores and the surrogates' predictions,
+//! with the row math they share (argmax, cross-entropy). A leaf: the
+//! `Analyzer` trait's `Extras` carry these types, and the analyzers that
+//! read them import them from here.
+
+use crate::capture::Matrix;
+
+/// Index of the largest logit; the first one on ties (as numpy's argmax).
+pub fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (k, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = k;
+        }
+    }
+    best
+}
+
+/// −log softmax(row)[label], computed stably in f64.
+pub fn cross_entropy(row: &[f32], label: usize) -> f64 {
+    let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+    let lse = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+    lse - row[label] as f64
+}
+
+/// Which taps a variant replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VariantKind {
+    /// Only tap k.
+    Single,
+    /// Taps 0..=k.
+    Prefix,
+    /// Taps k..L-1.
+    Suffix,
+}
+
+impl VariantKind {
+    pub fn taps(self, k: usize, n_taps: usize) -> Vec<usize> {
+        match self {
+            VariantKind::Single => vec![k],
+            VariantKind::Prefix => (0..=k).collect(),
+            VariantKind::Suffix => (k..n_taps).collect(),
+        }
+    }
+    pub(crate) fn prefix(self) -> &'static str {
+        match self {
+            VariantKind::Single => "",
+            VariantKind::Prefix => "prefix_",
+            VariantKind::Suffix => "suffix_",
+        }
+    }
+}
+
+/// What scoring a network needs of its logits on the probe, per row: the
+/// predicted class and the cross-entropy at the label. Kept instead of the
+/// logits themselves: a language model's n × vocabulary floats, for the
+/// intact network and 3L variants, do not fit in memory (Pythia-160M at a
+/// 4,096-token probe: 824 MB per variant).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RowScores {
+    pub argmax: Vec<usize>,
+    pub cross_entropy: Vec<f64>,
+}
+
+impl RowScores {
+    /// Appends the rows of `logits` with their `labels`.
+    pub fn extend(&mut self, logits: Matrix<'_>, labels: &[i64]) {
+        for (i, &y) in labels.iter().enumerate().take(logits.rows) {
+            let row = logits.row(i);
+            self.argmax.push(argmax(row));
+            self.cross_entropy.push(cross_entropy(row, y as usize));
+        }
+    }
+
+    pub fn of(logits: Matrix<'_>, labels: &[i64]) -> RowScores {
+        let mut s = RowScores::default();
+        s.extend(logits, labels);
+        s
+    }
+
+    pub fn len(&self) -> usize {
+        self.argmax.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.argmax.is_empty()
+    }
+}
+
+/// The intact network's and each variant's row scores on the probe.
+#[derive(Debug, Clone)]
+pub struct VariantLogits {
+    pub classes: usize,
+    pub base: RowScores,
+    pub variants: Vec<(VariantKind, usize, RowScores)>,
+}
+
+/// Predictions of the network (f) and one surrogate (s) with labels (y).
+#[derive(Debug, Clone)]
+pub struct SurrogatePredictions {
+    /// The `surrogate` column: `linear`, `<run_id>@<step>`, …
+    pub name: String,
+    /// Where the samples came from: `test` (the held-out split) or `probe`.
+    pub split: String,
+    pub f: Vec<usize>,
+    pub s: Vec<usize>,
+    pub y: Vec<usize>,
+    /// (accuracy, samples) of the surrogate on the data it was trained on,
+    /// when the driver knows it (the `linear` surrogate).
+    pub train_accuracy: Option<(f64, u64)>,
+    /// (accuracy, samples) of the surrogate on the probe, when known.
+    pub probe_accuracy: Option<(f64, u64)>,
+}
