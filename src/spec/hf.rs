@@ -17,7 +17,7 @@
 //! logits = head(final_norm(x)) at every position
 //! ```
 
-use super::transformer::{stream_map, AttentionDesc, ExtraInit, ExtraTensor, Layout};
+use super::transformer::{stream_map, token_dense, AttentionDesc, ExtraInit, ExtraTensor, Layout};
 use super::{Activation, LayerDesc, TapDesc};
 use analyzers::LayerKind;
 use serde::{Deserialize, Serialize};
@@ -310,17 +310,7 @@ impl HfArch {
     /// Every layer, tap, tensor, sublayer and attention layer at a context
     /// of `t` tokens.
     pub(super) fn layout(&self, t: usize, activation: impl Fn(usize) -> Activation) -> Layout {
-        let dense = |name: String, out: usize, inp: usize, bias: bool| LayerDesc {
-            name,
-            kind: LayerKind::Dense,
-            weight_shape: vec![out, inp],
-            tap: None,
-            bias,
-            stride: 1,
-            padding: 0,
-            norm: None,
-            in_shape: vec![t, inp],
-        };
+        let dense = |name: String, out: usize, inp: usize, bias: bool| token_dense(name, out, inp, bias, t);
         let mut l = Layout { layers: vec![], taps: vec![], extras: vec![], sublayers: vec![], attention: vec![] };
         let (dim, hidden) = (self.dim, self.mlp_hidden);
         l.extras.push(ExtraTensor {

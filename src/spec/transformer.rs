@@ -53,6 +53,21 @@ pub(super) struct Layout {
     pub attention: Vec<AttentionDesc>,
 }
 
+/// A dense layer applied at each of `t` positions, [out, in] weight.
+pub(super) fn token_dense(name: String, out: usize, inp: usize, bias: bool, t: usize) -> LayerDesc {
+    LayerDesc {
+        name,
+        kind: LayerKind::Dense,
+        weight_shape: vec![out, inp],
+        tap: None,
+        bias,
+        stride: 1,
+        padding: 0,
+        norm: None,
+        in_shape: vec![t, inp],
+    }
+}
+
 /// A sublayer or block of a transformer as a map from residual stream
 /// `streams.0` to `streams.1`, each `[positions, dim]`, at tap `tap`'s block.
 pub(super) fn stream_map(name: String, kind: &'static str, tap: usize, shape: [usize; 2], streams: (usize, usize)) -> ResidualBlockDesc {
@@ -207,17 +222,7 @@ impl ModelSpec {
             Arch::Vit { heads, .. } | Arch::Gpt { heads, .. } => *heads,
             _ => 1,
         };
-        let dense = |name: String, out: usize, inp: usize| LayerDesc {
-            name,
-            kind: LayerKind::Dense,
-            weight_shape: vec![out, inp],
-            tap: None,
-            bias,
-            stride: 1,
-            padding: 0,
-            norm: None,
-            in_shape: vec![t, inp],
-        };
+        let dense = |name: String, out: usize, inp: usize| token_dense(name, out, inp, bias, t);
         let norm = |extras: &mut Vec<ExtraTensor>, name: &str| {
             if layer_norm {
                 extras.push(ExtraTensor { name: format!("{name}.weight"), shape: vec![dim], init: ExtraInit::Ones, embedding: false });
