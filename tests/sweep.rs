@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::svg::{data_lines, heatmap_cells, svg_size};
 use common::*;
 use lintrace::tables::{Table, Value};
 use std::path::{Path, PathBuf};
@@ -332,43 +333,6 @@ fn a_sweep_trains_in_parallel_shares_its_probe_and_joins_in_queries() {
         assert_eq!(lines.iter().sum::<usize>(), points, "{a}: {m}: points on the lines");
         assert_eq!(svg.matches("<circle").count(), points, "{a}: {m}: markers");
     }
-}
-
-/// Width and height of the (first) SVG element in `text`.
-fn svg_size(text: &str) -> (u32, u32) {
-    let tag = text[text.find("<svg").expect("an <svg>")..].split('>').next().unwrap();
-    let attr = |name: &str| -> u32 {
-        let at = tag.find(&format!(" {name}=\"")).unwrap_or_else(|| panic!("no {name} in {tag}")) + name.len() + 3;
-        tag[at..].split('"').next().unwrap().parse().unwrap()
-    };
-    (attr("width"), attr("height"))
-}
-
-/// The heatmap cells with a value in an SVG: filled rectangles left of
-/// `bar_x` (where the colour bar starts), neither white (background) nor
-/// light grey (#E1E1E1, a cell without a value), as (x, fill).
-fn heatmap_cells(svg: &str, bar_x: u32) -> Vec<(u32, String)> {
-    svg.split("<rect ")
-        .skip(1)
-        .filter_map(|r| {
-            let tag = r.split('>').next().unwrap();
-            let get = |name: &str| tag.split(&format!("{name}=\"")).nth(1).map(|v| v.split('"').next().unwrap().to_string());
-            let (x, fill) = (get("x")?.parse::<u32>().ok()?, get("fill")?);
-            (x < bar_x && fill != "#FFFFFF" && fill != "#E1E1E1").then_some((x, fill))
-        })
-        .collect()
-}
-
-/// The data lines of a line plot's SVG (width 2, more than the legend's two
-/// points), as their numbers of points.
-fn data_lines(svg: &str) -> Vec<usize> {
-    svg.split("<polyline ")
-        .skip(1)
-        .map(|p| p.split('>').next().unwrap())
-        .filter(|tag| tag.contains("stroke-width=\"2\""))
-        .map(|tag| tag.split("points=\"").nth(1).unwrap().split('"').next().unwrap().split_whitespace().count())
-        .filter(|&n| n > 2)
-        .collect()
 }
 
 /// How many (step, tap) cells `runs` have a value of `metric` at.

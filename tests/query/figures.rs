@@ -2,10 +2,14 @@
 //! fixtures/tables/grid (written by fixtures/make_tables.sh): files exist,
 //! have the expected dimensions, and their plotting areas are not blank.
 
+#[path = "../common/svg.rs"]
+mod svg;
+
 use lintrace_query::plot::data::Tables;
 use lintrace_query::plot::{self, figures, Figure};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use svg::{data_lines, heatmap_cells, svg_size};
 
 // This file is a test of the lintrace-query crate (src/query/Cargo.toml),
 // so it has its own paths rather than tests/common's.
@@ -60,42 +64,6 @@ fn check_svg(path: &Path, min_rects: usize) -> String {
     svg
 }
 
-/// The data lines of a line plot's SVG (width 2, more than the legend's two
-/// points), as their numbers of points.
-fn data_lines(svg: &str) -> Vec<usize> {
-    svg.split("<polyline ")
-        .skip(1)
-        .map(|p| p.split('>').next().unwrap())
-        .filter(|tag| tag.contains("stroke-width=\"2\""))
-        .map(|tag| tag.split("points=\"").nth(1).unwrap().split('"').next().unwrap().split_whitespace().count())
-        .filter(|&n| n > 2)
-        .collect()
-}
-
-/// The heatmap cells with a value: filled rectangles left of `bar_x` (the
-/// colour bar), neither white nor the light grey of a cell without a value.
-fn heatmap_cells(svg: &str, bar_x: u32) -> usize {
-    svg.split("<rect ")
-        .skip(1)
-        .filter(|r| {
-            let tag = r.split('>').next().unwrap();
-            let get = |name: &str| tag.split(&format!("{name}=\"")).nth(1).map(|v| v.split('"').next().unwrap());
-            let x = get("x").and_then(|x| x.parse::<u32>().ok());
-            x.is_some_and(|x| x < bar_x) && get("fill").is_some_and(|f| f != "#FFFFFF" && f != "#E1E1E1")
-        })
-        .count()
-}
-
-/// Width and height of the first SVG element in `text`.
-fn svg_size(text: &str) -> (u32, u32) {
-    let tag = text[text.find("<svg").expect("an <svg>")..].split('>').next().unwrap();
-    let attr = |name: &str| -> u32 {
-        let at = tag.find(&format!(" {name}=\"")).unwrap_or_else(|| panic!("no {name} in {tag}")) + name.len() + 3;
-        tag[at..].split('"').next().unwrap().parse().unwrap()
-    };
-    (attr("width"), attr("height"))
-}
-
 #[test]
 fn heatmap_of_one_run_has_axes_colour_bar_and_cells() {
     let tmp = tempfile::tempdir().unwrap();
@@ -116,7 +84,7 @@ fn heatmap_of_one_run_has_axes_colour_bar_and_cells() {
     assert!(std::fs::metadata(&png).unwrap().len() > 5_000);
     let text = check_svg(&svg, g.steps.len() * g.taps.len() + 64);
     assert_eq!(svg_size(&text), (w, h));
-    assert_eq!(heatmap_cells(&text, w - 120), g.cells.len(), "a coloured cell per value");
+    assert_eq!(heatmap_cells(&text, w - 120).len(), g.cells.len(), "a coloured cell per value");
     assert_eq!(g.cells.len(), g.steps.len() * g.taps.len(), "the fixture has every (step, tap)");
     for label in ["step (log)", "tap (shallow → deep)", "unit_linear_fit: nonlinearity", "grid__lr-0.2__seed-0"] {
         assert!(text.contains(label) || text.contains(&label.replace('→', "&#8594;")), "SVG lacks '{label}'");
@@ -141,7 +109,7 @@ fn facet_grid_shares_one_colour_scale_across_a_sweep_axis() {
     assert!(left > 0.5 && right > 0.5, "panels drawn: {left:.2} {right:.2}");
     let text = check_svg(&svg, 2 * fig.panels[0].steps.len() * 3);
     assert_eq!(svg_size(&text), (w, h));
-    assert_eq!(heatmap_cells(&text, w - 120), fig.panels.iter().map(|p| p.cells.len()).sum::<usize>(), "a coloured cell per value");
+    assert_eq!(heatmap_cells(&text, w - 120).len(), fig.panels.iter().map(|p| p.cells.len()).sum::<usize>(), "a coloured cell per value");
     // One panel per run without --by.
     assert_eq!(figures::facet(&grid(), "frac_active", None, None).unwrap().panels.len(), 4);
 }
@@ -206,7 +174,7 @@ fn plot_and_report_commands_write_their_files() {
     assert!(ink > 0.5, "plotting area is {:.0}% drawn", ink * 100.0);
     let text = std::fs::read_to_string(stem.with_extension("svg")).unwrap();
     assert_eq!(svg_size(&text), (w, h));
-    assert_eq!(heatmap_cells(&text, w - 120), fig.panels[0].cells.len());
+    assert_eq!(heatmap_cells(&text, w - 120).len(), fig.panels[0].cells.len());
     assert!(fig.panels[0].cells.len() >= 8 * 3);
 
     let html = tmp.path().join("report.html");
@@ -257,7 +225,7 @@ fn plot_and_report_commands_write_their_files() {
         let fig = figures::facet(&tables, m, Some(a), None).unwrap();
         assert_eq!(fig.panels.len(), 4, "{a}: {m}: a panel per run");
         let (w, _) = svg_size(&svg);
-        assert_eq!(heatmap_cells(&svg, w - 120), fig.panels.iter().map(|p| p.cells.len()).sum::<usize>(), "{a}: {m}: cells");
+        assert_eq!(heatmap_cells(&svg, w - 120).len(), fig.panels.iter().map(|p| p.cells.len()).sum::<usize>(), "{a}: {m}: cells");
     }
     for (a, m) in &model {
         let svg = figure(format!("model-{a}-{m}"));
