@@ -264,9 +264,12 @@ impl Target {
         let base = path.to_path_buf();
         let analysis = base.join(run::ANALYSIS);
         let stored = analysis.join(run::PROBE);
+        // A probe file given, or else (no text either) the one stored by an
+        // earlier analysis, read once.
         let given = match (&opts.probe, &opts.text) {
             (Some(_), Some(_)) => bail!("--probe and --probe-text: give one"),
             (Some(p), None) => Some(probe::load(p)?),
+            (None, None) if stored.is_file() => Some(probe::load(&stored)?),
             _ => None,
         };
         let context = match (&given, &opts.context) {
@@ -275,7 +278,6 @@ impl Target {
             }
             (Some(p), _) => p.sample_shape.first().copied().unwrap_or(0),
             (None, Some(c)) => *c,
-            (None, None) if opts.text.is_none() && stored.is_file() => probe::load(&stored)?.sample_shape.first().copied().unwrap_or(0),
             (None, None) => 512,
         };
         // Every revision must describe the same model.
@@ -313,7 +315,6 @@ impl Target {
                 let bigram = crate::hf::text::Bigram::count(&ids, &spans, arch.vocab).ok();
                 (probe, bigram)
             }
-            (None, None) if stored.is_file() => (probe::load(&stored)?, None),
             (None, None) => bail!(
                 "{}: Hugging Face checkpoints need a probe: --probe-text FILE (tokenized with the model's tokenizer; --context, --probe-size) or --probe FILE (token ids)",
                 path.display()
@@ -331,7 +332,7 @@ impl Target {
         });
         let mut groups: BTreeMap<String, Vec<Revision>> = BTreeMap::new();
         for r in revs {
-            groups.entry(trajectory(&r.name)).or_default().push(r);
+            groups.entry(series::trajectory(&r.name)).or_default().push(r);
         }
         let single = groups.len() == 1;
         let mut targets = Vec::new();
@@ -573,34 +574,9 @@ impl Target {
     }
 }
 
-/// The trajectory a Hugging Face revision belongs to: its name without the
-/// step and token count (`stage1-step140000-tokens294B` → `stage1`,
-/// `step1000` → ``).
-fn trajectory(name: &str) -> String {
-    static PARTS: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
-    let re = PARTS.get_or_init(|| {
-        regex::Regex::new(r"(?i)(step[-_=]?\d+k?|tokens?[-_=]?\d+[kmbt]?|checkpoint[-_=]?\d+k?|ckpt[-_=]?\d+k?|iter[-_=]?\d+k?)")
-            .expect("valid regex")
-    });
-    let stripped = re.replace_all(name, "");
-    let parts: Vec<&str> = stripped.split(['-', '_', '/']).filter(|p| !p.is_empty()).collect();
-    parts.join("-")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn revisions_group_into_trajectories() {
-        assert_eq!(trajectory("step1000"), "");
-        assert_eq!(trajectory("checkpoint-500"), "");
-        assert_eq!(trajectory("step-1431k"), "");
-        assert_eq!(trajectory("ckpt_358"), "");
-        assert_eq!(trajectory("step1000-tokens4B"), "");
-        assert_eq!(trajectory("stage1-step140000-tokens294B"), "stage1");
-        assert_eq!(trajectory("stage2-ingredient1-step1000-tokens5B"), "stage2-ingredient1");
-    }
 
     #[test]
     fn char_gpt_presets_name_a_nanogpt_language_model() {

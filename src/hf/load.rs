@@ -84,6 +84,7 @@ fn read_safetensors(path: &Path, out: &mut BTreeMap<String, Tensor>) -> Result<(
     crate::checkpoint::unique_names(&mmap)?;
     let st = SafeTensors::deserialize(&mmap).map_err(|e| anyhow!("not a valid safetensors file ({e})"))?;
     for (name, view) in st.tensors() {
+        // Before the dtype check: the causal-mask buffer is bool.
         if is_junk_buffer(&name) {
             continue;
         }
@@ -102,10 +103,8 @@ pub fn read_weights(dir: &Path, arch: &HfArch) -> Result<BTreeMap<String, Tensor
         let is_bin = file.extension().is_some_and(|e| e == "bin");
         let mut read = || -> Result<()> {
             if is_bin {
+                // (Junk buffers are dropped with the names, in `normalise`.)
                 for (name, t) in crate::interop::read_torch(&file)? {
-                    if is_junk_buffer(&name) {
-                        continue;
-                    }
                     if raw.insert(name.clone(), t).is_some() {
                         bail!("tensor '{name}' is in two shards");
                     }

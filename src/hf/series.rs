@@ -41,6 +41,20 @@ pub fn parse_revision(name: &str) -> (Option<u64>, Option<u64>) {
     (stage_no, step_no)
 }
 
+/// The trajectory a Hugging Face revision belongs to: its name without the
+/// step and token count (`stage1-step140000-tokens294B` → `stage1`,
+/// `step1000` → ``).
+pub fn trajectory(name: &str) -> String {
+    static PARTS: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let re = PARTS.get_or_init(|| {
+        regex::Regex::new(r"(?i)(step[-_=]?\d+k?|tokens?[-_=]?\d+[kmbt]?|checkpoint[-_=]?\d+k?|ckpt[-_=]?\d+k?|iter[-_=]?\d+k?)")
+            .expect("valid regex")
+    });
+    let stripped = re.replace_all(name, "");
+    let parts: Vec<&str> = stripped.split(['-', '_', '/']).filter(|p| !p.is_empty()).collect();
+    parts.join("-")
+}
+
 fn revision(name: String, dir: PathBuf) -> Revision {
     let (stage, step) = parse_revision(&name);
     Revision { name, dir, stage, step }
@@ -149,5 +163,16 @@ mod tests {
         for (name, want) in cases {
             assert_eq!(parse_revision(name), *want, "{name}");
         }
+    }
+
+    #[test]
+    fn revisions_group_into_trajectories() {
+        assert_eq!(trajectory("step1000"), "");
+        assert_eq!(trajectory("checkpoint-500"), "");
+        assert_eq!(trajectory("step-1431k"), "");
+        assert_eq!(trajectory("ckpt_358"), "");
+        assert_eq!(trajectory("step1000-tokens4B"), "");
+        assert_eq!(trajectory("stage1-step140000-tokens294B"), "stage1");
+        assert_eq!(trajectory("stage2-ingredient1-step1000-tokens5B"), "stage2-ingredient1");
     }
 }

@@ -8,7 +8,7 @@
 //! transposes GPT-2's `Conv1D` weights (stored `[in, out]`) once, by
 //! `model_type`, never by shape.
 
-use super::transformer::Linear;
+use super::transformer::{standardize, Linear};
 use super::{Start, Taps, Weights};
 use crate::spec::{Activation, Family, HfArch, ModelSpec, Norm, Positions, Residual};
 use anyhow::{anyhow, Result};
@@ -41,9 +41,7 @@ impl HfNorm {
             let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
             x.broadcast_div(&(ms + self.eps)?.sqrt()?)?
         } else {
-            let xc = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
-            let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-            xc.broadcast_div(&(var + self.eps)?.sqrt()?)?
+            standardize(x, self.eps)?
         };
         let x = match &self.weight {
             Some(w) => x.broadcast_mul(w)?,
@@ -80,6 +78,8 @@ pub struct HfCausalLm {
     head: Option<Linear>,
     /// Rotary cos and sin, [positions, rotary dims].
     rotary: Option<(Tensor, Tensor)>,
+    /// Added to the attention scores: −∞ where a key follows its query.
+    causal_mask: Tensor,
     positions: usize,
 }
 
@@ -127,7 +127,10 @@ impl HfCausalLm {
             Positions::Rotary { theta, dims, .. } => Some(rotary_tables(theta, dims, t, embed.device())?),
             Positions::Learned { .. } => None,
         };
-        Ok(HfCausalLm { arch, embed, wpe, layers, final_norm, head, rotary, positions: t })
+        // Keys after the query get a score whose exponential is exactly 0.
+        let mask: Vec<f32> = (0..t * t).map(|ij| if ij % t > ij / t { f32::NEG_INFINITY } else { 0.0 }).collect();
+        let causal_mask = Tensor::from_vec(mask, (t, t), embed.device())?;
+        Ok(HfCausalLm { arch, embed, wpe, layers, final_norm, head, rotary, causal_mask, positions: t })
     }
 
     /// Queries, keys and values of `h` [b, t, d], each [b, heads, t, head_dim]
@@ -182,10 +185,7 @@ impl HfCausalLm {
         if self.arch.scale_by_inverse_layer {
             scale /= (i + 1) as f64;
         }
-        let scores = (q.matmul(&k.t()?)? * scale)?;
-        // Keys after the query get a score whose exponential is exactly 0.
-        let mask: Vec<f32> = (0..t * t).map(|ij| if ij % t > ij / t { f32::NEG_INFINITY } else { 0.0 }).collect();
-        let scores = scores.broadcast_add(&Tensor::from_vec(mask, (t, t), h.device())?)?;
+        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&self.causal_mask)?;
         let att = candle_nn::ops::softmax_last_dim(&scores)?;
         let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, self.arch.heads * self.arch.head_dim))?;
         Ok((layer.out.forward(&y)?, att))

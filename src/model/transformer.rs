@@ -68,15 +68,20 @@ impl LayerNorm {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let xc = x.broadcast_sub(&mean)?;
-        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-        let y = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?.broadcast_mul(&self.weight)?;
+        let y = standardize(x, self.eps)?.broadcast_mul(&self.weight)?;
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         })
     }
+}
+
+/// (x − mean) / sqrt(var + eps) over the last dimension (biased variance,
+/// as PyTorch's LayerNorm), before any weight or bias.
+pub(super) fn standardize(x: &Tensor, eps: f64) -> Result<Tensor> {
+    let xc = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    Ok(xc.broadcast_div(&(var + eps)?.sqrt()?)?)
 }
 
 fn norm(n: &Option<LayerNorm>, x: &Tensor) -> Result<Tensor> {
