@@ -22,6 +22,12 @@ use candle_core::{Device, Tensor};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+/// (accuracy, samples) of a surrogate's predictions on the probe.
+fn probe_accuracy(predictions: &[usize], labels: &[i64]) -> (f64, u64) {
+    let right = predictions.iter().zip(labels).filter(|(a, b)| **a as i64 == **b).count();
+    (right as f64 / labels.len().max(1) as f64, labels.len() as u64)
+}
+
 /// A surrogate whose predictions do not depend on F's step.
 struct Fixed {
     name: String,
@@ -150,13 +156,11 @@ impl TargetContext {
                         |x: &[f32]| -> Vec<usize> { x.iter().map(|&t| b.next.get(t as usize).copied().unwrap_or(0) as usize).collect() };
                     let p = &target.probe;
                     let on_probe = at(&p.inputs);
-                    let probe_acc =
-                        on_probe.iter().zip(&p.labels).filter(|(a, b)| **a as i64 == **b).count() as f64 / p.labels.len().max(1) as f64;
                     self.fixed.push(Fixed {
                         name: "bigram".into(),
                         predictions: at(&eval.x),
                         train_accuracy: Some((b.train_accuracy, b.counted)),
-                        probe_accuracy: Some((probe_acc, p.labels.len() as u64)),
+                        probe_accuracy: Some(probe_accuracy(&on_probe, &p.labels)),
                     });
                 }
                 Source::Linear => {
@@ -188,13 +192,11 @@ impl TargetContext {
                     }
                     let rows = |x: &[f32], samples: usize| if per_token { x.len() } else { samples };
                     let on_probe = m.predict(&p.inputs, rows(&p.inputs, p.len()));
-                    let probe_acc =
-                        on_probe.iter().zip(&p.labels).filter(|(a, b)| **a as i64 == **b).count() as f64 / p.labels.len().max(1) as f64;
                     self.fixed.push(Fixed {
                         name: "linear".into(),
                         predictions: m.predict(&eval.x, rows(&eval.x, eval.samples())),
                         train_accuracy: Some((m.train_accuracy, d.train.y.len() as u64)),
-                        probe_accuracy: Some((probe_acc, p.labels.len() as u64)),
+                        probe_accuracy: Some(probe_accuracy(&on_probe, &p.labels)),
                     });
                 }
                 Source::Checkpoint(path) => {
