@@ -6,6 +6,7 @@
 //! and the report over those tables are the `lintrace-query` crate
 //! (src/query), which the training and analysis binaries do not build.
 
+pub mod activations;
 pub mod analysis;
 pub mod atomic;
 pub mod batches;

@@ -2,7 +2,9 @@
 //! nested under state_dict/model, fp16/bf16), PyTorch's name wrappers, bare
 //! nn.Sequential names, --rename, folders with any file names and steps,
 //! presets and run folders as specs. Logits are checked against PyTorch's
-//! (fixtures/make_interop.py wrote them) to 1e-5.
+//! (fixtures/make_interop.py wrote them) to 1e-5. Architectures lintrace
+//! does not rebuild, from activations captured in PyTorch
+//! (fixtures/make_captured.py), against numpy on the same activations.
 
 mod common;
 
@@ -159,4 +161,200 @@ fn specs_come_from_a_file_a_run_folder_or_a_preset() {
         "{}",
         stderr(&out)
     );
+}
+
+/// Copies a captured run of fixtures/captured/ into a temporary folder.
+fn captured_run(tmp: &Path, name: &str) -> std::path::PathBuf {
+    let dir = tmp.join(name);
+    std::fs::create_dir_all(dir.join("activations")).unwrap();
+    let src = fixture(&format!("captured/{name}"));
+    std::fs::copy(src.join("probe.safetensors"), dir.join("probe.safetensors")).unwrap();
+    for e in std::fs::read_dir(src.join("activations")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, dir.join("activations").join(p.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+/// (step, tap, layer_name, metric) → value of an analyzer's rows.
+fn layer_rows(dir: &Path, analyzer: &str) -> std::collections::BTreeMap<(i64, i64, String, String), Option<f64>> {
+    let t = lintrace::tables::Table::read(&dir.join("analysis/layer_metrics.parquet"), "layer_metrics").unwrap();
+    let col = |n: &str| t.column_index(n).unwrap();
+    let (s, tap, name, a, m, v) = (col("step"), col("tap"), col("layer_name"), col("analyzer"), col("metric"), col("value"));
+    t.rows
+        .iter()
+        .filter(|r| r[a].as_str() == Some(analyzer))
+        .map(|r| {
+            let value = match &r[v] {
+                lintrace::tables::Value::F64(x) => Some(*x),
+                _ => None,
+            };
+            (
+                (
+                    r[s].as_i64().unwrap(),
+                    r[tap].as_i64().unwrap(),
+                    r[name].as_str().unwrap().to_string(),
+                    r[m].as_str().unwrap().to_string(),
+                ),
+                value,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn activations_captured_in_pytorch_get_the_activation_metrics_numpy_computes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gold: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture("captured/golden.json")).unwrap()).unwrap();
+    for (name, taps) in [("cnn", vec!["act1", "act2", "se.act", "se.gate"]), ("attn", vec!["mlp.act"])] {
+        let dir = captured_run(tmp.path(), name);
+        let out = run_ok(analyze_bin().arg(&dir).args(["--device", "cpu"]));
+        let err = stderr(&out);
+        assert!(err.contains("linearized_agreement does not apply: on activations captured in PyTorch"), "{err}");
+        assert!(err.contains("mu does not apply"), "{err}");
+        let unit = layer_rows(&dir, "unit_linear_fit");
+        let steps = gold[name].as_object().unwrap();
+        assert_eq!(steps.len(), 3);
+        for (step, g) in steps {
+            let step: i64 = step.parse().unwrap();
+            for (tap, want) in g["unit_linear_fit"].as_array().unwrap().iter().enumerate() {
+                for metric in ["nonlinearity", "mean_unit_r2"] {
+                    let key = (step, tap as i64, taps[tap].to_string(), metric.to_string());
+                    let got = unit.get(&key).copied().flatten().unwrap_or_else(|| panic!("{name}: no row {key:?}"));
+                    let want = want[metric].as_f64().unwrap();
+                    assert!((got - want).abs() <= 1e-6 * want.abs() + 1e-12, "{name} {key:?}: {got} vs numpy {want}");
+                }
+            }
+            if let Some(heads) = g.get("attention") {
+                let att = layer_rows(&dir, "attention");
+                for (h, want) in heads.as_array().unwrap().iter().enumerate() {
+                    for metric in ["attention_entropy", "attention_max"] {
+                        let got = att[&(step, 0, format!("attn.head{h}"), metric.to_string())].unwrap();
+                        assert_close(got, want[metric].as_f64().unwrap(), 1e-9, &format!("{name} step {step} head {h} {metric}"));
+                    }
+                }
+            }
+            let mm = lintrace::tables::Table::read(&dir.join("analysis/model_metrics.parquet"), "model_metrics").unwrap();
+            let (s, m, v) = (mm.column_index("step").unwrap(), mm.column_index("metric").unwrap(), mm.column_index("value").unwrap());
+            for metric in ["accuracy", "loss"] {
+                let got = mm.rows.iter().find(|r| r[s].as_i64() == Some(step) && r[m].as_str() == Some(metric)).unwrap();
+                let lintrace::tables::Value::F64(got) = got[v] else { panic!("{name}: {metric} is null") };
+                assert_close(got, g[metric].as_f64().unwrap(), 1e-6, &format!("{name} step {step} {metric}"));
+            }
+        }
+        // Every activation-only analyzer wrote rows for every step and tap.
+        for analyzer in ["activation_regime", "block_linear_fit", "cka_time", "representation", "weights"] {
+            let rows = layer_rows(&dir, analyzer);
+            let steps: std::collections::BTreeSet<i64> = rows.keys().map(|k| k.0).collect();
+            if analyzer == "activation_regime" && name == "attn" {
+                assert!(rows.is_empty(), "a tanh tap has no on/off regime");
+                continue;
+            }
+            assert_eq!(steps.into_iter().collect::<Vec<_>>(), vec![0, 1, 8], "{name} {analyzer}");
+        }
+        // A second analysis has nothing left to do.
+        let out = run_ok(analyze_bin().arg(&dir).args(["--device", "cpu", "--quiet"]));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("analysed 0 checkpoints"), "{}", String::from_utf8_lossy(&out.stdout));
+    }
+}
+
+/// Rewrites a safetensors file with `edit` applied to its metadata and
+/// tensors (name → (dtype, shape, bytes)).
+fn rewrite(
+    path: &Path,
+    edit: impl FnOnce(
+        &mut std::collections::HashMap<String, String>,
+        &mut std::collections::BTreeMap<String, (safetensors::Dtype, Vec<usize>, Vec<u8>)>,
+    ),
+) {
+    let bytes = std::fs::read(path).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut md = header.metadata().clone().unwrap_or_default();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: std::collections::BTreeMap<String, (safetensors::Dtype, Vec<usize>, Vec<u8>)> =
+        st.tensors().into_iter().map(|(n, v)| (n, (v.dtype(), v.shape().to_vec(), v.data().to_vec()))).collect();
+    edit(&mut md, &mut tensors);
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> =
+        tensors.iter().map(|(n, (d, s, b))| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap())).collect();
+    std::fs::write(path, safetensors::serialize(views, Some(md)).unwrap()).unwrap();
+}
+
+#[test]
+fn bad_activation_files_are_refused_in_one_line_naming_the_file() {
+    type Edit = Box<
+        dyn Fn(
+            &mut std::collections::HashMap<String, String>,
+            &mut std::collections::BTreeMap<String, (safetensors::Dtype, Vec<usize>, Vec<u8>)>,
+        ),
+    >;
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        (
+            "version",
+            Box::new(|md, _| {
+                md.insert("format_version".into(), "2".into());
+            }),
+            "activations format version 2",
+        ),
+        (
+            "probe",
+            Box::new(|md, _| {
+                md.insert("probe_hash".into(), "0123456789abcdef".into());
+            }),
+            "captured on probe 0123456789abcdef",
+        ),
+        (
+            "missing",
+            Box::new(|_, t| {
+                t.remove("taps.1.a");
+            }),
+            "tensor 'taps.1.a' is missing",
+        ),
+        (
+            "shape",
+            Box::new(|_, t| {
+                let e = t.get_mut("logits").unwrap();
+                e.1 = vec![e.1[1], e.1[0]];
+            }),
+            "tensor 'logits' has shape",
+        ),
+        (
+            "layout",
+            Box::new(|md, _| {
+                let l = md["layout"].replace("\"stride\":2", "\"stride\":1");
+                md.insert("layout".into(), l);
+            }),
+            "maps 6×6 to 6×6, not 3×3",
+        ),
+        (
+            "other taps",
+            Box::new(|md, _| {
+                let l = md["layout"].replace("se.gate", "se.sigmoid");
+                md.insert("layout".into(), l);
+            }),
+            "its layout differs from the run's first file",
+        ),
+        (
+            "dtype",
+            Box::new(|_, t| {
+                let e = t.get_mut("taps.0.z").unwrap();
+                e.0 = safetensors::Dtype::I32;
+            }),
+            "tensor 'taps.0.z' has dtype I32",
+        ),
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    for (what, edit, message) in cases {
+        let dir = captured_run(tmp.path(), "cnn");
+        let bad = dir.join("activations/step_00000008.safetensors");
+        rewrite(&bad, |md, t| edit(md, t));
+        let out = analyze_bin().arg(&dir).args(["--device", "cpu", "--quiet", "--analyzers", "unit_linear_fit"]).output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{what}: {err}");
+        let line = err.lines().find(|l| l.contains(message)).unwrap_or_else(|| panic!("{what}: no line says '{message}':\n{err}"));
+        assert!(line.contains("step_00000008.safetensors"), "{what}: {line}");
+        // The other steps are analysed; the bad one has no rows.
+        let steps: std::collections::BTreeSet<i64> = layer_rows(&dir, "unit_linear_fit").keys().map(|k| k.0).collect();
+        assert_eq!(steps.into_iter().collect::<Vec<_>>(), vec![0, 1], "{what}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

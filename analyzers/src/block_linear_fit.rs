@@ -52,6 +52,9 @@ impl Accumulator for BlockAcc {
     fn observe(&mut self, chunk: &Chunk<'_>) -> Result<(), AnalyzerError> {
         check_taps(NAME, &self.model, chunk)?;
         for ((t, tap), fit) in self.model.taps.iter().zip(chunk.taps).zip(&mut self.fits) {
+            if t.input_units == 0 {
+                continue;
+            }
             let input =
                 tap.input.ok_or_else(|| AnalyzerError::Shape { analyzer: NAME, message: "no block inputs were captured".into() })?;
             let dims = input.dims();
@@ -73,6 +76,10 @@ impl Accumulator for BlockAcc {
         let mut out = Vec::new();
         let mut notes = Vec::new();
         for (t, fit) in self.model.taps.iter().zip(&self.fits) {
+            if t.input_units == 0 {
+                notes.push(format!("tap {}: the layer feeding it is not known, so no block fit is written", t.index));
+                continue;
+            }
             let (p, n) = (fit.p, fit.rows);
             let Some(s) = fit.sums_if_overdetermined() else {
                 let rows = if fit.exact { (self.model.n_probe * fit.positions) as f64 } else { n };

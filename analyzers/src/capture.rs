@@ -17,6 +17,11 @@ pub enum ActivationKind {
     Silu,
     Tanh,
     Identity,
+    /// Any other elementwise nonlinearity (sigmoid, hardswish, ELU, …): a
+    /// model captured in PyTorch may use one lintrace has no kernel for.
+    /// Unit fits treat every elementwise map alike; only the ReLU family
+    /// has an on/off regime.
+    Other,
 }
 
 impl ActivationKind {
@@ -89,7 +94,9 @@ pub struct TapInfo {
     pub layer_kind: LayerKind,
     /// Scalar units per sample (channels × rows × columns for a conv map).
     pub units: usize,
-    /// Values per sample of the block input.
+    /// Values per sample of the block input; 0 when the affine layer that
+    /// feeds the tap is not known (an activation captured without it), and
+    /// the block fits skip the tap.
     pub input_units: usize,
     pub block: BlockGeometry,
 }

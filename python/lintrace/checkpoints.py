@@ -72,8 +72,10 @@ def probe_hash(inputs: torch.Tensor, labels: torch.Tensor) -> str:
 
 def write_probe(path: Union[str, Path], inputs: torch.Tensor, labels: torch.Tensor, indices: Optional[torch.Tensor] = None,
                 dataset: str = EXTERNAL_DATASET, split: str = "probe") -> str:
-    """Writes a probe file as lintrace reads it; returns its hash."""
-    x = inputs.detach().cpu().to(torch.float32).contiguous()
+    """Writes a probe file as lintrace reads it; returns its hash. Integer
+    inputs (token ids) are kept as int64, which lintrace reads too."""
+    integer = not inputs.is_floating_point() and not inputs.is_complex()
+    x = inputs.detach().cpu().to(torch.int64 if integer else torch.float32).contiguous()
     y = labels.detach().cpu().to(torch.int64).contiguous()
     if y.shape[0] != x.shape[0]:
         raise ValueError(f"probe has {x.shape[0]} inputs but {y.shape[0]} labels")

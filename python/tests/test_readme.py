@@ -171,3 +171,65 @@ def test_inference_refuses_what_is_not_an_mlp():
     assert spec["hidden"] == [5] and spec["activation"] == "gelu"
     assert names == {"1.weight": "layers.0.weight", "1.bias": "layers.0.bias",
                      "3.weight": "layers.2.weight", "3.bias": "layers.2.bias"}
+
+
+def unit_linear_fit_numpy(z, a):
+    """docs/metrics.md's unit_linear_fit, written directly in numpy (f64):
+    per unit the least-squares fit a ≈ αz + β; pooled residual share over
+    the units whose a takes more than one value, and their mean R²."""
+    import numpy as np
+
+    z = z.reshape(z.shape[0], -1).astype(np.float64)
+    a = a.reshape(a.shape[0], -1).astype(np.float64)
+    res = var = r2 = 0.0
+    varying = 0
+    for j in range(z.shape[1]):
+        if a[:, j].max() == a[:, j].min():
+            continue
+        X = np.stack([z[:, j], np.ones(len(z))], 1)
+        coef, *_ = np.linalg.lstsq(X, a[:, j], rcond=None)
+        r = float(((a[:, j] - X @ coef) ** 2).sum())
+        v = float(((a[:, j] - a[:, j].mean()) ** 2).sum())
+        res, var, r2, varying = res + r, var + v, r2 + 1 - r / v, varying + 1
+    return res / var, r2 / varying
+
+
+def test_any_architecture(tmp_path, env):
+    import numpy as np
+    import polars as pl
+    from safetensors.numpy import load_file as load_np
+
+    root = run_example("any architecture", tmp_path, env)
+    run = root / "runs" / "custom"
+    expected = lintrace.log_spaced_steps(200)
+    assert steps_in(run / "activations") == expected
+    out = analyze(run)
+    # The analyzers that need the model itself say why they do not apply.
+    assert "linearized_agreement does not apply: on activations captured in PyTorch" in out, out
+    lm = pl.read_parquet(run / "analysis" / "layer_metrics.parquet")
+    mm = pl.read_parquet(run / "analysis" / "model_metrics.parquet")
+    assert sorted(lm["step"].unique().to_list()) == expected
+    assert set(lm["analyzer"].unique()) == {"unit_linear_fit", "activation_regime", "block_linear_fit", "cka_time",
+                                            "representation", "weights"}
+    names = lm.filter(pl.col("analyzer") == "unit_linear_fit").select("tap", "layer_name", "layer_kind").unique().sort("tap")
+    assert names.rows() == [(0, "act1", "conv2d"), (1, "act2", "conv2d"), (2, "se.act", "dense"), (3, "se.gate", "dense")]
+    # The ReLU family only: two taps.
+    assert sorted(lm.filter(pl.col("analyzer") == "activation_regime")["tap"].unique().to_list()) == [0, 2]
+    probe = load_np(str(run / "probe.safetensors"))
+    checked = 0
+    for step in expected:
+        t = load_np(str(run / "activations" / lintrace.checkpoint_name(step)))
+        rows = lm.filter((pl.col("step") == step) & (pl.col("analyzer") == "unit_linear_fit"))
+        for tap in range(4):
+            nl, r2 = unit_linear_fit_numpy(t[f"taps.{tap}.z"], t[f"taps.{tap}.a"])
+            got = {m: v for m, v in rows.filter(pl.col("tap") == tap).select("metric", "value").rows()}
+            assert abs(got["nonlinearity"] - nl) <= 1e-6 * max(nl, 1e-12) + 1e-12, (step, tap, got, nl)
+            assert abs(got["mean_unit_r2"] - r2) <= 1e-9, (step, tap, got, r2)
+            checked += 1
+        acc = float((t["logits"].argmax(1) == probe["labels"]).mean())
+        got = mm.filter((pl.col("step") == step) & (pl.col("metric") == "accuracy"))["value"].to_list()
+        assert got and abs(got[0] - acc) < 1e-12, (step, got, acc)
+    assert checked == 4 * len(expected)
+    # The fits say something: training moves the ReLU taps away from linear.
+    nl = lm.filter((pl.col("analyzer") == "unit_linear_fit") & (pl.col("metric") == "nonlinearity") & (pl.col("tap") == 0))
+    assert nl.sort("step")["value"].to_list()[-1] > 0.05

@@ -1,4 +1,5 @@
-//! Pushes the probe through one model in chunks, with taps, feeding every
+//! Pushes the probe through one model in chunks, with taps (or reads the
+//! activations a PyTorch model's taps recorded), feeding every
 //! analyzer's accumulator chunk by chunk; then computes the whole-probe
 //! inputs that some analyzers asked for (unit moments, Gram matrices,
 //! linearised variants) once, and hands them to every analyzer's `finish`.
@@ -7,8 +8,9 @@
 //! taps are passed to the analyzers as device tensors, and only logits and
 //! small per-unit or per-tap results come back to the host.
 
+use crate::activations::ActivationFile;
 pub use crate::batches::{windows_per_chunk, Batches};
-use crate::model::{Affine, Model, Taps};
+use crate::model::{Affine, Model, Recorded, TapValues, Taps};
 use crate::probe::Probe;
 use crate::spec::ModelSpec;
 use analyzers::gram::Gram;
@@ -49,29 +51,75 @@ struct Pass {
     scores: RowScores,
 }
 
+/// One chunk as a pass delivers it: (index of its first sample, samples,
+/// logits, the values recorded at the taps).
+type Delivered = Result<(usize, usize, Tensor, Recorded)>;
+
+/// Whether a pass must record the taps (or streams, attention) for `needs`.
+fn wants_taps(needs: Needs) -> bool {
+    needs.taps || needs.block_inputs || needs.moments || needs.grams || needs.streams || needs.attention
+}
+
+/// The chunks of a forward pass of `model` over `batches`.
+fn model_chunks<'a>(model: &'a Model, batches: &'a Batches, needs: Needs) -> impl Iterator<Item = Delivered> + 'a {
+    batches.iter().map(move |item| {
+        let (first, x) = item?;
+        let b = x.dims()[0];
+        let (logits, recorded) = if wants_taps(needs) { model.forward_recorded(&x)? } else { (model.logits(&x)?, Default::default()) };
+        Ok((first, b, logits, recorded))
+    })
+}
+
+/// The chunks of a file of captured activations: what a forward pass
+/// would have recorded, read `chunk` samples at a time.
+fn captured_chunks<'a>(file: &'a ActivationFile, chunk: usize, needs: Needs, device: &'a Device) -> impl Iterator<Item = Delivered> + 'a {
+    let per = file.layout.predictions_per_sample;
+    let n = file.n;
+    (0..n).step_by(chunk.max(1)).map(move |first| {
+        let b = chunk.max(1).min(n - first);
+        let logits = file.rows("logits", first * per, b * per, device)?;
+        let mut recorded = Recorded::default();
+        if wants_taps(needs) {
+            for (i, has_input) in file.has_input.iter().enumerate() {
+                let input =
+                    if needs.block_inputs && *has_input { Some(file.rows(&format!("taps.{i}.input"), first, b, device)?) } else { None };
+                recorded.taps.push(TapValues {
+                    input,
+                    z: file.rows(&format!("taps.{i}.z"), first, b, device)?,
+                    a: file.rows(&format!("taps.{i}.a"), first, b, device)?,
+                    skip: None,
+                });
+            }
+        }
+        if needs.attention {
+            for j in 0..file.layout.attention.len() {
+                recorded.attention.push(file.rows(&format!("attention.{j}"), first, b, device)?);
+            }
+        }
+        Ok((first, b, logits, recorded))
+    })
+}
+
 /// One pass over the probe: feeds `accs` (a failing accumulator is dropped
 /// and its error kept in `failures`) and collects what `needs` asks for.
 fn pass(
-    model: &Model,
+    chunks: impl Iterator<Item = Delivered>,
+    n_samples: usize,
     info: &ModelInfo,
-    batches: &Batches,
     labels: &[i64],
     needs: Needs,
     accs: &mut [Option<Box<dyn Accumulator>>],
     failures: &mut [Option<AnalyzerError>],
 ) -> Result<Pass> {
-    let want_taps = needs.taps || needs.block_inputs || needs.moments || needs.grams || needs.streams || needs.attention;
     let mut out = Pass {
         moments: if needs.moments { info.taps.iter().map(|t| PairedMoments::new(t.units)).collect() } else { Vec::new() },
         activations: if needs.grams { vec![Vec::new(); info.taps.len()] } else { Vec::new() },
         scores: RowScores::default(),
     };
     // Predictions per sample: 1, or a language model's one per position.
-    let per = labels.len() / batches.len().max(1);
-    for item in batches.iter() {
-        let (first, x) = item?;
-        let b = x.dims()[0];
-        let (logits, recorded) = if want_taps { model.forward_recorded(&x)? } else { (model.logits(&x)?, Default::default()) };
+    let per = labels.len() / n_samples.max(1);
+    for item in chunks {
+        let (first, b, logits, recorded) = item?;
         let taps = &recorded.taps;
         let logits = host(&logits)?;
         let tap_chunks: Vec<TapChunk<'_>> = if needs.taps || needs.block_inputs {
@@ -129,13 +177,52 @@ pub fn run(
     shared: &Shared<'_>,
 ) -> Result<Outcome> {
     let info = &spec.model_info(probe.len());
+    let batches = Batches::probe(probe, chunk_size, device)?;
+    analyse(
+        info,
+        &probe.labels,
+        selected,
+        shared,
+        |needs| model_chunks(model, &batches, needs),
+        batches.len(),
+        Some(|moments: &[UnitMoments], base: RowScores| variant_logits(model, spec, info, &batches, moments, base, &probe.labels, device)),
+    )
+}
+
+/// [`run`] over activations captured in PyTorch instead of a forward pass:
+/// every analyzer that needs only what was captured. The caller keeps the
+/// others (the linearised variants need a model to run) out of `selected`.
+pub fn run_captured(
+    file: &ActivationFile,
+    probe: &Probe,
+    selected: &[&dyn Analyzer],
+    chunk_size: usize,
+    device: &Device,
+    shared: &Shared<'_>,
+) -> Result<Outcome> {
+    let info = &file.model_info();
+    let chunk = windows_per_chunk(chunk_size, file.layout.predictions_per_sample);
+    type NoVariants = fn(&[UnitMoments], RowScores) -> Result<VariantLogits>;
+    analyse(info, &probe.labels, selected, shared, |needs| captured_chunks(file, chunk, needs, device), file.n, None::<NoVariants>)
+}
+
+/// Feeds the analyzers one pass of chunks, computes the whole-probe inputs
+/// they asked for, and finishes them.
+fn analyse<I: Iterator<Item = Delivered>>(
+    info: &ModelInfo,
+    labels: &[i64],
+    selected: &[&dyn Analyzer],
+    shared: &Shared<'_>,
+    chunks: impl FnOnce(Needs) -> I,
+    n_samples: usize,
+    variants: Option<impl FnOnce(&[UnitMoments], RowScores) -> Result<VariantLogits> + Send>,
+) -> Result<Outcome> {
     let mut needs = selected.iter().fold(Needs::default(), |n, a| n.union(a.needs()));
     needs.moments |= needs.variants;
     let own_grams = needs.grams && shared.grams.is_none();
     let pass_needs = Needs { grams: own_grams, ..needs };
     let mut accs: Vec<Option<Box<dyn Accumulator>>> = selected.iter().map(|a| Some(a.start(info))).collect();
     let mut failures: Vec<Option<AnalyzerError>> = vec![None; selected.len()];
-    let batches = Batches::probe(probe, chunk_size, device)?;
     // Analyzers that need only weights or held-out predictions cause no pass.
     let wants_pass = needs.logits
         || needs.taps
@@ -145,7 +232,8 @@ pub fn run(
         || needs.variants
         || needs.streams
         || needs.attention;
-    let collected = if wants_pass { Some(pass(model, info, &batches, &probe.labels, pass_needs, &mut accs, &mut failures)?) } else { None };
+    let collected =
+        if wants_pass { Some(pass(chunks(pass_needs), n_samples, info, labels, pass_needs, &mut accs, &mut failures)?) } else { None };
 
     let (moments, computed_grams, base_logits) = match collected {
         Some(p) => {
@@ -171,19 +259,16 @@ pub fn run(
         None => None,
     };
     let (variants, ranks) = rayon::join(
-        || {
-            if needs.variants {
-                variant_logits(model, spec, info, &batches, &moments, base_logits, &probe.labels, device).map(Some)
-            } else {
-                Ok(None)
-            }
+        || match variants.filter(|_| needs.variants) {
+            Some(compute) => compute(&moments, base_logits).map(Some),
+            None => Ok(None),
         },
         || host_grams.as_ref().map(|h| analyzers::representation::ranks_of(h)),
     );
     let variants = variants?;
 
     let extras = Extras {
-        labels: &probe.labels,
+        labels,
         moments: needs.moments.then_some(moments.as_slice()),
         grams,
         ranks: ranks.as_deref(),
@@ -280,6 +365,15 @@ pub fn grams(model: &Model, spec: &ModelSpec, probe: &Probe, chunk_size: usize, 
     let info = spec.model_info(probe.len());
     let batches = Batches::probe(probe, chunk_size, device)?;
     let needs = Needs { grams: true, ..Needs::default() };
-    let p = pass(model, &info, &batches, &probe.labels, needs, &mut [], &mut [])?;
+    let p = pass(model_chunks(model, &batches, needs), batches.len(), &info, &probe.labels, needs, &mut [], &mut [])?;
+    Ok(p.activations.iter().map(|a| Gram::from_chunks(a)).collect::<candle_core::Result<Vec<_>>>()?)
+}
+
+/// [`grams`] of captured activations.
+pub fn captured_grams(file: &ActivationFile, probe: &Probe, chunk_size: usize, device: &Device) -> Result<Vec<Gram>> {
+    let info = file.model_info();
+    let needs = Needs { grams: true, ..Needs::default() };
+    let chunk = windows_per_chunk(chunk_size, file.layout.predictions_per_sample);
+    let p = pass(captured_chunks(file, chunk, needs, device), file.n, &info, &probe.labels, needs, &mut [], &mut [])?;
     Ok(p.activations.iter().map(|a| Gram::from_chunks(a)).collect::<candle_core::Result<Vec<_>>>()?)
 }

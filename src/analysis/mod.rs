@@ -3,6 +3,7 @@
 //! within a memory bound), and merges the rows into the run's tables.
 
 pub mod capture;
+mod captured;
 pub mod context;
 mod done;
 pub mod inventory;
@@ -234,7 +235,10 @@ fn analyze_target(
     }
 
     let needs = jobs.iter().flat_map(|j| j.analyzers.iter()).fold(Needs::default(), |n, &i| n.union(selected[i].needs()));
-    let ctx = TargetContext::prepare(target, needs, sources, opts, final_step, dev, &mut report.notes)?;
+    let ctx = match target.captured_layout() {
+        Some(layout) => captured::prepare(target, layout, needs, final_step, opts.chunk_size, dev, &mut report.notes),
+        None => TargetContext::prepare(target, needs, sources, opts, final_step, dev, &mut report.notes)?,
+    };
 
     // Checkpoints go in `lanes` sequential lanes side by side, on the global
     // thread pool: each checkpoint's own parallel work (convolutions, matrix
@@ -315,6 +319,20 @@ fn run_job(
     chunk: usize,
     dev: &candle_core::Device,
 ) -> Result<(u64, Vec<(usize, Result<Finished, AnalyzerError>)>)> {
+    if let Some(layout) = target.captured_layout() {
+        // Analyzers that need the model itself report once why not.
+        let (runs, refused): (Vec<usize>, Vec<usize>) =
+            job.analyzers.iter().partition(|&&i| captured::not_applicable(selected[i].needs()).is_none());
+        let subset: Vec<&dyn Analyzer> = runs.iter().map(|&i| selected[i].as_ref()).collect();
+        let outcomes =
+            if subset.is_empty() { Vec::new() } else { captured::run_job(target, layout, &job.path, job.step, &subset, ctx, chunk, dev)? };
+        let mut all: Vec<(usize, Result<Finished, AnalyzerError>)> = runs.into_iter().zip(outcomes).collect();
+        for i in refused {
+            let a = selected[i].as_ref();
+            all.push((i, Err(captured::refused(a, captured::not_applicable(a.needs()).unwrap_or_default()))));
+        }
+        return Ok((job.step, all));
+    }
     let loaded = target.load_checkpoint(&job.path, job.step)?;
     let spec = &loaded.meta.spec;
     if loaded.meta.step != job.step {

@@ -68,23 +68,23 @@ impl Existing {
             let (si, ai) = (t.column_index("step").expect("step column"), t.column_index("analyzer").expect("analyzer column"));
             t.rows.retain(|r| !(r[si].as_i64() == Some(step as i64) && r[ai].as_str() == Some(analyzer.name())));
         }
-        let taps = target.spec.taps();
-        let blocks = target.spec.residual_blocks();
-        let attention = target.spec.attention_layers();
-        let n_taps = taps.len().max(1) as f64;
+        let names = target.row_names();
+        let n_taps = names.taps.len().max(1) as f64;
         // Predictions: samples, or a language model's (window, position) pairs.
         let n = target.probe.labels.len() as i64;
         for v in values {
             match v.tap {
                 Some(l) => {
-                    let tap = &taps[l];
+                    let Some((tap_name, tap_kind)) = names.taps.get(l) else { continue };
                     // A residual block's row is named after the block; its
                     // layer is the block's output tap.
-                    let (name, kind) = match (v.block.and_then(|b| blocks.get(b)), v.head.and_then(|(a, h)| Some((attention.get(a)?, h)))) {
-                        (Some(b), _) => (b.name.clone(), b.kind),
+                    let block = v.block.and_then(|b| names.blocks.get(b));
+                    let head = v.head.and_then(|(a, h)| Some((names.attention.get(a)?, h)));
+                    let (name, kind) = match (block, head) {
+                        (Some((b, kind)), _) => (b.clone(), *kind),
                         // docs/metrics.md: `<block>.attn.head<h>`.
-                        (None, Some((att, h))) => (format!("{}.head{h}", att.name), "attention_head"),
-                        (None, None) => (tap.layer_name.clone(), tap.layer_kind.as_str()),
+                        (None, Some((att, h))) => (format!("{att}.head{h}"), "attention_head"),
+                        (None, None) => (tap_name.clone(), tap_kind.as_str()),
                     };
                     let mut row = vec![
                         Value::Str(target.run_id.clone()),

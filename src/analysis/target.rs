@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 /// (written by the Python package): its data is not one lintrace reloads.
 pub const EXTERNAL_DATASET: &str = "external";
 
-enum Origin {
+pub(super) enum Origin {
     Run(Box<RunManifest>),
     /// Checkpoints from elsewhere; only the spec is known.
     External {
@@ -31,6 +31,12 @@ enum Origin {
         revisions: BTreeMap<PathBuf, Revision>,
         /// The bigram surrogate for `mu`, when the probe came from text.
         bigram: Option<crate::hf::text::Bigram>,
+    },
+    /// A run trained in PyTorch with an architecture lintrace does not
+    /// rebuild: its activations were captured per checkpoint by the Python
+    /// package (`crate::activations`), and those files are the checkpoints.
+    Captured {
+        layout: crate::activations::Layout,
     },
 }
 
@@ -51,20 +57,31 @@ pub struct HfProbe {
     pub run_id: Option<String>,
 }
 
+/// What a target's rows are called: per tap (layer name, layer kind), per
+/// residual block (name, kind), per attention layer its name.
+#[derive(Debug, Clone, Default)]
+pub struct RowNames {
+    pub taps: Vec<(String, String)>,
+    pub blocks: Vec<(String, &'static str)>,
+    pub attention: Vec<String>,
+}
+
 pub struct Target {
     pub run_id: String,
     /// Where the tables go (`RUN_DIR/analysis`).
     pub out_dir: PathBuf,
     pub probe: Probe,
-    pub spec: ModelSpec,
+    /// The architecture, for every origin but captured activations (whose
+    /// layout is in their files).
+    pub spec: Option<ModelSpec>,
     pub checkpoints: Vec<PathBuf>,
     /// Identity for checkpoints without lintrace metadata.
     pub fallback: Option<CheckpointMeta>,
     /// The sweep whose folder holds this run, if any.
     pub sweep_id: Option<String>,
-    origin: Origin,
+    pub(super) origin: Origin,
     /// Files already checked against run.json in this analysis.
-    verified: std::sync::OnceLock<std::collections::BTreeSet<PathBuf>>,
+    pub(super) verified: std::sync::OnceLock<std::collections::BTreeSet<PathBuf>>,
 }
 
 /// Where to find checkpoints written elsewhere.
@@ -161,6 +178,10 @@ pub fn discover_with(paths: &[PathBuf], external: Option<&External>, hf: &HfProb
             targets.push(Target::external(path, ext)?);
             continue;
         }
+        if !run::is_run_dir(path) && crate::activations::has_activations(path) {
+            targets.push(Target::captured(path)?);
+            continue;
+        }
         if !run::is_run_dir(path) && series::is_series(path) {
             targets.extend(Target::hugging_face(path, hf)?);
             continue;
@@ -169,6 +190,12 @@ pub fn discover_with(paths: &[PathBuf], external: Option<&External>, hf: &HfProb
             vec![path.clone()]
         } else if path.is_dir() {
             let v = run::run_dirs_under(path)?;
+            if v.is_empty() && path.join(run::PROBE).is_file() && path.join(crate::layout::CHECKPOINTS).is_dir() {
+                bail!(
+                    "{}: checkpoints of a model lintrace has no spec for: capture its activations in PyTorch (lintrace.capture_activations, docs/pytorch.md), or pass --spec and --probe",
+                    path.display()
+                );
+            }
             if v.is_empty() {
                 bail!(
                     "{}: no runs found (a run folder holds run.json; for checkpoints written elsewhere pass --spec and --probe)",
@@ -213,7 +240,7 @@ impl Target {
             run_id: manifest.run_id.clone(),
             out_dir: dir.join(run::ANALYSIS),
             probe,
-            spec,
+            spec: Some(spec),
             checkpoints,
             fallback: None,
             sweep_id: None,
@@ -243,7 +270,7 @@ impl Target {
             run_id,
             out_dir: base.join(run::ANALYSIS),
             probe,
-            spec,
+            spec: Some(spec),
             checkpoints: Vec::new(),
             fallback: Some(fallback),
             sweep_id: None,
@@ -370,7 +397,7 @@ impl Target {
                 run_id,
                 out_dir,
                 probe: probe.clone(),
-                spec: spec.clone(),
+                spec: Some(spec.clone()),
                 checkpoints: members.iter().map(|r| r.dir.clone()).collect(),
                 fallback: Some(fallback),
                 sweep_id: None,
@@ -412,7 +439,7 @@ impl Target {
                 let rel = path.strip_prefix(base).unwrap_or(path).to_string_lossy().into_owned();
                 crate::interop::step_from_name(&rel, step_pattern.as_ref())
             }
-            Origin::Run(_) => checkpoint::step_from_file_name(path),
+            Origin::Run(_) | Origin::Captured { .. } => checkpoint::step_from_file_name(path),
             Origin::HuggingFace { revisions, .. } => revisions.get(path).and_then(|r| r.step),
         }
     }
@@ -425,7 +452,7 @@ impl Target {
         match &self.origin {
             Origin::Run(m) if m.config.data.dataset == EXTERNAL_DATASET => None,
             Origin::Run(m) => Some(m.config.data.clone()),
-            Origin::External { .. } | Origin::HuggingFace { .. } => None,
+            Origin::External { .. } | Origin::HuggingFace { .. } | Origin::Captured { .. } => None,
         }
     }
 
@@ -438,7 +465,7 @@ impl Target {
     pub fn recorded_sha256(&self, step: u64) -> Option<&str> {
         match &self.origin {
             Origin::Run(m) => m.checkpoint_sha256.get(&step).map(String::as_str),
-            Origin::External { .. } | Origin::HuggingFace { .. } => None,
+            Origin::External { .. } | Origin::HuggingFace { .. } | Origin::Captured { .. } => None,
         }
     }
 
@@ -458,10 +485,46 @@ impl Target {
     /// their results: the spec and the renames (None for lintrace runs,
     /// whose spec is fixed by the run).
     pub fn foreign_identity(&self) -> Option<String> {
+        let spec = || self.spec.as_ref().map(ModelSpec::to_json).unwrap_or_default();
         match &self.origin {
-            Origin::External { renames, .. } => Some(format!("{}|{renames:?}", self.spec.to_json())),
-            Origin::HuggingFace { .. } => Some(self.spec.to_json()),
+            Origin::External { renames, .. } => Some(format!("{}|{renames:?}", spec())),
+            Origin::HuggingFace { .. } => Some(spec()),
+            // The activations file's own hash decides its results.
+            Origin::Captured { .. } => Some("activations".into()),
             Origin::Run(_) => None,
+        }
+    }
+
+    /// The captured layout of a run whose activations were captured in
+    /// PyTorch.
+    pub fn captured_layout(&self) -> Option<&crate::activations::Layout> {
+        match &self.origin {
+            Origin::Captured { layout } => Some(layout),
+            _ => None,
+        }
+    }
+
+    /// The architecture of a target that has one (every origin but
+    /// captured activations).
+    pub fn model_spec(&self) -> Result<&ModelSpec> {
+        self.spec.as_ref().ok_or_else(|| anyhow::anyhow!("{}: activations captured in PyTorch have no model lintrace can run", self.run_id))
+    }
+
+    /// Per tap, per residual block and per attention layer, the names the
+    /// tables give their rows.
+    pub fn row_names(&self) -> RowNames {
+        match (&self.spec, &self.origin) {
+            (_, Origin::Captured { layout }) => RowNames {
+                taps: layout.row_names().into_iter().map(|(n, k)| (n, k.to_string())).collect(),
+                blocks: Vec::new(),
+                attention: layout.attention.iter().map(|a| a.name.clone()).collect(),
+            },
+            (Some(spec), _) => RowNames {
+                taps: spec.taps().into_iter().map(|t| (t.layer_name.clone(), t.layer_kind.as_str().to_string())).collect(),
+                blocks: spec.residual_blocks().into_iter().map(|b| (b.name.clone(), b.kind)).collect(),
+                attention: spec.attention_layers().into_iter().map(|a| a.name.clone()).collect(),
+            },
+            (None, _) => RowNames::default(),
         }
     }
 
@@ -481,8 +544,9 @@ impl Target {
         let renames = match &self.origin {
             Origin::External { renames, .. } => renames.as_slice(),
             Origin::Run(_) => &[],
+            Origin::Captured { .. } => bail!("{}: holds captured activations, not weights lintrace can run", path.display()),
             Origin::HuggingFace { .. } => {
-                let crate::spec::Arch::HfCausalLm(arch) = &self.spec.arch else {
+                let crate::spec::Arch::HfCausalLm(arch) = &self.model_spec()?.arch else {
                     unreachable!("a Hugging Face target has a Hugging Face spec")
                 };
                 let meta = fallback.ok_or_else(|| anyhow::anyhow!("a Hugging Face target has its identity"))?;
@@ -494,17 +558,26 @@ impl Target {
     }
 
     pub fn memory_estimate(&self, chunk: usize, needs: analyzers::Needs) -> u64 {
-        let units: u64 = self.spec.taps().iter().map(|t| t.units() as u64).sum();
-        let n = self.probe.len() as u64;
-        let params = self.spec.num_parameters() as u64 * 4 * 2;
+        let n_probe = self.probe.len();
+        // Captured activations are read a chunk at a time from a mapped
+        // file, like a forward pass's; there are no parameters to hold.
+        let (info, params, stream_values) = match (&self.spec, &self.origin) {
+            (_, Origin::Captured { layout }) => (layout.model_info(n_probe, &vec![true; layout.taps.len()]), 0, 0),
+            (Some(spec), _) => (
+                spec.model_info(n_probe),
+                spec.num_parameters() as u64 * 4 * 2,
+                spec.residual_blocks().iter().filter(|b| b.streams.is_some()).map(|b| b.in_shape.iter().product::<usize>() as u64).sum(),
+            ),
+            (None, _) => return 1 << 30,
+        };
+        let units: u64 = info.taps.iter().map(|t| t.units as u64).sum();
+        let n = n_probe as u64;
         let activations = chunk as u64 * (units * 3 * 4) * 3;
         let state = units * 8 * 8;
         // Per tap: its activations, and the n × n Gram or (more rows than
         // features) the f × f covariance, twice in f64.
         let grams: u64 = if needs.grams {
-            self.spec
-                .model_info(self.probe.len())
-                .taps
+            info.taps
                 .iter()
                 .map(|t| {
                     let rows = n * match t.block {
@@ -519,10 +592,7 @@ impl Target {
             0
         };
         let blocks = if needs.block_inputs {
-            let p: u64 = self
-                .spec
-                .model_info(self.probe.len())
-                .taps
+            info.taps
                 .iter()
                 .map(|t| match t.block {
                     analyzers::BlockGeometry::Dense { features } => features as u64,
@@ -530,27 +600,15 @@ impl Target {
                     analyzers::BlockGeometry::Tokens { in_features, .. } => in_features as u64,
                 })
                 .map(|p| p * p * 8 * 3)
-                .sum();
-            p
+                .sum()
         } else {
             0
         };
         // A transformer's attention weights (f32, and the analyzer's f64
         // copy of one layer) and residual streams, per chunk.
-        let attention: u64 = self.spec.attention_layers().iter().map(|a| (a.heads * a.positions * a.positions) as u64).sum();
+        let attention: u64 = info.attention.iter().map(|a| (a.heads * a.positions * a.positions) as u64).sum();
         let attention = if needs.attention { chunk as u64 * attention * 4 * 3 } else { 0 };
-        let streams = if needs.streams {
-            self.spec
-                .residual_blocks()
-                .iter()
-                .filter(|b| b.streams.is_some())
-                .map(|b| b.in_shape.iter().product::<usize>() as u64)
-                .sum::<u64>()
-                * chunk as u64
-                * 4
-        } else {
-            0
-        };
+        let streams = if needs.streams { stream_values * chunk as u64 * 4 } else { 0 };
         params + activations + state + grams + blocks + attention + streams + (self.probe.inputs.len() as u64 * 4)
     }
 
@@ -559,16 +617,29 @@ impl Target {
     pub fn write_runs_table(&self, model_metrics: &Table) -> Result<()> {
         let row = match &self.origin {
             Origin::Run(m) => RunRow::from_manifest(m, self.sweep_id.clone()),
-            Origin::External { .. } | Origin::HuggingFace { .. } => RunRow {
+            Origin::Captured { layout } => RunRow {
                 run_id: self.run_id.clone(),
                 status: "external".into(),
                 lintrace_version: Some(env!("CARGO_PKG_VERSION").into()),
                 probe_hash: Some(self.probe.hash.clone()),
-                n_parameters: Some(self.spec.num_parameters() as i64),
-                n_taps: Some(self.spec.num_taps() as i32),
-                config: serde_json::json!({ "spec": serde_json::from_str::<serde_json::Value>(&self.spec.to_json())? }),
+                n_parameters: layout.n_parameters.map(|n| n as i64),
+                n_taps: Some(layout.taps.len() as i32),
+                config: serde_json::json!({ "activations": serde_json::to_value(layout)? }),
                 ..Default::default()
             },
+            Origin::External { .. } | Origin::HuggingFace { .. } => {
+                let spec = self.model_spec()?;
+                RunRow {
+                    run_id: self.run_id.clone(),
+                    status: "external".into(),
+                    lintrace_version: Some(env!("CARGO_PKG_VERSION").into()),
+                    probe_hash: Some(self.probe.hash.clone()),
+                    n_parameters: Some(spec.num_parameters() as i64),
+                    n_taps: Some(spec.num_taps() as i32),
+                    config: serde_json::json!({ "spec": serde_json::from_str::<serde_json::Value>(&spec.to_json())? }),
+                    ..Default::default()
+                }
+            }
         };
         runs_table::table(&[row.with_finals(model_metrics)]).write(&self.out_dir.join("runs.parquet"))
     }

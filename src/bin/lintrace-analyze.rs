@@ -15,8 +15,9 @@ use std::path::PathBuf;
     after_help = "lintrace-analyze query|plot|report ARGS… runs lintrace-query (SQL over the tables, figures, the HTML report; see lintrace-query --help)."
 )]
 struct Args {
-    /// Run folders, sweep folders, runs roots, or (with --spec/--probe)
-    /// folders of checkpoints.
+    /// Run folders, sweep folders, runs roots, run folders with activations
+    /// captured in PyTorch (docs/pytorch.md), Hugging Face series, or (with
+    /// --spec/--probe) folders of checkpoints.
     paths: Vec<PathBuf>,
     /// Sweep folders: analyse only these runs (indices or run ids,
     /// comma-separated), as a Slurm array task does.
