@@ -185,9 +185,6 @@ impl LayerLayout {
 impl Layout {
     /// Checks that the layout describes a network lintrace can analyse.
     pub fn validate(&self) -> Result<(), String> {
-        if self.taps.is_empty() {
-            return Err("no taps".into());
-        }
         if self.num_classes == 0 || self.predictions_per_sample == 0 {
             return Err("num_classes and predictions_per_sample must be positive".into());
         }

@@ -255,6 +255,24 @@ fn activations_captured_in_pytorch_get_the_activation_metrics_numpy_computes() {
         // A second analysis has nothing left to do.
         let out = run_ok(analyze_bin().arg(&dir).args(["--device", "cpu", "--quiet"]));
         assert!(String::from_utf8_lossy(&out.stdout).contains("analysed 0 checkpoints"), "{}", String::from_utf8_lossy(&out.stdout));
+        // mu against a captured surrogate: the run itself at its final step
+        // (its own predictions there: agreement 1, I(F;Y|S) = 0, μ = I(F;Y)).
+        let out = run_ok(analyze_bin().arg(&dir).args(["--device", "cpu", "--quiet", "--analyzers", "mu", "--surrogate"]).arg(&dir));
+        assert!(stderr(&out).contains("mu: compared on the probe"), "{}", stderr(&out));
+        let mm = lintrace::tables::Table::read(&dir.join("analysis/model_metrics.parquet"), "model_metrics").unwrap();
+        let col = |n: &str| mm.column_index(n).unwrap();
+        let value = |step: i64, metric: &str| {
+            let r = mm.rows.iter().find(|r| r[col("step")].as_i64() == Some(step) && r[col("metric")].as_str() == Some(metric)).unwrap();
+            assert_eq!(r[col("surrogate")].as_str(), Some(format!("{name}@8").as_str()));
+            assert_eq!(r[col("split")].as_str(), Some("probe"));
+            match r[col("value")] {
+                lintrace::tables::Value::F64(v) => v,
+                _ => panic!("{name}: {metric} is null"),
+            }
+        };
+        assert_eq!(value(8, "agreement"), 1.0);
+        assert_close(value(8, "mu"), value(8, "i_f_y"), 1e-12, &format!("{name}: mu against itself"));
+        assert!(value(0, "agreement") < 1.0, "{name}: step 0 predicts as step 8 does");
     }
 }
 

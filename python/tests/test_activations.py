@@ -150,3 +150,68 @@ def test_a_folder_without_spec_or_activations_says_what_to_do(tmp_path):
     run = run_folder(tmp_path, Mlp(), steps=1)
     r = subprocess.run([str(binary("lintrace-analyze")), str(run), "-q", "--device", "cpu"], capture_output=True, text=True)
     assert r.returncode != 0 and "lintrace.capture_activations" in r.stderr, r.stderr
+
+
+def mu_numpy(f, s, y):
+    """μ = I(F;Y) − I(F;Y|S) in bits, plug-in (docs/metrics.md), written directly."""
+    import numpy as np
+    from collections import Counter
+
+    n = len(f)
+
+    def h(*cols):
+        c = np.array(list(Counter(zip(*cols)).values()), dtype=float) / n
+        return float(-(c * np.log2(c)).sum())
+
+    i_fy = h(f) + h(y) - h(f, y)
+    i_fy_s = h(f, s) + h(y, s) - h(f, y, s) - h(s)
+    return i_fy - i_fy_s
+
+
+def test_mu_against_a_linear_classifier_trained_in_pytorch(tmp_path):
+    import subprocess
+
+    import numpy as np
+    import polars as pl
+    from safetensors.numpy import load_file as load_np
+
+    from conftest import binary
+
+    model = Mlp()
+    run = run_folder(tmp_path, model, steps=8)
+    lintrace.capture_activations(run, model, {"act1": ("fc1", "act1"), "act2": ("fc2", "act2")}, verbose=False)
+    # The surrogate: a linear classifier, trained in PyTorch on the same data, its logits captured with no taps.
+    torch.manual_seed(0)
+    x = torch.randn(40, 6)
+    y = x[:, :3].argmax(1)
+    linear = nn.Linear(6, 3)
+    ckpt = lintrace.LogSpacedCheckpoints(linear, tmp_path / "lin", probe=(x, y), total_steps=8, spec=None)
+    opt = torch.optim.SGD(linear.parameters(), lr=0.5)
+    for s in range(9):
+        if s:
+            loss = nn.functional.cross_entropy(linear(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        ckpt.step(s)
+    ckpt.finish()
+    lintrace.capture_activations(tmp_path / "lin", linear, {}, verbose=False)
+    r = subprocess.run([str(binary("lintrace-analyze")), str(run), "--device", "cpu", "--analyzers", "mu,performance",
+                        "--surrogate", str(tmp_path / "lin"), "--surrogate", f"{tmp_path / 'lin'}@same"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "mu: compared on the probe" in r.stderr, r.stderr
+    mm = pl.read_parquet(run / "analysis" / "model_metrics.parquet").filter(pl.col("metric") == "mu")
+    assert sorted(mm["surrogate"].unique().to_list()) == ["lin@8", "lin@same"]
+    labels = load_np(str(run / "probe.safetensors"))["labels"]
+    final = load_np(str(tmp_path / "lin" / "activations" / lintrace.checkpoint_name(8)))["logits"].argmax(1)
+    steps = lintrace.log_spaced_steps(8)
+    assert sorted(mm["step"].unique().to_list()) == steps
+    for step in steps:
+        f = load_np(str(run / "activations" / lintrace.checkpoint_name(step)))["logits"].argmax(1)
+        same = load_np(str(tmp_path / "lin" / "activations" / lintrace.checkpoint_name(step)))["logits"].argmax(1)
+        for name, s in (("lin@8", final), ("lin@same", same)):
+            got = mm.filter((pl.col("step") == step) & (pl.col("surrogate") == name))
+            assert got.height == 1 and got["split"][0] == "probe"
+            assert abs(got["value"][0] - mu_numpy(f, s, labels)) < 1e-9, (step, name)
+    assert not np.array_equal(final, load_np(str(tmp_path / "lin" / "activations" / lintrace.checkpoint_name(0)))["logits"].argmax(1))

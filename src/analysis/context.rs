@@ -47,6 +47,9 @@ pub struct TargetContext {
     fixed: Vec<Fixed>,
     /// Runs compared at F's own step: (folder, run id).
     same_step: Vec<(PathBuf, String)>,
+    /// A run of captured activations: its surrogates' predictions on the
+    /// probe (`captured.rs`).
+    pub(super) captured_surrogates: Option<super::captured::Surrogates>,
 }
 
 /// The weight matrix feeding each tap, reshaped to out × fan_in.

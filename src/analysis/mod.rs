@@ -236,7 +236,7 @@ fn analyze_target(
 
     let needs = jobs.iter().flat_map(|j| j.analyzers.iter()).fold(Needs::default(), |n, &i| n.union(selected[i].needs()));
     let ctx = match target.captured_layout() {
-        Some(layout) => captured::prepare(target, layout, needs, final_step, opts.chunk_size, dev, &mut report.notes),
+        Some(layout) => captured::prepare(target, layout, needs, sources, final_step, opts.chunk_size, dev, &mut report.notes)?,
         None => TargetContext::prepare(target, needs, sources, opts, final_step, dev, &mut report.notes)?,
     };
 

@@ -35,10 +35,10 @@ impl Source {
         if path.is_file() && !same_step {
             return Ok(Source::Checkpoint(path));
         }
-        if run::is_run_dir(&path) {
+        if run::is_run_dir(&path) || crate::activations::has_activations(&path) {
             return Ok(Source::Run { dir: path, same_step });
         }
-        bail!("surrogate '{s}': expected 'linear', a checkpoint file, or a run folder (holding run.json), optionally with '@same'")
+        bail!("surrogate '{s}': expected 'linear', a checkpoint or activations file, or a run folder (holding run.json or activations/), optionally with '@same'")
     }
 }
 
