@@ -118,7 +118,7 @@ fn main() {
     }
     let args = Args::parse();
     if std::env::var_os("LINTRACE_PARSE_ONLY").is_some() {
-        return; // the command line parsed; nothing is run (tests/doc_commands.rs)
+        return; // the command line parsed; nothing is run (tests/it/docs/doc_commands.rs)
     }
     match real_main(&args) {
         Ok(code) => std::process::exit(code),

@@ -71,7 +71,7 @@ fn main() {
     lintrace::model::conv_cpu::tune_malloc_for_training();
     let args = Args::parse();
     if std::env::var_os("LINTRACE_PARSE_ONLY").is_some() {
-        return; // the command line parsed; nothing is run (tests/doc_commands.rs)
+        return; // the command line parsed; nothing is run (tests/it/docs/doc_commands.rs)
     }
     if let Err(e) = real_main(&args) {
         eprintln!("error: {e:#}");

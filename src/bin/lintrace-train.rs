@@ -445,7 +445,7 @@ fn main() {
     lintrace::model::conv_cpu::tune_malloc_for_training();
     let args = Args::parse();
     if std::env::var_os("LINTRACE_PARSE_ONLY").is_some() {
-        return; // the command line parsed; nothing is run (tests/doc_commands.rs)
+        return; // the command line parsed; nothing is run (tests/it/docs/doc_commands.rs)
     }
     let result = match &args.command {
         Some(Cmd::Sweep(s)) => sweep_main(s),

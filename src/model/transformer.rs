@@ -14,7 +14,7 @@
 //! Everything is composed from differentiable candle operations: candle
 //! 0.11's fused softmax and LayerNorm have no backward pass (candle issue
 //! #3569), so softmax is `candle_nn::ops::softmax` and LayerNorm is
-//! written out; `tests/transformer.rs` checks the gradients against finite
+//! written out; `tests/it/models/transformer.rs` checks the gradients against finite
 //! differences.
 
 use super::{dropout, Start, Taps, Weights};

@@ -2,7 +2,7 @@
 //! fixtures/tables/grid (written by fixtures/make_tables.sh): files exist,
 //! have the expected dimensions, and their plotting areas are not blank.
 
-#[path = "../common/svg.rs"]
+#[path = "../it/common/svg.rs"]
 mod svg;
 
 use lintrace_query::plot::data::Tables;
@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 use svg::{data_lines, heatmap_cells, svg_size};
 
 // This file is a test of the lintrace-query crate (src/query/Cargo.toml),
-// so it has its own paths rather than tests/common's.
+// so it has its own paths rather than tests/it/common's.
 fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures").join(rel)
 }

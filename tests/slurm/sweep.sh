@@ -8,7 +8,7 @@
 #
 # Exit 0 on success, or after a "SKIP: slurm tests: <reason>" line when Slurm
 # cannot be installed or started here. SLURM_TEST_REQUIRED=1 (which .ci/run
-# sets, and tests/slurm.rs sets under CI=true) makes either a failure.
+# sets, and tests/it/sweeps/slurm.rs sets under CI=true) makes either a failure.
 # Non-zero with a "FAIL: ..." line otherwise.
 set -uo pipefail
 

@@ -151,7 +151,7 @@ fn main() {
     lintrace::sigpipe::exit_quietly_on_closed_pipe();
     let args = Args::parse();
     if std::env::var_os("LINTRACE_PARSE_ONLY").is_some() {
-        return; // the command line parsed; nothing is run (tests/doc_commands.rs)
+        return; // the command line parsed; nothing is run (tests/it/docs/doc_commands.rs)
     }
     match command_main(&args.command) {
         Ok(code) => std::process::exit(code),

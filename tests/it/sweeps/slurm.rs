@@ -6,7 +6,6 @@
 //! SLURM_TEST_REQUIRED=1, either skip is a failure; elsewhere it is printed
 //! past the test harness's capture, so that a green run shows it.
 
-mod common;
 
 use std::io::Write;
 use std::path::Path;
@@ -34,13 +33,13 @@ fn a_sweep_runs_as_slurm_job_arrays() {
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_lintrace-train")).parent().expect("binary folder");
     assert!(bin_dir.join("lintrace-analyze").is_file(), "lintrace-analyze is built next to lintrace-train");
     // The script's query runs lintrace-query (a workspace member):
-    // `cargo test --workspace` builds it, `cargo test --test slurm` alone does not.
+    // `cargo test --workspace` builds it, `cargo test --test it sweeps::slurm` alone does not.
     assert!(
         bin_dir.join("lintrace-query").is_file(),
         "lintrace-query is not built next to lintrace-train: run the workspace's tests, or `cargo build -p lintrace-query` first"
     );
     let mut cmd = Command::new("bash");
-    cmd.arg(common::repo().join("tests/slurm/sweep.sh")).arg(bin_dir);
+    cmd.arg(crate::common::repo().join("tests/slurm/sweep.sh")).arg(bin_dir);
     if required() {
         cmd.env("SLURM_TEST_REQUIRED", "1");
     }

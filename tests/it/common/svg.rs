@@ -1,6 +1,6 @@
 //! Reading lintrace-query's SVG figures back in tests: the figure's size,
 //! the heatmap cells that carry a value, the data lines of a line plot.
-//! Shared by tests/sweep.rs (through `common`) and tests/query/figures.rs
+//! Shared by tests/it/sweeps/sweep.rs (through `common`) and tests/query/figures.rs
 //! (by path: it is another package's test).
 #![allow(dead_code)]
 

@@ -5,8 +5,6 @@
 //! `tests/fuzz/run.sh` runs many more for a bounded time and its findings
 //! are recorded in `tests/fuzz/FINDINGS.md`.
 
-#[path = "fuzz/torch_file.rs"]
-mod torch_file;
 
 use lintrace::checkpoint::{self, CheckpointMeta};
 use lintrace::spec::ModelSpec;
@@ -143,7 +141,7 @@ fn load_torch(bytes: &[u8]) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("model.pt");
     std::fs::write(&p, bytes).unwrap();
-    let (result, held) = torch_file::peak_memory(|| checkpoint::load(&p, Some(&torch_seed().1)));
+    let (result, held) = super::torch_file::peak_memory(|| checkpoint::load(&p, Some(&torch_seed().1)));
     let limit = 2 * bytes.len() + (256 << 10);
     prop_assert!(held <= limit, "held {} bytes at once for a {}-byte file", held, bytes.len());
     if let Err(e) = result {
@@ -156,7 +154,7 @@ fn load_torch(bytes: &[u8]) -> Result<(), TestCaseError> {
 /// The fixture with its pickle (data.pkl) mutated and the zip rewritten, so
 /// that the mutation reaches the pickle reader rather than the zip's CRC check.
 fn with_pickle(m: &Mutation) -> Vec<u8> {
-    let mut entries = torch_file::unzip(&torch_seed().0);
+    let mut entries = super::torch_file::unzip(&torch_seed().0);
     let pkl = entries.iter_mut().find(|(n, _)| n.ends_with("data.pkl")).unwrap();
     pkl.1 = match m {
         Mutation::Number { which, value } => {
@@ -164,7 +162,7 @@ fn with_pickle(m: &Mutation) -> Vec<u8> {
             // strides, storage lengths) with a 4- or 8-byte integer.
             let ops: Vec<usize> = pkl.1.iter().enumerate().filter(|(_, &b)| b == b'K').map(|(i, _)| i).collect();
             let at = ops[which % ops.len()];
-            [&pkl.1[..at], &torch_file::int(*value as i64)[..], &pkl.1[at + 2..]].concat()
+            [&pkl.1[..at], &super::torch_file::int(*value as i64)[..], &pkl.1[at + 2..]].concat()
         }
         Mutation::LengthPrefix(v) => {
             // A string length (BINUNICODE) replaced.
@@ -176,7 +174,7 @@ fn with_pickle(m: &Mutation) -> Vec<u8> {
         }
         m => apply(&pkl.1, m),
     };
-    torch_file::zip(&entries)
+    super::torch_file::zip(&entries)
 }
 
 /// A state dict of one tensor whose recorded fields are any of the values
@@ -208,7 +206,7 @@ proptest! {
         stride in proptest::collection::vec(hostile_field(), 0..4),
         class in prop_oneof![Just("FloatStorage"), Just("HalfStorage"), Just("LongStorage"), Just("IntStorage"), Just("NoStorage")],
     ) {
-        let t = torch_file::FakeTensor {
+        let t = super::torch_file::FakeTensor {
             name: "0.weight".into(),
             storage_class: class.into(),
             key: "0".into(),
@@ -217,7 +215,7 @@ proptest! {
             shape,
             stride,
         };
-        load_torch(&torch_file::torch_file(&[t]))?;
+        load_torch(&super::torch_file::torch_file(&[t]))?;
     }
 
     #[test]

@@ -2,10 +2,9 @@
 //! sweep-level runs table, SQL queries, the Python query examples, figures
 //! and the report.
 
-mod common;
 
-use common::svg::{data_lines, heatmap_cells, svg_size};
-use common::*;
+use crate::common::svg::{data_lines, heatmap_cells, svg_size};
+use crate::common::*;
 use lintrace::tables::{Table, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;

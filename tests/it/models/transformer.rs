@@ -8,10 +8,9 @@
 //! character-level language model train, resume and are analysed from the
 //! command line.
 
-mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
-use common::*;
+use crate::common::*;
 use lintrace::model::{Model, Weights};
 use lintrace::spec::ModelSpec;
 use lintrace::train::optim::{Optimizer, OptimizerKind};

@@ -4,10 +4,9 @@
 //! (batch statistics, running statistics, gradients through them, SGD)
 //! leaves the same weights and running statistics.
 
-mod common;
 
 use candle_core::{Device, Tensor};
-use common::*;
+use crate::common::*;
 use lintrace::checkpoint::{self, CheckpointMeta};
 use lintrace::spec::ModelSpec;
 

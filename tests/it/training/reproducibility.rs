@@ -3,9 +3,8 @@
 //! threads. (Between CPU and GPU results differ within stated tolerances:
 //! docs/robustness.md, "Reproducibility".)
 
-mod common;
 
-use common::*;
+use crate::common::*;
 use std::path::{Path, PathBuf};
 
 fn train(root: &Path, threads: usize, args: &[&str]) -> PathBuf {

@@ -1,9 +1,8 @@
 //! Bad input: one clear line naming the file and the problem, no panic, no
 //! partial output, and the other checkpoints still analysed.
 
-mod common;
 
-use common::*;
+use crate::common::*;
 use lintrace::tables::Table;
 
 fn no_panic(o: &std::process::Output) {

@@ -4,10 +4,9 @@
 //! the vgg11/13/16 (± BN) presets name every tensor as torchvision; dropout
 //! acts in training only, with masks fixed by the trainer's key.
 
-mod common;
 
 use candle_core::{Device, Tensor};
-use common::*;
+use crate::common::*;
 use lintrace::checkpoint::{self, CheckpointMeta};
 use lintrace::spec::{Arch, ModelSpec};
 use std::collections::HashMap;

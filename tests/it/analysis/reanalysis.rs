@@ -2,10 +2,9 @@
 //! of what was computed, so bumping it (or adding an analyzer) recomputes
 //! exactly its rows and leaves every other row, bit for bit, as it was.
 
-mod common;
 
 use analyzers::{Accumulator, Analyzer, ModelInfo, Needs};
-use common::*;
+use crate::common::*;
 use lintrace::analysis::{self, AnalyzeOptions};
 use lintrace::tables::{Table, Value};
 

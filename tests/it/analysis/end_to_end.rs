@@ -1,9 +1,8 @@
 //! train → analyze → read back, on tiny runs: checkpoint steps, tables and
 //! their schemas, Python polars, incremental re-analysis, determinism.
 
-mod common;
 
-use common::*;
+use crate::common::*;
 use lintrace::tables::Table;
 use std::process::Command;
 

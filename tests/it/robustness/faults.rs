@@ -3,9 +3,8 @@
 //! once, and a full disk. Moments are exact because the process is paused
 //! there (`LINTRACE_PAUSE_AT`, see `src/fault.rs`) before it is killed.
 
-mod common;
 
-use common::*;
+use crate::common::*;
 use lintrace::tables::Table;
 use std::io::{BufRead, BufReader};
 use std::path::Path;

@@ -6,10 +6,9 @@
 //! tensor as torchvision does; a pass resumed at any tap gives the same
 //! logits; and a ResNet trains, resumes and is analysed from the command line.
 
-mod common;
 
 use candle_core::{Device, Tensor};
-use common::*;
+use crate::common::*;
 use lintrace::model::{Model, Taps, Weights};
 use lintrace::spec::{Arch, ModelSpec};
 use std::collections::{BTreeMap, HashMap};

@@ -6,9 +6,8 @@
 //! does not rebuild, from activations captured in PyTorch
 //! (fixtures/make_captured.py), against numpy on the same activations.
 
-mod common;
 
-use common::*;
+use crate::common::*;
 use lintrace::checkpoint::{self, CheckpointMeta};
 use lintrace::spec::ModelSpec;
 use std::path::Path;

@@ -3,11 +3,10 @@
 //! linearized_agreement, cka_time, weights, representation, mu, and the
 //! linear surrogate against scikit-learn.
 
-mod common;
 
 use analyzers::MetricValue;
 use candle_core::Device;
-use common::{assert_close, fixture};
+use crate::common::{assert_close, fixture};
 use lintrace::analysis::capture::{self, Shared};
 use lintrace::{checkpoint, probe};
 use serde_json::Value;

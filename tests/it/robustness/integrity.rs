@@ -2,9 +2,8 @@
 //! two steps, or in two runs), non-finite weights, and where every row came
 //! from (lintrace version, device, precision).
 
-mod common;
 
-use common::*;
+use crate::common::*;
 use lintrace::checkpoint;
 use lintrace::tables::{Table, Value};
 use std::path::Path;

@@ -3,11 +3,8 @@
 //! may panic, allocate beyond what the file justifies, or write outside the
 //! run folder.
 
-mod common;
-#[path = "fuzz/torch_file.rs"]
-mod torch_file;
 
-use common::*;
+use crate::common::*;
 use lintrace::checkpoint::{self, CheckpointMeta};
 use lintrace::data::{self, DataConfig};
 use lintrace::spec::ModelSpec;
@@ -305,7 +302,7 @@ fn hostile_training_configs_and_sweeps() {
 /// for the zip and pickle readers' own buffers).
 #[test]
 fn hostile_torch_files() {
-    use torch_file::*;
+    use super::torch_file::*;
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().to_path_buf();
     let spec = tiny_spec();
@@ -313,7 +310,7 @@ fn hostile_torch_files() {
         spec.tensor_shapes().iter().enumerate().map(|(i, (name, shape))| FakeTensor::f32(name, &i.to_string(), shape)).collect();
     // The builder writes files the reader takes, and the values arrive.
     let bytes = torch_file(&good);
-    let (loaded, held) = torch_file::peak_memory(|| load_bytes(&d, "good.pt", &bytes));
+    let (loaded, held) = super::torch_file::peak_memory(|| load_bytes(&d, "good.pt", &bytes));
     let loaded = loaded.unwrap();
     assert!(held <= 2 * bytes.len() + (256 << 10), "the good file: held {held} bytes");
     let w = &loaded.tensors[&good[0].name];
@@ -330,7 +327,7 @@ fn hostile_torch_files() {
         // Memory first (a loader that over-allocates may still fail cleanly),
         // then the error.
         let load = std::panic::AssertUnwindSafe(|| load_bytes(&d, &file, &bytes));
-        let (outcome, held) = torch_file::peak_memory(|| std::panic::catch_unwind(load));
+        let (outcome, held) = super::torch_file::peak_memory(|| std::panic::catch_unwind(load));
         let result = outcome.unwrap_or_else(|_| panic!("{name}: panicked"));
         assert!(held <= limit, "{name}: held {held} bytes at once, more than {limit}");
         refused(name, &[&[file.as_str()][..], want].concat(), std::panic::AssertUnwindSafe(move || result));

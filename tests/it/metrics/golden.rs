@@ -2,10 +2,9 @@
 //! `fixtures/make_golden.py`: forward pass (logits and taps) and every
 //! analyzer's values on the two golden fixtures.
 
-mod common;
 
 use candle_core::{Device, Tensor};
-use common::{assert_close, fixture};
+use crate::common::{assert_close, fixture};
 use lintrace::analysis::capture;
 use lintrace::{checkpoint, probe};
 use serde_json::Value;

@@ -1,5 +1,5 @@
-//! torch.save files built byte by byte, for tests/hostile.rs and
-//! tests/fuzz.rs: a state-dict pickle written opcode by opcode the way
+//! torch.save files built byte by byte, for tests/it/robustness/hostile.rs and
+//! tests/it/robustness/fuzz.rs: a state-dict pickle written opcode by opcode the way
 //! torch.save writes it (protocol 2), and a zip of stored entries as torch.save
 //! lays them out (`archive/data.pkl`, `archive/data/<storage key>`).
 #![allow(dead_code)]

@@ -8,10 +8,9 @@
 //! own step-0 weights, on the same data (one full batch per step, so the
 //! data order is the order of a sum only).
 
-mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::{fixture, run_ok, train_bin};
+use crate::common::{fixture, run_ok, train_bin};
 use lintrace::tables::Table;
 use std::collections::HashMap;
 

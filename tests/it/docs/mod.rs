@@ -1,0 +1,3 @@
+//! The commands the documentation shows.
+
+mod doc_commands;
