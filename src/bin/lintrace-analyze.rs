@@ -111,7 +111,7 @@ fn main() {
     lintrace::sigpipe::exit_quietly_on_closed_pipe();
     // CPU passes allocate and free activation-sized buffers at every layer:
     // keep freed memory for reuse instead of unmapping it (see the function).
-    lintrace::model::conv_cpu::tune_malloc_for_training();
+    lintrace::model::ops::tune_malloc_for_training();
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if let Some(cmd) = argv.get(1).and_then(|a| a.to_str()).filter(|a| QUERY_COMMANDS.contains(a)) {
         std::process::exit(forward_to_query(cmd, &argv[1..]));

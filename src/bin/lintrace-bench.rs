@@ -68,7 +68,7 @@ struct Args {
 
 fn main() {
     lintrace::sigpipe::exit_quietly_on_closed_pipe();
-    lintrace::model::conv_cpu::tune_malloc_for_training();
+    lintrace::model::ops::tune_malloc_for_training();
     let args = Args::parse();
     if std::env::var_os("LINTRACE_PARSE_ONLY").is_some() {
         return; // the command line parsed; nothing is run (tests/it/docs/doc_commands.rs)
@@ -226,8 +226,8 @@ fn best_of(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
 /// and timed on every path this build has (cuDNN, then candle's).
 fn kernels(dev: &candle_core::Device, batch: usize, tf32: bool) -> Result<()> {
     use candle_core::{Tensor, Var};
-    use lintrace::model::conv_cpu::conv2d_bias;
-    use lintrace::model::pool_cpu::max_pool2d;
+    use lintrace::model::ops::conv2d_bias;
+    use lintrace::model::ops::max_pool2d;
     println!("device: {dev:?}, threads: {}", rayon::current_num_threads());
     // Paths to time: under `--features cudnn` both the cuDNN ops and the
     // candle path they replace (LINTRACE_CUDNN=off is read at each call).

@@ -442,7 +442,7 @@ fn main() {
     lintrace::sigpipe::exit_quietly_on_closed_pipe();
     // CPU passes allocate and free activation-sized buffers at every layer:
     // keep freed memory for reuse instead of unmapping it (see the function).
-    lintrace::model::conv_cpu::tune_malloc_for_training();
+    lintrace::model::ops::tune_malloc_for_training();
     let args = Args::parse();
     if std::env::var_os("LINTRACE_PARSE_ONLY").is_some() {
         return; // the command line parsed; nothing is run (tests/it/docs/doc_commands.rs)

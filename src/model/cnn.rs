@@ -118,14 +118,14 @@ impl Cnn {
                     h = block(start, tap, h, taps, *act, self.leaky_slope, |x| {
                         let z = conv.forward(x)?;
                         Ok(match bn {
-                            Some(bn) => super::bn_cpu::forward_t(bn, &z, train)?,
+                            Some(bn) => super::ops::batch_norm(bn, &z, train)?,
                             None => z,
                         })
                     })?;
                     tap += 1;
                 }
                 // Pools before the start tap belong to what is skipped.
-                Feature::MaxPool => h = h.map(|x| super::pool_cpu::max_pool2d(&x, 2)).transpose()?,
+                Feature::MaxPool => h = h.map(|x| super::ops::max_pool2d(&x, 2)).transpose()?,
             }
         }
         if let Some(side) = self.adaptive_pool {

@@ -42,7 +42,7 @@ impl Conv2d {
         })
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(super::conv_cpu::conv2d_bias(x, &self.weight, &self.bias, self.padding, 1)?)
+        Ok(super::ops::conv2d_bias(x, &self.weight, &self.bias, self.padding, 1)?)
     }
 }
 
@@ -59,7 +59,7 @@ pub fn batch_norm(w: &mut Weights, name: &str, channels: usize) -> Result<BatchN
 /// σ(z) for one tap. GELU is the exact (erf) form, as `torch.nn.GELU()`.
 pub fn activate(act: Activation, leaky_slope: f64, z: &Tensor) -> Result<Tensor> {
     Ok(match act {
-        Activation::Relu => super::pool_cpu::relu(z)?,
+        Activation::Relu => super::ops::relu(z)?,
         Activation::LeakyRelu => (z.relu()? - (z.neg()?.relu()? * leaky_slope)?)?,
         Activation::Gelu => z.gelu_erf()?,
         Activation::GeluTanh => z.gelu()?,

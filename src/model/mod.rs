@@ -3,16 +3,11 @@
 //! docs/model-spec.md), and its forward pass can return every tap's
 //! pre-activation `z` and activation `a`.
 
-mod bn_cpu;
 mod cnn;
-pub mod conv_cpu;
-pub mod conv_gpu;
-#[cfg(feature = "cudnn")]
-pub mod cudnn;
 mod hf;
 mod layers;
 mod mlp;
-pub mod pool_cpu;
+pub mod ops;
 mod resnet;
 mod transformer;
 

@@ -37,8 +37,8 @@ impl ConvBn {
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let z = super::conv_cpu::conv2d(x, &self.weight, self.padding, self.stride)?;
-        Ok(super::bn_cpu::forward_t(&self.bn, &z, train)?)
+        let z = super::ops::conv2d(x, &self.weight, self.padding, self.stride)?;
+        Ok(super::ops::batch_norm(&self.bn, &z, train)?)
     }
 }
 

@@ -17,6 +17,9 @@
 //! Semantics follow PyTorch: the pooling gradient goes to the first maximum
 //! of each window (row-major), the ReLU gradient is 1 where the output is
 //! > 0 (candle's own relu uses x ≥ 0, which differs only at exact zeros).
+//!
+//! CPU only: the models reach these through [`super::max_pool2d`] and
+//! [`super::relu`].
 
 use super::conv_cpu::contiguous_slice;
 use candle_core::backend::BackendStorage;
@@ -29,30 +32,15 @@ pub fn max_pool2d(x: &Tensor, k: usize) -> Result<Tensor> {
     if x.rank() != 4 {
         bail!("max_pool2d: expected x [B, C, H, W], got {:?}", x.dims());
     }
-    let (b, c, h, w) = x.dims4()?;
+    let (_, _, h, w) = x.dims4()?;
     if k == 0 || k > h || k > w {
         bail!("max_pool2d: window {k} does not fit {h}x{w}");
-    }
-    if !x.device().is_cpu() {
-        #[cfg(feature = "cudnn")]
-        if super::cudnn::applies(x) {
-            return super::cudnn::max_pool2d(x, k);
-        }
-        // Not candle's max_pool2d, whose backward scales gradients by 1/k²:
-        // a max over reshaped windows, whose backward (candle's reduce-max)
-        // sends the gradient to the maximum (to each one of exact ties).
-        let (ho, wo) = (h / k, w / k);
-        let x = x.narrow(2, 0, ho * k)?.narrow(3, 0, wo * k)?;
-        return x.reshape((b, c, ho, k, wo, k))?.max(5)?.max(3);
     }
     x.apply_op1(MaxPool { k })
 }
 
 /// max(x, 0), differentiable (gradient 1 where the output is > 0).
 pub fn relu(x: &Tensor) -> Result<Tensor> {
-    if !x.device().is_cpu() {
-        return x.relu();
-    }
     x.apply_op1(Relu)
 }
 

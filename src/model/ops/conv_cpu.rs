@@ -33,9 +33,8 @@
 //!   (im2col, backward col2im, whose backward is im2col) is fully
 //!   differentiable to any order.
 //!
-//! On any other device [`conv2d`] is [`super::conv_gpu::conv2d`]: candle's
-//! native forward (cuDNN with `--features cudnn`) and a backward of
-//! cuDNN/cuBLAS work.
+//! CPU only: the models reach it through [`super::conv2d`], which sends
+//! other devices to [`super::conv_gpu`] or [`super::cudnn`].
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
@@ -46,12 +45,8 @@ use rayon::prelude::*;
 /// `stride` in both directions. Returns [B, O, H', W'] with
 /// H' = (H + 2·padding − kh) / stride + 1 (likewise W').
 ///
-/// On the CPU (f32 or f64) this is im2col + GEMM and differentiable wrt both
-/// `x` and `w`; elsewhere it is `x.conv2d(w, padding, stride, 1, 1)`.
+/// im2col + GEMM (f32 or f64), differentiable wrt both `x` and `w`.
 pub fn conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
-    if !x.device().is_cpu() {
-        return super::conv_gpu::conv2d(x, w, padding, stride);
-    }
     let g = Geom::check(x, w, padding, stride)?;
     x.apply_op2(w, ConvOp { g })
 }
@@ -59,19 +54,9 @@ pub fn conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Result<T
 /// `conv2d(x, w, padding, stride) + b` with `b` of shape [O] (or [1, O, 1, 1]),
 /// fused: the bias is added while the output is written and its gradient is
 /// one pass over the output gradient (candle's `broadcast_add` backward is a
-/// slow multi-dim reduction). On other devices: native conv2d + broadcast_add.
+/// slow multi-dim reduction).
 pub fn conv2d_bias(x: &Tensor, w: &Tensor, b: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
     let o = w.dim(0)?;
-    if b.elem_count() != o {
-        bail!("conv2d_bias: bias {:?} does not have {o} elements", b.dims());
-    }
-    if !x.device().is_cpu() {
-        #[cfg(feature = "cudnn")]
-        if super::cudnn::applies(x) {
-            return super::cudnn::conv2d(x, w, Some(b), padding, stride);
-        }
-        return super::conv_gpu::conv2d(x, w, padding, stride)?.broadcast_add(&b.reshape((1, o, 1, 1))?);
-    }
     let g = Geom::check(x, w, padding, stride)?;
     if b.dtype() != x.dtype() {
         bail!("conv2d_bias: x is {:?} but b is {:?}", x.dtype(), b.dtype());

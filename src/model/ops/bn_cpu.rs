@@ -20,22 +20,23 @@
 use super::conv_cpu::contiguous_slice;
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, Var, WithDType};
-use candle_nn::{BatchNorm, ModuleT};
+use candle_nn::BatchNorm;
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
-/// `bn.forward_t(x, train)`, fused on the CPU in training mode for x
-/// [B, C, H, W] (or [B, C]) in f32/f64.
-pub fn forward_t(bn: &BatchNorm, x: &Tensor, train: bool) -> Result<Tensor> {
-    let fused = train && x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) && (x.rank() == 4 || x.rank() == 2);
+/// `bn.forward_t(x, true)` fused, for x [B, C, H, W] (or [B, C]) in f32/f64
+/// on the CPU with an affine BatchNorm; `None` where it does not apply (the
+/// caller, [`super::batch_norm`], then uses candle_nn's).
+pub fn forward_train(bn: &BatchNorm, x: &Tensor) -> Result<Option<Tensor>> {
+    let fused = x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) && (x.rank() == 4 || x.rank() == 2);
     let Some((gamma, beta)) = bn.weight_and_bias().filter(|_| fused) else {
-        return bn.forward_t(x, train);
+        return Ok(None);
     };
     let c = x.dim(1)?;
     let n = x.elem_count() / c.max(1);
     if n < 2 || gamma.elem_count() != c {
         // One value per channel: candle's error (or its NaN variance) as before.
-        return bn.forward_t(x, train);
+        return Ok(None);
     }
     let stats = Arc::new(Mutex::new(None));
     let op = BnTrain { eps: bn.eps(), stats: stats.clone() };
@@ -54,7 +55,7 @@ pub fn forward_t(bn: &BatchNorm, x: &Tensor, train: bool) -> Result<Tensor> {
     };
     update(bn.running_mean(), &s.mean, 1.0)?;
     update(bn.running_var(), &s.var, unbias)?;
-    Ok(y)
+    Ok(Some(y))
 }
 
 /// A value handed between the forward op, the backward op and the caller.
@@ -251,6 +252,7 @@ impl CustomOp2 for BnBwd {
 mod tests {
     use super::*;
     use candle_core::Device;
+    use candle_nn::ModuleT;
 
     fn bn(c: usize, dev: &Device) -> Result<BatchNorm> {
         let rm = Var::from_tensor(&Tensor::randn(0f64, 0.5, c, dev)?)?;
@@ -278,7 +280,7 @@ mod tests {
             let (tw, tb) = theirs.weight_and_bias().expect("affine");
             Var::from_tensor(tw)?.set(ow)?;
             Var::from_tensor(tb)?.set(ob)?;
-            let y = forward_t(&ours, x.as_tensor(), true)?;
+            let y = super::super::batch_norm(&ours, x.as_tensor(), true)?;
             let y_ref = theirs.forward_t(x.as_tensor(), true)?;
             let close = |a: &Tensor, b: &Tensor, what: &str| -> Result<()> {
                 let d = (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
@@ -304,7 +306,7 @@ mod tests {
         let b = bn(3, &dev)?;
         let x = Tensor::randn(0f64, 1.0, (2, 3, 4, 4), &dev)?;
         let before = b.running_mean().to_vec1::<f64>()?;
-        let d = (forward_t(&b, &x, false)? - b.forward_t(&x, false)?)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
+        let d = (super::super::batch_norm(&b, &x, false)? - b.forward_t(&x, false)?)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
         assert_eq!(d, 0.0);
         assert_eq!(b.running_mean().to_vec1::<f64>()?, before);
         Ok(())

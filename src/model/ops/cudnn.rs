@@ -40,10 +40,10 @@ use std::collections::HashMap;
 use std::ffi::c_void;
 use std::rc::Rc;
 
-/// Whether ops on `x` go through this module: a CUDA f32/f64 tensor and
-/// `LINTRACE_CUDNN` not `off`.
+/// Whether ops on `x` can go through this module: a CUDA f32/f64 tensor
+/// (and [`super::switches::cudnn`], which the dispatch checks).
 pub fn applies(x: &Tensor) -> bool {
-    x.device().is_cuda() && matches!(x.dtype(), DType::F32 | DType::F64) && std::env::var("LINTRACE_CUDNN").as_deref() != Ok("off")
+    x.device().is_cuda() && matches!(x.dtype(), DType::F32 | DType::F64) && super::switches::cudnn()
 }
 
 /// Cross-correlation of `x` [B, C, H, W] with `w` [O, C, kh, kw] plus the

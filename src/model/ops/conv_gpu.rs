@@ -28,11 +28,7 @@ use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Storage, T
 /// `padding`, `stride` in both directions (PyTorch `Conv2d`, groups 1, no
 /// dilation); differentiable wrt both.
 pub fn conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
-    #[cfg(feature = "cudnn")]
-    if super::cudnn::applies(x) {
-        return super::cudnn::conv2d(x, w, None, padding, stride);
-    }
-    if backward_kind() == Backward::Candle || !(x.track_op() || w.track_op()) {
+    if super::switches::candle_conv_backward() || !(x.track_op() || w.track_op()) {
         return x.conv2d(w, padding, stride, 1, 1);
     }
     let (_, c, _, _) = x.dims4()?;
@@ -46,23 +42,6 @@ pub fn conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Result<T
     }
     let y = x.detach().conv2d(&w.detach(), padding, stride, 1, 1)?;
     x.apply_op2(w, ConvBwd { y, padding, stride })
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backward {
-    Lintrace,
-    Candle,
-}
-
-fn backward_kind() -> Backward {
-    match std::env::var("LINTRACE_CONV_BWD").as_deref() {
-        Ok("candle") => Backward::Candle,
-        _ => Backward::Lintrace,
-    }
-}
-
-fn gradw_by_conv() -> bool {
-    matches!(std::env::var("LINTRACE_CONV_GRADW").as_deref(), Ok("conv"))
 }
 
 /// Hands the precomputed output on as the op's result.
@@ -111,7 +90,7 @@ impl CustomOp2 for ConvBwd {
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let dx = if x.track_op() { Some(grad_input(dy, w, x.dims4()?, self.padding, self.stride)?) } else { None };
-        let dw = if self.stride == 1 && !gradw_by_conv() {
+        let dw = if self.stride == 1 && !super::switches::conv_grad_weight_by_conv() {
             grad_weight_gemm(x, dy, w.dims4()?, self.padding)?
         } else {
             grad_weight_conv(x, dy, w.dims4()?, self.padding, self.stride)?
