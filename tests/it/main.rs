@@ -5,10 +5,10 @@
 
 mod common;
 
-mod models;
-mod metrics;
-mod training;
 mod analysis;
+mod docs;
+mod metrics;
+mod models;
 mod robustness;
 mod sweeps;
-mod docs;
+mod training;

@@ -1,7 +1,6 @@
 //! train → analyze → read back, on tiny runs: checkpoint steps, tables and
 //! their schemas, Python polars, incremental re-analysis, determinism.
 
-
 use crate::common::*;
 use lintrace::tables::Table;
 use std::process::Command;

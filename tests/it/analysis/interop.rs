@@ -6,7 +6,6 @@
 //! does not rebuild, from activations captured in PyTorch
 //! (fixtures/make_captured.py), against numpy on the same activations.
 
-
 use crate::common::*;
 use lintrace::checkpoint::{self, CheckpointMeta};
 use lintrace::spec::ModelSpec;

@@ -1,5 +1,5 @@
 //! The analysis of whole runs: end to end, incremental re-analysis, runs and checkpoints from elsewhere.
 
 mod end_to_end;
-mod reanalysis;
 mod interop;
+mod reanalysis;

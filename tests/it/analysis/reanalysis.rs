@@ -2,9 +2,8 @@
 //! of what was computed, so bumping it (or adding an analyzer) recomputes
 //! exactly its rows and leaves every other row, bit for bit, as it was.
 
-
-use analyzers::{Accumulator, Analyzer, ModelInfo, Needs};
 use crate::common::*;
+use analyzers::{Accumulator, Analyzer, ModelInfo, Needs};
 use lintrace::analysis::{self, AnalyzeOptions};
 use lintrace::tables::{Table, Value};
 

@@ -2,9 +2,8 @@
 //! `fixtures/make_golden.py`: forward pass (logits and taps) and every
 //! analyzer's values on the two golden fixtures.
 
-
-use candle_core::{Device, Tensor};
 use crate::common::{assert_close, fixture};
+use candle_core::{Device, Tensor};
 use lintrace::analysis::capture;
 use lintrace::{checkpoint, probe};
 use serde_json::Value;

@@ -3,10 +3,9 @@
 //! linearized_agreement, cka_time, weights, representation, mu, and the
 //! linear surrogate against scikit-learn.
 
-
+use crate::common::{assert_close, fixture};
 use analyzers::MetricValue;
 use candle_core::Device;
-use crate::common::{assert_close, fixture};
 use lintrace::analysis::capture::{self, Shared};
 use lintrace::{checkpoint, probe};
 use serde_json::Value;

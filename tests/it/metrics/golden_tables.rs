@@ -7,7 +7,6 @@
 //! `depth_fraction`, `ref_step`, `n_probe`, `probe_hash`, and each value,
 //! null exactly where the reference has none (and never NaN).
 
-
 use crate::common::{analyze_bin, fixture, run_ok};
 use lintrace::tables::{Table, Value};
 use serde_json::Value as Json;

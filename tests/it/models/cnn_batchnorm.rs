@@ -4,9 +4,8 @@
 //! (batch statistics, running statistics, gradients through them, SGD)
 //! leaves the same weights and running statistics.
 
-
-use candle_core::{Device, Tensor};
 use crate::common::*;
+use candle_core::{Device, Tensor};
 use lintrace::checkpoint::{self, CheckpointMeta};
 use lintrace::spec::ModelSpec;
 

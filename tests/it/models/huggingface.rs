@@ -3,9 +3,8 @@
 //! every MLP tap, every attention weight and residual stream, to 1e-4), and
 //! series of revisions analysed with no spec.
 
-
-use candle_core::{DType, Device, Tensor};
 use crate::common::{analyze_bin, fixture, run_ok, stderr};
+use candle_core::{DType, Device, Tensor};
 use lintrace::model::{build, Model, TapValues};
 use lintrace::spec::{Arch, ModelSpec};
 use lintrace::tables::{Table, Value};

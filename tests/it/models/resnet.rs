@@ -6,9 +6,8 @@
 //! tensor as torchvision does; a pass resumed at any tap gives the same
 //! logits; and a ResNet trains, resumes and is analysed from the command line.
 
-
-use candle_core::{Device, Tensor};
 use crate::common::*;
+use candle_core::{Device, Tensor};
 use lintrace::model::{Model, Taps, Weights};
 use lintrace::spec::{Arch, ModelSpec};
 use std::collections::{BTreeMap, HashMap};

@@ -8,9 +8,8 @@
 //! character-level language model train, resume and are analysed from the
 //! command line.
 
-
-use candle_core::{DType, Device, Tensor, Var};
 use crate::common::*;
+use candle_core::{DType, Device, Tensor, Var};
 use lintrace::model::{Model, Weights};
 use lintrace::spec::ModelSpec;
 use lintrace::train::optim::{Optimizer, OptimizerKind};

@@ -4,9 +4,8 @@
 //! the vgg11/13/16 (± BN) presets name every tensor as torchvision; dropout
 //! acts in training only, with masks fixed by the trainer's key.
 
-
-use candle_core::{Device, Tensor};
 use crate::common::*;
+use candle_core::{Device, Tensor};
 use lintrace::checkpoint::{self, CheckpointMeta};
 use lintrace::spec::{Arch, ModelSpec};
 use std::collections::HashMap;

@@ -1,7 +1,6 @@
 //! Bad input: one clear line naming the file and the problem, no panic, no
 //! partial output, and the other checkpoints still analysed.
 
-
 use crate::common::*;
 use lintrace::tables::Table;
 

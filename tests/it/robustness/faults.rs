@@ -3,7 +3,6 @@
 //! once, and a full disk. Moments are exact because the process is paused
 //! there (`LINTRACE_PAUSE_AT`, see `src/fault.rs`) before it is killed.
 
-
 use crate::common::*;
 use lintrace::tables::Table;
 use std::io::{BufRead, BufReader};

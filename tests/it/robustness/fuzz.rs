@@ -5,7 +5,6 @@
 //! `tests/fuzz/run.sh` runs many more for a bounded time and its findings
 //! are recorded in `tests/fuzz/FINDINGS.md`.
 
-
 use lintrace::checkpoint::{self, CheckpointMeta};
 use lintrace::spec::ModelSpec;
 use proptest::prelude::*;

@@ -3,7 +3,6 @@
 //! may panic, allocate beyond what the file justifies, or write outside the
 //! run folder.
 
-
 use crate::common::*;
 use lintrace::checkpoint::{self, CheckpointMeta};
 use lintrace::data::{self, DataConfig};

@@ -2,7 +2,6 @@
 //! two steps, or in two runs), non-finite weights, and where every row came
 //! from (lintrace version, device, precision).
 
-
 use crate::common::*;
 use lintrace::checkpoint;
 use lintrace::tables::{Table, Value};

@@ -1,8 +1,8 @@
 //! Bad and hostile input, fuzzing, kills and locks, integrity of what is written.
 
-mod torch_file;
 mod bad_input;
-mod hostile;
-mod fuzz;
 mod faults;
+mod fuzz;
+mod hostile;
 mod integrity;
+mod torch_file;

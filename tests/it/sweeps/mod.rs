@@ -1,4 +1,4 @@
 //! Sweeps: expansion, local execution, queries and figures, Slurm.
 
-mod sweep;
 mod slurm;
+mod sweep;

@@ -6,7 +6,6 @@
 //! SLURM_TEST_REQUIRED=1, either skip is a failure; elsewhere it is printed
 //! past the test harness's capture, so that a green run shows it.
 
-
 use std::io::Write;
 use std::path::Path;
 use std::process::Command;

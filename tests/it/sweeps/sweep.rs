@@ -2,7 +2,6 @@
 //! sweep-level runs table, SQL queries, the Python query examples, figures
 //! and the report.
 
-
 use crate::common::svg::{data_lines, heatmap_cells, svg_size};
 use crate::common::*;
 use lintrace::tables::{Table, Value};

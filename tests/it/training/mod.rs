@@ -1,5 +1,5 @@
 //! Training: the optimizers against PyTorch, byte-identical reruns, the datasets.
 
+mod data_sources;
 mod optim;
 mod reproducibility;
-mod data_sources;

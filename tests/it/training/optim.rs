@@ -8,9 +8,8 @@
 //! own step-0 weights, on the same data (one full batch per step, so the
 //! data order is the order of a sum only).
 
-
-use candle_core::{DType, Device, Tensor};
 use crate::common::{fixture, run_ok, train_bin};
+use candle_core::{DType, Device, Tensor};
 use lintrace::tables::Table;
 use std::collections::HashMap;
 

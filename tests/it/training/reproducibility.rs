@@ -3,7 +3,6 @@
 //! threads. (Between CPU and GPU results differ within stated tolerances:
 //! docs/robustness.md, "Reproducibility".)
 
-
 use crate::common::*;
 use std::path::{Path, PathBuf};
 
