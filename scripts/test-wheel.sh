@@ -4,7 +4,7 @@
 # installed commands in a temporary folder, then a query through
 # `lintrace-analyze query` and the report through `lintrace-query`. Usage:
 #
-#     scripts/test-wheel.sh [WHEEL]      # default: the lintrace wheel in target/wheels
+#     scripts/test-wheel.sh [WHEEL]      # default: the newest lintrace wheel in target/wheels
 #
 # Needs no network: the wheel declares no dependencies, and pip runs with
 # --no-index. Also checks that `import lintrace` without PyTorch fails with
@@ -16,8 +16,9 @@ py="${PYTHON:-python3}"
 if [ $# -ge 1 ]; then
     wheel="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
 else
-    wheel="$(ls -t "$root"/target/wheels/lintrace-*.whl 2>/dev/null | head -n 1 || true)"
-    [ -n "$wheel" ] || { echo "error: no wheel in target/wheels: run scripts/build-wheel.sh first" >&2; exit 1; }
+    wheels="${CARGO_TARGET_DIR:-$root/target}/wheels"
+    wheel="$(ls -t "$wheels"/lintrace-*.whl 2>/dev/null | head -n 1 || true)"
+    [ -n "$wheel" ] || { echo "error: no wheel in $wheels: run scripts/build-wheel.sh first" >&2; exit 1; }
 fi
 echo "wheel: $wheel"
 case "$(basename "$wheel")" in
