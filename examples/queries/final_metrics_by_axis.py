@@ -3,10 +3,14 @@ axis (seeds and other axes pooled).
 
 Usage: python3 examples/queries/final_metrics_by_axis.py SWEEP_DIR [AXIS]"""
 
+import pathlib
 import sys
 
 import polars as pl
-from _tables import load
+
+# The repository's Python package (or an installed lintrace): lintrace.tables needs only polars.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "python"))
+from lintrace.tables import load  # noqa: E402
 
 sweep = sys.argv[1]
 axis = sys.argv[2] if len(sys.argv) > 2 else "lr"

@@ -8,10 +8,14 @@ that shows as the first-crossing step falling with the tap index. Taps that
 never cross are null. Several runs per axis value (seeds) are averaged
 before the threshold is applied."""
 
+import pathlib
 import sys
 
 import polars as pl
-from _tables import load
+
+# The repository's Python package (or an installed lintrace): lintrace.tables needs only polars.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "python"))
+from lintrace.tables import load  # noqa: E402
 
 sweep = sys.argv[1]
 axis = sys.argv[2] if len(sys.argv) > 2 else "lr"

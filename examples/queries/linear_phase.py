@@ -5,10 +5,14 @@ prefix_agreement at the deepest prefix, and the accuracy reached by then.
 
 Usage: python3 examples/queries/linear_phase.py SWEEP_DIR [AGREEMENT]"""
 
+import pathlib
 import sys
 
 import polars as pl
-from _tables import load
+
+# The repository's Python package (or an installed lintrace): lintrace.tables needs only polars.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "python"))
+from lintrace.tables import load  # noqa: E402
 
 sweep = sys.argv[1]
 level = float(sys.argv[2]) if len(sys.argv) > 2 else 0.9

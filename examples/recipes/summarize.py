@@ -1,9 +1,14 @@
 """Prints the seed-experiment tables for one analysed run.
 Usage: python3 examples/recipes/summarize.py RUN_DIR"""
 
+import pathlib
 import sys
 
 import polars as pl
+
+# The repository's Python package (or an installed lintrace): lintrace.tables needs only polars.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "python"))
+from lintrace.tables import run_tables  # noqa: E402
 
 pl.Config.set_tbl_rows(100)
 pl.Config.set_tbl_cols(20)
@@ -11,8 +16,7 @@ pl.Config.set_float_precision(3)
 pl.Config.set_tbl_width_chars(200)
 
 run = sys.argv[1]
-model = pl.read_parquet(f"{run}/analysis/model_metrics.parquet")
-layer = pl.read_parquet(f"{run}/analysis/layer_metrics.parquet")
+layer, model = run_tables(run)
 
 
 def wide(df, index, on, value="value"):

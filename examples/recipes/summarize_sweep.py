@@ -28,6 +28,10 @@ import sys
 
 import polars as pl
 
+# The repository's Python package (or an installed lintrace): lintrace.tables needs only polars.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "python"))
+from lintrace.tables import run_tables  # noqa: E402
+
 AGREE = 0.95
 NONLIN = 0.05
 
@@ -43,8 +47,7 @@ def summarize(sweeps, axes):
 
 def summarize_run(run, axes):
     cfg = json.loads((run / "run.json").read_text()).get("config", {})
-    layer = pl.read_parquet(run / "analysis" / "layer_metrics.parquet")
-    model = pl.read_parquet(run / "analysis" / "model_metrics.parquet")
+    layer, model = run_tables(run)
     mlp = layer.filter(pl.col("layer_kind") == "mlp")
     if mlp.height == 0:
         mlp = layer

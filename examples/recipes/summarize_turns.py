@@ -34,14 +34,17 @@ import sys
 
 import polars as pl
 
+# The repository's Python package (or an installed lintrace): lintrace.tables needs only polars.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "python"))
+from lintrace.tables import run_tables  # noqa: E402
+
 from summarize_sweep import axis_values, mu_over_i, order
 
 
 def run_rows(run, axes, rise):
     """One summary row for an analysed run."""
     cfg = json.loads((run / "run.json").read_text()).get("config", {})
-    layer = pl.read_parquet(run / "analysis" / "layer_metrics.parquet")
-    model = pl.read_parquet(run / "analysis" / "model_metrics.parquet")
+    layer, model = run_tables(run)
     last = layer["step"].max()
     row = axis_values(cfg, axes)
     at_last = model.filter(pl.col("step") == last)

@@ -80,3 +80,30 @@ def test_unknown_total_saves_the_final_step_at_finish(tmp_path):
     c.finish(11)
     assert saved == [0, 1, 2, 3, 4, 6, 7, 10]
     assert json.loads((tmp_path / "r" / "run.json").read_text())["checkpoint_steps"] == [0, 1, 2, 3, 4, 6, 7, 10, 11]
+
+
+def test_schedule_and_tables_without_torch():
+    # sys.modules[...] = None makes `import torch` fail as if it were not installed.
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['safetensors'] = None\n"
+        "import lintrace, lintrace.tables\n"
+        "assert lintrace.log_spaced_steps(10)[:3] == [0, 1, 2]\n"
+        "try:\n    lintrace.LogSpacedCheckpoints\nexcept ModuleNotFoundError as e:\n"
+        "    assert \"pip install 'lintrace[torch]'\" in str(e), e\nelse:\n    raise SystemExit('no error without torch')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": str(PYTHON_DIR), "PATH": ""}, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_tables_load_a_sweep_and_a_run():
+    from lintrace.tables import load, run_tables
+
+    grid = PYTHON_DIR.parent / "fixtures" / "tables" / "grid"
+    layer, model, runs = load(grid)
+    assert layer["run_id"].n_unique() == 4 and model["run_id"].n_unique() == 4 and runs.height == 4
+    one = sorted(grid.glob("grid__*"))[0]
+    l1, m1 = run_tables(one)
+    assert l1["run_id"].unique().to_list() == [one.name] and m1.height > 0
+    assert load(one)[0].height == l1.height
+    with pytest.raises(FileNotFoundError, match="no analysed runs"):
+        load(PYTHON_DIR)
