@@ -60,7 +60,7 @@ rm -rf "$work/stage"
 mkdir -p "$work/stage/src" "$work/stage/bin" "$work/stage/pure" "$work/stage/platform"
 # The package is built from a copy so that setuptools' build/ and
 # *.egg-info/ do not land in python/.
-cp python/pyproject.toml python/README.md "$work/stage/src/"
+cp python/pyproject.toml python/README.md python/LICENSE-MIT python/LICENSE-APACHE "$work/stage/src/"
 cp -r python/lintrace "$work/stage/src/"
 find "$work/stage/src" -name __pycache__ -prune -exec rm -rf {} +
 for b in lintrace-train lintrace-analyze lintrace-query; do
