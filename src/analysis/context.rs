@@ -49,7 +49,7 @@ pub struct TargetContext {
     same_step: Vec<(PathBuf, String)>,
     /// A run of captured activations: its surrogates' predictions on the
     /// probe (`captured.rs`).
-    pub(super) captured_surrogates: Option<super::captured::Surrogates>,
+    pub(super) captured_surrogates: Option<super::captured_mu::Surrogates>,
 }
 
 /// The weight matrix feeding each tap, reshaped to out × fan_in.

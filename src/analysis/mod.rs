@@ -4,6 +4,7 @@
 
 pub mod capture;
 mod captured;
+mod captured_mu;
 pub mod context;
 mod done;
 pub mod inventory;
