@@ -26,10 +26,9 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save
 from torch import nn
 
-from .checkpoints import PACKAGE_VERSION, _write_atomic, checkpoint_name, load_state_dict
+from .checkpoints import PACKAGE_VERSION, checkpoint_name, load_state_dict
 
 __all__ = ["capture_activations", "activation_bytes", "FORMAT", "FORMAT_VERSION"]
 
@@ -255,6 +254,31 @@ def _layout(model, rec: _Recorder, logits: torch.Tensor, n_labels_per_sample: in
     return layout, warnings
 
 
+def _save_atomic(path: Path, tensors: Dict[str, torch.Tensor], metadata: Dict[str, str]) -> None:
+    """Writes a safetensors file straight to a temporary file in the same
+    folder, then renames it into place: no in-memory copy of the file (a
+    convolutional capture is gigabytes), and never a partial file."""
+    import os
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
 def activation_bytes(layout: dict, n: int, dtype: torch.dtype = torch.float32, inputs: bool = True) -> int:
     """Bytes of one activations file: per probe sample, z and a of every tap,
     its layer's input (``inputs``), the attention weights and the logits;
@@ -342,8 +366,19 @@ def capture_activations(run_dir: Union[str, Path], model: nn.Module, taps: Dict[
                 model.load_state_dict(state)
             except RuntimeError as e:
                 raise RuntimeError(f"{path}: does not fit the model: {e}") from e
-            z, a, xs, w, logits = ([[] for _ in rec.taps], [[] for _ in rec.taps], [[] for _ in rec.taps],
-                                   [[] for _ in rec.attention], [])
+            # Whole-probe buffers, allocated at the first batch and filled
+            # in place: no list of chunks and concatenated copy beside them.
+            buf = {}
+
+            def put(name, value, start, rows, dtype_=None):
+                value = value.detach().to(dtype_ or dtype).cpu()
+                if name not in buf:
+                    buf[name] = torch.empty((total_rows(name, value),) + tuple(value.shape[1:]), dtype=value.dtype)
+                buf[name][start:start + rows] = value
+
+            def total_rows(name, value):
+                return n * per if name == "logits" else n
+
             causal = [True] * len(rec.attention)
             first_batch = None
             with torch.no_grad():
@@ -355,16 +390,16 @@ def capture_activations(run_dir: Union[str, Path], model: nn.Module, taps: Dict[
                     if out.shape[0] != b or out.numel() != b * per * out.shape[-1]:
                         raise ValueError(f"the model's logits have shape {list(out.shape)}; expected [{b}, classes]"
                                          + (f" or [{b}, {per}, classes]" if per > 1 else ""))
-                    logits.append(out.reshape(b * per, -1).to(torch.float32).cpu())
+                    put("logits", out.reshape(b * per, -1), start * per, b * per, torch.float32)
                     for i in range(len(rec.taps)):
-                        z[i].append(rec.z[i][0].to(dtype).cpu())
-                        a[i].append(rec.a[i][0].to(dtype).cpu())
+                        put(f"taps.{i}.z", rec.z[i][0], start, b)
+                        put(f"taps.{i}.a", rec.a[i][0], start, b)
                         if inputs and rec.x[i]:
-                            xs[i].append(rec.x[i][0].to(dtype).cpu())
+                            put(f"taps.{i}.input", rec.x[i][0], start, b)
                     for j in range(len(rec.attention)):
                         wt = rec.w[j][0]
                         causal[j] = causal[j] and bool((wt.triu(1) == 0).all())
-                        w[j].append(wt.to(dtype).cpu())
+                        put(f"attention.{j}", wt, start, b)
                     if first_batch is None:
                         first_batch = (rec.order[:], [t[:] for t in rec.z], [t[:] for t in rec.a], [t[:] for t in rec.x],
                                        [t[:] for t in rec.w], out)
@@ -389,16 +424,16 @@ def capture_activations(run_dir: Union[str, Path], model: nn.Module, taps: Dict[
                     size = activation_bytes(layout, n, dtype, inputs)
                     print(f"lintrace: {len(layout['taps'])} taps, {len(layout['attention'])} attention layers; "
                           f"{size / 2**20:.1f} MiB per checkpoint, {len(todo)} checkpoints")
-            tensors = {"logits": torch.cat(logits)}
+            tensors = {"logits": buf["logits"]}
             for i, t in enumerate(layout["taps"]):
-                tensors[f"taps.{i}.z"] = torch.cat(z[i]).contiguous()
-                tensors[f"taps.{i}.a"] = torch.cat(a[i]).contiguous()
+                tensors[f"taps.{i}.z"] = buf[f"taps.{i}.z"]
+                tensors[f"taps.{i}.a"] = buf[f"taps.{i}.a"]
                 if "layer" in t:
                     if inputs:
-                        tensors[f"taps.{i}.input"] = torch.cat(xs[i]).contiguous()
+                        tensors[f"taps.{i}.input"] = buf[f"taps.{i}.input"]
                     tensors[f"taps.{i}.weight"] = _weight_matrix(rec.taps[i]["layer"])
             for j in range(len(rec.attention)):
-                tensors[f"attention.{j}"] = torch.cat(w[j]).contiguous()
+                tensors[f"attention.{j}"] = buf[f"attention.{j}"]
             for name, t in tensors.items():
                 if not torch.isfinite(t).all():
                     raise ValueError(f"step {step}: {name} holds NaN or infinite values (a diverged checkpoint?)")
@@ -406,7 +441,8 @@ def capture_activations(run_dir: Union[str, Path], model: nn.Module, taps: Dict[
                   "step": str(step), "probe_hash": probe_hash, "n": str(n),
                   "layout": json.dumps(layout, separators=(",", ":")), "writer": f"lintrace-python {PACKAGE_VERSION}"}
             target = out_dir / checkpoint_name(step)
-            _write_atomic(target, save(tensors, metadata=md))
+            _save_atomic(target, tensors, md)
+            del buf, tensors
             written.append(target)
     finally:
         rec.remove()
