@@ -123,27 +123,29 @@ impl External {
             Some(n) => (n, true),
             None => (name, false),
         };
-        let mut presets = vec!["mlp", "cnn"];
-        presets.extend(crate::spec::RESNET_PRESETS);
-        presets.extend(crate::spec::VGG_PRESETS);
-        // timm's ViT layout at the presets' sizes (GELU, as timm's).
-        let vits = ["vit-tiny", "vit-mini"];
-        presets.extend(vits);
+        use crate::spec::presets::{self, Family};
         // nanoGPT's shakespeare_char layout (GELU, no biases, tied), as a
-        // language model: --num-classes is the vocabulary, --input the context.
-        let gpts = ["gpt-char-small", "gpt-char-tiny"];
-        presets.extend(gpts);
-        // (`gpt-char-small` is a name, not `gpt-char` with the small stem.)
-        let gpt = gpts.contains(&self.spec.as_str());
+        // language model: --num-classes is the vocabulary, --input the
+        // context. (`gpt-char-small` is a name, not `gpt-char` with the
+        // small stem.)
+        let gpt = presets::family(&self.spec) == Some(Family::CharGpt);
         let (name, small) = if gpt { (self.spec.as_str(), false) } else { (name, small) };
-        let vgg = crate::spec::VGG_PRESETS.contains(&name) && !small;
-        let vit = vits.contains(&name) && name == self.spec;
-        let known = crate::spec::RESNET_PRESETS.contains(&name) || vgg || vit || gpt || (presets.contains(&name) && name == self.spec);
+        let exact = name == self.spec;
+        let family = presets::family(name);
+        // timm's ViT layout at the presets' sizes (GELU, as timm's).
+        let vit = family == Some(Family::Vit) && exact;
+        let known = match family {
+            Some(Family::Resnet) => true,
+            Some(Family::Vgg) => !small,
+            Some(Family::CharGpt) => gpt,
+            Some(f) => exact && presets::for_foreign_checkpoints(f),
+            None => false,
+        };
         if !known {
             bail!(
                 "--spec {}: neither a spec file, a run folder, nor a preset ({}; torchvision:resnetN, resnetN-small)",
                 self.spec,
-                presets.join(", ")
+                presets::listed(presets::for_foreign_checkpoints)
             );
         }
         let (Some(classes), Some(input)) = (self.num_classes, self.input.as_ref()) else {

@@ -3,6 +3,7 @@
 //! its model. See docs/model-spec.md for the format and the PyTorch mapping.
 
 mod hf;
+pub mod presets;
 mod transformer;
 
 pub use hf::{Family, HfArch, HfNames, Norm, Positions, Residual};
@@ -245,10 +246,6 @@ impl Arch {
         })
     }
 }
-
-/// Names [`Arch::preset`] knows.
-pub const RESNET_PRESETS: &[&str] = &["resnet20", "resnet32", "resnet56", "resnet18", "resnet34", "resnet50"];
-pub const VGG_PRESETS: &[&str] = &["vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn"];
 
 /// A convolutional map from per-sample input [c, h, w] to output [c', h', w'].
 fn conv_geometry(input: &[usize], output: &[usize], kernel: usize, stride: usize, padding: usize) -> analyzers::BlockGeometry {

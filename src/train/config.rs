@@ -4,10 +4,9 @@
 
 use crate::data::DataConfig;
 use crate::init::InitScheme;
-use crate::spec::{Activation, Arch, ConvItem, ModelSpec, Shortcut, Stem, RESNET_PRESETS, SPEC_VERSION, VGG_PRESETS};
+use crate::spec::{presets, Activation, Arch, ConvItem, ModelSpec, Shortcut, Stem, SPEC_VERSION};
 
 /// The transformer presets `TrainConfig::model` knows.
-pub const TRANSFORMER_PRESETS: &[&str] = &["vit-tiny", "vit-mini", "modadd", "gpt-char-small", "gpt-char-tiny"];
 
 fn is_zero(v: &f64) -> bool {
     *v == 0.0
@@ -308,12 +307,7 @@ impl TrainConfig {
                     shortcut: self.shortcut.unwrap_or(shortcut),
                 },
                 _ => {
-                    bail!(
-                        "unknown model '{name}' (expected mlp, cnn or one of {}, {}, {})",
-                        RESNET_PRESETS.join(", "),
-                        VGG_PRESETS.join(", "),
-                        TRANSFORMER_PRESETS.join(", ")
-                    )
+                    bail!("unknown model '{name}' (expected one of {})", presets::listed(|_| true))
                 }
             },
         };
