@@ -284,6 +284,7 @@ fn analyze_target(
             Err(e) => report.failures.push((job.path.clone(), format!("{e:#}"))),
             Ok((step, outcomes)) => {
                 report.analysed += 1;
+                let revision = target.checkpoint_name(&job.path);
                 for (ai, outcome) in outcomes {
                     let a = selected[ai].as_ref();
                     match outcome {
@@ -291,11 +292,11 @@ fn analyze_target(
                             for n in finished.notes {
                                 note(report, format!("{}: {}: {n}", target.run_id, a.name()));
                             }
-                            existing.replace(step, a, &finished.values, target, &prov);
+                            existing.replace(step, &revision, a, &finished.values, target, &prov);
                         }
                         Err(AnalyzerError::NotApplicable { message, .. }) => {
                             note(report, format!("{}: {} does not apply: {message}", target.run_id, a.name()));
-                            existing.replace(step, a, &[], target, &prov);
+                            existing.replace(step, &revision, a, &[], target, &prov);
                         }
                         Err(e) => {
                             report.failures.push((job.path.clone(), e.to_string()));

@@ -62,8 +62,16 @@ impl Existing {
     }
 
     /// Drops every row of (step, analyzer), whatever its version or probe,
-    /// and appends `values`.
-    pub fn replace(&mut self, step: u64, analyzer: &dyn Analyzer, values: &[MetricValue], target: &Target, prov: &Provenance) {
+    /// and appends `values`, computed from the checkpoint named `revision`.
+    pub fn replace(
+        &mut self,
+        step: u64,
+        revision: &str,
+        analyzer: &dyn Analyzer,
+        values: &[MetricValue],
+        target: &Target,
+        prov: &Provenance,
+    ) {
         for t in [&mut self.layer, &mut self.model] {
             let (si, ai) = (t.column_index("step").expect("step column"), t.column_index("analyzer").expect("analyzer column"));
             t.rows.retain(|r| !(r[si].as_i64() == Some(step as i64) && r[ai].as_str() == Some(analyzer.name())));
@@ -89,6 +97,7 @@ impl Existing {
                     let mut row = vec![
                         Value::Str(target.run_id.clone()),
                         Value::I64(step as i64),
+                        Value::Str(revision.to_string()),
                         Value::I32(l as i32),
                         Value::Str(name),
                         Value::Str(kind.into()),
@@ -109,6 +118,7 @@ impl Existing {
                     let mut row = vec![
                         Value::Str(target.run_id.clone()),
                         Value::I64(step as i64),
+                        Value::Str(revision.to_string()),
                         Value::Str(analyzer.name().into()),
                         Value::I32(analyzer.version() as i32),
                         v.surrogate.clone().map_or(Value::Null, Value::Str),

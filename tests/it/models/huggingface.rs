@@ -207,6 +207,17 @@ fn a_revision_series_is_analysed_with_no_spec_and_its_aliases_found() {
         }
     }
     assert!(!values(&analysis, "attention").is_empty(), "attention rows");
+    // Every metric row keeps the revision's name beside its step.
+    for table in ["layer_metrics", "model_metrics"] {
+        let t = Table::read(&analysis.join(format!("{table}.parquet")), table).unwrap();
+        let pairs: std::collections::BTreeSet<(i64, String)> = t
+            .rows
+            .iter()
+            .map(|r| (col(&t, r, "step").as_i64().unwrap(), col(&t, r, "revision").as_str().unwrap_or("null").to_string()))
+            .collect();
+        let want: std::collections::BTreeSet<(i64, String)> = [0, 1, 2, 4, 8].iter().map(|&s| (s, format!("step{s}"))).collect();
+        assert_eq!(pairs, want, "{table}");
+    }
     // Razzhigaev et al.'s linearity score of each sublayer on the residual
     // stream: with GPT-NeoX's parallel residual both sublayers are fitted
     // from the layer's input (X → X + attn, X → X + mlp), and the layer.
