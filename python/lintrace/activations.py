@@ -128,6 +128,9 @@ def _attention_weights(out) -> torch.Tensor:
     with need_weights=True, average_attn_weights=False) its second output."""
     if isinstance(out, (tuple, list)):
         out = out[1] if len(out) > 1 else out[0]
+        if out is None:
+            raise ValueError("the attention module returned no weights: call nn.MultiheadAttention with "
+                             "need_weights=True, average_attn_weights=False, or hook a module whose output is the weights")
     if not isinstance(out, torch.Tensor) or out.dim() != 4 or out.shape[-1] != out.shape[-2]:
         shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(f"attention weights must be [batch, heads, queries, keys] with queries = keys, got {shape}")

@@ -75,14 +75,16 @@ def write_probe(path: Union[str, Path], inputs: torch.Tensor, labels: torch.Tens
     """Writes a probe file as lintrace reads it; returns its hash. Integer
     inputs (token ids) are kept as int64, which lintrace reads too."""
     integer = not inputs.is_floating_point() and not inputs.is_complex()
-    x = inputs.detach().cpu().to(torch.int64 if integer else torch.float32).contiguous()
-    y = labels.detach().cpu().to(torch.int64).contiguous()
+    # Copies: safetensors refuses tensors that share memory (inputs and labels
+    # may be views of one token tensor).
+    x = inputs.detach().cpu().to(torch.int64 if integer else torch.float32).contiguous().clone()
+    y = labels.detach().cpu().to(torch.int64).contiguous().clone()
     if y.shape[0] != x.shape[0]:
         raise ValueError(f"probe has {x.shape[0]} inputs but {y.shape[0]} labels")
     if not torch.isfinite(x).all():
         raise ValueError("probe inputs must be finite")
     n = x.shape[0]
-    idx = torch.arange(n, dtype=torch.int64) if indices is None else indices.detach().cpu().to(torch.int64).contiguous()
+    idx = torch.arange(n, dtype=torch.int64) if indices is None else indices.detach().cpu().to(torch.int64).contiguous().clone()
     digest = probe_hash(x, y)
     md = {"format": PROBE_FORMAT, "format_version": "1", "hash": digest, "dataset": dataset, "split": split, "n": str(n)}
     _write_atomic(Path(path), save({"inputs": x, "labels": y, "indices": idx}, metadata=md))

@@ -215,3 +215,22 @@ def test_mu_against_a_linear_classifier_trained_in_pytorch(tmp_path):
             assert got.height == 1 and got["split"][0] == "probe"
             assert abs(got["value"][0] - mu_numpy(f, s, labels)) < 1e-9, (step, name)
     assert not np.array_equal(final, load_np(str(tmp_path / "lin" / "activations" / lintrace.checkpoint_name(0)))["logits"].argmax(1))
+
+
+def test_attention_without_weights_says_how_to_get_them(tmp_path):
+    class NoWeights(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.attn, self.act, self.head = nn.Embedding(7, 8), nn.MultiheadAttention(8, 2, batch_first=True), nn.ReLU(), nn.Linear(8, 7)
+
+        def forward(self, ids):
+            x = self.emb(ids)
+            return self.head(self.act(self.attn(x, x, x, need_weights=False)[0]))
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, 7, (4, 5))
+    model = NoWeights()
+    ckpt = lintrace.LogSpacedCheckpoints(model, tmp_path / "r", probe=(ids, ids), total_steps=0, spec=None)
+    ckpt.step(0)
+    with pytest.raises(ValueError, match="need_weights=True"):
+        lintrace.capture_activations(tmp_path / "r", model, {"act": "act"}, {"attn": "attn"}, verbose=False)
