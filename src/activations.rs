@@ -267,21 +267,6 @@ impl Layout {
     pub fn row_names(&self) -> Vec<(String, &'static str)> {
         self.taps.iter().map(|t| (t.name.clone(), t.layer.as_ref().map_or("activation", |l| l.kind().as_str()))).collect()
     }
-
-    /// Floats per probe sample in a file: what reading one sample costs.
-    pub fn floats_per_sample(&self, with_inputs: bool) -> usize {
-        let taps: usize = self
-            .taps
-            .iter()
-            .map(|t| {
-                let units: usize = t.shape.iter().product();
-                let input: usize = if with_inputs { t.layer.as_ref().map_or(0, |l| l.input_shape().iter().product()) } else { 0 };
-                2 * units + input
-            })
-            .sum();
-        let attention: usize = self.attention.iter().map(|a| a.heads * a.positions * a.positions).sum();
-        taps + attention + self.num_classes * self.predictions_per_sample
-    }
 }
 
 /// One checkpoint's captured activations, mapped.
