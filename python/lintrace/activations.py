@@ -373,14 +373,11 @@ def capture_activations(run_dir: Union[str, Path], model: nn.Module, taps: Dict[
             # in place: no list of chunks and concatenated copy beside them.
             buf = {}
 
-            def put(name, value, start, rows, dtype_=None):
-                value = value.detach().to(dtype_ or dtype).cpu()
+            def put(name, value, start, rows, total, as_dtype=dtype):
+                value = value.detach().to(as_dtype).cpu()
                 if name not in buf:
-                    buf[name] = torch.empty((total_rows(name, value),) + tuple(value.shape[1:]), dtype=value.dtype)
+                    buf[name] = torch.empty((total,) + tuple(value.shape[1:]), dtype=as_dtype)
                 buf[name][start:start + rows] = value
-
-            def total_rows(name, value):
-                return n * per if name == "logits" else n
 
             causal = [True] * len(rec.attention)
             first_batch = None
@@ -393,16 +390,16 @@ def capture_activations(run_dir: Union[str, Path], model: nn.Module, taps: Dict[
                     if out.shape[0] != b or out.numel() != b * per * out.shape[-1]:
                         raise ValueError(f"the model's logits have shape {list(out.shape)}; expected [{b}, classes]"
                                          + (f" or [{b}, {per}, classes]" if per > 1 else ""))
-                    put("logits", out.reshape(b * per, -1), start * per, b * per, torch.float32)
+                    put("logits", out.reshape(b * per, -1), start * per, b * per, n * per, torch.float32)
                     for i in range(len(rec.taps)):
-                        put(f"taps.{i}.z", rec.z[i][0], start, b)
-                        put(f"taps.{i}.a", rec.a[i][0], start, b)
+                        put(f"taps.{i}.z", rec.z[i][0], start, b, n)
+                        put(f"taps.{i}.a", rec.a[i][0], start, b, n)
                         if inputs and rec.x[i]:
-                            put(f"taps.{i}.input", rec.x[i][0], start, b)
+                            put(f"taps.{i}.input", rec.x[i][0], start, b, n)
                     for j in range(len(rec.attention)):
                         wt = rec.w[j][0]
                         causal[j] = causal[j] and bool((wt.triu(1) == 0).all())
-                        put(f"attention.{j}", wt, start, b)
+                        put(f"attention.{j}", wt, start, b, n)
                     if first_batch is None:
                         first_batch = (rec.order[:], [t[:] for t in rec.z], [t[:] for t in rec.a], [t[:] for t in rec.x],
                                        [t[:] for t in rec.w], out)
