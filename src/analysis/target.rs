@@ -192,6 +192,23 @@ pub fn discover_with(paths: &[PathBuf], external: Option<&External>, hf: &HfProb
             vec![path.clone()]
         } else if path.is_dir() {
             let v = run::run_dirs_under(path)?;
+            // Runs of captured activations (no run.json) under the same root.
+            let captured: Vec<PathBuf> = std::fs::read_dir(path)
+                .with_context(|| format!("{}: cannot read", path.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| !run::is_run_dir(p) && crate::activations::has_activations(p))
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            for dir in &captured {
+                match Target::captured(dir) {
+                    Ok(t) => targets.push(t),
+                    Err(e) => failures.push((dir.clone(), format!("{e:#}"))),
+                }
+            }
+            if v.is_empty() && !captured.is_empty() {
+                continue;
+            }
             if v.is_empty() && path.join(run::PROBE).is_file() && path.join(crate::layout::CHECKPOINTS).is_dir() {
                 bail!(
                     "{}: checkpoints of a model lintrace has no spec for: capture its activations in PyTorch (lintrace.capture_activations, docs/pytorch.md), or pass --spec and --probe",

@@ -274,6 +274,24 @@ fn activations_captured_in_pytorch_get_the_activation_metrics_numpy_computes() {
     }
 }
 
+#[test]
+fn a_runs_root_holding_captured_runs_analyses_each() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("runs");
+    for name in ["cnn", "attn"] {
+        captured_run(&root, name);
+    }
+    // A lintrace run beside them.
+    tiny_mlp_run(&root, "mlp", &[]);
+    let out = run_ok(analyze_bin().arg(&root).args(["--device", "cpu", "--quiet", "--analyzers", "unit_linear_fit"]));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(said.contains("in 3 runs"), "{said}");
+    for name in ["cnn", "attn"] {
+        let steps: std::collections::BTreeSet<i64> = layer_rows(&root.join(name), "unit_linear_fit").keys().map(|k| k.0).collect();
+        assert_eq!(steps.into_iter().collect::<Vec<_>>(), vec![0, 1, 8], "{name}");
+    }
+}
+
 /// Rewrites a safetensors file with `edit` applied to its metadata and
 /// tensors (name → (dtype, shape, bytes)).
 fn rewrite(
