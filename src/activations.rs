@@ -281,6 +281,16 @@ pub struct ActivationFile {
     /// Per tap, whether `taps.i.input` is in the file.
     pub has_input: Vec<bool>,
     mmap: memmap2::Mmap,
+    /// Every tensor's dtype, shape and bytes in `mmap`, from the header
+    /// parsed once at `open` (a pass reads every tap chunk by chunk).
+    index: HashMap<String, Entry>,
+}
+
+/// Where a tensor lies in a mapped file.
+struct Entry {
+    dtype: safetensors::Dtype,
+    shape: Vec<usize>,
+    bytes: std::ops::Range<usize>,
 }
 
 fn float_dtype(d: safetensors::Dtype) -> bool {
@@ -350,42 +360,55 @@ impl ActivationFile {
         }
         let run_id = md.get("run_id").cloned().unwrap_or_default();
         let probe_hash = get("probe_hash")?.to_string();
+        let base = mmap.as_ptr() as usize;
+        let index = st
+            .tensors()
+            .into_iter()
+            .map(|(name, v)| {
+                let start = v.data().as_ptr() as usize - base;
+                (name, Entry { dtype: v.dtype(), shape: v.shape().to_vec(), bytes: start..start + v.data().len() })
+            })
+            .collect();
         drop(st);
-        Ok(ActivationFile { path: path.to_path_buf(), step, run_id, probe_hash, n, layout, has_input, mmap })
+        Ok(ActivationFile { path: path.to_path_buf(), step, run_id, probe_hash, n, layout, has_input, mmap, index })
     }
 
     pub fn model_info(&self) -> ModelInfo {
         self.layout.model_info(self.n, &self.has_input)
     }
 
+    /// The view of tensor `name`, or of its rows `rows` (along the first
+    /// dimension).
+    fn view(&self, name: &str, rows: Option<std::ops::Range<usize>>) -> Result<safetensors::tensor::TensorView<'_>> {
+        let e = self.index.get(name).ok_or_else(|| anyhow!("{}: tensor '{name}' is missing", self.path.display()))?;
+        let (mut shape, mut bytes) = (e.shape.clone(), e.bytes.clone());
+        if let Some(r) = rows {
+            let total = shape.first().copied().unwrap_or(0);
+            if r.end > total {
+                bail!("{}: tensor '{name}' has {total} rows, not {}", self.path.display(), r.end);
+            }
+            let per_row = bytes.len() / total.max(1);
+            bytes = bytes.start + r.start * per_row..bytes.start + r.end * per_row;
+            shape[0] = r.len();
+        }
+        safetensors::tensor::TensorView::new(e.dtype, shape, &self.mmap[bytes])
+            .map_err(|err| anyhow!("{}: tensor '{name}': {err}", self.path.display()))
+    }
+
     /// Rows `first..first + count` (along the first dimension) of tensor
     /// `name`, as f32 on `device`.
     pub fn rows(&self, name: &str, first: usize, count: usize, device: &Device) -> Result<Tensor> {
-        let st = SafeTensors::deserialize(&self.mmap).map_err(|e| anyhow!("{}: {e}", self.path.display()))?;
-        let v = st.tensor(name).map_err(|_| anyhow!("{}: tensor '{name}' is missing", self.path.display()))?;
-        let shape = v.shape();
-        let rows = shape.first().copied().unwrap_or(0);
-        if first + count > rows {
-            bail!("{}: tensor '{name}' has {rows} rows, not {}", self.path.display(), first + count);
-        }
-        let per_row = v.data().len() / rows.max(1);
-        let bytes = &v.data()[first * per_row..(first + count) * per_row];
-        let mut out_shape = shape.to_vec();
-        out_shape[0] = count;
-        let view = safetensors::tensor::TensorView::new(v.dtype(), out_shape, bytes)
-            .map_err(|e| anyhow!("{}: tensor '{name}': {e}", self.path.display()))?;
+        let view = self.view(name, Some(first..first + count))?;
         Ok(checkpoint::f32_tensor(name, &view)?.to_device(device)?)
     }
 
     /// The weight matrices feeding the taps whose layer is known.
     pub fn weights(&self) -> Result<Vec<LayerWeights>> {
-        let st = SafeTensors::deserialize(&self.mmap).map_err(|e| anyhow!("{}: {e}", self.path.display()))?;
         let mut out = Vec::new();
         for (tap, t) in self.layout.taps.iter().enumerate() {
             let Some(l) = &t.layer else { continue };
             let name = format!("taps.{tap}.weight");
-            let v = st.tensor(&name).map_err(|_| anyhow!("{}: tensor '{name}' is missing", self.path.display()))?;
-            let w = checkpoint::f32_tensor(&name, &v)?;
+            let w = checkpoint::f32_tensor(&name, &self.view(&name, None)?)?;
             let s = l.weight_shape();
             out.push(LayerWeights { tap, rows: s[0], cols: s[1], data: w.flatten_all()?.to_vec1()? });
         }
