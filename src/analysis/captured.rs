@@ -6,7 +6,7 @@
 //! apply; `mu` compares the captured predictions on the probe with those of
 //! the surrogates given.
 
-use super::capture::{self, Outcome, Shared};
+use super::capture::{self, Outcome};
 use super::captured_mu::Surrogates;
 use super::context::TargetContext;
 use super::target::{Origin, Target};
@@ -112,29 +112,17 @@ pub fn prepare(
         ctx.captured_surrogates = Some(Surrogates::prepare(target, sources, dev, notes)?);
     }
     let load = |step: u64| -> Result<ActivationFile> {
-        let path = target
-            .checkpoints
-            .iter()
-            .find(|p| target.step_of(p) == Some(step))
-            .with_context(|| format!("no activations for step {step}"))?;
+        let path = target.checkpoint_at(step).with_context(|| format!("no activations for step {step}"))?;
         open(target, layout, path, step)
     };
-    if needs.reference_grams {
-        for (which, step) in [("init", Some(0)), ("final", final_step)] {
-            let Some(step) = step else { continue };
-            match load(step).and_then(|f| capture::captured_grams(&f, &target.probe, chunk, dev)) {
-                Ok(g) if which == "init" => ctx.init_grams = Some((step, g)),
-                Ok(g) => ctx.final_grams = Some((step, g)),
-                Err(e) => notes.push(format!("{}: cka_time has no {which} reference: {e:#}", target.run_id)),
-            }
-        }
-    }
-    if needs.weights {
-        match load(0).and_then(|f| f.weights()) {
-            Ok(w) => ctx.init_weights = Some(w),
-            Err(e) => notes.push(format!("{}: weights: rel_dist_from_init is null: step 0 unreadable ({e:#})", target.run_id)),
-        }
-    }
+    ctx.prepare_references(
+        target,
+        needs,
+        final_step,
+        notes,
+        |step| capture::captured_grams(&load(step)?, &target.probe, chunk, dev),
+        || load(0).and_then(|f| f.weights()),
+    );
     Ok(ctx)
 }
 
@@ -157,17 +145,7 @@ pub fn run_job(
         (Some(s), true) => s.predictions(target, &file, dev)?,
         _ => Vec::new(),
     };
-    let init_grams = ctx.init_grams.as_ref().map(|(s, g)| (*s, g.as_slice()));
-    let final_grams = ctx.final_grams.as_ref().map(|(s, g)| (*s, g.as_slice()));
-    let own_grams = [init_grams, final_grams].into_iter().flatten().find(|(s, _)| *s == step).map(|(_, g)| g);
-    let shared = Shared {
-        init_grams,
-        final_grams,
-        grams: own_grams,
-        weights: weights.as_deref(),
-        init_weights: ctx.init_weights.as_deref(),
-        surrogates: &surrogates,
-    };
+    let shared = ctx.shared(step, weights.as_deref(), &surrogates);
     capture::run_captured(&file, &target.probe, subset, chunk, dev, &shared).with_context(|| format!("{}", path.display()))
 }
 

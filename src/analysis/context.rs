@@ -77,34 +77,71 @@ impl TargetContext {
         notes: &mut Vec<String>,
     ) -> Result<TargetContext> {
         let mut ctx = TargetContext::default();
-        let step_path = |step: u64| target.checkpoints.iter().find(|p| target.step_of(p) == Some(step)).cloned();
         let load = |step: u64| -> Result<checkpoint::Loaded> {
-            let path = step_path(step).with_context(|| format!("no checkpoint for step {step}"))?;
-            target.load_checkpoint(&path, step)
+            let path = target.checkpoint_at(step).with_context(|| format!("no checkpoint for step {step}"))?;
+            target.load_checkpoint(path, step)
         };
+        ctx.prepare_references(
+            target,
+            needs,
+            final_step,
+            notes,
+            |step| {
+                let l = load(step)?;
+                capture::grams(&l.model(dev)?, &l.meta.spec, &target.probe, opts.chunk_size, dev)
+            },
+            || load(0).and_then(|l| layer_weights(&l.meta.spec, &l.tensors)),
+        );
+        if needs.surrogates {
+            ctx.prepare_surrogates(target, sources, opts, dev, notes)?;
+        }
+        Ok(ctx)
+    }
+
+    /// The step-0 and final Grams (`cka_time`) and the step-0 weights
+    /// (`weights`), as `needs` asks, from `grams` of a step and `init_weights`;
+    /// what cannot be had is a note, and the rows that need it are null.
+    pub(super) fn prepare_references(
+        &mut self,
+        target: &Target,
+        needs: Needs,
+        final_step: Option<u64>,
+        notes: &mut Vec<String>,
+        grams: impl Fn(u64) -> Result<Vec<Gram>>,
+        init_weights: impl FnOnce() -> Result<Vec<LayerWeights>>,
+    ) {
         if needs.reference_grams {
             for (which, step) in [("init", Some(0)), ("final", final_step)] {
                 let Some(step) = step else { continue };
-                match load(step).and_then(|l| {
-                    let model = l.model(dev)?;
-                    capture::grams(&model, &l.meta.spec, &target.probe, opts.chunk_size, dev)
-                }) {
-                    Ok(g) if which == "init" => ctx.init_grams = Some((step, g)),
-                    Ok(g) => ctx.final_grams = Some((step, g)),
+                match grams(step) {
+                    Ok(g) if which == "init" => self.init_grams = Some((step, g)),
+                    Ok(g) => self.final_grams = Some((step, g)),
                     Err(e) => notes.push(format!("{}: cka_time has no {which} reference: {e:#}", target.run_id)),
                 }
             }
         }
         if needs.weights {
-            match load(0).and_then(|l| layer_weights(&l.meta.spec, &l.tensors)) {
-                Ok(w) => ctx.init_weights = Some(w),
+            match init_weights() {
+                Ok(w) => self.init_weights = Some(w),
                 Err(e) => notes.push(format!("{}: weights: rel_dist_from_init is null: step 0 unreadable ({e:#})", target.run_id)),
             }
         }
-        if needs.surrogates {
-            ctx.prepare_surrogates(target, sources, opts, dev, notes)?;
-        }
-        Ok(ctx)
+    }
+
+    /// What the analyzers of the checkpoint of `step` share: the reference
+    /// Grams (its own among them when it is step 0 or the final one, so they
+    /// are not computed twice), the step-0 weights, and `weights` and
+    /// `surrogates` of this checkpoint.
+    pub fn shared<'a>(
+        &'a self,
+        step: u64,
+        weights: Option<&'a [LayerWeights]>,
+        surrogates: &'a [SurrogatePredictions],
+    ) -> capture::Shared<'a> {
+        let init_grams = self.init_grams.as_ref().map(|(s, g)| (*s, g.as_slice()));
+        let final_grams = self.final_grams.as_ref().map(|(s, g)| (*s, g.as_slice()));
+        let grams = [init_grams, final_grams].into_iter().flatten().find(|(s, _)| *s == step).map(|(_, g)| g);
+        capture::Shared { init_grams, final_grams, grams, weights, init_weights: self.init_weights.as_deref(), surrogates }
     }
 
     fn prepare_surrogates(

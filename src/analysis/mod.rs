@@ -362,18 +362,7 @@ fn run_job(
     let needs = subset.iter().fold(Needs::default(), |n, a| n.union(a.needs()));
     let weights = if needs.weights { Some(context::layer_weights(spec, &loaded.tensors)?) } else { None };
     let surrogates = if needs.surrogates { ctx.surrogate_predictions(&model, job.step, dev)? } else { Vec::new() };
-    let init_grams = ctx.init_grams.as_ref().map(|(s, g)| (*s, g.as_slice()));
-    let final_grams = ctx.final_grams.as_ref().map(|(s, g)| (*s, g.as_slice()));
-    // Step 0's and the final checkpoint's Grams were computed as references.
-    let own_grams = [init_grams, final_grams].into_iter().flatten().find(|(s, _)| *s == job.step).map(|(_, g)| g);
-    let shared = capture::Shared {
-        init_grams,
-        final_grams,
-        grams: own_grams,
-        weights: weights.as_deref(),
-        init_weights: ctx.init_weights.as_deref(),
-        surrogates: &surrogates,
-    };
+    let shared = ctx.shared(job.step, weights.as_deref(), &surrogates);
     let outcomes =
         capture::run(&model, spec, &target.probe, &subset, chunk, dev, &shared).with_context(|| format!("{}", job.path.display()))?;
     Ok((job.step, job.analyzers.iter().copied().zip(outcomes).collect()))

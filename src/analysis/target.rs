@@ -440,6 +440,11 @@ impl Target {
         }
     }
 
+    /// The checkpoint of `step`, if the target has one.
+    pub fn checkpoint_at(&self, step: u64) -> Option<&PathBuf> {
+        self.checkpoints.iter().find(|p| self.step_of(p) == Some(step))
+    }
+
     /// The revision name a checkpoint was read from (Hugging Face series),
     /// else its file name.
     pub fn checkpoint_name(&self, path: &Path) -> String {
