@@ -33,16 +33,11 @@ fn file_predictions(file: &ActivationFile) -> Result<Vec<usize>> {
     Ok(am.into_iter().map(|v| v as usize).collect())
 }
 
-/// Whether a file is an activations file (rather than a checkpoint).
-fn is_activations(path: &Path) -> bool {
-    ActivationFile::open(path).is_ok()
-}
-
 /// A surrogate's predictions on the target's probe: from its activations
 /// file (same probe), or by running a lintrace checkpoint on the probe.
 fn predictions_of(target: &Target, path: &Path, dev: &Device) -> Result<(String, Vec<usize>)> {
-    if is_activations(path) {
-        let f = ActivationFile::open(path)?;
+    // An activations file (opened and checked once), else a checkpoint.
+    if let Ok(f) = ActivationFile::open(path) {
         if f.probe_hash != target.probe.hash {
             bail!("surrogate {}: captured on probe {}, not this run's {}", path.display(), f.probe_hash, target.probe.hash);
         }

@@ -27,15 +27,9 @@ use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape,
 use rayon::prelude::*;
 
 /// Max pooling with a k×k window and stride k (no padding, floor mode), as
-/// `torch.nn.MaxPool2d(k)` / candle's `max_pool2d(k)`, on x [B, C, H, W].
+/// `torch.nn.MaxPool2d(k)` / candle's `max_pool2d(k)`, on x [B, C, H, W]
+/// whose shape the door ([`super::max_pool2d`]) has checked.
 pub fn max_pool2d(x: &Tensor, k: usize) -> Result<Tensor> {
-    if x.rank() != 4 {
-        bail!("max_pool2d: expected x [B, C, H, W], got {:?}", x.dims());
-    }
-    let (_, _, h, w) = x.dims4()?;
-    if k == 0 || k > h || k > w {
-        bail!("max_pool2d: window {k} does not fit {h}x{w}");
-    }
     x.apply_op1(MaxPool { k })
 }
 
@@ -256,8 +250,9 @@ mod tests {
         let x = Tensor::randn(0f32, 1., (2, 6, 4, 3), &Device::Cpu).unwrap().transpose(1, 3).unwrap(); // [2, 3, 4, 6]
         assert_eq!(max_abs_diff(&max_pool2d(&x, 2).unwrap(), &x.max_pool2d(2).unwrap()), 0.);
         assert_eq!(max_abs_diff(&relu(&x).unwrap(), &x.relu().unwrap()), 0.);
-        assert!(max_pool2d(&x.flatten_from(2).unwrap(), 2).is_err());
-        assert!(max_pool2d(&x, 5).is_err());
+        // Shapes are checked at the door.
+        assert!(super::super::max_pool2d(&x.flatten_from(2).unwrap(), 2).is_err());
+        assert!(super::super::max_pool2d(&x, 5).is_err());
         assert!(relu(&x.to_dtype(DType::BF16).unwrap()).is_err());
     }
 }
