@@ -28,7 +28,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from .checkpoints import PACKAGE_VERSION, checkpoint_name, load_state_dict
+from .checkpoints import PACKAGE_VERSION, _replace_atomic, checkpoint_name, load_state_dict
 
 __all__ = ["capture_activations", "activation_bytes", "FORMAT", "FORMAT_VERSION"]
 
@@ -258,28 +258,11 @@ def _layout(model, rec: _Recorder, logits: torch.Tensor, n_labels_per_sample: in
 
 
 def _save_atomic(path: Path, tensors: Dict[str, torch.Tensor], metadata: Dict[str, str]) -> None:
-    """Writes a safetensors file straight to a temporary file in the same
-    folder, then renames it into place: no in-memory copy of the file (a
-    convolutional capture is gigabytes), and never a partial file."""
-    import os
-    import tempfile
-
+    """Writes a safetensors file straight to disk (no in-memory copy of the
+    file: a convolutional capture is gigabytes), atomically."""
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    _replace_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def activation_bytes(layout: dict, n: int, dtype: torch.dtype = torch.float32, inputs: bool = True) -> int:

@@ -22,7 +22,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from safetensors.torch import load_file, save
@@ -45,13 +45,15 @@ def checkpoint_name(step: int) -> str:
     return f"step_{step:08d}.safetensors"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def _replace_atomic(path: Path, write: Callable[[str], None]) -> None:
+    """Has ``write`` write a temporary file in ``path``'s folder, syncs it,
+    then renames it into place: never a partial file at ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        write(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -60,6 +62,10 @@ def _write_atomic(path: Path, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    _replace_atomic(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def probe_hash(inputs: torch.Tensor, labels: torch.Tensor) -> str:
