@@ -8,28 +8,25 @@
 
 pub mod activations;
 pub mod analysis;
-pub mod atomic;
 pub mod batches;
 pub mod checkpoint;
 pub mod data;
 pub mod device;
-pub mod fault;
 pub mod hf;
 pub mod init;
 pub mod interop;
-pub mod layout;
 pub mod lock;
 pub mod model;
 pub mod probe;
 pub mod run;
-pub mod sigpipe;
 pub mod spec;
 pub mod surrogate;
 pub mod sweep;
-pub mod tables;
 pub mod train;
 
 pub use analyzers;
+// The light core, under the paths the rest of lintrace has always used.
+pub use lintrace_core::{atomic, fault, layout, sigpipe, tables};
 
 /// lintrace's version, as every checkpoint and table row records it.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use lintrace_core::VERSION;

@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-pub use crate::layout::{ANALYSIS, CHECKPOINTS, MANIFEST, PROBE, TRAIN_LOG};
+pub use crate::layout::{is_run_dir, run_dirs_under, ANALYSIS, CHECKPOINTS, MANIFEST, PROBE, TRAIN_LOG};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -92,21 +92,6 @@ impl RunManifest {
     pub fn write(&self, run_dir: &Path) -> Result<()> {
         write_json_atomic(&run_dir.join(MANIFEST), self)
     }
-}
-
-pub fn is_run_dir(p: &Path) -> bool {
-    p.join(MANIFEST).is_file()
-}
-
-/// The run folders directly under `root`, sorted.
-pub fn run_dirs_under(root: &Path) -> Result<Vec<PathBuf>> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(root)
-        .with_context(|| format!("{}: cannot read", root.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| is_run_dir(p))
-        .collect();
-    v.sort();
-    Ok(v)
 }
 
 pub fn checkpoint_dir(run_dir: &Path) -> PathBuf {

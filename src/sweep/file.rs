@@ -34,8 +34,7 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-pub const SWEEP_FILE: &str = "sweep.json";
-pub const FORMAT_VERSION: u32 = 1;
+pub use crate::layout::{SWEEP_FILE, SWEEP_FORMAT_VERSION as FORMAT_VERSION};
 
 /// Keys the sweep sets itself, or that must not vary inside one sweep
 /// (every run shares the probe, so its rows join).
@@ -239,7 +238,7 @@ impl Sweep {
     }
 
     pub fn is_sweep_dir(dir: &Path) -> bool {
-        dir.join(SWEEP_FILE).is_file()
+        crate::layout::is_sweep_dir(dir)
     }
 
     /// A sweep file path, or a sweep folder written before.

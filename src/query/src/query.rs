@@ -6,7 +6,7 @@
 //! pending runs are in it too.
 
 use anyhow::{bail, Context, Result};
-use lintrace::run;
+use lintrace_core::layout as run;
 use polars::prelude::*;
 use polars::sql::SQLContext;
 // Eager Parquet/CSV I/O from polars-io: polars' own `parquet` feature routes
@@ -146,5 +146,5 @@ pub fn write(df: &mut DataFrame, path: &Path) -> Result<()> {
         }
         _ => bail!("{}: --out must end in .csv or .parquet", path.display()),
     }
-    lintrace::atomic::write_atomic(path, &buf)
+    lintrace_core::atomic::write_atomic(path, &buf)
 }

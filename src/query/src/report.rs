@@ -5,8 +5,8 @@
 use crate::plot::data::Tables;
 use crate::plot::{self, figures};
 use anyhow::{Context, Result};
-use lintrace::sweep::Sweep;
-use lintrace::tables::Value;
+use lintrace_core::layout::SweepHeader;
+use lintrace_core::tables::Value;
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -76,7 +76,7 @@ fn runs_html(tables: &Tables, axes: &[String]) -> Result<String> {
 
 /// Writes the report and returns how many figures it holds.
 pub fn write(root: &Path, out: &Path, allow_mixed_probes: bool) -> Result<usize> {
-    let sweep = Sweep::is_sweep_dir(root).then(|| Sweep::load(root)).transpose()?;
+    let sweep = lintrace_core::layout::is_sweep_dir(root).then(|| SweepHeader::load(root)).transpose()?;
     let axes: Vec<String> = sweep.iter().flat_map(|s| s.axes.iter().flat_map(|a| a.keys.clone())).collect();
     let title = sweep.as_ref().map_or_else(
         || root.canonicalize().ok().and_then(|p| p.file_name().map(|s| s.to_string_lossy().into_owned())).unwrap_or_else(|| "runs".into()),
@@ -135,8 +135,8 @@ svg {{ max-width: 100%; height: auto; }}
         t = esc(&title),
         n = runs.len(),
         dir = esc(&root.display().to_string()),
-        v = lintrace::VERSION,
+        v = lintrace_core::VERSION,
     );
-    lintrace::atomic::write_atomic(out, html.as_bytes())?;
+    lintrace_core::atomic::write_atomic(out, html.as_bytes())?;
     Ok(figures_written)
 }

@@ -148,7 +148,7 @@ fn command_main(cmd: &Cmd) -> Result<i32> {
 }
 
 fn main() {
-    lintrace::sigpipe::exit_quietly_on_closed_pipe();
+    lintrace_core::sigpipe::exit_quietly_on_closed_pipe();
     let args = Args::parse();
     if std::env::var_os("LINTRACE_PARSE_ONLY").is_some() {
         return; // the command line parsed; nothing is run (tests/it/docs/doc_commands.rs)

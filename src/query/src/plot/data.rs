@@ -3,7 +3,7 @@
 
 use crate::query::find_tables;
 use anyhow::{bail, Result};
-use lintrace::tables::Table;
+use lintrace_core::tables::Table;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 

@@ -73,8 +73,8 @@ pub fn to_png(fig: &impl Figure) -> Result<Vec<u8>> {
 pub fn save(fig: &impl Figure, stem: &Path) -> Result<(PathBuf, PathBuf)> {
     let png = stem.with_extension("png");
     let svg = stem.with_extension("svg");
-    lintrace::atomic::write_atomic(&png, &to_png(fig)?)?;
-    lintrace::atomic::write_atomic(&svg, to_svg(fig)?.as_bytes())?;
+    lintrace_core::atomic::write_atomic(&png, &to_png(fig)?)?;
+    lintrace_core::atomic::write_atomic(&svg, to_svg(fig)?.as_bytes())?;
     Ok((png, svg))
 }
 

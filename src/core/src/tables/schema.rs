@@ -70,17 +70,17 @@ pub struct TableSchema {
 }
 
 const FILES: &[(&str, &str)] = &[
-    ("layer_metrics.v1.json", include_str!("../../schemas/layer_metrics.v1.json")),
-    ("checkpoints.v1.json", include_str!("../../schemas/checkpoints.v1.json")),
-    ("layer_metrics.v2.json", include_str!("../../schemas/layer_metrics.v2.json")),
-    ("layer_metrics.v3.json", include_str!("../../schemas/layer_metrics.v3.json")),
-    ("layer_metrics.v4.json", include_str!("../../schemas/layer_metrics.v4.json")),
-    ("model_metrics.v1.json", include_str!("../../schemas/model_metrics.v1.json")),
-    ("model_metrics.v2.json", include_str!("../../schemas/model_metrics.v2.json")),
-    ("model_metrics.v3.json", include_str!("../../schemas/model_metrics.v3.json")),
-    ("runs.v1.json", include_str!("../../schemas/runs.v1.json")),
-    ("runs.v2.json", include_str!("../../schemas/runs.v2.json")),
-    ("train_log.v1.json", include_str!("../../schemas/train_log.v1.json")),
+    ("layer_metrics.v1.json", include_str!("../../../../schemas/layer_metrics.v1.json")),
+    ("checkpoints.v1.json", include_str!("../../../../schemas/checkpoints.v1.json")),
+    ("layer_metrics.v2.json", include_str!("../../../../schemas/layer_metrics.v2.json")),
+    ("layer_metrics.v3.json", include_str!("../../../../schemas/layer_metrics.v3.json")),
+    ("layer_metrics.v4.json", include_str!("../../../../schemas/layer_metrics.v4.json")),
+    ("model_metrics.v1.json", include_str!("../../../../schemas/model_metrics.v1.json")),
+    ("model_metrics.v2.json", include_str!("../../../../schemas/model_metrics.v2.json")),
+    ("model_metrics.v3.json", include_str!("../../../../schemas/model_metrics.v3.json")),
+    ("runs.v1.json", include_str!("../../../../schemas/runs.v1.json")),
+    ("runs.v2.json", include_str!("../../../../schemas/runs.v2.json")),
+    ("train_log.v1.json", include_str!("../../../../schemas/train_log.v1.json")),
 ];
 
 fn all_versions(table: &str) -> Vec<TableSchema> {
