@@ -28,7 +28,7 @@ Writes
 
       --torch-only writes the same layout with torch alone (no transformers,
       no safetensors package), for a GPU machine that has only torch
-      (examples/gpu/pending-runs.sh): weights drawn N(0, 0.02) (LayerNorms 1
+      (scripts/gpu/pending-runs.sh): weights drawn N(0, 0.02) (LayerNorms 1
       and 0, biases 0) under torch.manual_seed(0), saved with torch.save as
       step0/pytorch_model.bin under GPT-NeoX's names, and config.json in the
       hub form.

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Checks examples/bench/torch_analyze.py against the numpy golden values of
+"""Checks scripts/bench/torch_analyze.py against the numpy golden values of
 fixtures/golden/{tiny_cnn,tiny_mlp} (golden.json, golden_suite.json) and
 fixtures/golden/mu.json. Each fixture folder is read as a run: checkpoint.safetensors
 is step 0 ("A"), checkpoint_b.safetensors step 5 ("B").
 
-  /opt/bench-venv/bin/python examples/bench/check_torch_analyze_golden.py
+  /opt/bench-venv/bin/python scripts/bench/check_torch_analyze_golden.py
 
 Prints the largest absolute difference per (model, analyzer) and exits 1 if
 one exceeds its tolerance.

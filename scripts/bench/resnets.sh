@@ -4,9 +4,9 @@
 # 128 for resnet20 (CIFAR, shortcut A) and resnet18 with the small stem
 # (torchvision's ResNet-18 for 32x32 inputs), momentum SGD, fp32.
 # lintrace trains on CIFAR-10 (data loading excluded from its timing);
-# PyTorch on synthetic batches of the same shape (examples/bench/torch_train_cnn.py).
+# PyTorch on synthetic batches of the same shape (scripts/bench/torch_train_cnn.py).
 #
-#   examples/bench/resnets.sh [DEVICE] [THREADS]
+#   scripts/bench/resnets.sh [DEVICE] [THREADS]
 #
 # Environment: DATA (CIFAR-10 folder or .tar.gz, default
 # $LINTRACE_CIFAR10; required), PY (python with torch; default
@@ -32,7 +32,7 @@ for m in resnet20 resnet18; do
     --probe-size 128 --no-analysis --out "$OUT/runs-$m" | grep -E '^(train|forward):' | tee "$OUT/lintrace-$m.txt"
   for mode in train forward; do
     flag=(); [[ $mode == forward ]] && flag=(--forward)
-    "$PY" examples/bench/torch_train_cnn.py --model "$peer" "${flag[@]}" --device "$DEVICE" --threads "$THREADS" \
+    "$PY" scripts/bench/torch_train_cnn.py --model "$peer" "${flag[@]}" --device "$DEVICE" --threads "$THREADS" \
       --batch 128 --steps "$steps" --warmup 2 | tee "$OUT/torch-$m-$mode.json"
   done
 done

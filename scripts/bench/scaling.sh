@@ -4,7 +4,7 @@
 # point is one `lintrace-analyze` process (all the analyzers, --force),
 # timed with /usr/bin/time (wall seconds, peak resident memory).
 #
-#   examples/bench/scaling.sh            # from the project root, after cargo build --release
+#   scripts/bench/scaling.sh            # from the project root, after cargo build --release
 #
 # Environment: DATA (CIFAR-10 folder or .tar.gz, default
 # $LINTRACE_CIFAR10; required), OUT (default target/bench-scaling),

@@ -2,14 +2,14 @@
 # lintrace and PyTorch on the same machine, in the same call (BENCHMARKS.md):
 #   1. lintrace-bench: trains the default CNN on CIFAR-10 (images/s) and
 #      analyses its checkpoints with all the analyzers (s/checkpoint);
-#   2. examples/bench/torch_train_cnn.py: the same CNN, batch and optimizer in
+#   2. scripts/bench/torch_train_cnn.py: the same CNN, batch and optimizer in
 #      PyTorch (images/s);
-#   3. examples/bench/torch_analyze.py: a straightforward PyTorch + numpy
+#   3. scripts/bench/torch_analyze.py: a straightforward PyTorch + numpy
 #      implementation of the nine analyzers that apply to a plain CNN (all but
 #      residual_linear_fit and attention) on the same run's checkpoints.
 # and prints the ratios. Run from the project root after `cargo build --release`.
 #
-#   examples/bench/side_by_side.sh [DEVICE] [THREADS]
+#   scripts/bench/side_by_side.sh [DEVICE] [THREADS]
 #
 # Environment: DATA (CIFAR-10 folder or .tar.gz, default
 # $LINTRACE_CIFAR10; required), PY (a python with torch, numpy and
@@ -38,8 +38,8 @@ lt_all=$(awk '/^analyze: all analyzers/ { for (i = 1; i <= NF; i++) if ($i ~ /s\
 
 echo "== PyTorch ($("$PY" -c 'import torch; print(torch.__version__)' 2>/dev/null || echo 'not installed'))"
 if "$PY" -c 'import torch' 2>/dev/null; then
-  "$PY" examples/bench/torch_train_cnn.py --device "$DEVICE" --threads "$THREADS" --batch 128 | tee "$OUT/torch_train.json"
-  "$PY" examples/bench/torch_analyze.py "$OUT/runs/bench" --device "$DEVICE" --threads "$THREADS" --mode together | tee "$OUT/torch_analyze.txt"
+  "$PY" scripts/bench/torch_train_cnn.py --device "$DEVICE" --threads "$THREADS" --batch 128 | tee "$OUT/torch_train.json"
+  "$PY" scripts/bench/torch_analyze.py "$OUT/runs/bench" --device "$DEVICE" --threads "$THREADS" --mode together | tee "$OUT/torch_analyze.txt"
   pt_train=$("$PY" -c 'import json,sys; print(json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])["images_per_s"])' "$OUT/torch_train.json")
   pt_all=$("$PY" - "$OUT/torch_analyze.txt" <<'PYEOF'
 import json, sys

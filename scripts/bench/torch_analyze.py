@@ -87,7 +87,7 @@ from the analyzers alone with --mode alone), to compare with lintrace's
 layer_metrics / model_metrics tables.
 
 Example:
-  /opt/bench-venv/bin/python examples/bench/torch_analyze.py RUN_DIR \\
+  /opt/bench-venv/bin/python scripts/bench/torch_analyze.py RUN_DIR \\
       --device cpu --threads 2 --csv /tmp/torch_metrics.csv
 """
 

@@ -45,7 +45,7 @@ number), the line also has "lintrace_images_per_s" and
 stderr.
 
 Example:
-  /opt/bench-venv/bin/python examples/bench/torch_train_cnn.py --device cpu --threads 2
+  /opt/bench-venv/bin/python scripts/bench/torch_train_cnn.py --device cpu --threads 2
 """
 
 import argparse

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Build lintrace with `--features cuda` (this checkout, no clone) and optionally
-# pack the binaries for a GPU machine that has no Rust. See examples/gpu/README.md.
+# pack the binaries for a GPU machine that has no Rust. See scripts/gpu/README.md.
 set -euo pipefail
 
 usage() {
   cat <<'EOF'
-Usage: examples/gpu/build-cuda.sh [OPTIONS] [-- EXTRA_CARGO_ARGS...]
+Usage: scripts/gpu/build-cuda.sh [OPTIONS] [-- EXTRA_CARGO_ARGS...]
 
 Run from the project root. Builds this checkout with
     cargo build --release --features cuda --bins
@@ -45,7 +45,7 @@ Options:
                        measured on a GPU (BENCHMARKS.md, "GPU")
   --pack [DIR]         after building, strip and xz the binaries into DIR (default
                        .gpu, added to .git/info/exclude) with SHA256SUMS and BUILD-INFO.
-                       Unpack and check them there with examples/gpu/gpu-check.sh.
+                       Unpack and check them there with scripts/gpu/gpu-check.sh.
   --steps "LIST"       run only these steps, in this order (default: toolkit stub
                        build relink check pack; relink only with --glibc-compat,
                        pack only with --pack). E.g. --steps "pack" --pack to repack.
@@ -66,9 +66,9 @@ driver that supports only CUDA 13.0, i.e. driver 580):
   it is linked against; any cuDNN 9 serves at run time)
 
 Examples:
-  examples/gpu/build-cuda.sh --pack                 # build + pack into .gpu/
-  CUDA_HOME=/usr/local/cuda-12.4 examples/gpu/build-cuda.sh --compute-cap 80
-  examples/gpu/build-cuda.sh --steps pack --pack    # repack an earlier build
+  scripts/gpu/build-cuda.sh --pack                 # build + pack into .gpu/
+  CUDA_HOME=/usr/local/cuda-12.4 scripts/gpu/build-cuda.sh --compute-cap 80
+  scripts/gpu/build-cuda.sh --steps pack --pack    # repack an earlier build
 
 A first build takes long: about 97 minutes on 2 cores (about 36 of them in
 nvcc compiling candle's kernels); later builds reuse the target dir.
@@ -526,7 +526,7 @@ step_pack() {
   rm -rf "$t"
   cat "$PACK_DIR/BUILD-INFO"
   info "total: $(du -ch "$PACK_DIR"/*.xz | tail -1 | cut -f1) in $PACK_DIR"
-  info "on the GPU machine, from the project root: bash examples/gpu/gpu-check.sh"
+  info "on the GPU machine, from the project root: bash scripts/gpu/gpu-check.sh"
 }
 
 log "lintrace CUDA build: steps '$STEPS' in $ROOT"

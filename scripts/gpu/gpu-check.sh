@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # lintrace on a GPU: correctness (GPU analysis vs CPU analysis, metric by
 # metric), the README main job, and speed next to PyTorch. Made for a GPU
-# machine with no Rust and no network. See examples/gpu/README.md.
+# machine with no Rust and no network. See scripts/gpu/README.md.
 set -uo pipefail   # no -e: a failed check is recorded and the others still run
 
 usage() {
   cat <<'EOF'
-Usage: bash examples/gpu/gpu-check.sh      (from the project root)
+Usage: bash scripts/gpu/gpu-check.sh      (from the project root)
 
 Binaries: .gpu/lintrace-{train,analyze,bench}.xz with SHA256SUMS, as packed by
-examples/gpu/build-cuda.sh --pack (unpacked into $WORK/bin and checksummed),
+scripts/gpu/build-cuda.sh --pack (unpacked into $WORK/bin and checksummed),
 or BIN_DIR=/path/to/unpacked/binaries.
 
 Steps, each under `timeout $STEP_TIMEOUT`:
@@ -29,7 +29,7 @@ Steps, each under `timeout $STEP_TIMEOUT`:
                       its tolerance (below); NULL = NULL is equal
   readme-train/-analyze  the README's main job with --device $DEVICE, timed
   bench-*             lintrace-bench on CIFAR-10 (needs DATA=), the PyTorch
-                      peers examples/bench/torch_train_cnn.py and torch_analyze.py
+                      peers scripts/bench/torch_train_cnn.py and torch_analyze.py
                       (run when present), side by side, with ratios; then each
                       of BENCH_MODELS trained by lintrace-bench and by
                       torch_train_cnn.py (fp32; bf16 for torch too)
@@ -216,7 +216,7 @@ if [[ -n ${BIN_DIR:-} ]]; then
 else
   hdr "unpack $PKG -> $BIN"
   if [[ ! -d $PKG ]]; then
-    echo "no $PKG: run from the project root after examples/gpu/build-cuda.sh --pack (and carry .gpu), or set BIN_DIR"
+    echo "no $PKG: run from the project root after scripts/gpu/build-cuda.sh --pack (and carry .gpu), or set BIN_DIR"
     result FAIL unpack "no $PKG"; finish
   fi
   [[ -f $PKG/BUILD-INFO ]] && cat "$PKG/BUILD-INFO"
@@ -603,7 +603,7 @@ if want bench; then
     export PYTHONPATH=$WORK/pylib${PYTHONPATH:+:$PYTHONPATH}
     "$PY" -c 'import numpy, safetensors' >/dev/null 2>&1
   }
-  TT=$ROOT/examples/bench/torch_train_cnn.py TA=$ROOT/examples/bench/torch_analyze.py
+  TT=$ROOT/scripts/bench/torch_train_cnn.py TA=$ROOT/scripts/bench/torch_analyze.py
   json_get() { "$PY" -c 'import json, sys
 key = sys.argv[2].split(".")
 for line in open(sys.argv[1]):
@@ -688,7 +688,7 @@ for line in open(sys.argv[1]):
 
   # d2. torch_train_cnn.py (synthetic CIFAR-shaped data), with lintrace's number beside it
   if [[ ! -f $TT ]]; then
-    result SKIP bench-torch-train "examples/bench/torch_train_cnn.py not present"
+    result SKIP bench-torch-train "scripts/bench/torch_train_cnn.py not present"
   elif ((!TORCH_OK)); then
     result SKIP bench-torch-train "$TORCH_WHY"
   else
@@ -718,7 +718,7 @@ for line in open(sys.argv[1]):
 
   # d3. torch_analyze.py next to lintrace-analyze, on the same run folder
   if [[ ! -f $TA ]]; then
-    result SKIP bench-torch-analyze "examples/bench/torch_analyze.py not present"
+    result SKIP bench-torch-analyze "scripts/bench/torch_analyze.py not present"
   elif ((!TORCH_OK)); then
     result SKIP bench-torch-analyze "$TORCH_WHY"
   elif ! "$PY" -c 'import numpy, safetensors' >/dev/null 2>&1 && ! install_py_wheels; then

@@ -13,7 +13,7 @@
 # image-folder layout, 2,500 training and 500 test images per class: 9.9 MB,
 # so that the tree copied to the GPU machine stays small).
 #
-#   TOTAL=540 OUT=results bash examples/gpu/pending-runs.sh     # on the GPU machine, from the repository root
+#   TOTAL=540 OUT=results bash scripts/gpu/pending-runs.sh     # on the GPU machine, from the repository root
 set -u
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -23,7 +23,7 @@ cap() { local a=$1 b; b=$(( $(left) - 5 )); (( b < a )) && a=$b; (( a < 0 )) && 
 DATA=.gpu/cifar10-subset.tar.gz NETS="cnn modadd gpt" CHECKS="train analyze compare bench" \
   BENCH_KERNELS=1 BENCH_LT_ARGS=--no-per-analyzer BENCH_MODELS="gpt-char-small vit-tiny" TRAIN_STEPS=60 BENCH_STEPS=20 \
   STEP_TIMEOUT=100 TOTAL_TIMEOUT=${CHECK_TIMEOUT:-330} RESULTS_DIR="$OUT/check" \
-  bash examples/gpu/gpu-check.sh > "$OUT/gpu-check.log" 2>&1
+  bash scripts/gpu/gpu-check.sh > "$OUT/gpu-check.log" 2>&1
 echo "gpu-check: rc $? after $(( $(date +%s) - T0 )) s"
 grep -E '^(PASS|FAIL|SKIP)' "$OUT/gpu-check.log" | cut -c1-330
 BIN=/tmp/lintrace-gpu-check/bin
