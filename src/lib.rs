@@ -10,6 +10,7 @@ pub mod activations;
 pub mod analysis;
 pub mod batches;
 pub mod checkpoint;
+pub mod config;
 pub mod data;
 pub mod device;
 pub mod hf;

@@ -10,7 +10,7 @@
 //! ```
 
 use crate::atomic::write_json_atomic;
-use crate::train::config::TrainConfig;
+use crate::config::TrainConfig;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

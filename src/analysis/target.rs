@@ -153,7 +153,7 @@ impl External {
         };
         let stem = small.then_some(crate::spec::Stem::Small);
         let activation = if vit || gpt { "gelu" } else { "relu" }.to_string();
-        let mut cfg = crate::train::TrainConfig { model: name.to_string(), stem, activation, ..Default::default() };
+        let mut cfg = crate::config::TrainConfig { model: name.to_string(), stem, activation, ..Default::default() };
         if gpt {
             cfg.data.dataset = "text".into();
         }

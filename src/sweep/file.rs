@@ -27,7 +27,7 @@
 //! other values are added, and unique across sweeps so tables join.
 
 use crate::atomic::write_json_atomic;
-use crate::train::TrainConfig;
+use crate::config::TrainConfig;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -108,7 +108,7 @@ impl Sweep {
     }
 
     pub fn from_toml(text: &str, default_name: &str, out: Option<&Path>) -> Result<Sweep> {
-        let mut top: toml::Table = crate::train::config::parse_toml(text)?;
+        let mut top: toml::Table = crate::config::parse_toml(text)?;
         for key in top.keys() {
             if !["name", "out", "base", "grid", "zip", "slurm"].contains(&key.as_str()) {
                 bail!("unknown sweep key '{key}' (expected name, out, base, grid, zip, slurm)");

@@ -1,11 +1,9 @@
-//! Training: config, optimizers, schedules, checkpoint steps and the loop.
+//! Training: the optimizers, the training state and the loop.
 
-pub mod config;
 pub mod optim;
-pub mod schedule;
 pub mod state;
-pub mod steps;
 mod trainer;
 
-pub use config::TrainConfig;
+// The configuration lives below training (crate::config); these paths stay.
+pub use crate::config::{self, schedule, steps, TrainConfig};
 pub use trainer::{init_model, loss, train, Diverged, TrainOptions};

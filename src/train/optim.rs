@@ -2,40 +2,10 @@
 //! they follow PyTorch's `SGD` (with and without momentum), `Adam` (L2 weight
 //! decay added to the gradient) and `AdamW` (decoupled weight decay).
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OptimizerKind {
-    Sgd,
-    Momentum,
-    Adam,
-    Adamw,
-}
-
-impl OptimizerKind {
-    const ALL: [Self; 4] = [Self::Sgd, Self::Momentum, Self::Adam, Self::Adamw];
-
-    pub fn parse(s: &str) -> Result<Self> {
-        match Self::ALL.into_iter().find(|k| k.name() == s) {
-            Some(k) => Ok(k),
-            None => bail!("unknown optimizer '{s}' (expected sgd, momentum, adam or adamw)"),
-        }
-    }
-
-    /// The name `parse` reads (and serde writes).
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Sgd => "sgd",
-            Self::Momentum => "momentum",
-            Self::Adam => "adam",
-            Self::Adamw => "adamw",
-        }
-    }
-}
+pub use crate::config::OptimizerKind;
 
 pub struct Optimizer {
     kind: OptimizerKind,

@@ -1,6 +1,16 @@
 //! The trainer's configuration: defaults, overlaid by a TOML file, overlaid
 //! by command-line flags. The resolved config is written to `run.json` and
 //! flattened into the `runs` table, so every key here is a column there.
+//!
+//! It sits below training, with the schedules and the optimizer's name it
+//! refers to: the run manifest, sweeps and the analysis of presets read a
+//! config without depending on the trainer.
+
+mod optimizer;
+pub mod schedule;
+pub mod steps;
+
+pub use optimizer::OptimizerKind;
 
 use crate::data::DataConfig;
 use crate::init::InitScheme;
@@ -11,9 +21,8 @@ use crate::spec::{presets, Activation, Arch, ConvItem, ModelSpec, Shortcut, Stem
 fn is_zero(v: &f64) -> bool {
     *v == 0.0
 }
-use crate::train::optim::OptimizerKind;
-use crate::train::schedule::Schedule;
-use crate::train::steps::Spacing;
+use schedule::Schedule;
+use steps::Spacing;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
