@@ -8,6 +8,7 @@
 
 pub mod activations;
 pub mod analysis;
+pub mod arch;
 pub mod batches;
 pub mod checkpoint;
 pub mod config;
@@ -18,6 +19,7 @@ pub mod init;
 pub mod interop;
 pub mod lock;
 pub mod model;
+pub mod nn;
 pub mod probe;
 pub mod run;
 pub mod spec;

@@ -687,7 +687,17 @@ mod tests {
         let spec = ext("gpt-char-small").resolve_spec().unwrap();
         assert!(matches!(
             spec.arch,
-            crate::spec::Arch::Gpt { vocab: 65, dim: 384, depth: 6, heads: 6, mlp_hidden: 1536, bias: false, tied: true, lm: true, .. }
+            crate::spec::Arch::Gpt(crate::spec::GptSpec {
+                vocab: 65,
+                dim: 384,
+                depth: 6,
+                heads: 6,
+                mlp_hidden: 1536,
+                bias: false,
+                tied: true,
+                lm: true,
+                ..
+            })
         ));
         assert_eq!((spec.predictions_per_sample(), spec.num_classes), (256, 65));
         let names: Vec<String> = spec.tensor_shapes().into_iter().map(|(n, _)| n).collect();

@@ -189,7 +189,7 @@ fn forward_rate(dir: &std::path::Path, batch: usize, device: &candle_core::Devic
     let shape: Vec<usize> = std::iter::once(batch).chain(ck.meta.spec.input_shape.iter().copied()).collect();
     // Token models take ids in 0..vocab.
     let x = match ck.meta.spec.arch {
-        lintrace::spec::Arch::Gpt { vocab, .. } => candle_core::Tensor::rand(0f32, vocab as f32 - 0.5, shape, device)?.floor()?,
+        lintrace::spec::Arch::Gpt(ref g) => candle_core::Tensor::rand(0f32, g.vocab as f32 - 0.5, shape, device)?.floor()?,
         _ => candle_core::Tensor::randn(0f32, 1.0, shape, device)?,
     };
     let reps = 3;

@@ -14,20 +14,20 @@ pub use optimizer::OptimizerKind;
 
 use crate::data::DataConfig;
 use crate::init::InitScheme;
-use crate::spec::{presets, Activation, Arch, ConvItem, ModelSpec, Shortcut, Stem, SPEC_VERSION};
-
-/// The transformer presets `TrainConfig::model` knows.
+use crate::spec::{
+    presets, Activation, Arch, CnnSpec, ConvItem, GptSpec, MlpSpec, ModelSpec, ResnetSpec, Shortcut, Stem, VitSpec, SPEC_VERSION,
+};
 
 fn is_zero(v: &f64) -> bool {
     *v == 0.0
 }
-use schedule::Schedule;
-use steps::Spacing;
 use anyhow::{bail, Context, Result};
+use schedule::Schedule;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use steps::Spacing;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -279,7 +279,9 @@ impl TrainConfig {
     }
 
     /// The model spec for data of `input_shape` with `num_classes` classes
-    /// (and, for token data, a vocabulary of `vocab`).
+    /// (and, for token data, a vocabulary of `vocab`): the preset `model`
+    /// names (each architecture's file lists its own, `arch/`), with the
+    /// sizes this config overrides.
     pub fn model_spec(&self, input_shape: &[usize], num_classes: usize, vocab: Option<usize>) -> Result<ModelSpec> {
         let transformer = self.transformer_arch(vocab)?;
         if transformer.is_none()
@@ -290,40 +292,35 @@ impl TrainConfig {
         if transformer.is_none() && self.dropout != 0.0 {
             bail!("dropout applies to transformers only (model '{}'; the VGG presets have their own)", self.model);
         }
-        if vocab.is_some() && !matches!(transformer, Some(Arch::Gpt { .. })) {
+        if vocab.is_some() && !matches!(transformer, Some(Arch::Gpt(_))) {
             bail!("token data (dataset '{}') needs a token model (modadd, gpt-char-*), not '{}'", self.data.dataset, self.model);
         }
         let arch = match (transformer, self.model.as_str()) {
             (Some(arch), _) => arch,
-            (None, "mlp") => Arch::Mlp { hidden: vec![self.width; self.depth] },
-            (None, "cnn") => Arch::Cnn {
+            (None, "mlp") => Arch::Mlp(MlpSpec::preset(self.width, self.depth)),
+            (None, "cnn") => Arch::Cnn(CnnSpec {
                 conv: self.conv.clone(),
                 kernel_size: self.kernel_size,
                 dense: self.dense.clone(),
                 batch_norm: self.batch_norm,
                 adaptive_pool: None,
                 dropout: None,
-            },
+            }),
             (None, name) => match Arch::preset(name) {
-                Some(vgg @ Arch::Cnn { .. }) if !self.batch_norm => vgg,
-                Some(Arch::Cnn { .. }) => bail!("--batch-norm with a VGG preset: use {name}_bn"),
-                Some(Arch::Resnet { block, stages, widths, stem, stem_width, shortcut }) => Arch::Resnet {
-                    block,
-                    stages,
-                    widths,
-                    stem: self.stem.unwrap_or(stem),
-                    stem_width,
-                    shortcut: self.shortcut.unwrap_or(shortcut),
-                },
+                Some(vgg @ Arch::Cnn(_)) if !self.batch_norm => vgg,
+                Some(Arch::Cnn(_)) => bail!("--batch-norm with a VGG preset: use {name}_bn"),
+                Some(Arch::Resnet(r)) => {
+                    Arch::Resnet(ResnetSpec { stem: self.stem.unwrap_or(r.stem), shortcut: self.shortcut.unwrap_or(r.shortcut), ..r })
+                }
                 _ => {
                     bail!("unknown model '{name}' (expected one of {})", presets::listed(|_| true))
                 }
             },
         };
-        if !matches!(arch, Arch::Resnet { .. }) && (self.stem.is_some() || self.shortcut.is_some()) {
+        if !matches!(arch, Arch::Resnet(_)) && (self.stem.is_some() || self.shortcut.is_some()) {
             bail!("stem and shortcut apply to ResNets only (model '{}')", self.model);
         }
-        if matches!(arch, Arch::Resnet { .. }) && self.batch_norm {
+        if matches!(arch, Arch::Resnet(_)) && self.batch_norm {
             // (VGG presets were checked above.)
             bail!("batch_norm is for the plain CNN: a ResNet always has BatchNorm");
         }
@@ -341,75 +338,45 @@ impl TrainConfig {
         Ok(spec)
     }
 
-    /// The transformer presets, with any size the config overrides; `None`
-    /// for other models.
-    ///
-    /// - `vit-tiny`: patch 4, dim 192, 6 blocks, 3 heads, MLP 384 (the
-    ///   CIFAR-10 ViT); `vit-mini`: patch 4, dim 64, 4 blocks, 2 heads,
-    ///   MLP 128 (CPU-sized).
-    /// - `modadd`: Nanda et al.'s (2023) modular-addition model: one block,
-    ///   dim 128, 4 heads, MLP 512, no LayerNorm, untied unembedding; vocab
-    ///   from the data (p + 1).
-    /// - `gpt-char-small`: nanoGPT's `shakespeare_char` model: 6 blocks, dim
-    ///   384, 6 heads, MLP 1536, no biases, tied `lm_head`, next-token
-    ///   prediction at every position of a 256-token window;
-    ///   `gpt-char-tiny`: 2 blocks, dim 64, 2 heads, MLP 256, 64 tokens
-    ///   (CPU-sized, for tests). Both on `--dataset text`.
+    /// The transformer presets (`arch/vit.rs`, `arch/gpt.rs`), with any
+    /// size the config overrides; `None` for other models. `modadd` takes
+    /// its vocabulary (p + 1) from its data, `gpt-char-*` theirs from
+    /// `--dataset text`.
     fn transformer_arch(&self, vocab: Option<usize>) -> Result<Option<Arch>> {
         let dropout = (self.dropout != 0.0).then_some(self.dropout);
         let pick = |v: Option<usize>, d: usize| v.unwrap_or(d);
-        let vit = |patch, dim, depth, heads, mlp| Arch::Vit {
-            patch: pick(self.patch, patch),
-            dim: pick(self.dim, dim),
-            depth: pick(self.blocks, depth),
-            heads: pick(self.heads, heads),
-            mlp_hidden: pick(self.mlp_hidden, mlp),
-            dropout,
+        if let Some(v) = VitSpec::preset(&self.model) {
+            return Ok(Some(Arch::Vit(VitSpec {
+                patch: pick(self.patch, v.patch),
+                dim: pick(self.dim, v.dim),
+                depth: pick(self.blocks, v.depth),
+                heads: pick(self.heads, v.heads),
+                mlp_hidden: pick(self.mlp_hidden, v.mlp_hidden),
+                dropout,
+            })));
+        }
+        let name = self.model.as_str();
+        if GptSpec::preset(name, 2).is_none() {
+            return Ok(None);
+        }
+        if self.patch.is_some() {
+            bail!("patch applies to ViTs only");
+        }
+        let vocab = match name {
+            "modadd" => vocab.ok_or_else(|| anyhow::anyhow!("model 'modadd' needs token data (--dataset modular-addition)"))?,
+            _ => vocab
+                .filter(|_| self.data.dataset == "text")
+                .ok_or_else(|| anyhow::anyhow!("model '{name}' is a language model: it needs --dataset text"))?,
         };
-        Ok(Some(match self.model.as_str() {
-            "vit-tiny" => vit(4, 192, 6, 3, 384),
-            "vit-mini" => vit(4, 64, 4, 2, 128),
-            "modadd" => {
-                if self.patch.is_some() {
-                    bail!("patch applies to ViTs only");
-                }
-                let Some(vocab) = vocab else { bail!("model 'modadd' needs token data (--dataset modular-addition)") };
-                Arch::Gpt {
-                    vocab,
-                    dim: pick(self.dim, 128),
-                    depth: pick(self.blocks, 1),
-                    heads: pick(self.heads, 4),
-                    mlp_hidden: pick(self.mlp_hidden, 512),
-                    layer_norm: false,
-                    bias: true,
-                    tied: false,
-                    dropout,
-                    lm: false,
-                }
-            }
-            name @ ("gpt-char-small" | "gpt-char-tiny") => {
-                if self.patch.is_some() {
-                    bail!("patch applies to ViTs only");
-                }
-                let Some(vocab) = vocab.filter(|_| self.data.dataset == "text") else {
-                    bail!("model '{name}' is a language model: it needs --dataset text")
-                };
-                let (dim, depth, heads, mlp) = if name == "gpt-char-small" { (384, 6, 6, 1536) } else { (64, 2, 2, 256) };
-                Arch::Gpt {
-                    vocab,
-                    dim: pick(self.dim, dim),
-                    depth: pick(self.blocks, depth),
-                    heads: pick(self.heads, heads),
-                    mlp_hidden: pick(self.mlp_hidden, mlp),
-                    layer_norm: true,
-                    bias: false,
-                    tied: true,
-                    dropout,
-                    lm: true,
-                }
-            }
-            _ => return Ok(None),
-        }))
+        let g = GptSpec::preset(name, vocab).expect("checked above");
+        Ok(Some(Arch::Gpt(GptSpec {
+            dim: pick(self.dim, g.dim),
+            depth: pick(self.blocks, g.depth),
+            heads: pick(self.heads, g.heads),
+            mlp_hidden: pick(self.mlp_hidden, g.mlp_hidden),
+            dropout,
+            ..g
+        })))
     }
 
     /// The config with the defaults that depend on other keys filled in

@@ -2,10 +2,10 @@
 //! they follow PyTorch's `SGD` (with and without momentum), `Adam` (L2 weight
 //! decay added to the gradient) and `AdamW` (decoupled weight decay).
 
+pub use crate::config::OptimizerKind;
 use anyhow::Result;
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
-pub use crate::config::OptimizerKind;
 
 pub struct Optimizer {
     kind: OptimizerKind,

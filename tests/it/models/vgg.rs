@@ -67,7 +67,7 @@ fn dropout_acts_in_training_only_with_masks_fixed_by_the_key() {
     assert_eq!(max_diff(&a, &b), 0.0, "the same key draws the same masks");
     assert!(max_diff(&a, &c) > 1e-3, "another key draws other masks");
     let mut no_drop = spec();
-    if let Arch::Cnn { dropout, .. } = &mut no_drop.arch {
+    if let Arch::Cnn(lintrace::spec::CnnSpec { dropout, .. }) = &mut no_drop.arch {
         *dropout = None;
     }
     assert!(no_drop.tensor_shapes().iter().any(|(n, _)| n == "classifier.2.weight"), "without dropout: classifier.0, .2, .4");

@@ -1,6 +1,7 @@
-//! Transformers, written out plainly as nanoGPT and timm write them: a
-//! vision transformer (`Arch::Vit`, timm's `VisionTransformer`) and a
-//! decoder-only GPT (`Arch::Gpt`, nanoGPT's `GPT`). Both are pre-LayerNorm:
+//! The pre-LayerNorm transformer blocks that the ViT (`vit.rs`, timm's
+//! names) and the GPT (`gpt.rs`, nanoGPT's) share, written out plainly as
+//! nanoGPT and timm write them; each of those files gives its embedding,
+//! names and head:
 //!
 //! ```text
 //! x = embed(input)                                  stream 0
@@ -17,27 +18,128 @@
 //! written out; `tests/it/models/transformer.rs` checks the gradients against finite
 //! differences.
 
-use super::{dropout, Start, Taps, Weights};
-use crate::spec::{block_names, Activation, Arch, ModelSpec};
+use crate::nn::{
+    dropout, stream_map, token_dense, Activation, AttentionDesc, ExtraInit, ExtraTensor, Frame, LayerDesc, Layout, Start, TapDesc, Taps,
+    Weights,
+};
+use analyzers::LayerKind;
 use anyhow::Result;
 use candle_core::{Tensor, D};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+/// The module names of block `i` (each architecture's own).
+pub struct BlockNames {
+    pub ln_1: String,
+    pub qkv: String,
+    pub proj: String,
+    pub ln_2: String,
+    pub fc: String,
+    pub act: String,
+    pub fc_proj: String,
+    pub attn: String,
+    pub mlp: String,
+    pub block: String,
+}
+
+/// The sizes and switches of the blocks.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub dim: usize,
+    pub depth: usize,
+    pub heads: usize,
+    pub mlp_hidden: usize,
+    /// Biases in the linear layers and LayerNorms.
+    pub bias: bool,
+    pub layer_norm: bool,
+    pub eps: f64,
+    pub dropout: Option<f64>,
+    pub causal: bool,
+    /// Logits at every position (a language model).
+    pub lm: bool,
+}
+
+impl Shape {
+    /// Shape rules, with bounds that keep the walk's arithmetic far from
+    /// overflow (the size guard checks real sizes).
+    pub fn validate(&self) -> Result<(), String> {
+        let Shape { dim, depth, heads, mlp_hidden, dropout, .. } = *self;
+        if [dim, depth, heads, mlp_hidden].contains(&0) {
+            return Err("transformer dim, depth, heads and mlp_hidden must be positive".into());
+        }
+        if dim > 1 << 20 || mlp_hidden > 1 << 22 || depth > 4096 || heads > dim {
+            return Err(format!("transformer too large or odd: dim {dim} (at most 2^20), mlp_hidden {mlp_hidden} (at most 2^22), depth {depth} (at most 4096), heads {heads} (at most dim)"));
+        }
+        if dim % heads != 0 {
+            return Err(format!("dim {dim} is not divisible by heads {heads}"));
+        }
+        if matches!(dropout, Some(p) if !(0.0..1.0).contains(&p)) {
+            return Err("dropout must be in [0, 1)".into());
+        }
+        Ok(())
+    }
+
+    /// A LayerNorm's tensors (none without LayerNorms).
+    pub fn norm(&self, extras: &mut Vec<ExtraTensor>, name: &str) {
+        if self.layer_norm {
+            extras.push(ExtraTensor { name: format!("{name}.weight"), shape: vec![self.dim], init: ExtraInit::Ones, embedding: false });
+            if self.bias {
+                extras.push(ExtraTensor { name: format!("{name}.bias"), shape: vec![self.dim], init: ExtraInit::Zeros, embedding: false });
+            }
+        }
+    }
+
+    /// The blocks' layers, taps, attention layers and sublayers over `t`
+    /// positions, appended to `l`.
+    pub fn blocks_layout(&self, l: &mut Layout, frame: &Frame, t: usize, names: impl Fn(usize) -> BlockNames) {
+        let (dim, mlp_hidden) = (self.dim, self.mlp_hidden);
+        let dense = |name: String, out: usize, inp: usize| token_dense(name, out, inp, self.bias, t);
+        for i in 0..self.depth {
+            let n = names(i);
+            self.norm(&mut l.extras, &n.ln_1);
+            l.layers.push(dense(n.qkv.clone(), 3 * dim, dim));
+            l.layers.push(dense(n.proj.clone(), dim, dim));
+            self.norm(&mut l.extras, &n.ln_2);
+            let index = l.taps.len();
+            l.taps.push(TapDesc {
+                index,
+                layer_name: n.fc.clone(),
+                module_name: n.act.clone(),
+                layer_kind: LayerKind::Dense,
+                activation: frame.activation(index),
+                shape: vec![t, mlp_hidden],
+            });
+            l.layers.push(LayerDesc { tap: Some(index), ..dense(n.fc.clone(), mlp_hidden, dim) });
+            l.layers.push(dense(n.fc_proj.clone(), dim, mlp_hidden));
+            l.attention.push(AttentionDesc { name: n.attn.clone(), heads: self.heads, positions: t, causal: self.causal, tap: index });
+            // Residual streams: 2i before block i, 2i + 1 after its attention, 2i + 2 after its MLP.
+            let sub = |name: String, kind: &'static str, from: usize, to: usize| stream_map(name, kind, index, [t, dim], (from, to));
+            l.blocks.push(sub(n.attn, "attention_sublayer", 2 * i, 2 * i + 1));
+            l.blocks.push(sub(n.mlp, "mlp_sublayer", 2 * i + 1, 2 * i + 2));
+            l.blocks.push(sub(n.block, "transformer_block", 2 * i, 2 * i + 2));
+        }
+    }
+
+    /// The output layer [classes, dim] read at one position per prediction.
+    pub fn head(&self, name: &str, classes: usize, bias: bool) -> LayerDesc {
+        LayerDesc { in_shape: vec![self.dim], bias, ..token_dense(name.into(), classes, self.dim, bias, 1) }
+    }
+}
+
 /// y = x Wᵀ + b over the last dimension, W [out, in] (`torch.nn.Linear`).
-pub(super) struct Linear {
-    pub(super) weight: Tensor,
-    pub(super) bias: Option<Tensor>,
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
 }
 
 impl Linear {
-    pub(super) fn new(w: &mut Weights, name: &str, out: usize, inp: usize, bias: bool) -> Result<Self> {
+    pub fn new(w: &mut Weights, name: &str, out: usize, inp: usize, bias: bool) -> Result<Self> {
         Ok(Linear {
             weight: w.take(&format!("{name}.weight"), &[out, inp])?,
             bias: bias.then(|| w.take(&format!("{name}.bias"), &[out])).transpose()?,
         })
     }
 
-    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let (inp, out) = (dims[dims.len() - 1], self.weight.dims()[0]);
         let y = x.reshape(((), inp))?.matmul(&self.weight.t()?)?;
@@ -78,7 +180,7 @@ impl LayerNorm {
 
 /// (x − mean) / sqrt(var + eps) over the last dimension (biased variance,
 /// as PyTorch's LayerNorm), before any weight or bias.
-pub(super) fn standardize(x: &Tensor, eps: f64) -> Result<Tensor> {
+pub fn standardize(x: &Tensor, eps: f64) -> Result<Tensor> {
     let xc = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
     let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
     Ok(xc.broadcast_div(&(var + eps)?.sqrt()?)?)
@@ -103,7 +205,7 @@ struct Block {
 }
 
 /// How the input becomes the first residual stream.
-enum Embed {
+pub enum Embed {
     /// timm: patches (a `patch`-strided convolution, written as a matrix
     /// product over flattened patches), class token, position embedding.
     Patches { weight: Tensor, bias: Tensor, patch: usize, cls: Tensor, pos: Tensor },
@@ -119,7 +221,7 @@ pub struct Transformer {
     head: Option<Linear>,
     heads: usize,
     causal: bool,
-    /// Logits at every position (`Arch::Gpt { lm: true }`).
+    /// Logits at every position (a GPT language model).
     lm: bool,
     leaky_slope: f64,
     dropout: Option<f64>,
@@ -128,35 +230,23 @@ pub struct Transformer {
 }
 
 impl Transformer {
-    pub fn new(spec: &ModelSpec, w: &mut Weights) -> Result<Self> {
-        let (dim, depth, heads, mlp_hidden, bias, layer_norm, eps, drop) = match &spec.arch {
-            Arch::Vit { dim, depth, heads, mlp_hidden, dropout, .. } => (*dim, *depth, *heads, *mlp_hidden, true, true, 1e-6, *dropout),
-            Arch::Gpt { dim, depth, heads, mlp_hidden, bias, layer_norm, dropout, .. } => {
-                (*dim, *depth, *heads, *mlp_hidden, *bias, *layer_norm, 1e-5, *dropout)
-            }
-            _ => unreachable!("Transformer::new on a spec that is not a transformer"),
-        };
-        let t = spec.positions();
+    /// The blocks, final norm and head of `shape` around `embed`, with the
+    /// block names `names` gives; `head` is the output layer's (name, bias),
+    /// `None` when tied to the token embedding.
+    pub fn new(
+        shape: &Shape,
+        frame: &Frame,
+        names: impl Fn(usize) -> BlockNames,
+        embed: Embed,
+        final_norm: &str,
+        head: Option<(&str, bool)>,
+        w: &mut Weights,
+    ) -> Result<Self> {
+        let Shape { dim, depth, heads, mlp_hidden, bias, layer_norm, eps, dropout, causal, lm } = *shape;
         let ln = |w: &mut Weights, name: &str| layer_norm.then(|| LayerNorm::new(w, name, dim, bias, eps)).transpose();
-        let embed = match &spec.arch {
-            Arch::Vit { patch, .. } => {
-                let c = spec.input_shape[0];
-                Embed::Patches {
-                    weight: w.take("patch_embed.proj.weight", &[dim, c, *patch, *patch])?.reshape((dim, c * patch * patch))?,
-                    bias: w.take("patch_embed.proj.bias", &[dim])?,
-                    patch: *patch,
-                    cls: w.take("cls_token", &[1, 1, dim])?,
-                    pos: w.take("pos_embed", &[1, t, dim])?,
-                }
-            }
-            Arch::Gpt { vocab, .. } => {
-                Embed::Tokens { wte: w.take("transformer.wte.weight", &[*vocab, dim])?, wpe: w.take("transformer.wpe.weight", &[t, dim])? }
-            }
-            _ => unreachable!(),
-        };
         let mut blocks = Vec::with_capacity(depth);
         for i in 0..depth {
-            let n = block_names(&spec.arch, i);
+            let n = names(i);
             blocks.push(Block {
                 ln_1: ln(w, &n.ln_1)?,
                 qkv: Linear::new(w, &n.qkv, 3 * dim, dim, bias)?,
@@ -164,26 +254,21 @@ impl Transformer {
                 ln_2: ln(w, &n.ln_2)?,
                 fc: Linear::new(w, &n.fc, mlp_hidden, dim, bias)?,
                 fc_proj: Linear::new(w, &n.fc_proj, dim, mlp_hidden, bias)?,
-                act: spec.tap_activation(i),
+                act: frame.activation(i),
             });
         }
-        let (ln_f, head) = match &spec.arch {
-            Arch::Vit { .. } => (ln(w, "norm")?, Some(Linear::new(w, "head", spec.num_classes, dim, true)?)),
-            Arch::Gpt { tied, .. } => {
-                (ln(w, "transformer.ln_f")?, (!tied).then(|| Linear::new(w, "lm_head", spec.num_classes, dim, false)).transpose()?)
-            }
-            _ => unreachable!(),
-        };
+        let ln_f = ln(w, final_norm)?;
+        let head = head.map(|(name, bias)| Linear::new(w, name, frame.num_classes, dim, bias)).transpose()?;
         Ok(Transformer {
             embed,
             blocks,
             ln_f,
             head,
             heads,
-            causal: matches!(spec.arch, Arch::Gpt { .. }),
-            lm: matches!(spec.arch, Arch::Gpt { lm: true, .. }),
-            leaky_slope: spec.leaky_relu_slope,
-            dropout: drop.filter(|&p| p > 0.0),
+            causal,
+            lm,
+            leaky_slope: frame.leaky_relu_slope,
+            dropout: dropout.filter(|&p| p > 0.0),
             dropout_key: AtomicU64::new(0),
             training: AtomicBool::new(false),
         })

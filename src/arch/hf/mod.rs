@@ -1,8 +1,9 @@
 //! Hugging Face decoder-only language models (`Arch::HfCausalLm`): the
 //! layout every supported `model_type` shares, with each family's own
 //! tensor names, so that a checkpoint written by `transformers` loads by
-//! name. The forward pass is `model/hf.rs`; reading `config.json` and the
-//! weight files is `hf/`.
+//! name. Here: the architecture's fields and names and its layout; beside
+//! it the forward pass (`model.rs`) and the reading of `config.json`'s
+//! fields (`config.rs`). The weight files and revision series are `hf/`.
 //!
 //! ```text
 //! x = embed(ids) (+ wpe for GPT-2)                                 stream 0
@@ -17,8 +18,12 @@
 //! logits = head(final_norm(x)) at every position
 //! ```
 
-use super::transformer::{stream_map, token_dense, AttentionDesc, ExtraInit, ExtraTensor, Layout};
-use super::{Activation, LayerDesc, TapDesc};
+pub mod config;
+mod model;
+
+pub use model::HfCausalLm;
+
+use crate::nn::{stream_map, token_dense, AttentionDesc, ExtraInit, ExtraTensor, Frame, LayerDesc, Layout, SizeGuard, TapDesc, Weights};
 use analyzers::LayerKind;
 use serde::{Deserialize, Serialize};
 
@@ -307,11 +312,37 @@ impl HfArch {
         }
     }
 
+    pub fn num_taps(&self) -> usize {
+        self.depth
+    }
+
+    /// A language model over windows of `input_shape` [context] tokens.
+    pub fn validate(&self, frame: &Frame) -> Result<(), String> {
+        if frame.input_shape.len() != 1 {
+            return Err(format!("a language model needs input_shape [context], got {:?}", frame.input_shape));
+        }
+        self.check(frame.input_shape[0])?;
+        if frame.num_classes != self.vocab {
+            return Err(format!("a language model predicts tokens: num_classes must be vocab ({} ≠ {})", frame.num_classes, self.vocab));
+        }
+        Ok(())
+    }
+
+    pub fn check_sizes(&self, frame: &Frame, guard: &mut SizeGuard) -> Result<(), String> {
+        guard.layout(&self.layout(frame))
+    }
+
+    pub fn model(&self, frame: &Frame, w: &mut Weights) -> anyhow::Result<HfCausalLm> {
+        HfCausalLm::new(self, frame, w)
+    }
+
     /// Every layer, tap, tensor, sublayer and attention layer at a context
-    /// of `t` tokens.
-    pub(super) fn layout(&self, t: usize, activation: impl Fn(usize) -> Activation) -> Layout {
+    /// of `input_shape[0]` tokens.
+    pub fn layout(&self, frame: &Frame) -> Layout {
+        let t = frame.input_shape[0];
+        let activation = |l: usize| frame.activation(l);
         let dense = |name: String, out: usize, inp: usize, bias: bool| token_dense(name, out, inp, bias, t);
-        let mut l = Layout { layers: vec![], taps: vec![], extras: vec![], sublayers: vec![], attention: vec![] };
+        let mut l = Layout::empty();
         let (dim, hidden) = (self.dim, self.mlp_hidden);
         l.extras.push(ExtraTensor {
             name: format!("{}.weight", self.embed_name()),
@@ -355,7 +386,7 @@ impl HfArch {
             l.layers.push(dense(n.down.clone(), dim, hidden, self.mlp_bias));
             l.attention.push(AttentionDesc { name: n.attn.clone(), heads: self.heads, positions: t, causal: true, tap: index });
             let sub = |name: String, kind: &'static str, from: usize, to: usize| stream_map(name, kind, index, [t, dim], (from, to));
-            l.sublayers.push(sub(n.attn, "attention_sublayer", 2 * i, 2 * i + 1));
+            l.blocks.push(sub(n.attn, "attention_sublayer", 2 * i, 2 * i + 1));
             // With a parallel residual both sublayers read the layer's input
             // X: the MLP sublayer maps X to X + mlp(norm_2(X)), a stream the
             // model never forms, recorded after the others (2·depth + 1 + i).
@@ -363,8 +394,8 @@ impl HfArch {
                 Residual::Parallel => (2 * i, 2 * self.depth + 1 + i),
                 _ => (2 * i + 1, 2 * i + 2),
             };
-            l.sublayers.push(sub(n.mlp, "mlp_sublayer", mlp_streams.0, mlp_streams.1));
-            l.sublayers.push(sub(n.layer, "transformer_block", 2 * i, 2 * i + 2));
+            l.blocks.push(sub(n.mlp, "mlp_sublayer", mlp_streams.0, mlp_streams.1));
+            l.blocks.push(sub(n.layer, "transformer_block", 2 * i, 2 * i + 2));
         }
         self.norm_tensors(self.final_norm_name(), dim, &mut l.extras);
         if !self.tied {

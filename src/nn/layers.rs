@@ -1,7 +1,7 @@
 //! The building blocks: dense and convolution layers, and the activations.
 
-use super::Weights;
-use crate::spec::{Activation, LayerDesc};
+use super::desc::{Activation, LayerDesc};
+use super::weights::Weights;
 use anyhow::Result;
 use candle_core::Tensor;
 use candle_nn::BatchNorm;

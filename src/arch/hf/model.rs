@@ -1,5 +1,5 @@
 //! The forward pass of Hugging Face decoder-only language models
-//! (`Arch::HfCausalLm`; the layout and names are `spec/hf.rs`), written
+//! (`Arch::HfCausalLm`; the layout and names are `mod.rs` beside it), written
 //! out as `transformers`' eager code computes it, with taps at every MLP
 //! nonlinearity, the residual streams and the attention weights recorded.
 //! Evaluation only: nothing here is trained, so the fused softmax is used.
@@ -8,9 +8,9 @@
 //! transposes GPT-2's `Conv1D` weights (stored `[in, out]`) once, by
 //! `model_type`, never by shape.
 
-use super::transformer::{standardize, Linear};
-use super::{Start, Taps, Weights};
-use crate::spec::{Activation, Family, HfArch, ModelSpec, Norm, Positions, Residual};
+use super::{Family, HfArch, Norm, Positions, Residual};
+use crate::arch::transformer::{standardize, Linear};
+use crate::nn::{Activation, Frame, Start, Taps, Weights};
 use anyhow::{anyhow, Result};
 use candle_core::{DType, Tensor, D};
 
@@ -84,12 +84,9 @@ pub struct HfCausalLm {
 }
 
 impl HfCausalLm {
-    pub fn new(spec: &ModelSpec, w: &mut Weights) -> Result<Self> {
-        let crate::spec::Arch::HfCausalLm(arch) = &spec.arch else {
-            unreachable!("HfCausalLm::new on a spec that is not a Hugging Face language model")
-        };
+    pub fn new(arch: &HfArch, frame: &Frame, w: &mut Weights) -> Result<Self> {
         let arch = arch.clone();
-        let t = spec.positions();
+        let t = frame.input_shape[0];
         let (dim, hd) = (arch.dim, arch.head_dim);
         let embed = w.take(&format!("{}.weight", arch.embed_name()), &[arch.vocab, dim])?;
         let wpe = match arch.positions {
@@ -118,7 +115,7 @@ impl HfCausalLm {
                 fc: Linear::new(w, &n.fc, arch.mlp_hidden, dim, arch.mlp_bias)?,
                 up: arch.gated.then(|| Linear::new(w, &n.up, arch.mlp_hidden, dim, arch.mlp_bias)).transpose()?,
                 down: Linear::new(w, &n.down, dim, arch.mlp_hidden, arch.mlp_bias)?,
-                act: spec.tap_activation(i),
+                act: frame.activation(i),
             });
         }
         let final_norm = HfNorm::new(w, arch.norm, arch.final_norm_name(), dim)?;

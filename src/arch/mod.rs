@@ -1,0 +1,21 @@
+//! The architectures, one file each: its spec fields, presets, checks,
+//! layout (layers, taps, blocks, tensors, with their PyTorch or Hugging
+//! Face names) and forward pass together, as nanoGPT keeps a model in one
+//! file. They are written with `nn` and know nothing of the spec around
+//! them (`spec::ModelSpec` lists them) or of files.
+//!
+//! - `mlp`: dense layers (`nn.Sequential` names).
+//! - `cnn`: VGG-style stacks and torchvision's VGGs.
+//! - `resnet`: CIFAR and torchvision ResNets.
+//! - `transformer`: the pre-LayerNorm blocks `vit` (timm's names) and
+//!   `gpt` (nanoGPT's) share.
+//! - `hf`: Hugging Face decoder-only language models (GPT-NeoX, GPT-2,
+//!   Llama, OLMo, OLMo-2), with their `config.json` fields.
+
+pub mod cnn;
+pub mod gpt;
+pub mod hf;
+pub mod mlp;
+pub mod resnet;
+pub mod transformer;
+pub mod vit;
