@@ -1,4 +1,4 @@
-"""The steps lintrace's trainer checkpoints at (``src/train/steps.rs``).
+"""The steps lintrace's trainer checkpoints at (``src/config/steps.rs``).
 
 Step 0, the final step, ``round(base ** (i / k))`` for i = 0, 1, 2, ... while
 it is at most the final step (base 10 with ``k = per_decade``, or base 2 with

@@ -1,4 +1,4 @@
-"""The schedule, against src/train/steps.rs's unit tests and against
+"""The schedule, against src/config/steps.rs's unit tests and against
 lintrace-train itself."""
 
 import json
@@ -11,7 +11,7 @@ from conftest import binary, steps_in
 
 
 def test_known_lists():
-    # The lists of src/train/steps.rs's tests.
+    # The lists of src/config/steps.rs's tests.
     assert lintrace.log_spaced_steps(16, per_octave=2) == [0, 1, 2, 3, 4, 6, 8, 11, 16]
     assert lintrace.log_spaced_steps(100, 8) == [0, 1, 2, 3, 4, 6, 7, 10, 13, 18, 24, 32, 42, 56, 75, 100]
     assert lintrace.log_spaced_steps(25, 1, every=10) == [0, 1, 10, 20, 25]

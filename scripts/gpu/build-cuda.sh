@@ -39,7 +39,7 @@ Options:
                        is older than this one's. Off by default.
   --cudnn              build --features cudnn (implies cuda): convolutions and
                        max pooling run as cuDNN 9 calls with cached plans
-                       (src/model/ops/cudnn.rs), and the binaries then need
+                       (src/nn/ops/cudnn.rs), and the binaries then need
                        libcudnn.so.9 at run time (e.g. PyTorch's
                        nvidia-cudnn-cu13 package). Off by default until it is
                        measured on a GPU (BENCHMARKS.md, "GPU")

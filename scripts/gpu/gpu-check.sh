@@ -655,7 +655,7 @@ for line in open(sys.argv[1]):
 
   # d1b. the default CNN's convolutions and max pool, forward and
   # forward+backward, on each path the build has (cuDNN ops of
-  # src/model/ops/cudnn.rs, then candle's), each checked against the CPU build
+  # src/nn/ops/cudnn.rs, then candle's), each checked against the CPU build
   # (values and gradients; "check ... FAIL" fails the step), in strict fp32
   # and with --tf32. Then one training step split into its phases.
   if ((!BENCH_KERNELS)); then

@@ -3,7 +3,7 @@
 //! from its safetensors or torch files (`load`), a series of revisions from
 //! revision folders or the hub cache (`series`), and a probe of token
 //! windows from text with the model's own tokenizer (`text`). The layout
-//! and names are `spec/hf.rs`, the forward pass `model/hf.rs`.
+//! and names, the forward pass and `config.json`'s fields are `arch/hf/`.
 
 pub mod config;
 pub mod load;

@@ -1,8 +1,8 @@
 //! Every named architecture lintrace builds, listed once: what
 //! `lintrace-train --model NAME` trains and `lintrace-analyze --spec NAME`
-//! reads checkpoints of. How each is built is its family's
-//! (`Arch::preset` for the residual networks and VGGs,
-//! `TrainConfig::model_spec` for the rest).
+//! reads checkpoints of. Each architecture's file in `arch/` builds its own
+//! presets (`PRESETS` there); `TrainConfig::model_spec` applies a config's
+//! sizes to them.
 
 /// The kind of network a preset names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

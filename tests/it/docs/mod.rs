@@ -1,3 +1,4 @@
 //! The commands the documentation shows.
 
 mod doc_commands;
+mod module_graph;
