@@ -43,8 +43,10 @@ pub struct GptSpec {
     pub lm: bool,
 }
 
-/// The presets of this file, with `lintrace-train --model NAME`'s names.
-pub const PRESETS: &[&str] = &["modadd", "gpt-char-small", "gpt-char-tiny"];
+/// The presets of this file, with `lintrace-train --model NAME`'s names:
+/// a window classifier (modular addition) and nanoGPT's character models.
+pub const CLASSIFIER_PRESETS: &[&str] = &["modadd"];
+pub const LM_PRESETS: &[&str] = &["gpt-char-small", "gpt-char-tiny"];
 
 /// nanoGPT's names of block `i`.
 pub fn block_names(i: usize) -> BlockNames {
@@ -89,6 +91,16 @@ impl GptSpec {
             "modadd" => Some(gpt(128, 1, 4, 512, false)),
             "gpt-char-small" => Some(gpt(384, 6, 6, 1536, true)),
             "gpt-char-tiny" => Some(gpt(64, 2, 2, 256, true)),
+            _ => None,
+        }
+    }
+
+    /// The window a language-model preset trains on: nanoGPT's 256 tokens,
+    /// 64 for the CPU-sized model.
+    pub fn preset_context(name: &str) -> Option<usize> {
+        match name {
+            "gpt-char-small" => Some(256),
+            "gpt-char-tiny" => Some(64),
             _ => None,
         }
     }

@@ -362,8 +362,10 @@ impl TrainConfig {
         if self.patch.is_some() {
             bail!("patch applies to ViTs only");
         }
-        let vocab = match name {
-            "modadd" => vocab.ok_or_else(|| anyhow::anyhow!("model 'modadd' needs token data (--dataset modular-addition)"))?,
+        let vocab = match presets::family(name) {
+            Some(presets::Family::ModAdd) => {
+                vocab.ok_or_else(|| anyhow::anyhow!("model '{name}' needs token data (--dataset modular-addition)"))?
+            }
             _ => vocab
                 .filter(|_| self.data.dataset == "text")
                 .ok_or_else(|| anyhow::anyhow!("model '{name}' is a language model: it needs --dataset text"))?,
@@ -390,14 +392,9 @@ impl TrainConfig {
     }
 
     /// The window length of `--dataset text` when the config leaves it
-    /// unset: the preset's context (`gpt-char-tiny`: 64; otherwise
-    /// nanoGPT's 256).
+    /// unset: the preset's context (`arch/gpt.rs`), otherwise nanoGPT's 256.
     pub fn default_context(&self) -> usize {
-        if self.model == "gpt-char-tiny" {
-            64
-        } else {
-            crate::data::DEFAULT_CONTEXT
-        }
+        GptSpec::preset_context(&self.model).unwrap_or(crate::data::DEFAULT_CONTEXT)
     }
 
     /// The run id: `name` if given, else `<model>-<dataset>-<activation>-s<seed>-<hash>`

@@ -1,8 +1,10 @@
 //! Every named architecture lintrace builds, listed once: what
 //! `lintrace-train --model NAME` trains and `lintrace-analyze --spec NAME`
-//! reads checkpoints of. Each architecture's file in `arch/` builds its own
-//! presets (`PRESETS` there); `TrainConfig::model_spec` applies a config's
-//! sizes to them.
+//! reads checkpoints of, gathered from the lists in each architecture's
+//! file (`arch/`), which builds them; `TrainConfig::model_spec` applies a
+//! config's sizes to them.
+
+use crate::arch;
 
 /// The kind of network a preset names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,41 +25,31 @@ pub enum Family {
     CharGpt,
 }
 
-pub const PRESETS: &[(&str, Family)] = &[
-    ("mlp", Family::Mlp),
-    ("cnn", Family::Cnn),
-    ("resnet20", Family::Resnet),
-    ("resnet32", Family::Resnet),
-    ("resnet56", Family::Resnet),
-    ("resnet18", Family::Resnet),
-    ("resnet34", Family::Resnet),
-    ("resnet50", Family::Resnet),
-    ("vgg11", Family::Vgg),
-    ("vgg11_bn", Family::Vgg),
-    ("vgg13", Family::Vgg),
-    ("vgg13_bn", Family::Vgg),
-    ("vgg16", Family::Vgg),
-    ("vgg16_bn", Family::Vgg),
-    ("vit-tiny", Family::Vit),
-    ("vit-mini", Family::Vit),
-    ("modadd", Family::ModAdd),
-    ("gpt-char-small", Family::CharGpt),
-    ("gpt-char-tiny", Family::CharGpt),
-];
+/// Every preset, in the order messages list them: the two free-form
+/// families, then each architecture file's own list.
+pub fn all() -> impl Iterator<Item = (&'static str, Family)> {
+    [("mlp", Family::Mlp), ("cnn", Family::Cnn)]
+        .into_iter()
+        .chain(arch::resnet::PRESETS.iter().map(|n| (*n, Family::Resnet)))
+        .chain(arch::cnn::PRESETS.iter().map(|n| (*n, Family::Vgg)))
+        .chain(arch::vit::PRESETS.iter().map(|n| (*n, Family::Vit)))
+        .chain(arch::gpt::CLASSIFIER_PRESETS.iter().map(|n| (*n, Family::ModAdd)))
+        .chain(arch::gpt::LM_PRESETS.iter().map(|n| (*n, Family::CharGpt)))
+}
 
 /// The family of a preset name.
 pub fn family(name: &str) -> Option<Family> {
-    PRESETS.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
+    all().find(|(n, _)| *n == name).map(|(_, f)| f)
 }
 
 /// The presets of one family, in the list's order.
 pub fn of(family: Family) -> Vec<&'static str> {
-    PRESETS.iter().filter(|(_, f)| *f == family).map(|(n, _)| *n).collect()
+    all().filter(|(_, f)| *f == family).map(|(n, _)| n).collect()
 }
 
 /// Every preset name, comma-separated (for messages).
 pub fn listed(keep: impl Fn(Family) -> bool) -> String {
-    PRESETS.iter().filter(|(_, f)| keep(*f)).map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+    all().filter(|(_, f)| keep(*f)).map(|(n, _)| n).collect::<Vec<_>>().join(", ")
 }
 
 /// Whether `lintrace-analyze --spec NAME` builds the preset from
@@ -77,7 +69,13 @@ mod tests {
             assert!(super::super::Arch::preset(name).is_some(), "{name}");
         }
         assert!(super::super::Arch::preset("resnet99").is_none());
-        let names: std::collections::BTreeSet<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
-        assert_eq!(names.len(), PRESETS.len(), "a preset is listed twice");
+        for name in of(Family::Vit) {
+            assert!(crate::arch::vit::VitSpec::preset(name).is_some(), "{name}");
+        }
+        for name in of(Family::ModAdd).into_iter().chain(of(Family::CharGpt)) {
+            assert!(crate::arch::gpt::GptSpec::preset(name, 65).is_some(), "{name}");
+        }
+        let names: std::collections::BTreeSet<&str> = all().map(|(n, _)| n).collect();
+        assert_eq!(names.len(), all().count(), "a preset is listed twice");
     }
 }
