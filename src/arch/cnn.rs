@@ -17,11 +17,40 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// One entry of a CNN's `conv` list: a conv layer's output channels, or "M"
 /// for a 2×2 max-pool (the torchvision VGG convention).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum ConvItem {
     Conv(usize),
     Pool(PoolMarker),
+}
+
+/// Read by hand rather than untagged, so that a wrong entry is named
+/// (an untagged enum only says that nothing matched).
+impl<'de> Deserialize<'de> for ConvItem {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Entry;
+        impl serde::de::Visitor<'_> for Entry {
+            type Value = ConvItem;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a channel count or \"M\" (a 2×2 max-pool)")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<ConvItem, E> {
+                usize::try_from(n).map(ConvItem::Conv).map_err(|_| E::custom(format!("conv entry {n} is too large")))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<ConvItem, E> {
+                u64::try_from(n)
+                    .map_err(|_| E::custom(format!("conv entry {n} is neither a channel count nor \"M\"")))
+                    .and_then(|n| self.visit_u64(n))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<ConvItem, E> {
+                match s {
+                    "M" | "m" => Ok(ConvItem::Pool(PoolMarker::M)),
+                    _ => Err(E::custom(format!("conv entry '{s}' is neither a channel count nor \"M\""))),
+                }
+            }
+        }
+        d.deserialize_any(Entry)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,11 +3,9 @@
 //! of `--config FILE.toml`, which override the defaults.
 
 use anyhow::{Context, Result};
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use lintrace::device;
-use lintrace::init::InitScheme;
-use lintrace::spec::ConvItem;
-use lintrace::train::{self, optim::OptimizerKind, schedule::Schedule, TrainConfig, TrainOptions};
+use lintrace::train::{self, TrainConfig, TrainOptions};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -289,151 +287,72 @@ fn sweep_main(a: &SweepArgs) -> Result<i32> {
     Ok(if failed.is_empty() { 0 } else { 1 })
 }
 
-fn list<T: std::str::FromStr>(what: &str, s: &str) -> Result<Vec<T>> {
-    s.split(',')
-        .map(str::trim)
-        .filter(|x| !x.is_empty())
-        .map(|x| x.parse::<T>().map_err(|_| anyhow::anyhow!("--{what}: '{x}' is not valid")))
-        .collect()
+/// Flags that steer this process rather than set a config key.
+const PROCESS_FLAGS: &[&str] = &["command", "config", "overwrite", "resume", "device", "quiet", "print_config"];
+
+/// The config key a flag sets, and with which value when it takes none.
+fn flag_key(id: &str) -> (&str, Option<bool>) {
+    match id {
+        // A flag can only switch on; normalisation is on by default.
+        "no_normalize" => ("normalize", Some(false)),
+        "batch_norm" | "tf32" | "augment" => (id, Some(true)),
+        _ => (id, None),
+    }
 }
 
-fn resolve(a: &Args) -> Result<TrainConfig> {
-    let mut c = match &a.config {
-        Some(p) => TrainConfig::from_toml_file(p)?,
-        None => TrainConfig::default(),
+/// A flag's text as a TOML value of the type its key has in `example`
+/// (numbers, comma-separated lists, or text).
+fn flag_value(flag: &str, raw: &str, example: &serde_json::Value) -> Result<toml::Value> {
+    let item = |x: &str| x.parse::<i64>().map(toml::Value::Integer).unwrap_or_else(|_| toml::Value::String(x.to_string()));
+    Ok(match example {
+        serde_json::Value::Number(n) if n.is_f64() => {
+            toml::Value::Float(raw.trim().parse().map_err(|_| anyhow::anyhow!("--{flag}: '{raw}' is not a number"))?)
+        }
+        serde_json::Value::Number(_) => {
+            toml::Value::Integer(raw.trim().parse().map_err(|_| anyhow::anyhow!("--{flag}: '{raw}' is not a whole number"))?)
+        }
+        serde_json::Value::Array(_) => toml::Value::Array(raw.split(',').map(str::trim).filter(|x| !x.is_empty()).map(item).collect()),
+        _ => toml::Value::String(raw.to_string()),
+    })
+}
+
+/// The config: the defaults, overlaid by `--config FILE`, overlaid by every
+/// flag given on the command line. A flag sets the config key of its own
+/// name, read as that key's type, through the same checks as a config
+/// file's keys; a new key needs only its flag.
+fn resolve(a: &Args, m: &clap::ArgMatches) -> Result<TrainConfig> {
+    let mut table = match &a.config {
+        Some(p) => {
+            // The file alone first, so that its errors name it.
+            TrainConfig::from_toml_file(p)?;
+            let text = std::fs::read_to_string(p).with_context(|| format!("{}: cannot read config", p.display()))?;
+            lintrace::config::parse_toml(&text).with_context(|| format!("{}", p.display()))?
+        }
+        None => toml::Table::new(),
     };
-    macro_rules! set {
-        ($($field:ident).+ = $value:expr) => {
-            if let Some(v) = $value {
-                c.$($field).+ = v;
+    let example = TrainConfig::example();
+    let cmd = Args::command();
+    for id in cmd.get_arguments().map(|arg| arg.get_id().as_str()) {
+        if PROCESS_FLAGS.contains(&id) || m.value_source(id) != Some(clap::parser::ValueSource::CommandLine) {
+            continue;
+        }
+        let (key, switch) = flag_key(id);
+        let flag = id.replace('_', "-");
+        let value = match switch {
+            Some(on) => toml::Value::Boolean(on),
+            None => {
+                let raw = m.get_raw(id).and_then(|mut v| v.next()).and_then(|v| v.to_str()).context(format!("--{flag}: not UTF-8"))?;
+                let kind = example.get(key).with_context(|| format!("--{flag}: no config key '{key}'"))?;
+                flag_value(&flag, raw, kind)?
             }
         };
+        table.insert(key.to_string(), value);
     }
-    set!(model = a.model.clone());
-    set!(activation = a.activation.clone());
-    set!(leaky_relu_slope = a.leaky_relu_slope);
-    set!(width = a.width);
-    set!(depth = a.depth);
-    if let Some(s) = &a.conv {
-        c.conv = s
-            .split(',')
-            .map(str::trim)
-            .map(|x| match x {
-                "M" | "m" => Ok(ConvItem::Pool(lintrace::spec::PoolMarker::M)),
-                n => n.parse().map(ConvItem::Conv).map_err(|_| anyhow::anyhow!("--conv: '{n}' is neither a channel count nor M")),
-            })
-            .collect::<Result<_>>()?;
+    if m.value_source("epochs") == Some(clap::parser::ValueSource::CommandLine) {
+        // --epochs counts over a file's `steps` (0 means "use epochs").
+        table.insert("steps".into(), toml::Value::Integer(0));
     }
-    if let Some(s) = &a.dense {
-        c.dense = list("dense", s)?;
-    }
-    set!(kernel_size = a.kernel_size);
-    set!(batch_norm = a.batch_norm.then_some(true));
-    if let Some(s) = &a.stem {
-        c.stem = Some(
-            serde_json::from_value(serde_json::Value::String(s.clone()))
-                .map_err(|_| anyhow::anyhow!("--stem: '{s}' is neither small nor imagenet"))?,
-        );
-    }
-    if let Some(s) = &a.shortcut {
-        c.shortcut = Some(
-            serde_json::from_value(serde_json::Value::String(s.to_lowercase()))
-                .map_err(|_| anyhow::anyhow!("--shortcut: '{s}' is neither a nor b"))?,
-        );
-    }
-    if let Some(s) = &a.linear_taps {
-        c.linear_taps = list("linear-taps", s)?;
-    }
-    for (field, value) in [
-        (&mut c.dim, a.dim),
-        (&mut c.blocks, a.blocks),
-        (&mut c.heads, a.heads),
-        (&mut c.mlp_hidden, a.mlp_hidden),
-        (&mut c.patch, a.patch),
-    ] {
-        if value.is_some() {
-            *field = value;
-        }
-    }
-    set!(dropout = a.dropout);
-    if a.modulus.is_some() {
-        c.data.modulus = a.modulus;
-    }
-    if a.context.is_some() {
-        c.data.context = a.context;
-    }
-    if a.train_fraction.is_some() {
-        c.data.train_fraction = a.train_fraction;
-    }
-    set!(data.dataset = a.dataset.clone());
-    if a.data_dir.is_some() {
-        c.data.data_dir = a.data_dir.clone();
-    }
-    if let Some(s) = &a.classes {
-        c.data.classes = Some(list("classes", s)?);
-    }
-    if a.groups.is_some() {
-        c.data.groups = a.groups.clone();
-    }
-    if a.no_normalize {
-        c.data.normalize = false;
-    }
-    if a.cache_dir.is_some() {
-        c.data.cache_dir = a.cache_dir.clone();
-    }
-    set!(data.data_seed = a.data_seed);
-    set!(data.n_train = a.n_train);
-    set!(data.n_test = a.n_test);
-    set!(data.synthetic_dim = a.synthetic_dim);
-    set!(data.synthetic_classes = a.synthetic_classes);
-    if let Some(s) = a.steps {
-        c.steps = s;
-    }
-    if let Some(e) = a.epochs {
-        c.epochs = e;
-        c.steps = 0;
-    }
-    set!(batch_size = a.batch_size);
-    set!(lr = a.lr);
-    if let Some(s) = &a.optimizer {
-        c.optimizer = OptimizerKind::parse(s)?;
-    }
-    set!(momentum = a.momentum);
-    if a.momentum.is_some() {
-        c.check_momentum_applies()?;
-    }
-    set!(weight_decay = a.weight_decay);
-    if let Some(s) = &a.lr_schedule {
-        c.lr_schedule = Schedule::parse(s)?;
-    }
-    set!(warmup_steps = a.warmup_steps);
-    if a.adam_beta1.is_some() {
-        c.adam_beta1 = a.adam_beta1;
-    }
-    if a.adam_beta2.is_some() {
-        c.adam_beta2 = a.adam_beta2;
-    }
-    set!(grad_clip = a.grad_clip);
-    set!(label_smoothing = a.label_smoothing);
-    if let Some(s) = &a.init {
-        c.init = InitScheme::parse(s)?;
-    }
-    set!(init_scale = a.init_scale);
-    if a.tf32 {
-        c.tf32 = true;
-    }
-    if a.augment {
-        c.augment = true;
-    }
-    set!(seed = a.seed);
-    set!(probe_size = a.probe_size);
-    set!(probe_seed = a.probe_seed);
-    set!(ckpt_per_decade = a.ckpt_per_decade);
-    set!(ckpt_per_octave = a.ckpt_per_octave);
-    set!(ckpt_every = a.ckpt_every);
-    set!(targets = a.targets.clone());
-    set!(out = a.out.clone());
-    set!(name = a.name.clone());
+    let c = TrainConfig::from_table(table)?;
     c.check()?;
     Ok(c)
 }
@@ -443,13 +362,17 @@ fn main() {
     // CPU passes allocate and free activation-sized buffers at every layer:
     // keep freed memory for reuse instead of unmapping it (see the function).
     lintrace::model::ops::tune_malloc_for_training();
-    let args = Args::parse();
+    let matches = Args::command().get_matches();
+    let args = match Args::from_arg_matches(&matches) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
     if std::env::var_os("LINTRACE_PARSE_ONLY").is_some() {
         return; // the command line parsed; nothing is run (tests/it/docs/doc_commands.rs)
     }
     let result = match &args.command {
         Some(Cmd::Sweep(s)) => sweep_main(s),
-        None => real_main(&args).map(|()| 0),
+        None => real_main(&args, &matches).map(|()| 0),
     };
     match result {
         Ok(code) => std::process::exit(code),
@@ -465,8 +388,8 @@ fn main() {
 /// `diverged`, with the step).
 const EXIT_DIVERGED: i32 = 3;
 
-fn real_main(args: &Args) -> Result<()> {
-    let cfg = resolve(args)?;
+fn real_main(args: &Args, matches: &clap::ArgMatches) -> Result<()> {
+    let cfg = resolve(args, matches)?;
     if args.print_config {
         print!("{}", toml::to_string(&cfg).context("cannot render config")?);
         return Ok(());
@@ -484,4 +407,83 @@ fn real_main(args: &Args) -> Result<()> {
         dir.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lintrace::spec::ConvItem;
+
+    /// Every flag sets a config key of its type or steers the process:
+    /// a flag added without its key, or a key renamed, fails here.
+    #[test]
+    fn every_flag_is_a_config_key_or_a_process_flag() {
+        let example = TrainConfig::example();
+        let cmd = Args::command();
+        let ids: Vec<&str> = cmd.get_arguments().map(|a| a.get_id().as_str()).filter(|id| !matches!(*id, "help" | "version")).collect();
+        assert!(ids.len() > 40, "{ids:?}");
+        for id in ids {
+            if PROCESS_FLAGS.contains(&id) {
+                continue;
+            }
+            let (key, switch) = flag_key(id);
+            let kind = example.get(key).unwrap_or_else(|| panic!("--{id} sets no config key"));
+            assert_eq!(switch.is_some(), kind.is_boolean(), "--{id}: a switch exactly when its key is true/false");
+        }
+    }
+
+    fn resolved(args: &[&str]) -> Result<TrainConfig> {
+        let m = Args::command().try_get_matches_from(std::iter::once("lintrace-train").chain(args.iter().copied()))?;
+        resolve(&Args::from_arg_matches(&m)?, &m)
+    }
+
+    #[test]
+    fn flags_set_their_keys_with_their_types() {
+        let c = resolved(&[
+            "--model",
+            "cnn",
+            "--conv",
+            "8,M,16",
+            "--dense",
+            "32,16",
+            "--lr",
+            "0.1",
+            "--epochs",
+            "3",
+            "--no-normalize",
+            "--batch-norm",
+            "--optimizer",
+            "adamw",
+            "--lr-schedule",
+            "warmup-cosine",
+            "--classes",
+            "0,2",
+            "--data-dir",
+            "some/where",
+            "--adam-beta2",
+            "0.98",
+        ])
+        .unwrap();
+        assert_eq!(c.conv, vec![ConvItem::Conv(8), ConvItem::Pool(lintrace::spec::PoolMarker::M), ConvItem::Conv(16)]);
+        assert_eq!((c.dense.clone(), c.lr, c.epochs, c.steps), (vec![32, 16], 0.1, 3.0, 0));
+        assert!(!c.data.normalize && c.batch_norm);
+        assert_eq!(c.optimizer, lintrace::train::optim::OptimizerKind::Adamw);
+        assert_eq!(c.lr_schedule, lintrace::train::schedule::Schedule::WarmupCosine);
+        assert_eq!((c.data.classes.clone(), c.data.data_dir.clone()), (Some(vec![0, 2]), Some(PathBuf::from("some/where"))));
+        assert_eq!(c.adam_beta2, Some(0.98));
+        // Untouched keys keep their defaults.
+        assert_eq!(c.batch_size, TrainConfig::default().batch_size);
+    }
+
+    #[test]
+    fn bad_flag_values_name_the_flag_or_key() {
+        // (clap checks the flags typed as numbers before they reach a key.)
+        assert!(resolved(&["--lr", "fast"]).unwrap_err().to_string().contains("--lr"));
+        assert_eq!(flag_value("lr", "fast", &serde_json::json!(0.5)).unwrap_err().to_string(), "--lr: 'fast' is not a number");
+        assert_eq!(flag_value("steps", "1.5", &serde_json::json!(1)).unwrap_err().to_string(), "--steps: '1.5' is not a whole number");
+        let e = format!("{:#}", resolved(&["--optimizer", "lion"]).unwrap_err());
+        assert!(e.contains("optimizer") && e.contains("lion"), "{e}");
+        let e = format!("{:#}", resolved(&["--momentum", "0.5", "--optimizer", "adam"]).unwrap_err());
+        assert!(e.contains("momentum applies to optimizer"), "{e}");
+    }
 }

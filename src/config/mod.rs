@@ -207,7 +207,10 @@ impl TrainConfig {
             bail!("unknown config key '{bad}'");
         }
         let momentum_given = table.contains_key("momentum");
-        let cfg: TrainConfig = table.try_into().context("invalid config value")?;
+        // toml puts the key on a line of its own: one line per error.
+        let cfg: TrainConfig = table.try_into().map_err(|e: toml::de::Error| {
+            anyhow::anyhow!("invalid config value: {}", e.to_string().split_whitespace().collect::<Vec<_>>().join(" "))
+        })?;
         if momentum_given {
             cfg.check_momentum_applies()?;
         }
@@ -232,6 +235,13 @@ impl TrainConfig {
     /// skipped when unset must be set here (and listed in
     /// `tests::every_field_is_a_key`).
     pub fn keys() -> BTreeSet<String> {
+        Self::example().keys().cloned().collect()
+    }
+
+    /// A config with every key set, as JSON: its keys are every key a
+    /// config may hold and its values show each key's type (what
+    /// `lintrace-train` reads a flag's text as).
+    pub fn example() -> serde_json::Map<String, serde_json::Value> {
         let mut all = TrainConfig {
             batch_norm: true,
             stem: Some(Stem::Small),
@@ -252,9 +262,13 @@ impl TrainConfig {
         all.data.modulus = Some(1);
         all.data.train_fraction = Some(0.5);
         all.data.context = Some(1);
+        all.data.data_dir = Some(PathBuf::from("data"));
+        all.data.cache_dir = Some(PathBuf::from("cache"));
+        all.data.classes = Some(vec![0, 1]);
+        all.data.groups = Some("0-4/5-9".into());
         match serde_json::to_value(all) {
-            Ok(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
-            _ => BTreeSet::new(),
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => serde_json::Map::new(),
         }
     }
 
