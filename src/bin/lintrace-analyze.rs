@@ -35,13 +35,12 @@ struct Args {
     /// Recompute rows that already exist.
     #[arg(long)]
     force: bool,
-    /// Model spec for checkpoints without lintrace metadata (PyTorch's
-    /// .pt/.pth/.bin/.ckpt or plain safetensors): a spec JSON file, a lintrace
-    /// run folder (its spec), or a preset with --num-classes and --input: mlp,
-    /// cnn, resnet20/32/56, resnet18/34/50 (also torchvision:resnetN and
-    /// resnetN-small), vgg11/13/16 and their _bn variants, vit-tiny,
-    /// vit-mini, gpt-char-small, gpt-char-tiny (docs/interop.md).
-    #[arg(long, requires = "probe")]
+    #[arg(long, requires = "probe", help = format!(
+        "Model spec for checkpoints without lintrace metadata (PyTorch's .pt/.pth/.bin/.ckpt or plain safetensors): a spec JSON \
+         file, a lintrace run folder (its spec), or a preset with --num-classes and --input: {} (also torchvision:resnetN and \
+         resnetN-small; docs/interop.md)",
+        lintrace::spec::presets::listed(lintrace::spec::presets::for_foreign_checkpoints)
+    ))]
     spec: Option<String>,
     /// Preset specs: number of classes.
     #[arg(long)]

@@ -22,9 +22,7 @@ struct Args {
     /// TOML file with any of the config keys (flags override it).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// mlp | cnn | resnet20 | resnet32 | resnet56 | resnet18 | resnet34 |
-    /// resnet50 | vgg11[_bn] | vgg13[_bn] | vgg16[_bn] | vit-tiny | vit-mini | modadd | gpt-char-small | gpt-char-tiny
-    #[arg(long)]
+    #[arg(long, help = format!("The model: one of {}", lintrace::spec::presets::listed(|_| true)))]
     model: Option<String>,
     /// Transformers: model width (default: the preset's).
     #[arg(long)]
@@ -290,6 +288,16 @@ fn sweep_main(a: &SweepArgs) -> Result<i32> {
 /// Flags that steer this process rather than set a config key.
 const PROCESS_FLAGS: &[&str] = &["command", "config", "overwrite", "resume", "device", "quiet", "print_config"];
 
+/// A flag's text as its key reads it: the spellings these flags have
+/// always accepted beside the config file's (`kaiming_normal`, `A`).
+fn spelling(key: &str, raw: &str) -> String {
+    match key {
+        "init" => raw.replace('_', "-"),
+        "shortcut" => raw.to_lowercase(),
+        _ => raw.to_string(),
+    }
+}
+
 /// The config key a flag sets, and with which value when it takes none.
 fn flag_key(id: &str) -> (&str, Option<bool>) {
     match id {
@@ -343,7 +351,7 @@ fn resolve(a: &Args, m: &clap::ArgMatches) -> Result<TrainConfig> {
             None => {
                 let raw = m.get_raw(id).and_then(|mut v| v.next()).and_then(|v| v.to_str()).context(format!("--{flag}: not UTF-8"))?;
                 let kind = example.get(key).with_context(|| format!("--{flag}: no config key '{key}'"))?;
-                flag_value(&flag, raw, kind)?
+                flag_value(&flag, &spelling(key, raw), kind)?
             }
         };
         table.insert(key.to_string(), value);
@@ -471,6 +479,8 @@ mod tests {
         assert_eq!(c.lr_schedule, lintrace::train::schedule::Schedule::WarmupCosine);
         assert_eq!((c.data.classes.clone(), c.data.data_dir.clone()), (Some(vec![0, 2]), Some(PathBuf::from("some/where"))));
         assert_eq!(c.adam_beta2, Some(0.98));
+        let c = resolved(&["--model", "resnet20", "--shortcut", "B", "--init", "kaiming_normal"]).unwrap();
+        assert_eq!((c.shortcut, c.init), (Some(lintrace::spec::Shortcut::B), lintrace::init::InitScheme::KaimingNormal));
         // Untouched keys keep their defaults.
         assert_eq!(c.batch_size, TrainConfig::default().batch_size);
     }
