@@ -4,7 +4,7 @@
 # 1,000 steps each) trained with --jobs 1 and --jobs 2, analysed, queried,
 # plotted and reported.
 #
-# Usage: examples/recipes/bench_sweeps.sh [BIN_DIR] [OUT]
+# Usage: scripts/bench/bench_sweeps.sh [BIN_DIR] [OUT]
 #   BIN_DIR  release binaries (default target/release; cargo build --release --workspace)
 #   OUT      scratch folder (default target/bench-sweeps; removed first)
 set -euo pipefail
