@@ -50,3 +50,35 @@ pub fn windows_per_chunk(chunk: usize, positions: usize) -> usize {
         (chunk.saturating_mul(32) / positions).max(1)
     }
 }
+
+/// The largest `--chunk-size` up to `default` whose chunks keep
+/// `per_sample` bytes a sample within `budget` (at least one sample or
+/// window a chunk), for samples of `positions` predictions.
+pub fn chunk_within(budget: u64, per_sample: u64, positions: usize, default: usize) -> usize {
+    let fit = usize::try_from(budget / per_sample.max(1)).unwrap_or(usize::MAX).max(1);
+    if fit >= windows_per_chunk(default, positions) {
+        default
+    } else if positions <= 1 {
+        fit
+    } else {
+        // windows_per_chunk's inverse: chunk · 32 / positions windows.
+        (fit * positions).div_ceil(32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_shrink_only_for_large_samples() {
+        // A 160M language model's 512-token window records about 1.4 GB: two fit in 3 GiB.
+        let c = chunk_within(3 << 30, 1_400_000_000, 512, 256);
+        assert_eq!((c, windows_per_chunk(c, 512)), (32, 2));
+        // An image model's sample is small: the default stays.
+        assert_eq!(chunk_within(3 << 30, 200_000, 1, 256), 256);
+        // A sample larger than the budget still goes through, alone.
+        assert_eq!(chunk_within(1 << 20, 1 << 30, 1, 256), 1);
+        assert_eq!(windows_per_chunk(chunk_within(1 << 20, 1 << 30, 100, 256), 100), 1);
+    }
+}

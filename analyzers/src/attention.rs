@@ -12,6 +12,7 @@
 use crate::analyzer::{Accumulator, Analyzer, AnalyzerError, Extras, Finished, MetricValue, Needs};
 use crate::capture::{AttentionInfo, Chunk, ModelInfo};
 use candle_core::{DType, Tensor, D};
+use rayon::prelude::*;
 
 pub struct Attention;
 
@@ -76,6 +77,45 @@ pub fn entropy_weights(info: &AttentionInfo) -> (Vec<f64>, usize) {
     (w, n)
 }
 
+/// Per head, Σ over samples and queries of w_q · H(row) and of the row's
+/// largest weight, where H = −Σ p ln p (p = 0 contributes 0), for weights
+/// `att` [b, h, t, t], as tensor operations on the device.
+fn device_sums(att: &Tensor, tq: usize, w: Vec<f64>) -> candle_core::Result<(Vec<f64>, Vec<f64>)> {
+    let p = att.to_dtype(DType::F64)?;
+    let plogp = (&p * p.clamp(1e-300, 1.0)?.log()?)?;
+    let entropy = plogp.sum(D::Minus1)?.neg()?; // [b, h, t]
+    let w = Tensor::from_vec(w, (1, 1, tq), att.device())?;
+    let per_head = |t: Tensor| -> candle_core::Result<Vec<f64>> { t.sum(2)?.sum(0)?.to_vec1::<f64>() };
+    Ok((per_head(entropy.broadcast_mul(&w)?)?, per_head(p.max(D::Minus1)?)?))
+}
+
+/// [`device_sums`] on the CPU in one pass over the f32 weights, parallel
+/// over (sample, head) blocks: the tensor route made an f64 copy and ran
+/// its logarithm on one core (a 160M language model's weights are 300M
+/// values per probe).
+fn host_sums(att: &Tensor, heads: usize, t: usize, w: &[f64]) -> candle_core::Result<(Vec<f64>, Vec<f64>)> {
+    crate::stats::with_cpu_f32(att, |data| {
+        let blocks: Vec<(f64, f64)> = data
+            .par_chunks(t * t)
+            .map(|block| {
+                let (mut e, mut m) = (0.0, 0.0);
+                for (q, row) in block.chunks(t).enumerate() {
+                    let h: f64 = row.iter().filter(|&&p| p > 0.0).map(|&p| -(p as f64) * (p as f64).ln()).sum();
+                    e += w[q] * h;
+                    m += row.iter().fold(f32::NEG_INFINITY, |a, &p| a.max(p)) as f64;
+                }
+                (e, m)
+            })
+            .collect();
+        let (mut e, mut m) = (vec![0.0; heads], vec![0.0; heads]);
+        for (i, (be, bm)) in blocks.into_iter().enumerate() {
+            e[i % heads] += be;
+            m[i % heads] += bm;
+        }
+        (e, m)
+    })
+}
+
 impl Accumulator for AttentionAcc {
     fn observe(&mut self, chunk: &Chunk<'_>) -> Result<(), AnalyzerError> {
         if chunk.attention.len() != self.layers.len() {
@@ -99,15 +139,8 @@ impl Accumulator for AttentionAcc {
                     ),
                 });
             }
-            let p = att.to_dtype(DType::F64).map_err(&err)?;
-            // −Σ p ln p per row; p = 0 contributes 0 (0 · ln 1e-300).
-            let plogp = (&p * p.clamp(1e-300, 1.0).map_err(&err)?.log().map_err(&err)?).map_err(&err)?;
-            let entropy = plogp.sum(D::Minus1).map_err(&err)?.neg().map_err(&err)?; // [b, h, t]
             let (w, n_queries) = entropy_weights(info);
-            let w = Tensor::from_vec(w, (1, 1, tq), att.device()).map_err(&err)?;
-            let per_head = |t: Tensor| -> candle_core::Result<Vec<f64>> { t.sum(2)?.sum(0)?.to_vec1::<f64>() };
-            let e = per_head(entropy.broadcast_mul(&w).map_err(&err)?).map_err(&err)?;
-            let m = per_head(p.max(D::Minus1).map_err(&err)?).map_err(&err)?;
+            let (e, m) = if att.device().is_cpu() { host_sums(att, h, tq, &w) } else { device_sums(att, tq, w) }.map_err(&err)?;
             for k in 0..h {
                 sums.entropy[k] += e[k];
                 sums.max[k] += m[k];
@@ -155,6 +188,30 @@ mod tests {
 
     fn value(v: &[MetricValue], metric: &str, head: usize) -> f64 {
         v.iter().find(|m| m.metric == metric && m.head == Some((0, head))).unwrap().value.unwrap()
+    }
+
+    #[test]
+    fn the_cpu_pass_and_the_device_operations_agree() {
+        // Softmax rows with exact zeros (a causal mask) and a non-contiguous input.
+        let (b, h, t) = (3, 4, 7);
+        let scores = Tensor::randn(0f32, 2.0, (b, h, t, t + 1), &Device::Cpu).unwrap().narrow(3, 1, t).unwrap();
+        let mask: Vec<f32> = (0..t * t).map(|ij| if ij % t > ij / t { f32::NEG_INFINITY } else { 0.0 }).collect();
+        let mask = Tensor::from_vec(mask, (t, t), &Device::Cpu).unwrap();
+        let att = candle_nn_softmax(&scores.broadcast_add(&mask).unwrap());
+        let info = AttentionInfo { name: "a".into(), heads: h, positions: t, causal: true, tap: 0 };
+        let (w, _) = entropy_weights(&info);
+        let (he, hm) = host_sums(&att, h, t, &w).unwrap();
+        let (de, dm) = device_sums(&att, t, w).unwrap();
+        for k in 0..h {
+            assert!((he[k] - de[k]).abs() < 1e-9 * de[k].abs().max(1.0), "{k}: {} vs {}", he[k], de[k]);
+            assert!((hm[k] - dm[k]).abs() < 1e-12, "{k}");
+        }
+    }
+
+    /// softmax over the last dimension (the analyzers crate has no candle_nn).
+    fn candle_nn_softmax(x: &Tensor) -> Tensor {
+        let e = x.broadcast_sub(&x.max_keepdim(D::Minus1).unwrap()).unwrap().exp().unwrap();
+        e.broadcast_div(&e.sum_keepdim(D::Minus1).unwrap()).unwrap()
     }
 
     #[test]

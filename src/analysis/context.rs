@@ -88,7 +88,7 @@ impl TargetContext {
             notes,
             |step| {
                 let l = load(step)?;
-                capture::grams(&l.model(dev)?, &l.meta.spec, &target.probe, opts.chunk_size, dev)
+                capture::grams(&l.model(dev)?, &l.meta.spec, &target.probe, opts.chunk(), dev)
             },
             || load(0).and_then(|l| layer_weights(&l.meta.spec, &l.tensors)),
         );
@@ -185,7 +185,7 @@ impl TargetContext {
                 }
             }
         };
-        let batches = eval.batches(opts.chunk_size, dev)?;
+        let batches = eval.batches(opts.chunk(), dev)?;
         for source in sources {
             match source {
                 Source::Linear if target.bigram().is_some() => {

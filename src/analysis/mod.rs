@@ -32,8 +32,9 @@ pub struct AnalyzeOptions {
     pub device: String,
     /// Recompute rows that already exist.
     pub force: bool,
-    /// Probe samples per forward pass.
-    pub chunk_size: usize,
+    /// Probe samples per forward pass; `None`: [`Target::default_chunk`]
+    /// (256, fewer for samples whose recorded values are large).
+    pub chunk_size: Option<usize>,
     /// Upper bound on the memory that concurrent checkpoints may use.
     pub max_memory_bytes: u64,
     /// Upper bound on checkpoints analysed at once (0 = the thread count).
@@ -45,13 +46,24 @@ pub struct AnalyzeOptions {
     pub mu_split: String,
 }
 
+impl AnalyzeOptions {
+    /// Probe samples per forward pass, as resolved for the target at hand.
+    pub fn chunk(&self) -> usize {
+        self.chunk_size.unwrap_or(DEFAULT_CHUNK)
+    }
+}
+
+/// Probe samples per forward pass unless a sample's recorded values are
+/// large ([`Target::default_chunk`]).
+pub const DEFAULT_CHUNK: usize = 256;
+
 impl Default for AnalyzeOptions {
     fn default() -> Self {
         AnalyzeOptions {
             analyzers: Vec::new(),
             device: "auto".into(),
             force: false,
-            chunk_size: 256,
+            chunk_size: None,
             max_memory_bytes: 4 << 30,
             jobs: 0,
             quiet: false,
@@ -236,8 +248,10 @@ fn analyze_target(
     }
 
     let needs = jobs.iter().flat_map(|j| j.analyzers.iter()).fold(Needs::default(), |n, &i| n.union(selected[i].needs()));
+    let chunk_size = opts.chunk_size.unwrap_or_else(|| target.default_chunk(needs, dev));
+    let opts = &AnalyzeOptions { chunk_size: Some(chunk_size), ..opts.clone() };
     let ctx = match target.captured_layout() {
-        Some(layout) => captured::prepare(target, layout, needs, sources, final_step, opts.chunk_size, dev, &mut report.notes)?,
+        Some(layout) => captured::prepare(target, layout, needs, sources, final_step, chunk_size, dev, &mut report.notes)?,
         None => TargetContext::prepare(target, needs, sources, opts, final_step, dev, &mut report.notes)?,
     };
 
@@ -249,7 +263,7 @@ fn analyze_target(
     // the device anyway; lanes would only multiply its memory).
     let default_lanes = if dev.is_cpu() { rayon::current_num_threads() } else { 1 };
     let wanted = if opts.jobs > 0 { opts.jobs } else { default_lanes };
-    let per_job = target.memory_estimate(opts.chunk_size, needs);
+    let per_job = target.memory_estimate(chunk_size, needs);
     let lanes = ((opts.max_memory_bytes / per_job.max(1)) as usize).clamp(1, wanted.max(1)).min(jobs.len());
     let bar = if opts.quiet { ProgressBar::hidden() } else { ProgressBar::new(jobs.len() as u64) };
     bar.set_style(
@@ -263,7 +277,7 @@ fn analyze_target(
         .into_par_iter()
         .flat_map_iter(|lane| {
             (lane..jobs.len()).step_by(lanes).map(|ji| {
-                let r = run_job(target, &jobs[ji], selected, &ctx, opts.chunk_size, dev);
+                let r = run_job(target, &jobs[ji], selected, &ctx, chunk_size, dev);
                 bar.inc(1);
                 (ji, r)
             })

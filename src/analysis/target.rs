@@ -161,6 +161,10 @@ impl External {
     }
 }
 
+/// What a chunk's recorded values may take when the chunk size is chosen
+/// automatically ([`Target::default_chunk`]).
+pub const CHUNK_BUDGET: u64 = 3 << 30;
+
 /// Resolves command-line paths into targets. Runs that cannot even be
 /// opened are returned as failures so the others still run.
 pub fn discover(paths: &[PathBuf], external: Option<&External>) -> Result<(Vec<Target>, Vec<(PathBuf, String)>)> {
@@ -579,6 +583,24 @@ impl Target {
             }
         };
         checkpoint::load_foreign(path, fallback.as_ref(), renames)
+    }
+
+    /// Probe samples per forward pass when `--chunk-size` is not given:
+    /// [`super::DEFAULT_CHUNK`], or on the CPU as many as keep a chunk's
+    /// recorded values (taps, streams, attention weights, logits) near
+    /// [`CHUNK_BUDGET`]. Every fresh page a pass touches is faulted in and
+    /// zeroed by the kernel; a 160M language model's 16-window chunk (6.5
+    /// GiB) spent a quarter of its time there, and 2-window chunks were a
+    /// quarter faster (BENCHMARKS.md). A GPU keeps the default.
+    pub fn default_chunk(&self, needs: analyzers::Needs, dev: &candle_core::Device) -> usize {
+        let default = super::DEFAULT_CHUNK;
+        if !dev.is_cpu() {
+            return default;
+        }
+        let logits = self.spec.as_ref().map_or(0, |s| (s.predictions_per_sample() * s.num_classes) as u64 * 4 * 2);
+        let per_sample = self.memory_estimate(1, needs).saturating_sub(self.memory_estimate(0, needs)) + logits;
+        let positions = self.spec.as_ref().map_or(1, |s| s.predictions_per_sample()).max(1);
+        crate::batches::chunk_within(CHUNK_BUDGET, per_sample, positions, default)
     }
 
     pub fn memory_estimate(&self, chunk: usize, needs: analyzers::Needs) -> u64 {

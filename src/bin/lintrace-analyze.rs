@@ -91,9 +91,11 @@ struct Args {
     #[arg(long)]
     list: bool,
     /// Probe samples per forward pass (a language model's chunks hold whole
-    /// windows of about 32 × this many tokens).
-    #[arg(long, default_value_t = 256)]
-    chunk_size: usize,
+    /// windows of about 32 × this many tokens). Default: 256, or fewer on
+    /// the CPU where a chunk's recorded values would pass about 3 GiB (a
+    /// large language model's windows).
+    #[arg(long)]
+    chunk_size: Option<usize>,
     /// Checkpoints analysed at once (default: on the CPU as many as threads
     /// and memory allow, each still using every thread; on a GPU one).
     #[arg(long, default_value_t = 0)]

@@ -11,6 +11,7 @@ use crate::checkpoint::{sha256_hex, Fingerprint};
 use crate::spec::{Family, HfArch};
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::Tensor;
+use rayon::prelude::*;
 use safetensors::SafeTensors;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -222,19 +223,37 @@ pub fn fingerprint(dir: &Path) -> Result<Fingerprint> {
     let mut whole = Sha256::new();
     let mut tensors: Vec<(String, String)> = Vec::new();
     for f in &files {
-        let bytes = std::fs::read(f).with_context(|| format!("{}: cannot read", f.display()))?;
-        whole.update(sha256_hex(&bytes).as_bytes());
+        // Mapped, not read: a revision's files are gigabytes, and the hashes
+        // below only stream through them.
+        let file = std::fs::File::open(f).with_context(|| format!("{}: cannot read", f.display()))?;
+        // SAFETY: mapped read-only; a file rewritten while it is hashed
+        // gives a fingerprint of neither version, as a read would.
+        let bytes = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("{}: cannot map", f.display()))?;
+        let bytes: &[u8] = &bytes;
         if f.extension().is_some_and(|e| e == "bin") {
-            tensors.push((f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), sha256_hex(&bytes)));
+            let h = sha256_hex(bytes);
+            whole.update(h.as_bytes());
+            tensors.push((f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), h));
             continue;
         }
-        let st = SafeTensors::deserialize(&bytes).map_err(|e| anyhow!("{}: not a valid safetensors file ({e})", f.display()))?;
-        for (name, view) in st.tensors() {
-            let mut h = Sha256::new();
-            h.update(format!("{:?}|{:?}|", view.dtype(), view.shape()).as_bytes());
-            h.update(view.data());
-            tensors.push((name, h.finalize().iter().map(|b| format!("{b:02x}")).collect()));
-        }
+        let st = SafeTensors::deserialize(bytes).map_err(|e| anyhow!("{}: not a valid safetensors file ({e})", f.display()))?;
+        // The file's hash on one thread, its tensors' on the others.
+        let (file_hash, mut per_tensor) = rayon::join(
+            || sha256_hex(bytes),
+            || {
+                st.tensors()
+                    .into_par_iter()
+                    .map(|(name, view)| {
+                        let mut h = Sha256::new();
+                        h.update(format!("{:?}|{:?}|", view.dtype(), view.shape()).as_bytes());
+                        h.update(view.data());
+                        (name, h.finalize().iter().map(|b| format!("{b:02x}")).collect::<String>())
+                    })
+                    .collect::<Vec<_>>()
+            },
+        );
+        whole.update(file_hash.as_bytes());
+        tensors.append(&mut per_tensor);
     }
     tensors.sort();
     let mut w = Sha256::new();

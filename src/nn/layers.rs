@@ -61,9 +61,9 @@ pub fn activate(act: Activation, leaky_slope: f64, z: &Tensor) -> Result<Tensor>
     Ok(match act {
         Activation::Relu => super::ops::relu(z)?,
         Activation::LeakyRelu => (z.relu()? - (z.neg()?.relu()? * leaky_slope)?)?,
-        Activation::Gelu => z.gelu_erf()?,
-        Activation::GeluTanh => z.gelu()?,
-        Activation::Silu => z.silu()?,
+        Activation::Gelu => super::ops::gelu_erf(z)?,
+        Activation::GeluTanh => super::ops::gelu_tanh(z)?,
+        Activation::Silu => super::ops::silu(z)?,
         Activation::Tanh => z.tanh()?,
         Activation::Identity => z.clone(),
     })

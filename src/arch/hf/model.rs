@@ -2,15 +2,16 @@
 //! (`Arch::HfCausalLm`; the layout and names are `mod.rs` beside it), written
 //! out as `transformers`' eager code computes it, with taps at every MLP
 //! nonlinearity, the residual streams and the attention weights recorded.
-//! Evaluation only: nothing here is trained, so the fused softmax is used.
+//! Evaluation only: nothing here is trained, so the norms, activations and
+//! the causal softmax take the fused evaluation kernels (`nn::ops`).
 //!
 //! Weights arrive in `[out, in]` layout for every family: `hf::load`
 //! transposes GPT-2's `Conv1D` weights (stored `[in, out]`) once, by
 //! `model_type`, never by shape.
 
 use super::{Family, HfArch, Norm, Positions, Residual};
-use crate::arch::transformer::{standardize, Linear};
-use crate::nn::{Activation, Frame, Start, Taps, Weights};
+use crate::arch::transformer::Linear;
+use crate::nn::{ops, Activation, Frame, Start, Taps, Weights};
 use anyhow::{anyhow, Result};
 use candle_core::{DType, Tensor, D};
 
@@ -37,20 +38,7 @@ impl HfNorm {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = if self.rms {
-            let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-            x.broadcast_div(&(ms + self.eps)?.sqrt()?)?
-        } else {
-            standardize(x, self.eps)?
-        };
-        let x = match &self.weight {
-            Some(w) => x.broadcast_mul(w)?,
-            None => x,
-        };
-        Ok(match &self.bias {
-            Some(b) => x.broadcast_add(b)?,
-            None => x,
-        })
+        Ok(ops::norm(x, self.weight.as_ref(), self.bias.as_ref(), self.eps, self.rms)?)
     }
 }
 
@@ -182,8 +170,7 @@ impl HfCausalLm {
         if self.arch.scale_by_inverse_layer {
             scale /= (i + 1) as f64;
         }
-        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&self.causal_mask)?;
-        let att = candle_nn::ops::softmax_last_dim(&scores)?;
+        let att = ops::causal_softmax(&q.matmul(&k.t()?)?, scale, &self.causal_mask)?;
         let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, self.arch.heads * self.arch.head_dim))?;
         Ok((layer.out.forward(&y)?, att))
     }

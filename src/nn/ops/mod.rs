@@ -8,6 +8,9 @@
 //! | [`max_pool2d`] | `pool_cpu` | `cudnn` | a max over reshaped windows |
 //! | [`relu`] | `pool_cpu` | candle's | candle's |
 //! | [`batch_norm`] | `bn_cpu` in training mode, else candle_nn's | candle_nn's | candle_nn's |
+//! | [`gelu_erf`], [`gelu_tanh`], [`silu`] | `eval_cpu` when no gradient is recorded, else candle's | candle's | candle's |
+//! | [`norm`] (LayerNorm, RMSNorm) | `eval_cpu` when no gradient is recorded, else candle operations | candle operations | candle operations |
+//! | [`causal_softmax`] | `eval_cpu` when no gradient is recorded, else candle's | candle's | candle's |
 //!
 //! The environment switches that pick a path to measure it against another
 //! are read in one place too, [`switches`].
@@ -17,11 +20,12 @@ mod conv_cpu;
 mod conv_gpu;
 #[cfg(feature = "cudnn")]
 mod cudnn;
+mod eval_cpu;
 mod pool_cpu;
 
 pub use conv_cpu::{tune_malloc_for_training, unfold};
 
-use candle_core::{bail, Result, Tensor};
+use candle_core::{bail, DType, Result, Tensor, D};
 use candle_nn::{BatchNorm, ModuleT};
 
 /// Environment variables that select an implementation, for measuring one
@@ -126,4 +130,70 @@ pub fn batch_norm(bn: &BatchNorm, x: &Tensor, train: bool) -> Result<Tensor> {
         }
     }
     bn.forward_t(x, train)
+}
+
+/// Whether an evaluation kernel takes `x`: on the CPU, in f32 or f64, and
+/// recording no gradient (the kernels have no backward).
+fn by_eval_cpu(x: &Tensor) -> bool {
+    x.device().is_cpu() && !x.track_op() && matches!(x.dtype(), DType::F32 | DType::F64)
+}
+
+/// GELU, exact (erf) form: `torch.nn.GELU()`.
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    if by_eval_cpu(x) {
+        return eval_cpu::unary(x, eval_cpu::Unary::GeluErf);
+    }
+    x.gelu_erf()
+}
+
+/// GELU's tanh approximation (GPT-2's `gelu_new`).
+pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    if by_eval_cpu(x) {
+        return eval_cpu::unary(x, eval_cpu::Unary::GeluTanh);
+    }
+    x.gelu()
+}
+
+/// x·sigmoid(x).
+pub fn silu(x: &Tensor) -> Result<Tensor> {
+    if by_eval_cpu(x) {
+        return eval_cpu::unary(x, eval_cpu::Unary::Silu);
+    }
+    x.silu()
+}
+
+/// LayerNorm ((x − mean) / sqrt(var + eps), biased variance, as PyTorch)
+/// or, with `rms`, RMSNorm (x / sqrt(mean(x²) + eps)) over the last
+/// dimension, then × `weight` + `bias` where given.
+pub fn norm(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f64, rms: bool) -> Result<Tensor> {
+    let params =
+        |t: Option<&Tensor>| -> Result<Option<Vec<f64>>> { t.map(|t| t.to_dtype(DType::F64)?.flatten_all()?.to_vec1()).transpose() };
+    if by_eval_cpu(x) && !weight.is_some_and(Tensor::track_op) && !bias.is_some_and(Tensor::track_op) {
+        return eval_cpu::norm(x, eval_cpu::Norm { rms, eps, weight: params(weight)?, bias: params(bias)? });
+    }
+    let x = if rms {
+        x.broadcast_div(&(x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?)?
+    } else {
+        let xc = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+        xc.broadcast_div(&(var + eps)?.sqrt()?)?
+    };
+    let x = match weight {
+        Some(w) => x.broadcast_mul(w)?,
+        None => x,
+    };
+    match bias {
+        Some(b) => x.broadcast_add(b),
+        None => Ok(x),
+    }
+}
+
+/// softmax over the last dimension of `scale · scores + mask`, where
+/// `mask` [t, t] is 0 on and below the diagonal and −∞ above it: causal
+/// attention weights from scores [.., t, t]. Fused on the CPU.
+pub fn causal_softmax(scores: &Tensor, scale: f64, mask: &Tensor) -> Result<Tensor> {
+    if by_eval_cpu(scores) {
+        return eval_cpu::causal_softmax(scores, scale);
+    }
+    candle_nn::ops::softmax_last_dim(&(scores * scale)?.broadcast_add(mask)?)
 }

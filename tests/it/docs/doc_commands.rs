@@ -346,7 +346,10 @@ fn slugs_are_githubs() {
 #[test]
 fn every_relative_link_points_at_a_file() {
     let mut bad = Vec::new();
-    for file in doc_files().into_iter().chain(["BENCHMARKS.md", "scripts/gpu/README.md", "examples/README.md", "examples/recipes/README.md"].map(|f| repo().join(f))) {
+    for file in doc_files()
+        .into_iter()
+        .chain(["BENCHMARKS.md", "scripts/gpu/README.md", "examples/README.md", "examples/recipes/README.md"].map(|f| repo().join(f)))
+    {
         let md = std::fs::read_to_string(&file).unwrap();
         let rel = file.strip_prefix(repo()).unwrap().display().to_string();
         let mut rest = md.as_str();
