@@ -3,7 +3,7 @@
 # probe, in one call: wall time and peak memory per revision.
 #
 #   python3 scripts/make_hf_bench.py /tmp/bench160 --size 160m   # no download
-#   cargo build --release --bin lintrace-analyze
+#   cargo build --release --bin lintrace-analyze --bin lintrace-bench
 #   scripts/bench_hf.sh /tmp/bench160 [THREADS]
 #
 # Runs, each as its own process under /usr/bin/time -v:
@@ -15,7 +15,10 @@
 #   same        lintrace-analyze with the peer's metrics: performance,
 #               unit_linear_fit, attention
 #   all         lintrace-analyze with every analyzer
-# RUNS="taps same" picks some of the lintrace runs (default: all three).
+#   forward     lintrace-bench --hf-forward: the forward pass alone with every
+#               tap, stream and attention weight recorded, in chunks of 2
+#               windows as the peer's (its "forward_with_hooks")
+# RUNS="forward taps same" picks some of the lintrace runs (default: all four).
 # lintrace's times include reading and hashing the weights (its inventory
 # of the series); the peer's include transformers' load.
 set -euo pipefail
@@ -30,9 +33,14 @@ peak() { grep -E "Maximum resident set size" "$1" | awk '{printf "%.0f MiB", $6/
 wall() { grep -E "Elapsed \(wall clock\)" "$1" | awk '{print $8}'; }
 log=$(mktemp -d)
 OMP_NUM_THREADS=$threads /usr/bin/time -v python3 scripts/hf_peer.py "$dir" --probe "$probe" --threads "$threads" >"$log/peer.out" 2>"$log/peer.time"
-grep -E "^(load|forward|metrics|total)|seconds" "$log/peer.out" | head -20 || true
-echo "peer: wall $(wall "$log/peer.time"), peak $(peak "$log/peer.time")"
-for run in ${RUNS:-taps same all}; do
+secs=$(python3 -c 'import json,sys; s=[json.loads(l) for l in open(sys.argv[1]) if l.startswith("{\"summary")][0]["summary"]["seconds"]; print(", ".join(f"{k} {v:.2f} s" for k, v in s.items()))' "$log/peer.out")
+echo "peer: $secs; wall $(wall "$log/peer.time"), peak $(peak "$log/peer.time")"
+for run in ${RUNS:-forward taps same all}; do
+  if [[ $run == forward ]]; then
+    RAYON_NUM_THREADS=$threads /usr/bin/time -v "$bin/lintrace-bench" --hf-forward "$dir/$(ls "$dir" | grep -v -e analysis -e probe | head -1)" --hf-probe "$probe" >"$log/$run.out" 2>"$log/$run.time" || { cat "$log/$run.time"; exit 1; }
+    echo "lintrace forward: $(cat "$log/$run.out")"
+    continue
+  fi
   case $run in
     taps) set=(--analyzers unit_linear_fit) ;;
     same) set=(--analyzers performance,unit_linear_fit,attention) ;;

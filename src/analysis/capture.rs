@@ -65,7 +65,7 @@ fn model_chunks<'a>(model: &'a Model, batches: &'a Batches, needs: Needs) -> imp
     batches.iter().map(move |item| {
         let (first, x) = item?;
         let b = x.dims()[0];
-        let (logits, recorded) = if wants_taps(needs) { model.forward_recorded(&x)? } else { (model.logits(&x)?, Default::default()) };
+        let (logits, recorded) = if wants_taps(needs) { model.forward_recorded_keeping(&x, needs.streams, needs.attention)? } else { (model.logits(&x)?, Default::default()) };
         Ok((first, b, logits, recorded))
     })
 }

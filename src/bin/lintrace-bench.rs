@@ -64,6 +64,16 @@ struct Args {
     /// steps with one synchronisation at the end (as PyTorch's peer does).
     #[arg(long)]
     phases: bool,
+    /// Only time the forward pass of a Hugging Face revision folder (its
+    /// config.json and weights) over `--hf-probe` token windows, recording
+    /// every tap, stream and attention weight, in chunks of `--hf-windows`
+    /// windows: what `scripts/hf_peer.py` times as "forward_with_hooks".
+    #[arg(long, requires = "hf_probe")]
+    hf_forward: Option<PathBuf>,
+    #[arg(long)]
+    hf_probe: Option<PathBuf>,
+    #[arg(long, default_value_t = 2)]
+    hf_windows: usize,
 }
 
 fn main() {
@@ -84,6 +94,9 @@ fn real_main(args: &Args) -> Result<()> {
         // The convolutions with TF32 products when asked (the Gram matrices are f64 either way).
         candle_core::cuda::set_gemm_reduced_precision_f32(args.tf32);
         return kernels(&lintrace::device::select(&args.device)?, args.batch_size, args.tf32);
+    }
+    if let (Some(dir), Some(probe)) = (&args.hf_forward, &args.hf_probe) {
+        return hf_forward(dir, probe, args.hf_windows, &lintrace::device::select(&args.device)?);
     }
     if args.phases {
         candle_core::cuda::set_gemm_reduced_precision_f32(args.tf32);
@@ -198,6 +211,30 @@ fn forward_rate(dir: &std::path::Path, batch: usize, device: &candle_core::Devic
         Ok(())
     })?;
     Ok(batch as f64 / t)
+}
+
+/// One timed pass over the probe with every tap recorded, cold (the first
+/// chunk included), as the peer times its own.
+fn hf_forward(dir: &std::path::Path, probe: &std::path::Path, windows: usize, device: &candle_core::Device) -> Result<()> {
+    let probe = lintrace::probe::load(probe)?;
+    let context = *probe.sample_shape.first().context("a probe of token windows")?;
+    let spec = lintrace::hf::config::spec_of(&dir.join("config.json"), context)?;
+    let lintrace::spec::Arch::HfCausalLm(arch) = &spec.arch else { anyhow::bail!("not a Hugging Face language model") };
+    let t = Instant::now();
+    let model = lintrace::model::build(&spec, lintrace::hf::load::read_weights(dir, arch)?, device)?;
+    let load = t.elapsed().as_secs_f64();
+    let n = probe.inputs.len() / context;
+    let x = candle_core::Tensor::from_slice(&probe.inputs, (n, context), device)?;
+    let chunk = |i: usize| x.narrow(0, i, windows.min(n - i));
+    let t = Instant::now();
+    let mut values = 0usize;
+    for i in (0..n).step_by(windows.max(1)) {
+        let (logits, rec) = model.forward_recorded(&chunk(i)?)?;
+        values += logits.elem_count() + rec.taps.iter().map(|v| v.z.elem_count() + v.a.elem_count()).sum::<usize>();
+    }
+    let forward = t.elapsed().as_secs_f64();
+    println!("hf forward: load {load:.2} s, forward with every tap {forward:.2} s ({n} windows of {context}, {windows} per chunk, {values} values), peak {}", peak_rss());
+    Ok(())
 }
 
 /// The process's peak resident set (VmHWM), for the memory column.

@@ -97,7 +97,13 @@ impl Model {
     /// Logits and everything a recording pass keeps (taps, and a
     /// transformer's residual streams and attention weights).
     pub fn forward_recorded(&self, x: &Tensor) -> Result<(Tensor, Recorded)> {
-        let mut taps = Taps::record();
+        self.forward_recorded_keeping(x, true, true)
+    }
+
+    /// [`Model::forward_recorded`], keeping a transformer's residual streams
+    /// and attention weights only where asked.
+    pub fn forward_recorded_keeping(&self, x: &Tensor, streams: bool, attention: bool) -> Result<(Tensor, Recorded)> {
+        let mut taps = Taps::record_keeping(streams, attention);
         let logits = self.forward(x, &mut taps)?;
         Ok((logits, taps.into_recorded()))
     }

@@ -116,6 +116,10 @@ pub struct Taps {
     /// A transformer's residual streams and attention weights, in order.
     streams: Vec<Tensor>,
     attention: Vec<Tensor>,
+    /// Whether a recording pass keeps the streams and attention weights
+    /// (each is a model's worth of values per chunk).
+    keep_streams: bool,
+    keep_attention: bool,
 }
 
 /// What a recording pass kept: every tap's values and, for a transformer,
@@ -131,10 +135,23 @@ pub struct Recorded {
 
 impl Taps {
     pub fn off() -> Self {
-        Taps { record: false, values: Vec::new(), replace: Vec::new(), skip: None, streams: Vec::new(), attention: Vec::new() }
+        Taps {
+            record: false,
+            values: Vec::new(),
+            replace: Vec::new(),
+            skip: None,
+            streams: Vec::new(),
+            attention: Vec::new(),
+            keep_streams: true,
+            keep_attention: true,
+        }
     }
     pub fn record() -> Self {
         Taps { record: true, ..Self::off() }
+    }
+    /// Records every tap, and the streams and attention weights only where asked.
+    pub fn record_keeping(streams: bool, attention: bool) -> Self {
+        Taps { keep_streams: streams, keep_attention: attention, ..Self::record() }
     }
     /// Taps with `Some` use the surrogate instead of their nonlinearity.
     pub fn linearized(replace: Vec<Option<Affine>>) -> Self {
@@ -162,6 +179,11 @@ impl Taps {
         self.record
     }
 
+    /// Whether this pass keeps the residual streams.
+    pub fn keeping_streams(&self) -> bool {
+        self.record && self.keep_streams
+    }
+
     /// Sets the residual block input recorded with the following taps.
     pub fn set_skip(&mut self, skip: Option<Tensor>) {
         self.skip = skip;
@@ -169,14 +191,14 @@ impl Taps {
 
     /// Records a residual stream (transformers).
     pub fn stream(&mut self, x: &Tensor) {
-        if self.record {
+        if self.record && self.keep_streams {
             self.streams.push(x.clone());
         }
     }
 
     /// Records attention weights (transformers).
     pub fn attention(&mut self, att: &Tensor) {
-        if self.record {
+        if self.record && self.keep_attention {
             self.attention.push(att.clone());
         }
     }

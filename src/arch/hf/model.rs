@@ -202,7 +202,7 @@ impl HfCausalLm {
             if start.skips(i) {
                 continue;
             }
-            let x_in = x.clone().filter(|_| taps.recording());
+            let x_in = x.clone().filter(|_| taps.keeping_streams());
             let (mid, u, z) = match start.z_at(i) {
                 Some(z) => {
                     let mid = start.skip().ok_or_else(|| anyhow!("resuming at tap {i} needs the stream after its attention"))?;
@@ -243,7 +243,7 @@ impl HfCausalLm {
                 Residual::PostNorm => layer.norm_2.forward(&m)?,
                 _ => m,
             };
-            if let (Residual::Parallel, Some(x_in), true) = (self.arch.residual, &x_in, taps.recording()) {
+            if let (Residual::Parallel, Some(x_in), true) = (self.arch.residual, &x_in, taps.keeping_streams()) {
                 parallel_mlp.push((x_in + &m)?);
             }
             let out = (&mid + m)?;
