@@ -42,6 +42,39 @@ fn host(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
 }
 
+/// A tensor's f32 values on the host: its own buffer when it is a
+/// contiguous f32 tensor on the CPU (a language model's logits are 200 MB a
+/// chunk), else a copy.
+enum HostF32<'a> {
+    Borrowed(Box<dyn std::ops::Deref<Target = candle_core::Storage> + 'a>, std::ops::Range<usize>),
+    Owned(Vec<f32>),
+}
+
+impl HostF32<'_> {
+    fn of(t: &Tensor) -> Result<HostF32<'_>> {
+        if t.dtype() == DType::F32 && t.is_contiguous() {
+            let (guard, layout) = t.storage_and_layout();
+            let start = layout.start_offset();
+            if let candle_core::Storage::Cpu(cpu) = &*guard {
+                if cpu.as_slice::<f32>().is_ok_and(|all| all.len() >= start + t.elem_count()) {
+                    return Ok(HostF32::Borrowed(Box::new(guard), start..start + t.elem_count()));
+                }
+            }
+        }
+        Ok(HostF32::Owned(host(t)?))
+    }
+
+    fn as_slice(&self) -> &[f32] {
+        match self {
+            HostF32::Borrowed(guard, range) => match &***guard {
+                candle_core::Storage::Cpu(cpu) => cpu.as_slice::<f32>().map_or(&[], |all| &all[range.clone()]),
+                _ => &[],
+            },
+            HostF32::Owned(v) => v,
+        }
+    }
+}
+
 /// What one pass over the probe collected besides the analyzers' own state.
 struct Pass {
     moments: Vec<PairedMoments>,
@@ -65,7 +98,11 @@ fn model_chunks<'a>(model: &'a Model, batches: &'a Batches, needs: Needs) -> imp
     batches.iter().map(move |item| {
         let (first, x) = item?;
         let b = x.dims()[0];
-        let (logits, recorded) = if wants_taps(needs) { model.forward_recorded_keeping(&x, needs.streams, needs.attention)? } else { (model.logits(&x)?, Default::default()) };
+        let (logits, recorded) = if wants_taps(needs) {
+            model.forward_recorded_keeping(&x, needs.streams, needs.attention)?
+        } else {
+            (model.logits(&x)?, Default::default())
+        };
         Ok((first, b, logits, recorded))
     })
 }
@@ -121,7 +158,8 @@ fn pass(
     for item in chunks {
         let (first, b, logits, recorded) = item?;
         let taps = &recorded.taps;
-        let logits = host(&logits)?;
+        let logits = HostF32::of(&logits)?;
+        let logits = logits.as_slice();
         let tap_chunks: Vec<TapChunk<'_>> = if needs.taps || needs.block_inputs {
             taps.iter().map(|t| TapChunk { input: t.input.as_ref().filter(|_| needs.block_inputs), z: &t.z, a: &t.a }).collect()
         } else {
@@ -130,7 +168,7 @@ fn pass(
         let chunk = Chunk {
             taps: &tap_chunks,
             samples: b,
-            logits: Matrix::new(b * per, info.num_classes, &logits),
+            logits: Matrix::new(b * per, info.num_classes, logits),
             labels: &labels[first * per..(first + b) * per],
             first,
             streams: if needs.streams { &recorded.streams } else { &[] },
@@ -151,7 +189,7 @@ fn pass(
             a.push(gram_rows(&t.a, tap)?);
         }
         if needs.variants {
-            out.scores.extend(Matrix::new(b * per, info.num_classes, &logits), &labels[first * per..(first + b) * per]);
+            out.scores.extend(Matrix::new(b * per, info.num_classes, logits), &labels[first * per..(first + b) * per]);
         }
     }
     Ok(out)
