@@ -50,18 +50,7 @@ pub const LM_PRESETS: &[&str] = &["gpt-char-small", "gpt-char-tiny"];
 
 /// nanoGPT's names of block `i`.
 pub fn block_names(i: usize) -> BlockNames {
-    BlockNames {
-        ln_1: format!("transformer.h.{i}.ln_1"),
-        qkv: format!("transformer.h.{i}.attn.c_attn"),
-        proj: format!("transformer.h.{i}.attn.c_proj"),
-        ln_2: format!("transformer.h.{i}.ln_2"),
-        fc: format!("transformer.h.{i}.mlp.c_fc"),
-        act: format!("transformer.h.{i}.mlp.act"),
-        fc_proj: format!("transformer.h.{i}.mlp.c_proj"),
-        attn: format!("transformer.h.{i}.attn"),
-        mlp: format!("transformer.h.{i}.mlp"),
-        block: format!("transformer.h.{i}"),
-    }
+    BlockNames::under(format!("transformer.h.{i}"), ["ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj"])
 }
 
 impl GptSpec {

@@ -19,10 +19,8 @@
 //! differences.
 
 use crate::nn::{
-    dropout, stream_map, token_dense, Activation, AttentionDesc, ExtraInit, ExtraTensor, Frame, LayerDesc, Layout, Start, TapDesc, Taps,
-    Weights,
+    dropout, stream_map, token_dense, Activation, AttentionDesc, ExtraInit, ExtraTensor, Frame, LayerDesc, Layout, Start, Taps, Weights,
 };
-use analyzers::LayerKind;
 use anyhow::Result;
 use candle_core::{Tensor, D};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -39,6 +37,28 @@ pub struct BlockNames {
     pub attn: String,
     pub mlp: String,
     pub block: String,
+}
+
+impl BlockNames {
+    /// The names of the block at module path `block`, whose modules are
+    /// `leaves` = [ln_1, qkv, proj, ln_2, fc, fc_proj] below it; the
+    /// attention is `<block>.attn`, the MLP `<block>.mlp` and its activation
+    /// `<block>.mlp.act` in both namings.
+    pub fn under(block: String, leaves: [&str; 6]) -> BlockNames {
+        let at = |leaf: &str| format!("{block}.{leaf}");
+        BlockNames {
+            ln_1: at(leaves[0]),
+            qkv: at(leaves[1]),
+            proj: at(leaves[2]),
+            ln_2: at(leaves[3]),
+            fc: at(leaves[4]),
+            act: at("mlp.act"),
+            fc_proj: at(leaves[5]),
+            attn: at("attn"),
+            mlp: at("mlp"),
+            block,
+        }
+    }
 }
 
 /// The sizes and switches of the blocks.
@@ -99,16 +119,7 @@ impl Shape {
             l.layers.push(dense(n.qkv.clone(), 3 * dim, dim));
             l.layers.push(dense(n.proj.clone(), dim, dim));
             self.norm(&mut l.extras, &n.ln_2);
-            let index = l.taps.len();
-            l.taps.push(TapDesc {
-                index,
-                layer_name: n.fc.clone(),
-                module_name: n.act.clone(),
-                layer_kind: LayerKind::Dense,
-                activation: frame.activation(index),
-                shape: vec![t, mlp_hidden],
-            });
-            l.layers.push(LayerDesc { tap: Some(index), ..dense(n.fc.clone(), mlp_hidden, dim) });
+            let index = l.push_tap(frame, dense(n.fc.clone(), mlp_hidden, dim), n.fc.clone(), n.act.clone(), vec![t, mlp_hidden]);
             l.layers.push(dense(n.fc_proj.clone(), dim, mlp_hidden));
             l.attention.push(AttentionDesc { name: n.attn.clone(), heads: self.heads, positions: t, causal: self.causal, tap: index });
             // Residual streams: 2i before block i, 2i + 1 after its attention, 2i + 2 after its MLP.

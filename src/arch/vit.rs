@@ -30,18 +30,7 @@ pub const PRESETS: &[&str] = &["vit-tiny", "vit-mini"];
 
 /// timm's names of block `i`.
 pub fn block_names(i: usize) -> BlockNames {
-    BlockNames {
-        ln_1: format!("blocks.{i}.norm1"),
-        qkv: format!("blocks.{i}.attn.qkv"),
-        proj: format!("blocks.{i}.attn.proj"),
-        ln_2: format!("blocks.{i}.norm2"),
-        fc: format!("blocks.{i}.mlp.fc1"),
-        act: format!("blocks.{i}.mlp.act"),
-        fc_proj: format!("blocks.{i}.mlp.fc2"),
-        attn: format!("blocks.{i}.attn"),
-        mlp: format!("blocks.{i}.mlp"),
-        block: format!("blocks.{i}"),
-    }
+    BlockNames::under(format!("blocks.{i}"), ["norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2"])
 }
 
 impl VitSpec {

@@ -23,8 +23,7 @@ mod model;
 
 pub use model::HfCausalLm;
 
-use crate::nn::{stream_map, token_dense, AttentionDesc, ExtraInit, ExtraTensor, Frame, LayerDesc, Layout, SizeGuard, TapDesc, Weights};
-use analyzers::LayerKind;
+use crate::nn::{stream_map, token_dense, AttentionDesc, ExtraInit, ExtraTensor, Frame, LayerDesc, Layout, SizeGuard, Weights};
 use serde::{Deserialize, Serialize};
 
 /// The model families lintrace reads, by `config.json`'s `model_type`.
@@ -340,7 +339,6 @@ impl HfArch {
     /// of `input_shape[0]` tokens.
     pub fn layout(&self, frame: &Frame) -> Layout {
         let t = frame.input_shape[0];
-        let activation = |l: usize| frame.activation(l);
         let dense = |name: String, out: usize, inp: usize, bias: bool| token_dense(name, out, inp, bias, t);
         let mut l = Layout::empty();
         let (dim, hidden) = (self.dim, self.mlp_hidden);
@@ -370,16 +368,7 @@ impl HfArch {
             }
             l.layers.push(dense(n.out.clone(), dim, self.heads * self.head_dim, self.attention_bias));
             self.norm_tensors(&n.norm_2, dim, &mut l.extras);
-            let index = l.taps.len();
-            l.taps.push(TapDesc {
-                index,
-                layer_name: n.fc.clone(),
-                module_name: n.act.clone(),
-                layer_kind: LayerKind::Dense,
-                activation: activation(index),
-                shape: vec![t, hidden],
-            });
-            l.layers.push(LayerDesc { tap: Some(index), ..dense(n.fc.clone(), hidden, dim, self.mlp_bias) });
+            let index = l.push_tap(frame, dense(n.fc.clone(), hidden, dim, self.mlp_bias), n.fc.clone(), n.act.clone(), vec![t, hidden]);
             if self.gated {
                 l.layers.push(dense(n.up.clone(), hidden, dim, self.mlp_bias));
             }
