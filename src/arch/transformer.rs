@@ -19,7 +19,8 @@
 //! differences.
 
 use crate::nn::{
-    dropout, stream_map, token_dense, Activation, AttentionDesc, ExtraInit, ExtraTensor, Frame, LayerDesc, Layout, Start, Taps, Weights,
+    dropout, ops, stream_map, token_dense, Activation, AttentionDesc, ExtraInit, ExtraTensor, Frame, LayerDesc, Layout, Start, Taps,
+    Weights,
 };
 use anyhow::Result;
 use candle_core::{Tensor, D};
@@ -181,20 +182,8 @@ impl LayerNorm {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = standardize(x, self.eps)?.broadcast_mul(&self.weight)?;
-        Ok(match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        })
+        Ok(ops::norm_differentiable(x, Some(&self.weight), self.bias.as_ref(), self.eps, false)?)
     }
-}
-
-/// (x − mean) / sqrt(var + eps) over the last dimension (biased variance,
-/// as PyTorch's LayerNorm), before any weight or bias.
-pub fn standardize(x: &Tensor, eps: f64) -> Result<Tensor> {
-    let xc = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
-    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-    Ok(xc.broadcast_div(&(var + eps)?.sqrt()?)?)
 }
 
 fn norm(n: &Option<LayerNorm>, x: &Tensor) -> Result<Tensor> {

@@ -12,12 +12,10 @@
 //! gradient here; training keeps candle's differentiable operations.
 
 use super::conv_cpu::contiguous_slice;
+use super::pool_cpu::par_map;
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-
-/// Chunk length for parallel elementwise loops.
-const PAR_CHUNK: usize = 1 << 14;
 
 #[derive(Debug, Clone, Copy)]
 pub enum Unary {
@@ -54,18 +52,9 @@ impl CustomOp1 for Unary {
         "unary-eval-cpu"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        fn map<T: Copy + Send + Sync + Default>(x: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
-            let mut y = vec![T::default(); x.len()];
-            y.par_chunks_mut(PAR_CHUNK).zip(x.par_chunks(PAR_CHUNK)).for_each(|(y, x)| {
-                for (y, &x) in y.iter_mut().zip(x) {
-                    *y = f(x);
-                }
-            });
-            y
-        }
         let out = match s {
-            CpuStorage::F32(_) => CpuStorage::F32(map(&contiguous_slice::<f32>(s, l)?, |v| self.f32(v))),
-            CpuStorage::F64(_) => CpuStorage::F64(map(&contiguous_slice::<f64>(s, l)?, |v| self.f64(v))),
+            CpuStorage::F32(_) => CpuStorage::F32(par_map(&contiguous_slice::<f32>(s, l)?, |v| self.f32(v))),
+            CpuStorage::F64(_) => CpuStorage::F64(par_map(&contiguous_slice::<f64>(s, l)?, |v| self.f64(v))),
             _ => bail!("f32 and f64 only, got {:?}", s.dtype()),
         };
         Ok((out, l.shape().clone()))

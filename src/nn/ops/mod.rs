@@ -171,6 +171,13 @@ pub fn norm(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f64
     if by_eval_cpu(x) && !weight.is_some_and(Tensor::track_op) && !bias.is_some_and(Tensor::track_op) {
         return eval_cpu::norm(x, eval_cpu::Norm { rms, eps, weight: params(weight)?, bias: params(bias)? });
     }
+    norm_differentiable(x, weight, bias, eps, rms)
+}
+
+/// [`norm`] as candle operations, differentiable: what training runs (the
+/// ViT's and GPT's LayerNorms always, since candle 0.11's fused LayerNorm has
+/// no backward), and every device but the CPU.
+pub fn norm_differentiable(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f64, rms: bool) -> Result<Tensor> {
     let x = if rms {
         x.broadcast_div(&(x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?)?
     } else {

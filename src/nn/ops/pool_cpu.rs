@@ -41,6 +41,18 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
 /// Chunk length for parallel elementwise loops.
 const PAR_CHUNK: usize = 1 << 14;
 
+/// `f` of every element, in parallel chunks (the elementwise kernels here
+/// and in `eval_cpu`).
+pub(super) fn par_map<T: Copy + Send + Sync + Default>(x: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
+    let mut y = vec![T::default(); x.len()];
+    y.par_chunks_mut(PAR_CHUNK).zip(x.par_chunks(PAR_CHUNK)).for_each(|(y, x)| {
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = f(x);
+        }
+    });
+    y
+}
+
 macro_rules! dispatch1 {
     ($s:expr, $l:expr, $f:ident $(, $arg:expr)*) => {
         match $s {
@@ -65,14 +77,8 @@ macro_rules! dispatch2 {
     };
 }
 
-fn relu_fwd<T: WithDType>(x: &[T]) -> Vec<T> {
-    let mut y = vec![T::zero(); x.len()];
-    y.par_chunks_mut(PAR_CHUNK).zip(x.par_chunks(PAR_CHUNK)).for_each(|(y, x)| {
-        for (y, &x) in y.iter_mut().zip(x) {
-            *y = if x > T::zero() { x } else { T::zero() };
-        }
-    });
-    y
+fn relu_fwd<T: WithDType + Default>(x: &[T]) -> Vec<T> {
+    par_map(x, |x| if x > T::zero() { x } else { T::zero() })
 }
 
 fn relu_bwd<T: WithDType>(g: &[T], y: &[T]) -> Vec<T> {
