@@ -286,7 +286,7 @@ fn sweep_main(a: &SweepArgs) -> Result<i32> {
 }
 
 /// Flags that steer this process rather than set a config key.
-const PROCESS_FLAGS: &[&str] = &["command", "config", "overwrite", "resume", "device", "quiet", "print_config"];
+const PROCESS_FLAGS: &[&str] = &["config", "overwrite", "resume", "device", "quiet", "print_config"];
 
 /// A flag's text as its key reads it: the spellings these flags have
 /// always accepted beside the config file's (`kaiming_normal`, `A`).
@@ -330,12 +330,7 @@ fn flag_value(flag: &str, raw: &str, example: &serde_json::Value) -> Result<toml
 /// file's keys; a new key needs only its flag.
 fn resolve(a: &Args, m: &clap::ArgMatches) -> Result<TrainConfig> {
     let mut table = match &a.config {
-        Some(p) => {
-            // The file alone first, so that its errors name it.
-            TrainConfig::from_toml_file(p)?;
-            let text = std::fs::read_to_string(p).with_context(|| format!("{}: cannot read config", p.display()))?;
-            lintrace::config::parse_toml(&text).with_context(|| format!("{}", p.display()))?
-        }
+        Some(p) => TrainConfig::table_from_file(p)?,
         None => toml::Table::new(),
     };
     let example = TrainConfig::example();

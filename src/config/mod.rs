@@ -189,10 +189,14 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
-    /// Defaults overlaid with a TOML file; unknown keys are an error.
-    pub fn from_toml_file(path: &Path) -> Result<Self> {
+    /// The keys of a TOML config file, checked as a config on their own
+    /// (unknown keys and bad values are errors naming the file), for
+    /// overlaying with more keys (`lintrace-train`'s flags).
+    pub fn table_from_file(path: &Path) -> Result<toml::Table> {
         let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read config", path.display()))?;
-        Self::from_toml(&text).with_context(|| format!("{}", path.display()))
+        let table = parse_toml(&text).with_context(|| format!("{}", path.display()))?;
+        Self::from_table(table.clone()).with_context(|| format!("{}", path.display()))?;
+        Ok(table)
     }
 
     pub fn from_toml(text: &str) -> Result<Self> {
@@ -370,13 +374,14 @@ impl TrainConfig {
             })));
         }
         let name = self.model.as_str();
-        if GptSpec::preset(name, 2).is_none() {
+        let family = presets::family(name);
+        if !matches!(family, Some(presets::Family::ModAdd | presets::Family::CharGpt)) {
             return Ok(None);
         }
         if self.patch.is_some() {
             bail!("patch applies to ViTs only");
         }
-        let vocab = match presets::family(name) {
+        let vocab = match family {
             Some(presets::Family::ModAdd) => {
                 vocab.ok_or_else(|| anyhow::anyhow!("model '{name}' needs token data (--dataset modular-addition)"))?
             }
@@ -384,7 +389,7 @@ impl TrainConfig {
                 .filter(|_| self.data.dataset == "text")
                 .ok_or_else(|| anyhow::anyhow!("model '{name}' is a language model: it needs --dataset text"))?,
         };
-        let g = GptSpec::preset(name, vocab).expect("checked above");
+        let g = GptSpec::preset(name, vocab).context(format!("model '{name}': a GPT preset arch/gpt.rs does not build"))?;
         Ok(Some(Arch::Gpt(GptSpec {
             dim: pick(self.dim, g.dim),
             depth: pick(self.blocks, g.depth),
