@@ -223,12 +223,7 @@ impl Sweep {
 
     /// Reads `DIR/sweep.json`.
     pub fn load(dir: &Path) -> Result<Sweep> {
-        let path = dir.join(SWEEP_FILE);
-        let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
-        let mut sweep: Sweep = serde_json::from_str(&text).with_context(|| format!("{}: malformed sweep file", path.display()))?;
-        if sweep.format_version != FORMAT_VERSION {
-            bail!("{}: sweep format {} is not supported (this lintrace reads {FORMAT_VERSION})", path.display(), sweep.format_version);
-        }
+        let mut sweep: Sweep = crate::layout::read_sweep_file(dir, |s: &Sweep| s.format_version)?;
         sweep.dir = dir.to_path_buf();
         // The folder may have moved (another mount point on a cluster).
         for r in &mut sweep.runs {

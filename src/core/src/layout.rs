@@ -53,16 +53,20 @@ pub struct AxisKeys {
 
 impl SweepHeader {
     pub fn load(dir: &Path) -> Result<SweepHeader> {
-        let path = dir.join(SWEEP_FILE);
-        let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
-        let header: SweepHeader = serde_json::from_str(&text).with_context(|| format!("{}: malformed sweep file", path.display()))?;
-        if header.format_version != SWEEP_FORMAT_VERSION {
-            bail!(
-                "{}: sweep format {} is not supported (this lintrace reads {SWEEP_FORMAT_VERSION})",
-                path.display(),
-                header.format_version
-            );
-        }
-        Ok(header)
+        read_sweep_file(dir, |h: &SweepHeader| h.format_version)
     }
+}
+
+/// `dir`'s [`SWEEP_FILE`] read as `T` (the whole sweep, or its header),
+/// refused in one line naming the file when it is unreadable, malformed or
+/// of another format version (`version` reads it from `T`).
+pub fn read_sweep_file<T: serde::de::DeserializeOwned>(dir: &Path, version: impl Fn(&T) -> u32) -> Result<T> {
+    let path = dir.join(SWEEP_FILE);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let value: T = serde_json::from_str(&text).with_context(|| format!("{}: malformed sweep file", path.display()))?;
+    let found = version(&value);
+    if found != SWEEP_FORMAT_VERSION {
+        bail!("{}: sweep format {found} is not supported (this lintrace reads {SWEEP_FORMAT_VERSION})", path.display());
+    }
+    Ok(value)
 }
