@@ -597,8 +597,7 @@ impl Target {
         if !dev.is_cpu() {
             return default;
         }
-        let logits = self.spec.as_ref().map_or(0, |s| (s.predictions_per_sample() * s.num_classes) as u64 * 4 * 2);
-        let per_sample = self.memory_estimate(1, needs).saturating_sub(self.memory_estimate(0, needs)) + logits;
+        let per_sample = self.memory_estimate(1, needs).saturating_sub(self.memory_estimate(0, needs));
         let positions = self.spec.as_ref().map_or(1, |s| s.predictions_per_sample()).max(1);
         crate::batches::chunk_within(CHUNK_BUDGET, per_sample, positions, default)
     }
@@ -655,7 +654,10 @@ impl Target {
         let attention: u64 = info.attention.iter().map(|a| (a.heads * a.positions * a.positions) as u64).sum();
         let attention = if needs.attention { chunk as u64 * attention * 4 * 3 } else { 0 };
         let streams = if needs.streams { stream_values * chunk as u64 * 4 } else { 0 };
-        params + activations + state + grams + blocks + attention + streams + (self.probe.inputs.len() as u64 * 4)
+        // A chunk's logits, on the device and on the host (a language
+        // model's are a vocabulary wide at every position).
+        let logits = self.spec.as_ref().map_or(0, |s| (s.predictions_per_sample() * s.num_classes) as u64) * chunk as u64 * 4 * 2;
+        params + activations + state + grams + blocks + attention + streams + logits + (self.probe.inputs.len() as u64 * 4)
     }
 
     /// Writes this run's row of the `runs` table, with its final model
