@@ -107,12 +107,14 @@ impl CnnSpec {
             .collect();
         Some(CnnSpec { conv, kernel_size: 3, dense: vec![4096, 4096], batch_norm, adaptive_pool: Some(7), dropout: Some(0.5) })
     }
+}
 
-    pub fn num_taps(&self) -> usize {
+impl super::ArchSpec for CnnSpec {
+    fn num_taps(&self) -> usize {
         self.conv.iter().filter(|c| matches!(c, ConvItem::Conv(_))).count() + self.dense.len()
     }
 
-    pub fn validate(&self, frame: &Frame) -> Result<(), String> {
+    fn validate(&self, frame: &Frame) -> Result<(), String> {
         let input = &frame.input_shape;
         if input.len() != 3 {
             return Err(format!("a cnn needs input_shape [channels, height, width], got {input:?}"));
@@ -142,7 +144,7 @@ impl CnnSpec {
         Ok(())
     }
 
-    pub fn check_sizes(&self, frame: &Frame, guard: &mut SizeGuard) -> Result<(), String> {
+    fn check_sizes(&self, frame: &Frame, guard: &mut SizeGuard) -> Result<(), String> {
         let mul = SizeGuard::mul;
         let input = &frame.input_shape;
         let (mut c, mut h, mut w) = (input[0] as u64, input[1], input[2]);
@@ -167,7 +169,7 @@ impl CnnSpec {
         guard.dense(flat, &self.dense, frame.num_classes)
     }
 
-    pub fn layout(&self, frame: &Frame) -> Layout {
+    fn layout(&self, frame: &Frame) -> Layout {
         let mut l = Layout::empty();
         let input = &frame.input_shape;
         let (mut c, mut h, mut w) = (input[0], input[1], input[2]);

@@ -8,7 +8,7 @@
 //! LayerNorm eps 1e-5.
 
 use super::transformer::{BlockNames, Embed, Shape, Transformer};
-use crate::nn::{ExtraInit, ExtraTensor, Frame, Layout, SizeGuard, Weights};
+use crate::nn::{ExtraInit, ExtraTensor, Frame, Layout, Weights};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
@@ -109,11 +109,21 @@ impl GptSpec {
         }
     }
 
-    pub fn num_taps(&self) -> usize {
+    pub fn model(&self, frame: &Frame, w: &mut Weights) -> Result<Transformer> {
+        let (t, dim) = (frame.input_shape[0], self.dim);
+        let embed =
+            Embed::Tokens { wte: w.take("transformer.wte.weight", &[self.vocab, dim])?, wpe: w.take("transformer.wpe.weight", &[t, dim])? };
+        let head = (!self.tied).then_some(("lm_head", false));
+        Transformer::new(&self.shape(), frame, block_names, embed, "transformer.ln_f", head, w)
+    }
+}
+
+impl super::ArchSpec for GptSpec {
+    fn num_taps(&self) -> usize {
         self.depth
     }
 
-    pub fn validate(&self, frame: &Frame) -> Result<(), String> {
+    fn validate(&self, frame: &Frame) -> Result<(), String> {
         self.shape().validate()?;
         let (vocab, classes) = (self.vocab, frame.num_classes);
         if self.lm && classes != vocab {
@@ -131,11 +141,7 @@ impl GptSpec {
         Ok(())
     }
 
-    pub fn check_sizes(&self, frame: &Frame, guard: &mut SizeGuard) -> Result<(), String> {
-        guard.layout(&self.layout(frame))
-    }
-
-    pub fn layout(&self, frame: &Frame) -> Layout {
+    fn layout(&self, frame: &Frame) -> Layout {
         let (shape, t, dim) = (self.shape(), frame.input_shape[0], self.dim);
         let mut l = Layout::empty();
         let embedding = |name: &str, rows: usize| ExtraTensor {
@@ -153,13 +159,5 @@ impl GptSpec {
             l.layers.push(shape.head("lm_head", frame.num_classes, false));
         }
         l
-    }
-
-    pub fn model(&self, frame: &Frame, w: &mut Weights) -> Result<Transformer> {
-        let (t, dim) = (frame.input_shape[0], self.dim);
-        let embed =
-            Embed::Tokens { wte: w.take("transformer.wte.weight", &[self.vocab, dim])?, wpe: w.take("transformer.wpe.weight", &[t, dim])? };
-        let head = (!self.tied).then_some(("lm_head", false));
-        Transformer::new(&self.shape(), frame, block_names, embed, "transformer.ln_f", head, w)
     }
 }

@@ -19,23 +19,25 @@ impl MlpSpec {
     pub fn preset(width: usize, depth: usize) -> MlpSpec {
         MlpSpec { hidden: vec![width; depth] }
     }
+}
 
-    pub fn num_taps(&self) -> usize {
+impl super::ArchSpec for MlpSpec {
+    fn num_taps(&self) -> usize {
         self.hidden.len()
     }
 
-    pub fn validate(&self, _frame: &Frame) -> Result<(), String> {
+    fn validate(&self, _frame: &Frame) -> Result<(), String> {
         if self.hidden.contains(&0) {
             return Err("mlp hidden widths must be positive".into());
         }
         Ok(())
     }
 
-    pub fn check_sizes(&self, frame: &Frame, guard: &mut SizeGuard) -> Result<(), String> {
+    fn check_sizes(&self, frame: &Frame, guard: &mut SizeGuard) -> Result<(), String> {
         guard.dense(SizeGuard::elements(&frame.input_shape, "input_shape")?, &self.hidden, frame.num_classes)
     }
 
-    pub fn layout(&self, frame: &Frame) -> Layout {
+    fn layout(&self, frame: &Frame) -> Layout {
         let mut l = Layout::empty();
         let mut prev = frame.input_len();
         for (i, &w) in self.hidden.iter().enumerate() {

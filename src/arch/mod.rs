@@ -19,3 +19,26 @@ pub mod mlp;
 pub mod resnet;
 pub mod transformer;
 pub mod vit;
+
+use crate::nn::{Frame, Layout, SizeGuard};
+
+/// What the spec asks of every architecture's fields (`spec::Arch`
+/// dispatches to it).
+pub trait ArchSpec {
+    /// The taps the fields describe (saturating: counted before validation).
+    fn num_taps(&self) -> usize;
+
+    /// The architecture's own rules. They bound its depth and widths, so
+    /// that `layout`'s arithmetic cannot overflow.
+    fn validate(&self, frame: &Frame) -> Result<(), String>;
+
+    /// The sizes the fields ask for, checked before anything is allocated:
+    /// by default those of the layout, which `validate` made safe to walk.
+    fn check_sizes(&self, frame: &Frame, guard: &mut SizeGuard) -> Result<(), String> {
+        guard.layout(&self.layout(frame))
+    }
+
+    /// Every layer, tap, block, attention layer and other tensor, in forward
+    /// order and with their checkpoint names.
+    fn layout(&self, frame: &Frame) -> Layout;
+}

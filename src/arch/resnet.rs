@@ -15,8 +15,7 @@
 //! taps record it ([`crate::nn::TapValues::skip`]) and [`Start::Tap`] carries it.
 
 use crate::nn::{
-    batch_norm, block, conv_out, current, dense, ops, Activation, Dense, Frame, LayerDesc, Layout, ResidualBlockDesc, SizeGuard, Start,
-    Taps, Weights,
+    batch_norm, block, conv_out, current, dense, ops, Activation, Dense, Frame, LayerDesc, Layout, ResidualBlockDesc, Start, Taps, Weights,
 };
 use analyzers::LayerKind;
 use anyhow::{Context, Result};
@@ -117,8 +116,10 @@ impl ResnetSpec {
             _ => return None,
         })
     }
+}
 
-    pub fn num_taps(&self) -> usize {
+impl super::ArchSpec for ResnetSpec {
+    fn num_taps(&self) -> usize {
         let per_block = match self.block {
             ResBlock::Basic => 2,
             ResBlock::Bottleneck => 3,
@@ -126,7 +127,7 @@ impl ResnetSpec {
         1 + self.stages.iter().fold(0usize, |a, &n| a.saturating_add(n)).saturating_mul(per_block)
     }
 
-    pub fn validate(&self, frame: &Frame) -> Result<(), String> {
+    fn validate(&self, frame: &Frame) -> Result<(), String> {
         let ResnetSpec { block, stages, widths, stem_width, shortcut, .. } = self;
         if frame.input_shape.len() != 3 {
             return Err(format!("a resnet needs input_shape [channels, height, width], got {:?}", frame.input_shape));
@@ -159,14 +160,10 @@ impl ResnetSpec {
         Ok(())
     }
 
-    pub fn check_sizes(&self, frame: &Frame, guard: &mut SizeGuard) -> Result<(), String> {
-        guard.layout(&self.layout(frame))
-    }
-
     /// The convolutions in forward order (torchvision's order within a
     /// block: conv1, conv2, [conv3], downsample.0), each feeding a tap except
     /// projection shortcuts, then `fc`; and the residual blocks.
-    pub fn layout(&self, frame: &Frame) -> Layout {
+    fn layout(&self, frame: &Frame) -> Layout {
         let ResnetSpec { block, stages, widths, stem, stem_width, shortcut } = self;
         let conv = |name: String, out: usize, inp: &[usize], k: usize, stride: usize, padding: usize, norm: String| LayerDesc {
             name,

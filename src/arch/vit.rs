@@ -7,7 +7,7 @@
 //! class token. LayerNorm eps 1e-6 (timm's), biases everywhere.
 
 use super::transformer::{BlockNames, Embed, Shape, Transformer};
-use crate::nn::{ExtraInit, ExtraTensor, Frame, LayerDesc, Layout, SizeGuard, Weights};
+use crate::nn::{ExtraInit, ExtraTensor, Frame, LayerDesc, Layout, Weights};
 use analyzers::LayerKind;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -61,16 +61,30 @@ impl VitSpec {
         }
     }
 
-    pub fn num_taps(&self) -> usize {
-        self.depth
-    }
-
     /// The patches plus the class token.
     pub fn positions(&self, frame: &Frame) -> usize {
         (frame.input_shape[1] / self.patch) * (frame.input_shape[2] / self.patch) + 1
     }
 
-    pub fn validate(&self, frame: &Frame) -> Result<(), String> {
+    pub fn model(&self, frame: &Frame, w: &mut Weights) -> Result<Transformer> {
+        let (t, dim, patch, c) = (self.positions(frame), self.dim, self.patch, frame.input_shape[0]);
+        let embed = Embed::Patches {
+            weight: w.take("patch_embed.proj.weight", &[dim, c, patch, patch])?.reshape((dim, c * patch * patch))?,
+            bias: w.take("patch_embed.proj.bias", &[dim])?,
+            patch,
+            cls: w.take("cls_token", &[1, 1, dim])?,
+            pos: w.take("pos_embed", &[1, t, dim])?,
+        };
+        Transformer::new(&self.shape(), frame, block_names, embed, "norm", Some(("head", true)), w)
+    }
+}
+
+impl super::ArchSpec for VitSpec {
+    fn num_taps(&self) -> usize {
+        self.depth
+    }
+
+    fn validate(&self, frame: &Frame) -> Result<(), String> {
         self.shape().validate()?;
         let patch = self.patch;
         if frame.input_shape.len() != 3 {
@@ -86,11 +100,7 @@ impl VitSpec {
         Ok(())
     }
 
-    pub fn check_sizes(&self, frame: &Frame, guard: &mut SizeGuard) -> Result<(), String> {
-        guard.layout(&self.layout(frame))
-    }
-
-    pub fn layout(&self, frame: &Frame) -> Layout {
+    fn layout(&self, frame: &Frame) -> Layout {
         let (shape, t, dim, patch) = (self.shape(), self.positions(frame), self.dim, self.patch);
         let mut l = Layout::empty();
         l.layers.push(LayerDesc {
@@ -111,17 +121,5 @@ impl VitSpec {
         shape.norm(&mut l.extras, "norm");
         l.layers.push(shape.head("head", frame.num_classes, true));
         l
-    }
-
-    pub fn model(&self, frame: &Frame, w: &mut Weights) -> Result<Transformer> {
-        let (t, dim, patch, c) = (self.positions(frame), self.dim, self.patch, frame.input_shape[0]);
-        let embed = Embed::Patches {
-            weight: w.take("patch_embed.proj.weight", &[dim, c, patch, patch])?.reshape((dim, c * patch * patch))?,
-            bias: w.take("patch_embed.proj.bias", &[dim])?,
-            patch,
-            cls: w.take("cls_token", &[1, 1, dim])?,
-            pos: w.take("pos_embed", &[1, t, dim])?,
-        };
-        Transformer::new(&self.shape(), frame, block_names, embed, "norm", Some(("head", true)), w)
     }
 }

@@ -20,6 +20,7 @@ pub use crate::nn::{
     MAX_ELEMENTS,
 };
 
+use crate::arch::ArchSpec;
 use crate::nn::SizeGuard;
 use analyzers::LayerKind;
 use serde::{Deserialize, Serialize};
@@ -50,47 +51,15 @@ impl Arch {
         ResnetSpec::preset(name).map(Arch::Resnet).or_else(|| CnnSpec::preset(name).map(Arch::Cnn))
     }
 
-    fn num_taps(&self) -> usize {
+    /// The architecture's own fields.
+    fn fields(&self) -> &dyn ArchSpec {
         match self {
-            Arch::Mlp(a) => a.num_taps(),
-            Arch::Cnn(a) => a.num_taps(),
-            Arch::Resnet(a) => a.num_taps(),
-            Arch::Vit(a) => a.num_taps(),
-            Arch::Gpt(a) => a.num_taps(),
-            Arch::HfCausalLm(a) => a.num_taps(),
-        }
-    }
-
-    fn validate(&self, frame: &Frame) -> Result<(), String> {
-        match self {
-            Arch::Mlp(a) => a.validate(frame),
-            Arch::Cnn(a) => a.validate(frame),
-            Arch::Resnet(a) => a.validate(frame),
-            Arch::Vit(a) => a.validate(frame),
-            Arch::Gpt(a) => a.validate(frame),
-            Arch::HfCausalLm(a) => a.validate(frame),
-        }
-    }
-
-    fn check_sizes(&self, frame: &Frame, guard: &mut SizeGuard) -> Result<(), String> {
-        match self {
-            Arch::Mlp(a) => a.check_sizes(frame, guard),
-            Arch::Cnn(a) => a.check_sizes(frame, guard),
-            Arch::Resnet(a) => a.check_sizes(frame, guard),
-            Arch::Vit(a) => a.check_sizes(frame, guard),
-            Arch::Gpt(a) => a.check_sizes(frame, guard),
-            Arch::HfCausalLm(a) => a.check_sizes(frame, guard),
-        }
-    }
-
-    fn layout(&self, frame: &Frame) -> Layout {
-        match self {
-            Arch::Mlp(a) => a.layout(frame),
-            Arch::Cnn(a) => a.layout(frame),
-            Arch::Resnet(a) => a.layout(frame),
-            Arch::Vit(a) => a.layout(frame),
-            Arch::Gpt(a) => a.layout(frame),
-            Arch::HfCausalLm(a) => a.layout(frame),
+            Arch::Mlp(a) => a,
+            Arch::Cnn(a) => a,
+            Arch::Resnet(a) => a,
+            Arch::Vit(a) => a,
+            Arch::Gpt(a) => a,
+            Arch::HfCausalLm(a) => a,
         }
     }
 }
@@ -175,7 +144,7 @@ impl ModelSpec {
         // The architecture's own rules first: they bound its depth, so the
         // taps counted next (and the frame's list of activations) are small.
         let bare = self.frame_without_activations();
-        self.arch.validate(&bare)?;
+        self.arch.fields().validate(&bare)?;
         let taps = self.num_taps();
         if let Some(list) = &self.tap_activations {
             if list.len() != taps {
@@ -189,11 +158,11 @@ impl ModelSpec {
             return Err("leaky_relu_slope must be finite".into());
         }
         // Before anything is allocated or multiplied unchecked.
-        self.arch.check_sizes(&self.frame(), &mut SizeGuard::default())
+        self.arch.fields().check_sizes(&self.frame(), &mut SizeGuard::default())
     }
 
     pub fn num_taps(&self) -> usize {
-        self.arch.num_taps()
+        self.arch.fields().num_taps()
     }
 
     pub fn input_len(&self) -> usize {
@@ -213,7 +182,7 @@ impl ModelSpec {
 
     /// Everything the architecture's walk yields.
     pub fn layout(&self) -> Layout {
-        self.arch.layout(&self.frame())
+        self.arch.fields().layout(&self.frame())
     }
 
     /// Every affine layer in forward order, with PyTorch module names.

@@ -23,7 +23,7 @@ mod model;
 
 pub use model::HfCausalLm;
 
-use crate::nn::{stream_map, token_dense, AttentionDesc, ExtraInit, ExtraTensor, Frame, LayerDesc, Layout, SizeGuard, Weights};
+use crate::nn::{stream_map, token_dense, AttentionDesc, ExtraInit, ExtraTensor, Frame, LayerDesc, Layout, Weights};
 use serde::{Deserialize, Serialize};
 
 /// The model families lintrace reads, by `config.json`'s `model_type`.
@@ -311,12 +311,18 @@ impl HfArch {
         }
     }
 
-    pub fn num_taps(&self) -> usize {
+    pub fn model(&self, frame: &Frame, w: &mut Weights) -> anyhow::Result<HfCausalLm> {
+        HfCausalLm::new(self, frame, w)
+    }
+}
+
+impl crate::arch::ArchSpec for HfArch {
+    fn num_taps(&self) -> usize {
         self.depth
     }
 
     /// A language model over windows of `input_shape` [context] tokens.
-    pub fn validate(&self, frame: &Frame) -> Result<(), String> {
+    fn validate(&self, frame: &Frame) -> Result<(), String> {
         if frame.input_shape.len() != 1 {
             return Err(format!("a language model needs input_shape [context], got {:?}", frame.input_shape));
         }
@@ -327,17 +333,9 @@ impl HfArch {
         Ok(())
     }
 
-    pub fn check_sizes(&self, frame: &Frame, guard: &mut SizeGuard) -> Result<(), String> {
-        guard.layout(&self.layout(frame))
-    }
-
-    pub fn model(&self, frame: &Frame, w: &mut Weights) -> anyhow::Result<HfCausalLm> {
-        HfCausalLm::new(self, frame, w)
-    }
-
     /// Every layer, tap, tensor, sublayer and attention layer at a context
     /// of `input_shape[0]` tokens.
-    pub fn layout(&self, frame: &Frame) -> Layout {
+    fn layout(&self, frame: &Frame) -> Layout {
         let t = frame.input_shape[0];
         let dense = |name: String, out: usize, inp: usize, bias: bool| token_dense(name, out, inp, bias, t);
         let mut l = Layout::empty();
