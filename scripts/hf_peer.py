@@ -167,8 +167,9 @@ def host(t):
 
 
 class Capture:
-    def __init__(self, model):
+    def __init__(self, model, full=False):
         self.layers = decoder_layers(model)
+        self.full = full
         self.buf = {}
         self.hooks = []
         for i, layer in enumerate(self.layers):
@@ -176,6 +177,24 @@ class Capture:
             self.hooks.append(act.register_forward_hook(self._act(i)))
             self.hooks.append(attn.register_forward_hook(self._attn(i)))
             self.hooks.append(layer.register_forward_hook(self._stream(i)))
+            if full:
+                # For the block fits: the layer's input stream, its attention's
+                # output, the MLP's input (the tap's affine layer's input) and
+                # the MLP's output.
+                self.hooks.append(layer.register_forward_pre_hook(self._layer_in(i), with_kwargs=True))
+                self.hooks.append(layer.mlp.register_forward_hook(self._mlp(i)))
+
+    def _layer_in(self, i):
+        def h(mod, args, kwargs):
+            x = args[0] if args else kwargs["hidden_states"]
+            self.buf[("x", i)] = host(x)
+        return h
+
+    def _mlp(self, i):
+        def h(mod, inp, out):
+            self.buf[("u", i)] = host(inp[0])
+            self.buf[("m", i)] = host(out)
+        return h
 
     def _act(self, i):
         def h(mod, inp, out):
@@ -188,6 +207,8 @@ class Capture:
             if not (isinstance(out, tuple) and len(out) > 1 and out[1] is not None):
                 raise SystemExit("the attention module returned no weights (eager attention needed)")
             self.buf[("attn", i)] = host(out[1])
+            if self.full:
+                self.buf[("att_out", i)] = host(out[0])
         return h
 
     def _stream(self, i):
@@ -213,8 +234,10 @@ class UnitMoments:
         self.n = 0
 
     def add(self, z, a):
-        z = z.reshape(-1, z.shape[-1]).astype(np.float64)
-        a32 = a.reshape(-1, a.shape[-1])
+        # A unit is one feature at one position, fitted over the windows
+        # (docs/metrics.md, "Sequence models"), as lintrace's taps are.
+        z = z.reshape(z.shape[0], -1).astype(np.float64)
+        a32 = a.reshape(a.shape[0], -1)
         a = a32.astype(np.float64)
         nb = z.shape[0]
         mz, ma = z.mean(axis=0), a.mean(axis=0)
@@ -255,6 +278,13 @@ class UnitMoments:
                 "mean_unit_r2": mean_r2,
                 "one_minus_mean_r2": None if mean_r2 is None else 1.0 - mean_r2,
                 "n_units_varying": nvar, "n_units": int(len(varies))}
+
+    def surrogate(self):
+        """alpha, beta per unit (least squares; alpha = 0 where z is constant)."""
+        pos = self.m2z > 0
+        alpha = np.zeros_like(self.m2z)
+        alpha[pos] = self.cza[pos] / self.m2z[pos]
+        return alpha, self.ma - alpha * self.mz
 
 
 class AttentionStats:
@@ -306,27 +336,214 @@ class Perf:
                 "accuracy": self.correct / self.n if self.n else None, "n_tokens": self.n}
 
 
+# ----------------------------------------------------------------- every analyzer (--all)
+# lintrace's constants (analyzers/src/linear_fit.rs, linearized_agreement.rs).
+MAX_ROWS = 65_536
+RIDGE = 1e-6
+PREFIX_THRESHOLD = 0.95
+
+
+def rows_of(t):
+    """[b, T, d] -> [b * T, d]: one row per (window, position)."""
+    return t.reshape(-1, t.shape[-1])
+
+
+def ridge_fit(X, Y, residual):
+    """lintrace's block fit: centred ridge least squares from X to Y in f64,
+    lambda = RIDGE tr(G) / p; with `residual`, the score of the residual
+    stream map (Razzhigaev et al.): 1 - (RSS/TSS) / (2 - 2 tr(C) / sqrt(tr(G) TSS))."""
+    rows, p = X.shape
+    if rows <= p:
+        return None
+    X = X.astype(np.float64)
+    Y = Y.astype(np.float64)
+    X -= X.mean(axis=0)
+    Y -= Y.mean(axis=0)
+    G = X.T @ X
+    C = X.T @ Y
+    tss = float(np.einsum("ij,ij->", Y, Y))
+    out = {"n_rows": rows, "n_features": p, "nonlinearity": None, "linearity_score": None,
+           "linearity_score_residual": None}
+    if not tss > 0:
+        return out
+    tr = float(np.trace(G))
+    if tr > 0:
+        B = np.linalg.solve(G + (RIDGE * tr / p) * np.eye(p), C)
+        rss = tss - 2.0 * float(np.sum(B * C)) + float(np.sum(B * (G @ B)))
+        rss = min(max(rss, 0.0), tss)
+    else:
+        rss = tss
+    nl = rss / tss
+    out.update(nonlinearity=nl, linearity_score=1.0 - nl)
+    if residual and tr > 0:
+        t2 = 2.0 - 2.0 * float(np.trace(C)) / np.sqrt(tr * tss)
+        out["linearity_score_residual"] = 1.0 - nl / t2 if t2 > 1e-12 else None
+    return out
+
+
+def centred_second_moment(A):
+    """(X_c, M): the centred f64 rows and the smaller of X_c^T X_c and X_c X_c^T."""
+    Xc = A.astype(np.float64)
+    Xc -= Xc.mean(axis=0)
+    return Xc, (Xc.T @ Xc if Xc.shape[0] > Xc.shape[1] else Xc @ Xc.T)
+
+
+def effective_rank(M, n):
+    """exp(entropy) of the normalised singular values, from the eigenvalues
+    of M, with lintrace's floor for what the Gram route resolves."""
+    ev = np.linalg.eigvalsh(M)
+    s = np.sqrt(np.maximum(ev, 0.0))
+    mx = float(s.max()) if s.size else 0.0
+    if mx <= 0:
+        return None
+    tol = max(np.sqrt(max(n, M.shape[0]) * np.finfo(np.float64).eps), 1e-12)
+    kept = s[s > tol * mx]
+    p = kept / kept.sum()
+    return float(np.exp(-np.sum(p * np.log(p))))
+
+
+def cka(Xc, Mx, Yc, My):
+    """Linear CKA of two centred representations of the same rows."""
+    if Yc is Xc:
+        return 1.0 if float(np.sum(Mx * Mx)) > 0 else None
+    xy = float(np.sum((Xc.T @ Yc) ** 2))
+    den = np.sqrt(float(np.sum(Mx * Mx)) * float(np.sum(My * My)))
+    return xy / den if den > 0 and np.isfinite(den) else None
+
+
+def fc_weight(layer):
+    """The weight [out, in] of the affine layer feeding the tap."""
+    mlp = layer.mlp
+    for name in ("dense_h_to_4h", "gate_proj", "c_fc", "fc_in"):
+        if hasattr(mlp, name):
+            w = getattr(mlp, name).weight.detach().to(torch.float64).numpy()
+            return w.T if name == "c_fc" else w  # GPT-2's Conv1D is [in, out]
+    raise SystemExit(f"no MLP input layer in {type(mlp).__name__}")
+
+
+def weight_metrics(w, w0):
+    fro = float(np.linalg.norm(w))
+    sn = float(np.linalg.svd(w, compute_uv=False)[0])
+    n0 = float(np.linalg.norm(w0))
+    return {"frobenius_norm": fro, "spectral_norm": sn, "stable_rank": fro * fro / (sn * sn) if sn > 0 else None,
+            "rel_dist_from_init": float(np.linalg.norm(w - w0)) / n0 if n0 > 0 else None}
+
+
+def entropy_bits(*cols):
+    _, c = np.unique(np.stack(cols, axis=1), axis=0, return_counts=True)
+    p = c / c.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+def mu_bits(f, s, y):
+    """Plug-in I(F;Y) - I(F;Y|S) in bits, from the non-empty cells only
+    (a 50,000-token vocabulary has no dense K^3 table)."""
+    i_fy = entropy_bits(f) + entropy_bits(y) - entropy_bits(f, y)
+    i_fy_s = entropy_bits(f, s) + entropy_bits(y, s) - entropy_bits(f, y, s) - entropy_bits(s)
+    return i_fy - i_fy_s
+
+
+def row_scores(logits, labels, mask):
+    """(argmax, cross-entropy in f64) of every scored position of a chunk."""
+    lg = logits.reshape(-1, logits.shape[-1])
+    keep = torch.from_numpy(mask.reshape(-1))
+    lg = lg[keep]
+    yy = torch.from_numpy(labels.reshape(-1))[keep]
+    lp = torch.log_softmax(lg.to(torch.float64), dim=-1)
+    return lg.argmax(dim=-1).numpy(), (-lp.gather(1, yy[:, None])[:, 0]).numpy()
+
+
+def variant_scores(model, layers, x, y, mask, chunk, surrogates, replaced):
+    """The network with the MLP activations of `replaced` swapped for each
+    unit's affine fit: full forward passes, as forward hooks do it."""
+    hooks = []
+    for i in replaced:
+        act, _ = layer_parts(layers[i])
+        alpha, beta = surrogates[i]
+
+        def h(mod, inp, out, alpha=alpha, beta=beta):
+            return inp[0] * alpha + beta
+        hooks.append(act.register_forward_hook(h))
+    try:
+        fs, ces = [], []
+        for lo in range(0, x.shape[0], chunk):
+            hi = min(lo + chunk, x.shape[0])
+            with torch.no_grad():
+                logits = model(input_ids=torch.from_numpy(x[lo:hi]), use_cache=False).logits
+                f, ce = row_scores(logits, y[lo:hi], mask[lo:hi])
+            fs.append(f)
+            ces.append(ce)
+        return np.concatenate(fs), np.concatenate(ces)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def linearized_agreement(model, layers, x, y, mask, chunk, surrogates, base):
+    """Every single / prefix / suffix variant, as lintrace's analyzer lists them."""
+    n = len(layers)
+    fb, ceb = base
+    yy = y[mask]
+    out, depth = [], -1
+    for kind, prefix in (("single", ""), ("prefix", "prefix_"), ("suffix", "suffix_")):
+        for k in range(n):
+            replaced = {"single": [k], "prefix": list(range(k + 1)), "suffix": list(range(k, n))}[kind]
+            fv, cev = variant_scores(model, layers, x, y, mask, chunk, surrogates, replaced)
+            agree = float(np.mean(fv == fb))
+            out.append({"layer": k, prefix + "agreement": agree, prefix + "delta_loss": float(cev.mean() - ceb.mean()),
+                        prefix + "mu_bits": mu_bits(fb, fv, yy)})
+            if kind == "prefix" and agree >= PREFIX_THRESHOLD:
+                depth = max(depth, k)
+    return out, depth
+
+
 def peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 # ----------------------------------------------------------------- main
-def analyse(name, path, x, y, mask, chunk):
+def load_model(path):
     from transformers import AutoModelForCausalLM
 
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
+
+
+def reference(path, x, chunk):
+    """What cka_time and weights compare against at another revision (step 0,
+    the final one): each tap's centred activations and second moment, and
+    each tap's affine weight."""
+    model = load_model(path)
+    cap = Capture(model)
+    acts = [[] for _ in cap.layers]
+    try:
+        for lo in range(0, x.shape[0], chunk):
+            with torch.no_grad():
+                model(input_ids=torch.from_numpy(x[lo:lo + chunk]), use_cache=False)
+            buf = cap.take()
+            for i in range(len(acts)):
+                acts[i].append(rows_of(buf[("a", i)]))
+    finally:
+        cap.remove()
+    return {"grams": [centred_second_moment(np.concatenate(a)) for a in acts],
+            "weights": [fc_weight(layer) for layer in cap.layers]}
+
+
+def analyse(name, path, x, y, mask, chunk, full=False, refs=None):
     sec = {}
     t0 = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
+    model = load_model(path)
     sec["load"] = time.perf_counter() - t0
     vocab = model.config.vocab_size
     if x.max() >= vocab:
         raise SystemExit(f"{name}: probe token id {int(x.max())} >= vocab_size {vocab}")
-    cap = Capture(model)
+    cap = Capture(model, full=full)
     n_layers = len(cap.layers)
     units = [UnitMoments() for _ in range(n_layers)]
     attn = [AttentionStats() for _ in range(n_layers)]
     rms_sum, rms_n = np.zeros(n_layers), 0
     perf = Perf()
+    kept = {k: [[] for _ in range(n_layers)] for k in ("a", "u", "x", "att_out", "m", "h")} if full else None
+    base_f, base_ce = [], []
     t_fwd = t_met = 0.0
     try:
         for lo in range(0, x.shape[0], chunk):
@@ -335,16 +552,28 @@ def analyse(name, path, x, y, mask, chunk):
             with torch.no_grad():
                 out = model(input_ids=torch.from_numpy(x[lo:hi]), use_cache=False)
             logits = host(out.logits)
-            del out
             buf = cap.take()
             t1 = time.perf_counter()
+            if full:
+                f, ce = row_scores(out.logits, y[lo:hi], mask[lo:hi])
+                base_f.append(f)
+                base_ce.append(ce)
+            del out
             for i in range(n_layers):
-                units[i].add(buf.pop(("z", i)), buf.pop(("a", i)))
+                z, a = buf.pop(("z", i)), buf.pop(("a", i))
+                units[i].add(z, a)
                 attn[i].add(buf.pop(("attn", i)))
-                h = buf.pop(("h", i)).astype(np.float64)
+                h = buf.pop(("h", i))
+                if full:
+                    kept["a"][i].append(rows_of(a))
+                    kept["h"][i].append(rows_of(h))
+                    for k in ("u", "x", "att_out", "m"):
+                        kept[k][i].append(rows_of(buf.pop((k, i))))
+                h = h.astype(np.float64)
                 rms_sum[i] += float(np.sqrt((h * h).mean(axis=-1)).sum())
             rms_n += (hi - lo) * x.shape[1]
-            perf.add(logits, y[lo:hi], mask[lo:hi])
+            if not full:  # else from the row scores above
+                perf.add(logits, y[lo:hi], mask[lo:hi])
             del logits, buf
             t2 = time.perf_counter()
             t_fwd += t1 - t0
@@ -359,14 +588,84 @@ def analyse(name, path, x, y, mask, chunk):
         row.update(attn[i].result())
         row["stream_rms"] = rms_sum[i] / rms_n
         layers.append(row)
-    result_perf = perf.result()
+    if full:
+        yy, fb, ceb = y[mask], np.concatenate(base_f), np.concatenate(base_ce)
+        result_perf = {"loss": float(ceb.mean()), "accuracy": float(np.mean(fb == yy)), "n_tokens": int(len(yy))}
+    else:
+        result_perf = perf.result()
     t_met += time.perf_counter() - t0
     sec["forward_with_hooks"] = t_fwd
     sec["metrics"] = t_met
-    sec["total"] = sec["load"] + t_fwd + t_met
+    rec = {"revision": name, "path": str(path), "seconds": sec, "performance": result_perf, "layers": layers}
+    if full:
+        analyse_all(model, cap.layers, x, y, mask, chunk, kept, units, (np.concatenate(base_f), np.concatenate(base_ce)),
+                    refs or {}, rec)
+    sec["total"] = sum(sec.values())
+    rec["peak_rss_mib"] = peak_rss_mib()
     del model
-    return {"revision": name, "path": str(path), "seconds": sec, "peak_rss_mib": peak_rss_mib(),
-            "performance": result_perf, "layers": layers}
+    return rec
+
+
+def analyse_all(model, layers, x, y, mask, chunk, kept, units, base, refs, rec):
+    """The analyzers beyond the three above, as lintrace runs them with no
+    --analyzers: block_linear_fit, representation, cka_time, weights and
+    linearized_agreement (activation_regime applies to ReLU-family taps
+    only, mu needs a text split: neither applies to a GELU model probed
+    with token ids)."""
+    sec = rec["seconds"]
+    parallel = bool(getattr(model.config, "use_parallel_residual", False))
+    t0 = time.perf_counter()
+    blocks = []
+    for i in range(len(layers)):
+        cat = {k: np.concatenate(v[i]) for k, v in kept.items() if k != "a"}
+        X, att, m, out = cat["x"], cat["att_out"], cat["m"], cat["h"]
+        mid = X + att
+        mlp_in = X if parallel else mid
+        row = {"layer": i, "tap": ridge_fit(cat["u"], np.concatenate(kept["a"][i]), residual=False),
+               "attention_sublayer": ridge_fit(X, mid, residual=True),
+               "mlp_sublayer": ridge_fit(mlp_in, mlp_in + m, residual=True),
+               "transformer_block": ridge_fit(X, out, residual=True)}
+        blocks.append(row)
+        for k in ("u", "x", "att_out", "m", "h"):
+            kept[k][i] = None
+    sec["block_linear_fit"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    reps, own = [], []
+    for i in range(len(layers)):
+        A = np.concatenate(kept["a"][i])
+        kept["a"][i] = None
+        Xc, M = centred_second_moment(A)
+        reps.append({"layer": i, "effective_rank": effective_rank(M, A.shape[0])})
+        own.append((Xc, M))
+    sec["representation"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ckas = []
+    for i, (Xc, M) in enumerate(own):
+        r = {"layer": i}
+        for key, ref in (("cka_to_init", refs.get("init")), ("cka_to_final", refs.get("final"))):
+            Yc, My = (Xc, M) if ref is None else ref["grams"][i]
+            r[key] = cka(Xc, M, Yc, My)
+        ckas.append(r)
+    del own
+    sec["cka_time"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    init = refs.get("init")
+    weights = []
+    for i, layer in enumerate(layers):
+        w = fc_weight(layer)
+        weights.append({"layer": i, **weight_metrics(w, w if init is None else init["weights"][i])})
+    sec["weights"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    T = x.shape[1]
+    surrogates = []
+    for u in units:
+        alpha, beta = u.surrogate()
+        surrogates.append((torch.from_numpy(alpha.astype(np.float32)).reshape(T, -1),
+                           torch.from_numpy(beta.astype(np.float32)).reshape(T, -1)))
+    variants, depth = linearized_agreement(model, layers, x, y, mask, chunk, surrogates, base)
+    sec["linearized_agreement"] = time.perf_counter() - t0
+    rec.update(block_linear_fit=blocks, representation=reps, cka_time=ckas, weights=weights,
+               linearized_agreement=variants, linear_prefix_depth=depth)
 
 
 def fmt(v, p=4):
@@ -383,6 +682,9 @@ def main(argv=None):
     ap.add_argument("--limit", type=int, default=0, help="use only the first N probe windows")
     ap.add_argument("--revisions", default="", help="comma-separated revision names to keep")
     ap.add_argument("--json", default="", help="write every revision's record to this file")
+    ap.add_argument("--all", action="store_true",
+                    help="every analyzer lintrace runs by default on this model (block fits, effective rank, CKA to "
+                         "the first and last revisions, weights, the linearised variants), not only the three above")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -407,11 +709,19 @@ def main(argv=None):
           f"threads {args.threads}, probe {x.shape[0]} x {x.shape[1]} tokens, chunk {args.chunk}, "
           f"{len(revs)} revision(s), setup {setup:.2f} s", flush=True)
     records = []
+    refs = {}
+    if args.all and len(revs) > 1:
+        t0 = time.perf_counter()
+        refs = {"init": reference(revs[0][1], x, args.chunk), "final": reference(revs[-1][1], x, args.chunk)}
+        print(f"# references (first and last revision): {time.perf_counter() - t0:.2f} s", flush=True)
     for name, path in revs:
-        rec = analyse(name, path, x, y, mask, args.chunk)
+        own = {k: (None if path == revs[i][1] else v) for k, v, i in (("init", refs.get("init"), 0),
+                                                                       ("final", refs.get("final"), -1))}
+        rec = analyse(name, path, x, y, mask, args.chunk, full=args.all, refs=own)
         s = rec["seconds"]
+        extra = "".join(f", {k} {v:.2f} s" for k, v in s.items() if k not in ("load", "forward_with_hooks", "metrics", "total"))
         print(f"\n== {name}: load {s['load']:.2f} s, forward+hooks {s['forward_with_hooks']:.2f} s, "
-              f"metrics {s['metrics']:.2f} s, total {s['total']:.2f} s, peak RSS {rec['peak_rss_mib']:.0f} MiB")
+              f"metrics {s['metrics']:.2f} s{extra}, total {s['total']:.2f} s, peak RSS {rec['peak_rss_mib']:.0f} MiB")
         p = rec["performance"]
         print(f"   loss {fmt(p['loss'])} nats, accuracy {fmt(p['accuracy'])} over {p['n_tokens']} tokens")
         print("   layer  nonlin  1-meanR2  varying/units  attn_entropy  attn_max  stream_rms")
@@ -424,7 +734,7 @@ def main(argv=None):
     print()
     for rec in records:
         print(json.dumps(rec))
-    tot = {k: sum(r["seconds"][k] for r in records) for k in ("load", "forward_with_hooks", "metrics", "total")}
+    tot = {k: sum(r["seconds"][k] for r in records) for k in records[0]["seconds"]}
     print(json.dumps({"summary": {"revisions": len(records), "seconds": tot, "setup_seconds": setup,
                                   "peak_rss_mib": peak_rss_mib(), "threads": args.threads,
                                   "probe_shape": list(x.shape), "chunk": args.chunk}}))

@@ -64,7 +64,7 @@ impl Gram {
         let mean = (sum / n.max(1) as f64)?;
         if feature_space.unwrap_or(n > f) {
             let x = Tensor::cat(&flat, 0)?.to_dtype(DType::F32)?;
-            let c = cross(&x, &mean, &x, &mean)?;
+            let c = if x.device().is_cpu() { host_covariance(&x, &mean.to_vec1()?)? } else { cross(&x, &mean, &x, &mean)? };
             return Ok(Gram { n, repr: Repr::Features { x, mean, c } });
         }
         if first.device().is_cpu() {
@@ -145,6 +145,47 @@ fn cross(x: &Tensor, mx: &Tensor, y: &Tensor, my: &Tensor) -> Result<Tensor> {
     Ok(acc)
 }
 
+/// (x − mean)ᵀ(x − mean) of an n × f f32 matrix on the CPU, in f64 over
+/// blocks of rows, with faer's triangular product (the lower triangle, half
+/// the multiply-adds of [`cross`]'s full product), then mirrored.
+fn host_covariance(x: &Tensor, mean: &[f64]) -> Result<Tensor> {
+    use faer::linalg::matmul::triangular::{matmul, BlockStructure};
+    let f = x.dim(1)?;
+    let mut c = faer::Mat::<f64>::zeros(f, f);
+    crate::stats::with_cpu_f32(x, |v| {
+        for rows in v.chunks(ROWS * f) {
+            let w = rows.len() / f;
+            let buf: Vec<f64> = rows.chunks_exact(f).flat_map(|row| row.iter().zip(mean).map(|(&x, &mu)| x as f64 - mu)).collect();
+            let blk = faer::MatRef::from_row_major_slice(&buf, w, f);
+            matmul(
+                c.as_mut(),
+                BlockStructure::TriangularLower,
+                faer::Accum::Add,
+                blk.transpose(),
+                BlockStructure::Rectangular,
+                blk,
+                BlockStructure::Rectangular,
+                1.0,
+                crate::faer_par(),
+            );
+        }
+    })?;
+    Tensor::from_vec(mirror_lower(&c), (f, f), &Device::Cpu)
+}
+
+/// A full row-major copy of a matrix whose lower triangle is set.
+fn mirror_lower(k: &faer::Mat<f64>) -> Vec<f64> {
+    let n = k.nrows();
+    let mut out = vec![0.0f64; n * n];
+    for i in 0..n {
+        for j in 0..=i {
+            out[i * n + j] = k[(i, j)];
+            out[j * n + i] = k[(i, j)];
+        }
+    }
+    out
+}
+
 /// A Aᵀ on the CPU with faer's triangular product: only the lower triangle
 /// is computed (half the multiply-adds of a full product, which candle's
 /// matmul would do), then mirrored.
@@ -177,14 +218,7 @@ fn host_gram(flat: &[Tensor], n: usize, f: usize, mean: &[f64]) -> Result<Tensor
         );
         start += w;
     }
-    let mut out = vec![0.0f64; n * n];
-    for i in 0..n {
-        for j in 0..=i {
-            out[i * n + j] = k[(i, j)];
-            out[j * n + i] = k[(i, j)];
-        }
-    }
-    Tensor::from_vec(out, (n, n), &Device::Cpu)
+    Tensor::from_vec(mirror_lower(&k), (n, n), &Device::Cpu)
 }
 
 /// H K H with H = I − 11ᵀ/n.

@@ -3,6 +3,7 @@
 use crate::analyzer::{Accumulator, Analyzer, AnalyzerError, Extras, Finished, MetricValue, Needs};
 use crate::capture::{Chunk, ModelInfo};
 pub use crate::inputs::{argmax, cross_entropy};
+use crate::inputs::row_score;
 use rayon::prelude::*;
 
 pub struct Performance;
@@ -59,7 +60,8 @@ impl Accumulator for PerfAcc {
                     .filter(|&y| y < classes)
                     .ok_or_else(|| AnalyzerError::Shape { analyzer: NAME, message: format!("label {y} outside 0..{classes}") })?;
                 let row = logits.row(i);
-                Ok((cross_entropy(row, y), argmax(row) == y))
+                let (best, loss) = row_score(row, y);
+                Ok((loss, best == y))
             })
             .collect::<Result<_, AnalyzerError>>()?;
         for (loss, correct) in rows {

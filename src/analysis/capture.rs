@@ -377,17 +377,31 @@ fn variant_logits(
         let mut all_linear = Taps::record_linearized(replacing(&(0..n_taps).collect::<Vec<_>>()));
         let linear_logits = model.forward_from(0, &intact[0], &mut all_linear)?;
         let linear = all_linear.into_vec();
-        for ((kind, k), out) in kinds.iter().zip(&mut scores) {
+        // Variants that replace the same taps are one network: prefix 0 and
+        // single 0 ({0}), single L−1 and suffix L−1 ({L−1}), prefix L−1 and
+        // suffix 0 (all). Each is run once and its scores copied.
+        let mut done: Vec<(Vec<usize>, usize)> = Vec::new();
+        for (i, (kind, k)) in kinds.iter().enumerate() {
             let (kind, k) = (*kind, *k);
+            let replaced = kind.taps(k, n_taps);
+            let rows = b * per;
+            if let Some(&(_, j)) = done.iter().find(|(t, _)| *t == replaced) {
+                let (head, tail) = scores.split_at_mut(i);
+                let from = &head[j];
+                let start = from.len() - rows;
+                tail[0].argmax.extend_from_slice(&from.argmax[start..]);
+                tail[0].cross_entropy.extend_from_slice(&from.cross_entropy[start..]);
+                continue;
+            }
             let l = match kind {
-                VariantKind::Suffix if k == 0 => linear_logits.clone(),
-                VariantKind::Prefix if k + 1 == n_taps => linear_logits.clone(),
+                _ if replaced.len() == n_taps => linear_logits.clone(),
                 VariantKind::Single | VariantKind::Suffix => {
-                    model.forward_from(k, &intact[k], &mut Taps::linearized(replacing(&kind.taps(k, n_taps))))?
+                    model.forward_from(k, &intact[k], &mut Taps::linearized(replacing(&replaced)))?
                 }
                 VariantKind::Prefix => model.forward_from(k + 1, &linear[k + 1], &mut Taps::off())?,
             };
-            out.extend(Matrix::new(b * per, info.num_classes, &host(&l)?), chunk_labels);
+            scores[i].extend(Matrix::new(rows, info.num_classes, &host(&l)?), chunk_labels);
+            done.push((replaced, i));
         }
     }
     Ok(VariantLogits {
