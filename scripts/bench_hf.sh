@@ -10,6 +10,10 @@
 #   peer        scripts/hf_peer.py: load, forward with hooks on every MLP
 #               activation, attention and stream, numpy metrics
 #               (unit_linear_fit, attention, loss)
+#   peer-all    scripts/hf_peer.py --all: also block fits, effective ranks,
+#               CKA, weights and the linearised variants (a full forward
+#               pass per variant, as forward hooks do it): every analyzer
+#               lintrace runs by default, the same numbers (`all` below)
 #   taps        lintrace-analyze --analyzers unit_linear_fit: load, the
 #               forward pass with every tap, the cheapest tap metric
 #   same        lintrace-analyze with the peer's metrics: performance,
@@ -18,7 +22,8 @@
 #   forward     lintrace-bench --hf-forward: the forward pass alone with every
 #               tap, stream and attention weight recorded, in chunks of 2
 #               windows as the peer's (its "forward_with_hooks")
-# RUNS="forward taps same" picks some of the lintrace runs (default: all four).
+# RUNS="peer forward taps same" picks some of the runs (default: all six;
+# the two `all` runs take minutes at 160M).
 # lintrace's times include reading and hashing the weights (its inventory
 # of the series); the peer's include transformers' load.
 set -euo pipefail
@@ -32,10 +37,14 @@ python3 -c "import torch, transformers, numpy; print(f'torch {torch.__version__}
 peak() { grep -E "Maximum resident set size" "$1" | awk '{printf "%.0f MiB", $6/1024}'; }
 wall() { grep -E "Elapsed \(wall clock\)" "$1" | awk '{print $8}'; }
 log=$(mktemp -d)
-OMP_NUM_THREADS=$threads /usr/bin/time -v python3 scripts/hf_peer.py "$dir" --probe "$probe" --threads "$threads" >"$log/peer.out" 2>"$log/peer.time"
-secs=$(python3 -c 'import json,sys; s=[json.loads(l) for l in open(sys.argv[1]) if l.startswith("{\"summary")][0]["summary"]["seconds"]; print(", ".join(f"{k} {v:.2f} s" for k, v in s.items()))' "$log/peer.out")
-echo "peer: $secs; wall $(wall "$log/peer.time"), peak $(peak "$log/peer.time")"
-for run in ${RUNS:-forward taps same all}; do
+for run in ${RUNS:-peer forward taps same peer-all all}; do
+  if [[ $run == peer || $run == peer-all ]]; then
+    flags=(); [[ $run == peer-all ]] && flags=(--all)
+    OMP_NUM_THREADS=$threads /usr/bin/time -v python3 scripts/hf_peer.py "$dir" --probe "$probe" --threads "$threads" "${flags[@]}" >"$log/$run.out" 2>"$log/$run.time" || { cat "$log/$run.time"; exit 1; }
+    secs=$(python3 -c 'import json,sys; s=[json.loads(l) for l in open(sys.argv[1]) if l.startswith("{\"summary")][0]["summary"]["seconds"]; print(", ".join(f"{k} {v:.2f} s" for k, v in s.items()))' "$log/$run.out")
+    echo "$run: $secs; wall $(wall "$log/$run.time"), peak $(peak "$log/$run.time")"
+    continue
+  fi
   if [[ $run == forward ]]; then
     RAYON_NUM_THREADS=$threads /usr/bin/time -v "$bin/lintrace-bench" --hf-forward "$dir/$(ls "$dir" | grep -v -e analysis -e probe | head -1)" --hf-probe "$probe" >"$log/$run.out" 2>"$log/$run.time" || { cat "$log/$run.time"; exit 1; }
     echo "lintrace forward: $(cat "$log/$run.out")"

@@ -32,8 +32,10 @@ Per revision:
            (the residual stream); and the logits.
   metrics  per chunk in numpy, merged across chunks, so the chunk size does
            not change the numbers:
-           - unit_linear_fit per layer: for each unit j the least-squares fit
-             a ~ alpha_j z + beta_j over all (window, position) samples, from
+           - unit_linear_fit per layer: for each unit j (one feature at one
+             position, as lintrace's units: docs/metrics.md, "Sequence
+             models") the least-squares fit a ~ alpha_j z + beta_j over the
+             windows, from
              f64 centred moments merged with Chan's update. Reported:
              `nonlinearity` (lintrace's definition, docs/metrics.md: pooled
              sum of residuals / pooled variance over the units whose output
@@ -49,6 +51,18 @@ Per revision:
              layer's output hidden state.
            - performance: next-token cross-entropy (nats, f64 log-sum-exp
              from the f32 logits) and accuracy over every scored position.
+  --all    also every other analyzer lintrace runs by default on such a
+           model, in numpy / torch, the same numbers (python/tests/
+           test_hf_peer.py compares every one): block_linear_fit (the
+           tap's input -> a, and the attention sublayer, MLP sublayer and
+           block as maps of the residual stream, ridge in f64), representation
+           (effective rank from numpy's eigvalsh of the f64 covariance),
+           cka_time (against the first and last revisions, which are run
+           first), weights (norms of the MLP's input weight) and
+           linearized_agreement (the 3L single / prefix / suffix variants,
+           each a full forward pass with the replaced MLP activations swapped
+           by a forward hook for each unit's affine fit; argmax and f64
+           cross-entropy in torch, mu from the non-empty cells).
 Timings (time.perf_counter) per revision: load (the model class's module is
 imported during setup, so the first load does not pay for it), forward with hooks (incl.
 the copies to numpy), metrics (numpy), total; peak RSS

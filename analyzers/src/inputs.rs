@@ -26,16 +26,21 @@ pub fn cross_entropy(row: &[f32], label: usize) -> f64 {
 /// (argmax, −log softmax(row)[label]) of one row in two sweeps instead of
 /// three: the largest logit found once serves both. The first index wins
 /// ties (as numpy's argmax); a NaN row keeps index 0 and a NaN loss.
+///
+/// The exponentials of the f32 logits (less their maximum, so at most 1)
+/// are taken in f32 and summed in f64: each term is then within 1e-7 of
+/// its f64 value, and the sum and the log stay in f64. f64 `exp` had been
+/// 8% of the linearised variants (3L + 1 rows of 50,000 logits per token).
 pub fn row_score(row: &[f32], label: usize) -> (usize, f64) {
     let best = argmax(row);
     // The largest logit is row[best], unless row[0] is NaN (argmax then
-    // stays at 0 while the maximum skips NaNs, as before).
-    let max = match row[best] as f64 {
-        m if m.is_nan() => row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64)),
+    // stays at 0 while the maximum skips NaNs).
+    let max = match row[best] {
+        m if m.is_nan() => row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)),
         m => m,
     };
-    let lse = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
-    (best, lse - row[label] as f64)
+    let sum: f64 = row.iter().map(|&v| (v - max).exp() as f64).sum();
+    (best, max as f64 + sum.ln() - row[label] as f64)
 }
 
 /// Which taps a variant replaces.

@@ -400,7 +400,7 @@ fn variant_logits(
                 }
                 VariantKind::Prefix => model.forward_from(k + 1, &linear[k + 1], &mut Taps::off())?,
             };
-            scores[i].extend(Matrix::new(rows, info.num_classes, &host(&l)?), chunk_labels);
+            scores[i].extend(Matrix::new(rows, info.num_classes, HostF32::of(&l)?.as_slice()), chunk_labels);
             done.push((replaced, i));
         }
     }
