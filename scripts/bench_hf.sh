@@ -19,6 +19,9 @@
 #   same        lintrace-analyze with the peer's metrics: performance,
 #               unit_linear_fit, attention
 #   all         lintrace-analyze with every analyzer
+#   novariants  lintrace-analyze with every analyzer that applies here but
+#               linearized_agreement (what a long series costs without the
+#               variants)
 #   forward     lintrace-bench --hf-forward: the forward pass alone with every
 #               tap, stream and attention weight recorded, in chunks of 2
 #               windows as the peer's (its "forward_with_hooks")
@@ -54,6 +57,7 @@ for run in ${RUNS:-peer forward taps same peer-all all}; do
     taps) set=(--analyzers unit_linear_fit) ;;
     same) set=(--analyzers performance,unit_linear_fit,attention) ;;
     all) set=() ;;
+    novariants) set=(--analyzers performance,unit_linear_fit,attention,block_linear_fit,representation,cka_time,weights) ;;
   esac
   rm -rf "$dir/analysis"
   RAYON_NUM_THREADS=$threads /usr/bin/time -v "$bin/lintrace-analyze" "$dir" --probe "$probe" "${set[@]}" -q >"$log/$run.out" 2>"$log/$run.time" || { cat "$log/$run.time"; exit 1; }

@@ -2,8 +2,8 @@
 
 use crate::analyzer::{Accumulator, Analyzer, AnalyzerError, Extras, Finished, MetricValue, Needs};
 use crate::capture::{Chunk, ModelInfo};
-pub use crate::inputs::{argmax, cross_entropy};
 use crate::inputs::row_score;
+pub use crate::inputs::{argmax, cross_entropy};
 use rayon::prelude::*;
 
 pub struct Performance;

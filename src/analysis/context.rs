@@ -40,6 +40,8 @@ struct Fixed {
 pub struct TargetContext {
     pub init_grams: Option<(u64, Vec<Gram>)>,
     pub final_grams: Option<(u64, Vec<Gram>)>,
+    /// The final checkpoint is step 0: `init_grams` serve as both.
+    final_is_init: bool,
     pub init_weights: Option<Vec<LayerWeights>>,
     eval: Option<EvalSet>,
     /// The held-out inputs on the device, uploaded once for all checkpoints.
@@ -113,6 +115,13 @@ impl TargetContext {
         if needs.reference_grams {
             for (which, step) in [("init", Some(0)), ("final", final_step)] {
                 let Some(step) = step else { continue };
+                // A run whose final checkpoint is step 0 (a one-revision
+                // series): one pass, one set of Grams, and CKA of a Gram with
+                // itself, not a cross product of two copies.
+                if which == "final" && self.init_grams.as_ref().is_some_and(|(s, _)| *s == step) {
+                    self.final_is_init = true;
+                    continue;
+                }
                 match grams(step) {
                     Ok(g) if which == "init" => self.init_grams = Some((step, g)),
                     Ok(g) => self.final_grams = Some((step, g)),
@@ -139,7 +148,7 @@ impl TargetContext {
         surrogates: &'a [SurrogatePredictions],
     ) -> capture::Shared<'a> {
         let init_grams = self.init_grams.as_ref().map(|(s, g)| (*s, g.as_slice()));
-        let final_grams = self.final_grams.as_ref().map(|(s, g)| (*s, g.as_slice()));
+        let final_grams = if self.final_is_init { init_grams } else { self.final_grams.as_ref().map(|(s, g)| (*s, g.as_slice())) };
         let grams = [init_grams, final_grams].into_iter().flatten().find(|(s, _)| *s == step).map(|(_, g)| g);
         capture::Shared { init_grams, final_grams, grams, weights, init_weights: self.init_weights.as_deref(), surrogates }
     }

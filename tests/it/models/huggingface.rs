@@ -363,3 +363,23 @@ fn a_probe_of_int64_token_ids_works_and_says_once_that_mu_has_no_surrogate() {
     let m = Table::read(&series.join("analysis/model_metrics.parquet"), "model_metrics").unwrap();
     assert!(!m.rows.iter().any(|r| col(&m, r, "analyzer").as_str() == Some("mu")), "no mu rows without a surrogate");
 }
+
+#[test]
+fn a_one_revision_series_is_its_own_cka_reference() {
+    // Step 0 is also the final revision: cka_to_init and cka_to_final are
+    // each tap's CKA with itself (the driver now computes that revision's
+    // Grams once for both references; what that saves is timed in
+    // BENCHMARKS.md, not here).
+    let tmp = tempfile::tempdir().unwrap();
+    let one = tmp.path().join("one");
+    copy_dir(&fixture("hf/series_neox/step0"), &one.join("step0"));
+    run_ok(text_probe_args(analyze_bin().arg(&one).args(["--analyzers", "cka_time,representation"])));
+    let cka = values(&one.join("analysis"), "cka_time");
+    let taps = values(&one.join("analysis"), "representation").len();
+    assert!(taps > 0);
+    assert_eq!(cka.len(), 2 * taps, "{cka:?}");
+    for ((step, _, metric), v) in &cka {
+        assert_eq!(*step, 0);
+        assert!((v.unwrap() - 1.0).abs() < 1e-12, "{metric} {v:?}");
+    }
+}
