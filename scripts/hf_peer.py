@@ -351,10 +351,10 @@ class Perf:
 
 
 # ----------------------------------------------------------------- every analyzer (--all)
+# The lintrace-zoo peer's ridge fit (one implementation for both peers) and
 # lintrace's constants (analyzers/src/linear_fit.rs, linearized_agreement.rs).
-MAX_ROWS = 65_536
-RIDGE = 1e-6
-PREFIX_THRESHOLD = 0.95
+sys.path.insert(0, str(Path(__file__).resolve().parent / "bench"))
+from torch_analyze import PREFIX_THRESHOLD, block_linear_fit  # noqa: E402
 
 
 def rows_of(t):
@@ -363,35 +363,22 @@ def rows_of(t):
 
 
 def ridge_fit(X, Y, residual):
-    """lintrace's block fit: centred ridge least squares from X to Y in f64,
-    lambda = RIDGE tr(G) / p; with `residual`, the score of the residual
-    stream map (Razzhigaev et al.): 1 - (RSS/TSS) / (2 - 2 tr(C) / sqrt(tr(G) TSS))."""
-    rows, p = X.shape
-    if rows <= p:
+    """lintrace's block fit (centred ridge least squares from X to Y in f64);
+    with `residual`, also the score of the residual stream map (Razzhigaev
+    et al.): 1 - (RSS/TSS) / (2 - 2 tr(X_c^T Y_c) / sqrt(tr(X_c^T X_c) TSS))."""
+    vals, _ = block_linear_fit(X, Y)
+    if vals is None:
         return None
-    X = X.astype(np.float64)
-    Y = Y.astype(np.float64)
-    X -= X.mean(axis=0)
-    Y -= Y.mean(axis=0)
-    G = X.T @ X
-    C = X.T @ Y
-    tss = float(np.einsum("ij,ij->", Y, Y))
-    out = {"n_rows": rows, "n_features": p, "nonlinearity": None, "linearity_score": None,
-           "linearity_score_residual": None}
-    if not tss > 0:
-        return out
-    tr = float(np.trace(G))
-    if tr > 0:
-        B = np.linalg.solve(G + (RIDGE * tr / p) * np.eye(p), C)
-        rss = tss - 2.0 * float(np.sum(B * C)) + float(np.sum(B * (G @ B)))
-        rss = min(max(rss, 0.0), tss)
-    else:
-        rss = tss
-    nl = rss / tss
-    out.update(nonlinearity=nl, linearity_score=1.0 - nl)
-    if residual and tr > 0:
-        t2 = 2.0 - 2.0 * float(np.trace(C)) / np.sqrt(tr * tss)
-        out["linearity_score_residual"] = 1.0 - nl / t2 if t2 > 1e-12 else None
+    out = {"linearity_score_residual": None, **vals}
+    if residual and vals["nonlinearity"] is not None:
+        Xc = X.astype(np.float64)
+        Xc -= Xc.mean(axis=0)
+        Yc = Y.astype(np.float64)
+        Yc -= Yc.mean(axis=0)
+        xx, xy, tss = (float(np.einsum("ij,ij->", a, b)) for a, b in ((Xc, Xc), (Xc, Yc), (Yc, Yc)))
+        if xx > 0:
+            t2 = 2.0 - 2.0 * xy / np.sqrt(xx * tss)
+            out["linearity_score_residual"] = 1.0 - vals["nonlinearity"] / t2 if t2 > 1e-12 else None
     return out
 
 
