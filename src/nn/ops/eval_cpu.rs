@@ -133,28 +133,26 @@ pub struct CausalSoftmax {
 }
 
 impl CausalSoftmax {
-    fn rows<T: Copy + Send + Sync + Default + Into<f64>>(&self, x: &[T], t: usize, from: impl Fn(f64) -> T + Sync) -> Vec<T> {
-        let mut y = vec![T::default(); x.len()];
+    /// The f64 rows, in f64 throughout. y[i + 1..] of row i stays 0.
+    fn rows_f64(&self, x: &[f64], t: usize) -> Vec<f64> {
+        let mut y = vec![0f64; x.len()];
         y.par_chunks_mut(t).zip(x.par_chunks(t)).enumerate().for_each(|(r, (y, x))| {
             let i = r % t;
-            let s = |j: usize| x[j].into() * self.scale;
+            let s = |j: usize| x[j] * self.scale;
             let max = (0..=i).map(s).fold(f64::NEG_INFINITY, f64::max);
             let mut sum = 0.0;
             for j in 0..=i {
                 let e = (s(j) - max).exp();
                 sum += e;
-                y[j] = from(e);
+                y[j] = e;
             }
             for v in &mut y[..=i] {
-                *v = from((*v).into() / sum);
+                *v /= sum;
             }
-            // y[i + 1..] stays 0.
         });
         y
     }
-}
 
-impl CausalSoftmax {
     /// The f32 rows with f32 exponentials (as PyTorch's softmax computes
     /// them) and an f64 sum: f64 `exp` had been 6% of a 160M forward pass.
     /// The weights differ from the f64 path by a few f32 ulps.
@@ -192,7 +190,7 @@ impl CustomOp1 for CausalSoftmax {
         }
         let out = match s {
             CpuStorage::F32(_) => CpuStorage::F32(self.rows_f32(&contiguous_slice::<f32>(s, l)?, t)),
-            CpuStorage::F64(_) => CpuStorage::F64(self.rows(&contiguous_slice::<f64>(s, l)?, t, |v| v)),
+            CpuStorage::F64(_) => CpuStorage::F64(self.rows_f64(&contiguous_slice::<f64>(s, l)?, t)),
             _ => bail!("f32 and f64 only, got {:?}", s.dtype()),
         };
         Ok((out, l.shape().clone()))
