@@ -363,6 +363,12 @@ fn variant_logits(
     let replacing =
         |taps: &[usize]| -> Vec<Option<Affine>> { (0..n_taps).map(|l| taps.contains(&l).then(|| affines[l].clone())).collect() };
     let kinds = linearized_agreement::variants(n_taps);
+    // The taps each variant replaces, and the earlier variant replacing the
+    // same ones if any: prefix 0 and single 0 ({0}), single L−1 and suffix
+    // L−1 ({L−1}), prefix L−1 and suffix 0 (all) are one network each, run
+    // once and its scores copied.
+    let replaced: Vec<Vec<usize>> = kinds.iter().map(|&(kind, k)| kind.taps(k, n_taps)).collect();
+    let same_as: Vec<Option<usize>> = replaced.iter().enumerate().map(|(i, r)| replaced[..i].iter().position(|p| p == r)).collect();
     // Each variant's logits are reduced to row scores chunk by chunk.
     let mut scores: Vec<RowScores> = vec![RowScores::default(); kinds.len()];
     let per = labels.len() / batches.len().max(1);
@@ -377,31 +383,23 @@ fn variant_logits(
         let mut all_linear = Taps::record_linearized(replacing(&(0..n_taps).collect::<Vec<_>>()));
         let linear_logits = model.forward_from(0, &intact[0], &mut all_linear)?;
         let linear = all_linear.into_vec();
-        // Variants that replace the same taps are one network: prefix 0 and
-        // single 0 ({0}), single L−1 and suffix L−1 ({L−1}), prefix L−1 and
-        // suffix 0 (all). Each is run once and its scores copied.
-        let mut done: Vec<(Vec<usize>, usize)> = Vec::new();
-        for (i, (kind, k)) in kinds.iter().enumerate() {
-            let (kind, k) = (*kind, *k);
-            let replaced = kind.taps(k, n_taps);
-            let rows = b * per;
-            if let Some(&(_, j)) = done.iter().find(|(t, _)| *t == replaced) {
-                let (head, tail) = scores.split_at_mut(i);
-                let from = &head[j];
-                let start = from.len() - rows;
-                tail[0].argmax.extend_from_slice(&from.argmax[start..]);
-                tail[0].cross_entropy.extend_from_slice(&from.cross_entropy[start..]);
+        for (i, &(kind, k)) in kinds.iter().enumerate() {
+            if same_as[i].is_some() {
                 continue;
             }
             let l = match kind {
-                _ if replaced.len() == n_taps => linear_logits.clone(),
+                _ if replaced[i].len() == n_taps => linear_logits.clone(),
                 VariantKind::Single | VariantKind::Suffix => {
-                    model.forward_from(k, &intact[k], &mut Taps::linearized(replacing(&replaced)))?
+                    model.forward_from(k, &intact[k], &mut Taps::linearized(replacing(&replaced[i])))?
                 }
                 VariantKind::Prefix => model.forward_from(k + 1, &linear[k + 1], &mut Taps::off())?,
             };
-            scores[i].extend(Matrix::new(rows, info.num_classes, HostF32::of(&l)?.as_slice()), chunk_labels);
-            done.push((replaced, i));
+            scores[i].extend(Matrix::new(b * per, info.num_classes, HostF32::of(&l)?.as_slice()), chunk_labels);
+        }
+    }
+    for (i, j) in same_as.iter().enumerate() {
+        if let Some(j) = *j {
+            scores[i] = scores[j].clone();
         }
     }
     Ok(VariantLogits {
