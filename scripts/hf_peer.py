@@ -514,19 +514,21 @@ def reference(path, x, chunk):
     the final one): each tap's centred activations and second moment, and
     each tap's affine weight."""
     model = load_model(path)
-    cap = Capture(model)
-    acts = [[] for _ in cap.layers]
+    layers = decoder_layers(model)
+    acts = [[] for _ in layers]
+    # Only the MLP activations' outputs: the attention weights and streams
+    # that Capture copies are not needed here.
+    hooks = [layer_parts(layer)[0].register_forward_hook(lambda mod, inp, out, i=i: acts[i].append(rows_of(host(out))))
+             for i, layer in enumerate(layers)]
     try:
         for lo in range(0, x.shape[0], chunk):
             with torch.no_grad():
                 model(input_ids=torch.from_numpy(x[lo:lo + chunk]), use_cache=False)
-            buf = cap.take()
-            for i in range(len(acts)):
-                acts[i].append(rows_of(buf[("a", i)]))
     finally:
-        cap.remove()
+        for h in hooks:
+            h.remove()
     return {"grams": [centred_second_moment(np.concatenate(a)) for a in acts],
-            "weights": [fc_weight(layer) for layer in cap.layers]}
+            "weights": [fc_weight(layer) for layer in layers]}
 
 
 def analyse(name, path, x, y, mask, chunk, full=False, refs=None):
@@ -552,7 +554,9 @@ def analyse(name, path, x, y, mask, chunk, full=False, refs=None):
             t0 = time.perf_counter()
             with torch.no_grad():
                 out = model(input_ids=torch.from_numpy(x[lo:hi]), use_cache=False)
-            logits = host(out.logits)
+            # --all scores the logits in torch (below); only the three-metric
+            # run copies them to numpy.
+            logits = None if full else host(out.logits)
             buf = cap.take()
             t1 = time.perf_counter()
             if full:
