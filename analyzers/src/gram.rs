@@ -149,28 +149,33 @@ fn cross(x: &Tensor, mx: &Tensor, y: &Tensor, my: &Tensor) -> Result<Tensor> {
 /// blocks of rows, with faer's triangular product (the lower triangle, half
 /// the multiply-adds of [`cross`]'s full product), then mirrored.
 fn host_covariance(x: &Tensor, mean: &[f64]) -> Result<Tensor> {
-    use faer::linalg::matmul::triangular::{matmul, BlockStructure};
     let f = x.dim(1)?;
     let mut c = faer::Mat::<f64>::zeros(f, f);
     crate::stats::with_cpu_f32(x, |v| {
         for rows in v.chunks(ROWS * f) {
             let w = rows.len() / f;
             let buf: Vec<f64> = rows.chunks_exact(f).flat_map(|row| row.iter().zip(mean).map(|(&x, &mu)| x as f64 - mu)).collect();
-            let blk = faer::MatRef::from_row_major_slice(&buf, w, f);
-            matmul(
-                c.as_mut(),
-                BlockStructure::TriangularLower,
-                faer::Accum::Add,
-                blk.transpose(),
-                BlockStructure::Rectangular,
-                blk,
-                BlockStructure::Rectangular,
-                1.0,
-                crate::faer_par(),
-            );
+            add_lower_product(&mut c, faer::MatRef::from_row_major_slice(&buf, w, f).transpose());
         }
     })?;
     Tensor::from_vec(mirror_lower(&c), (f, f), &Device::Cpu)
+}
+
+/// acc += a aᵀ, the lower triangle only (faer's triangular product: half the
+/// multiply-adds of a full one).
+fn add_lower_product(acc: &mut faer::Mat<f64>, a: faer::MatRef<'_, f64>) {
+    use faer::linalg::matmul::triangular::{matmul, BlockStructure};
+    matmul(
+        acc.as_mut(),
+        BlockStructure::TriangularLower,
+        faer::Accum::Add,
+        a,
+        BlockStructure::Rectangular,
+        a.transpose(),
+        BlockStructure::Rectangular,
+        1.0,
+        crate::faer_par(),
+    );
 }
 
 /// A full row-major copy of a matrix whose lower triangle is set.
@@ -190,7 +195,6 @@ fn mirror_lower(k: &faer::Mat<f64>) -> Vec<f64> {
 /// is computed (half the multiply-adds of a full product, which candle's
 /// matmul would do), then mirrored.
 fn host_gram(flat: &[Tensor], n: usize, f: usize, mean: &[f64]) -> Result<Tensor> {
-    use faer::linalg::matmul::triangular::{matmul, BlockStructure};
     let mut k = faer::Mat::<f64>::zeros(n, n);
     let mut start = 0;
     while start < f {
@@ -204,18 +208,7 @@ fn host_gram(flat: &[Tensor], n: usize, f: usize, mean: &[f64]) -> Result<Tensor
                 buf.extend(v.chunks_exact(w).flat_map(|row| row.iter().zip(m).map(|(&x, &mu)| x as f64 - mu)))
             })?;
         }
-        let blk = faer::MatRef::from_row_major_slice(&buf, n, w);
-        matmul(
-            k.as_mut(),
-            BlockStructure::TriangularLower,
-            faer::Accum::Add,
-            blk,
-            BlockStructure::Rectangular,
-            blk.transpose(),
-            BlockStructure::Rectangular,
-            1.0,
-            crate::faer_par(),
-        );
+        add_lower_product(&mut k, faer::MatRef::from_row_major_slice(&buf, n, w));
         start += w;
     }
     Tensor::from_vec(mirror_lower(&k), (n, n), &Device::Cpu)
